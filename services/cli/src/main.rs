@@ -1,1 +1,175 @@
-fn main() {}
+//! `sagactl`: the operator CLI of the saga platform. Prepares a deployment (topics, databases,
+//! schemas) and reports on it; every command is safe to run again.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use saga_common::config::{KafkaConfig, RegistryConfig};
+use saga_common::{database, kafka, service};
+use saga_contracts::EventType;
+use serde_json::json;
+
+/// Services and their default databases and HTTP ports on the local stack.
+const SERVICES: [(&str, &str, u16); 4] = [
+    ("order-service", "saga_order", 8080),
+    ("payment-service", "saga_payment", 8082),
+    ("inventory-service", "saga_inventory", 8083),
+    ("notification-service", "saga_notification", 8084),
+];
+
+/// Compatibility every event subject is held to.
+const SUBJECT_COMPATIBILITY: &str = "BACKWARD_TRANSITIVE";
+
+#[derive(Debug, Parser)]
+#[command(name = "sagactl", about = "Operator CLI of the saga platform")]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaConfig,
+    #[command(flatten)]
+    registry: RegistryConfig,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Topic administration.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Database administration.
+    Databases {
+        #[command(subcommand)]
+        command: DatabasesCommand,
+    },
+    /// Schema administration.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Readiness of every service.
+    Status {
+        /// Host the services listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Creates the event topics and every service's dead-letter topic if missing.
+    Create,
+}
+
+#[derive(Debug, Subcommand)]
+enum DatabasesCommand {
+    /// Creates each service's database if missing.
+    Create {
+        /// Server URL without a database name.
+        #[arg(long, env = "POSTGRES_SERVER_URL", default_value = "postgres://postgres@127.0.0.1:5432")]
+        server_url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Registers every version of every event schema under its subject (topic + record name),
+    /// oldest first, after setting the subject's compatibility level.
+    Register,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Topics { command: TopicsCommand::Create } => create_topics(&cli.kafka).await,
+        Command::Databases { command: DatabasesCommand::Create { server_url } } => create_databases(&server_url).await,
+        Command::Schemas { command: SchemasCommand::Register } => register_schemas(&cli.kafka, &cli.registry).await,
+        Command::Status { host } => status(&host).await,
+    }
+}
+
+async fn create_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
+    let mut topics = Vec::new();
+    for (name, _, _) in SERVICES {
+        for topic in service::saga_topics(kafka, name) {
+            if !topics.iter().any(|t: &kafka::TopicSpec| t.name == topic.name) {
+                topics.push(topic);
+            }
+        }
+    }
+    kafka::ensure_topics(kafka, &topics).await.context("creating topics")?;
+    for topic in &topics {
+        println!("    topic {} ({} partitions)", topic.name, topic.partitions);
+    }
+    Ok(())
+}
+
+async fn create_databases(server_url: &str) -> anyhow::Result<()> {
+    for (_, name, _) in SERVICES {
+        let url = format!("{}/{name}", server_url.trim_end_matches('/'));
+        database::create_database_if_missing(&url)
+            .await
+            .with_context(|| format!("creating database {name} on {}", saga_common::config::redact_url(server_url)))?;
+        println!("    database {name}");
+    }
+    Ok(())
+}
+
+async fn register_schemas(kafka: &KafkaConfig, registry: &RegistryConfig) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let base = registry.url.trim_end_matches('/');
+    for event_type in EventType::ALL {
+        let subject = format!("{}-{}", kafka.topic(event_type.topic()), event_type.record_name());
+        let config = http
+            .put(format!("{base}/config/{subject}"))
+            .json(&json!({"compatibility": SUBJECT_COMPATIBILITY}))
+            .send()
+            .await
+            .with_context(|| format!("schema registry at {base} unreachable"))?;
+        if !config.status().is_success() {
+            bail!("setting compatibility of {subject}: {} {}", config.status(), config.text().await?);
+        }
+        for version in event_type.versions() {
+            let response = http
+                .post(format!("{base}/subjects/{subject}/versions"))
+                .header("content-type", "application/vnd.schemaregistry.v1+json")
+                .json(&json!({"schema": version.json}))
+                .send()
+                .await?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("registering {subject} v{}: {status} {body}", version.version);
+            }
+            println!("    {subject} v{} -> schema id {}", version.version, body["id"]);
+        }
+    }
+    Ok(())
+}
+
+async fn status(host: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let mut all_ready = true;
+    for (name, _, port) in SERVICES {
+        let url = format!("http://{host}:{port}/health/ready");
+        match http.get(&url).send().await {
+            Ok(response) => {
+                let ready = response.status().is_success();
+                all_ready &= ready;
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                println!("{:<22} {:<10} {}", name, if ready { "ready" } else { "NOT READY" }, body["checks"]);
+            }
+            Err(error) => {
+                all_ready = false;
+                println!("{name:<22} {:<10} {error}", "DOWN");
+            }
+        }
+    }
+    if !all_ready {
+        bail!("not every service is ready");
+    }
+    Ok(())
+}

@@ -1,1 +1,17 @@
-//! placeholder
+//! Shared machinery of the saga services: typed configuration, telemetry, Kafka clients,
+//! the Avro event codec, health checks, and the at-least-once consumer loop.
+//!
+//! Nothing here knows about orders, payments or stock; the services build on it.
+
+pub mod codec;
+pub mod config;
+pub mod consumer;
+pub mod database;
+pub mod error;
+pub mod health;
+pub mod kafka;
+pub mod retry;
+pub mod service;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against the real local stack: starts the broker, the schema
+# registry and the SMTP catcher if they are not running (see stack.sh), installs the Python
+# client used for interoperability tests, then runs the tests. Extra arguments go to cargo test.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+"$ROOT/deploy/local/stack.sh" infra
+
+printf '\033[1m==> %s\033[0m\n' "Installing the Python test clients (tests/requirements.txt)"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt \
+  || { echo "ERROR: pip could not install tests/requirements.txt" >&2; exit 1; }
+
+# shellcheck source=deploy/local/stack.env
+source "$ROOT/deploy/local/stack.env"
+printf '\033[1m==> %s\033[0m\n' "Running the test suite"
+cargo test --workspace --no-fail-fast "$@"

@@ -1,0 +1,191 @@
+//! Avro event codec in Confluent wire format (magic byte, 4-byte schema id, Avro body) through
+//! `schema_registry_converter`, with the subject strategy topic + record name.
+//!
+//! Encoding registers the schema this build writes if the subject lacks it. Decoding reads the
+//! writer's schema from the registry by id and resolves the data to the schema this build reads,
+//! so older and newer versions of an event decode alike. Decode failures are classified:
+//! a registry outage is transient (retry), everything else is poison (dead-letter).
+
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use saga_contracts::{EventType, SagaEvent};
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+
+use crate::config::{KafkaConfig, RegistryConfig};
+use crate::{Error, Result};
+
+/// Kafka header carrying the event type, e.g. `order.created`.
+pub const EVENT_TYPE_HEADER: &str = "event_type";
+/// Kafka header carrying the event id.
+pub const EVENT_ID_HEADER: &str = "event_id";
+/// Kafka header carrying W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// An event ready to be produced.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    /// Full topic name.
+    pub topic: String,
+    /// Record key: the order id (the SKU for stock adjustments).
+    pub key: String,
+    /// Confluent-framed Avro bytes.
+    pub payload: Vec<u8>,
+    /// The event's type, also sent as a header.
+    pub event_type: EventType,
+    /// The event's id, also sent as a header.
+    pub event_id: String,
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The registry could not be reached. Retry the same record after a backoff.
+    #[error("schema registry unavailable: {0}")]
+    Transient(String),
+    /// The record can never be decoded (not Confluent framing, unknown schema id, content that
+    /// does not fit the contract). Send it to the dead-letter topic and move on.
+    #[error("undecodable record: {0}")]
+    Poison(String),
+}
+
+/// Encodes and decodes saga events against the schema registry. Cheap to share behind an `Arc`;
+/// schemas and ids are cached after first use.
+#[derive(Debug)]
+pub struct EventCodec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    kafka: KafkaConfig,
+}
+
+impl EventCodec {
+    /// Builds a codec for the given registry and topic layout.
+    pub fn new(registry: &RegistryConfig, kafka: &KafkaConfig) -> Result<Self> {
+        let settings = || {
+            SrSettings::new_builder(registry.url.clone())
+                .no_proxy()
+                .set_timeout(registry.timeout())
+                .build()
+                .map_err(|e| Error::Config(format!("schema registry settings: {e}")))
+        };
+        Ok(Self {
+            encoder: AvroEncoder::new(settings()?),
+            decoder: AvroDecoder::new(settings()?),
+            kafka: kafka.clone(),
+        })
+    }
+
+    /// The topic an event type is published to.
+    pub fn topic_for(&self, event_type: EventType) -> String {
+        self.kafka.topic(event_type.topic())
+    }
+
+    /// The registry subject an event type's schema lives under (topic + record name).
+    pub fn subject_for(&self, event_type: EventType) -> String {
+        format!("{}-{}", self.topic_for(event_type), event_type.record_name())
+    }
+
+    /// Encodes an event in Confluent wire format, registering its schema if needed.
+    pub async fn encode(&self, event: &SagaEvent) -> Result<EncodedEvent> {
+        let event_type = event.event_type();
+        let value = event.to_avro_value().map_err(|e| Error::Encode(e.to_string()))?;
+        let payload = self.encode_value(event_type, value).await?;
+        Ok(EncodedEvent {
+            topic: self.topic_for(event_type),
+            key: partition_key(event),
+            payload,
+            event_type,
+            event_id: event.event_id().to_string(),
+        })
+    }
+
+    /// Encodes a raw Avro value with the schema this build writes for `event_type`.
+    pub async fn encode_value(&self, event_type: EventType, value: Value) -> Result<Vec<u8>> {
+        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+            self.topic_for(event_type),
+            SuppliedSchema::new(
+                Some(event_type.record_name().to_string()),
+                SchemaType::Avro,
+                event_type.schema_json().to_string(),
+            ),
+        );
+        self.encoder.encode_value(value, &strategy).await.map_err(|e| {
+            if e.retriable {
+                Error::RegistryUnavailable(e.to_string())
+            } else {
+                self.encoder.remove_errors_from_cache();
+                Error::Encode(e.to_string())
+            }
+        })
+    }
+
+    /// Decodes Confluent-framed bytes into an event of this build's contract version.
+    pub async fn decode(&self, payload: Option<&[u8]>) -> Result<SagaEvent, DecodeError> {
+        let Some(bytes) = payload else {
+            return Err(DecodeError::Poison("record has no value".into()));
+        };
+        let decoded = self.decoder.decode(Some(bytes)).await.map_err(classify)?;
+        let Some(name) = decoded.name else {
+            return Err(DecodeError::Poison("writer schema is not a named record".into()));
+        };
+        SagaEvent::from_avro_value(&name.fullname(None), decoded.value)
+            .map_err(|e| DecodeError::Poison(e.to_string()))
+    }
+}
+
+fn classify(error: SRCError) -> DecodeError {
+    if error.retriable {
+        DecodeError::Transient(error.to_string())
+    } else {
+        DecodeError::Poison(error.to_string())
+    }
+}
+
+/// The record key of an event: its order id, so all events of one order share a partition;
+/// stock adjustments belong to no order and are keyed by SKU.
+pub fn partition_key(event: &SagaEvent) -> String {
+    match event {
+        SagaEvent::StockAdjusted(adjustment) => adjustment.sku.clone(),
+        other => other.order_id().unwrap_or_default().to_string(),
+    }
+}
+
+/// A W3C `traceparent` whose trace id is derived from the order id, so every event of one saga
+/// shares a trace, and whose span id is fresh.
+pub fn traceparent_for(order_id: &str) -> String {
+    let mut trace_id: String = order_id.chars().filter(char::is_ascii_hexdigit).collect();
+    trace_id.make_ascii_lowercase();
+    if trace_id.len() != 32 || trace_id.chars().all(|c| c == '0') {
+        trace_id = uuid::Uuid::new_v4().simple().to_string();
+    }
+    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace_id}-{span_id}-01")
+}
+
+/// How long to wait for the registry before a readiness probe calls it unreachable.
+pub const REGISTRY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_reuses_the_order_id_as_trace_id() {
+        let header = traceparent_for("6f1c2a4e-0b7d-4c55-9d0e-0a1b2c3d4e5f");
+        let parts: Vec<&str> = header.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1], "6f1c2a4e0b7d4c559d0e0a1b2c3d4e5f");
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(parts[3], "01");
+    }
+
+    #[test]
+    fn traceparent_of_a_non_uuid_key_gets_a_random_trace() {
+        let header = traceparent_for("SKU-1");
+        assert_eq!(header.split('-').nth(1).map(str::len), Some(32));
+    }
+}

@@ -1,0 +1,124 @@
+//! Typed configuration shared by every service, loaded from command-line flags or environment
+//! variables with defaults that match the local stack.
+
+use std::time::Duration;
+
+use saga_contracts::Topic;
+
+/// How to reach the Kafka-API broker and how topics are laid out.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers.
+    #[arg(long = "kafka-bootstrap-servers", env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub bootstrap_servers: String,
+    /// Prefix for every topic name; isolates test runs that share a broker.
+    #[arg(long = "topic-prefix", env = "TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Partitions of each topic when this service creates it.
+    #[arg(long = "topic-partitions", env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+    /// Replication factor of each topic when this service creates it (1 on the local broker).
+    #[arg(long = "topic-replication-factor", env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    pub topic_replication_factor: i32,
+    /// Consumer group session timeout. Kept low so a dead member's partitions move quickly.
+    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    pub session_timeout_ms: u32,
+}
+
+impl KafkaConfig {
+    /// A configuration for the given bootstrap servers with every other setting at its default.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic_prefix: String::new(),
+            topic_partitions: 6,
+            topic_replication_factor: 1,
+            session_timeout_ms: 6000,
+        }
+    }
+
+    /// Sets the topic prefix.
+    pub fn with_topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
+        self
+    }
+
+    /// The full name of one of the saga's event topics.
+    pub fn topic(&self, topic: Topic) -> String {
+        format!("{}{}", self.topic_prefix, topic.base_name())
+    }
+
+    /// The full name of a consuming service's dead-letter topic.
+    pub fn dead_letter_topic(&self, service: &str) -> String {
+        format!("{}{service}.dead-letter", self.topic_prefix)
+    }
+
+    /// The full name of an arbitrary topic, with the prefix applied.
+    pub fn prefixed(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+}
+
+/// How to reach the schema registry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent-compatible schema registry.
+    #[arg(long = "schema-registry-url", env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    pub url: String,
+    /// Per-request timeout.
+    #[arg(long = "schema-registry-timeout-ms", env = "SCHEMA_REGISTRY_TIMEOUT_MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+impl RegistryConfig {
+    /// A configuration for the given registry URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), timeout_ms: 5000 }
+    }
+
+    /// The per-request timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Logging options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryConfig {
+    /// `json` for one JSON object per line, `pretty` for humans.
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+/// Returns `url` with any password replaced by `***`, for logging.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_carry_the_prefix() {
+        let config = KafkaConfig::new("localhost:9092").with_topic_prefix("t1.");
+        assert_eq!(config.topic(Topic::Orders), "t1.orders");
+        assert_eq!(config.dead_letter_topic("payment-service"), "t1.payment-service.dead-letter");
+    }
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(redact_url("postgres://app:secret@db:5432/orders"), "postgres://app:***@db:5432/orders");
+        assert_eq!(redact_url("postgres://postgres@db/orders"), "postgres://postgres@db/orders");
+        assert_eq!(redact_url("http://registry:8081"), "http://registry:8081");
+    }
+}

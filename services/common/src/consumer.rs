@@ -1,0 +1,232 @@
+//! The at-least-once consumer loop every service runs.
+//!
+//! For each record, in partition order: decode it, hand it to the service's handler, and only
+//! when the handler's effect is committed store the record's offset (the offset is committed to
+//! the broker in the background). A transient failure (registry, database, broker) retries the
+//! same record with backoff and never skips it. A poison record (undecodable bytes, an unknown
+//! schema, content the handler rejects) goes to the service's dead-letter topic with its origin
+//! and the reason in headers, and consumption goes on. On shutdown the loop stops fetching,
+//! lets the record in hand finish, and commits the stored offsets synchronously.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use saga_contracts::SagaEvent;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{DecodeError, EventCodec, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER};
+use crate::retry::{retry_until_ok, Backoff};
+
+/// Dead-letter header: topic the poison record came from.
+pub const DLQ_ORIGIN_TOPIC: &str = "dlq.origin.topic";
+/// Dead-letter header: partition the poison record came from.
+pub const DLQ_ORIGIN_PARTITION: &str = "dlq.origin.partition";
+/// Dead-letter header: offset of the poison record.
+pub const DLQ_ORIGIN_OFFSET: &str = "dlq.origin.offset";
+/// Dead-letter header: why the record could not be processed.
+pub const DLQ_ERROR: &str = "dlq.error";
+/// Dead-letter header: the consumer group that gave up on it.
+pub const DLQ_CONSUMER_GROUP: &str = "dlq.consumer.group";
+
+/// A decoded event with where it came from.
+#[derive(Debug, Clone)]
+pub struct ConsumedEvent {
+    /// The decoded event.
+    pub event: SagaEvent,
+    /// Topic it was read from.
+    pub topic: String,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// W3C trace context from its headers, if any.
+    pub traceparent: Option<String>,
+}
+
+/// What went wrong in a handler, which decides what the loop does next.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A dependency failed (database, broker, gateway). The loop retries the same event.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// The event is valid Avro but its content can never be processed. Dead-lettered.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        HandlerError::Transient(error.into())
+    }
+}
+
+/// A service's reaction to one event. It must be idempotent: the same event may arrive again
+/// after a crash or a rebalance, and must then change nothing.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    /// Applies the event and commits its effect.
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError>;
+}
+
+/// Everything the loop needs besides the handler.
+pub struct ConsumerLoop {
+    /// Subscribed consumer (see [`crate::kafka::consumer`]).
+    pub consumer: StreamConsumer,
+    /// Codec for decoding.
+    pub codec: Arc<EventCodec>,
+    /// Producer for dead letters.
+    pub producer: FutureProducer,
+    /// Full name of this service's dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Consumer group, recorded on dead letters.
+    pub group_id: String,
+    /// Backoff between retries of transient failures.
+    pub backoff: Backoff,
+}
+
+/// What happened to one record.
+enum Outcome {
+    Processed,
+    DeadLettered,
+    Interrupted,
+}
+
+impl ConsumerLoop {
+    /// Runs until `shutdown` is cancelled, then commits stored offsets.
+    pub async fn run(self, handler: Arc<dyn EventHandler>, shutdown: CancellationToken) {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.consumer.recv() => received,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error; continuing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match self.process(&message, handler.as_ref(), &shutdown).await {
+                Outcome::Processed | Outcome::DeadLettered => {
+                    if let Err(error) = self.consumer.store_offset_from_message(&message) {
+                        // Only fails if the partition was revoked meanwhile; the new owner
+                        // re-reads the record and the handler's idempotence absorbs it.
+                        tracing::warn!(%error, "could not store offset");
+                    }
+                }
+                Outcome::Interrupted => break,
+            }
+        }
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "final offset commit had nothing to do or failed");
+        }
+        tracing::info!(group = %self.group_id, "consumer stopped");
+    }
+
+    async fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        handler: &dyn EventHandler,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let decoded = retry_until_ok("schema lookup", self.backoff, shutdown, || async {
+            match self.codec.decode(message.payload()).await {
+                Err(DecodeError::Transient(reason)) => Err(reason),
+                other => Ok(other),
+            }
+        })
+        .await;
+        let event = match decoded {
+            None => return Outcome::Interrupted,
+            Some(Ok(event)) => event,
+            Some(Err(error)) => return self.dead_letter(message, &error.to_string(), shutdown).await,
+        };
+        let consumed = ConsumedEvent {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            traceparent: header_value(message, TRACEPARENT_HEADER),
+            event,
+        };
+        let order_id = consumed.event.order_id().unwrap_or_default();
+        let event_id = consumed.event.event_id();
+        let event_type = consumed.event.event_type().as_str();
+        let handled = retry_until_ok("event handler", self.backoff, shutdown, || async {
+            match handler.handle(&consumed).await {
+                Err(HandlerError::Transient(error)) => Err(format!("{error:#}")),
+                other => Ok(other),
+            }
+        })
+        .await;
+        match handled {
+            None => Outcome::Interrupted,
+            Some(Ok(())) => {
+                tracing::debug!(order_id, event_id, event_type, "event processed");
+                Outcome::Processed
+            }
+            Some(Err(error)) => {
+                tracing::warn!(order_id, event_id, event_type, %error, "event rejected");
+                self.dead_letter(message, &error.to_string(), shutdown).await
+            }
+        }
+    }
+
+    async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str, shutdown: &CancellationToken) -> Outcome {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason,
+            "dead-lettering record"
+        );
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        headers = headers
+            .insert(Header { key: DLQ_ORIGIN_TOPIC, value: Some(message.topic()) })
+            .insert(Header { key: DLQ_ORIGIN_PARTITION, value: Some(&partition) })
+            .insert(Header { key: DLQ_ORIGIN_OFFSET, value: Some(&offset) })
+            .insert(Header { key: DLQ_ERROR, value: Some(reason) })
+            .insert(Header { key: DLQ_CONSUMER_GROUP, value: Some(&self.group_id) });
+        let sent = retry_until_ok("dead-letter publish", self.backoff, shutdown, || {
+            let mut record = FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            let send = self.producer.send(record, Duration::from_secs(10));
+            async move { send.await.map_err(|(error, _)| error) }
+        })
+        .await;
+        match sent {
+            Some(_) => Outcome::DeadLettered,
+            None => Outcome::Interrupted,
+        }
+    }
+}
+
+/// Reads a UTF-8 header value from a record.
+pub fn header_value(message: &impl Message, name: &str) -> Option<String> {
+    message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Headers every produced event carries: its type, id and trace context.
+pub fn event_headers(event_type: &str, event_id: &str, traceparent: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header { key: EVENT_TYPE_HEADER, value: Some(event_type) })
+        .insert(Header { key: EVENT_ID_HEADER, value: Some(event_id) })
+        .insert(Header { key: TRACEPARENT_HEADER, value: Some(traceparent) })
+}

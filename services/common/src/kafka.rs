@@ -1,0 +1,128 @@
+//! Kafka client construction with the settings the saga depends on, and topic creation.
+//!
+//! Producers are idempotent with `acks=all`, so a retried send never duplicates or reorders
+//! records of one key. Consumers never auto-store offsets: the consumer loop stores an offset
+//! only after the record's effect is committed (at-least-once). Nothing here depends on Kafka
+//! transactions or on any one broker implementation.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::{Error, Result};
+
+/// Builds the idempotent producer every service publishes with.
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "30000")
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+/// Builds a group consumer that starts from the earliest offset for a new group and only
+/// commits offsets the application stored explicitly.
+///
+/// `cooperative-sticky` assignment and a short session timeout let a surviving member take
+/// over a dead member's partitions within seconds.
+pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (config.session_timeout_ms / 3).max(100).to_string())
+        .set("enable.partition.eof", "false")
+        .create()?)
+}
+
+/// Retention for a topic the platform creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Kept forever: replay rebuilds state from these topics.
+    Unlimited,
+    /// Kept for the given duration.
+    For(Duration),
+}
+
+impl Retention {
+    fn as_retention_ms(self) -> String {
+        match self {
+            Retention::Unlimited => "-1".to_string(),
+            Retention::For(duration) => duration.as_millis().to_string(),
+        }
+    }
+}
+
+/// A topic the platform needs.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Full topic name (prefix applied).
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// How long records are kept.
+    pub retention: Retention,
+}
+
+/// Creates the topics that do not exist yet; existing topics are left as they are.
+/// The local broker does not auto-create topics, so every service calls this at startup.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .create()?;
+    let retention: Vec<String> = topics.iter().map(|t| t.retention.as_retention_ms()).collect();
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .zip(&retention)
+        .map(|(topic, retention_ms)| {
+            NewTopic::new(
+                &topic.name,
+                topic.partitions,
+                TopicReplication::Fixed(config.topic_replication_factor),
+            )
+            .set("retention.ms", retention_ms)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for outcome in admin.create_topics(&new_topics, &options).await? {
+        match outcome {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
+                    tracing::error!(topic = %name, ?code, "could not create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks the broker for cluster metadata; succeeds only if the broker answers within `timeout`.
+pub async fn probe_broker(config: &KafkaConfig, timeout: Duration) -> Result<()> {
+    let bootstrap = config.bootstrap_servers.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()?;
+        rdkafka::consumer::Consumer::fetch_metadata(&client, None, timeout)?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(|join| Error::Config(format!("broker probe panicked: {join}")))?
+}
