@@ -13,6 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=deploy/local/stack.env
 source "$ROOT/deploy/local/stack.env"
+cd "$ROOT"
 
 STATE="$ROOT/.local"
 LOGS="$STATE/logs"
@@ -89,12 +90,12 @@ build_platform() {
 
 start_broker() {
   if port_open 127.0.0.1 "$BROKER_PORT"; then info "broker already listening on 127.0.0.1:$BROKER_PORT"; return; fi
-  step "Starting the broker on 127.0.0.1:$BROKER_PORT (sqlite storage in $DATA/broker.db)"
+  step "Starting the broker on 127.0.0.1:$BROKER_PORT (durable sqlite storage in .local/data/broker.db)"
   mkdir -p "$DATA"
   start_process broker "$TANSU_BIN" broker \
     --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine "sqlite://$DATA/broker.db"
+    --storage-engine "sqlite://.local/data/broker.db" # the broker resolves this path from the working directory
   wait_for_port 127.0.0.1 "$BROKER_PORT" broker 30
 }
 

@@ -6,9 +6,15 @@
 
 use std::time::Duration;
 
-use saga_common::config::{KafkaConfig, RegistryConfig};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use saga_common::codec::EventCodec;
+use saga_common::config::{KafkaConfig, RegistryConfig, TelemetryConfig};
+use saga_common::consumer::event_headers;
 use saga_common::kafka::{self, Retention, TopicSpec};
-use saga_contracts::Topic;
+use saga_common::service::ServiceConfig;
+use saga_contracts::{SagaEvent, Topic};
 
 /// A test's private slice of the shared stack.
 #[derive(Debug, Clone)]
@@ -51,6 +57,60 @@ impl TestEnv {
         Ok(full)
     }
 
+    /// A database URL unique to this test and service (the service creates the database).
+    pub fn database_url(&self, service: &str) -> String {
+        let server = std::env::var("POSTGRES_SERVER_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("{}_{service}", self.prefix.trim_end_matches('.')).replace(['.', '-'], "_");
+        format!("{server}/{name}")
+    }
+
+    /// Service settings for this test: its topics, its own database, HTTP on a free port.
+    pub fn service_config(&self, service: &str) -> ServiceConfig {
+        ServiceConfig {
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            telemetry: TelemetryConfig { log_format: "pretty".into() },
+            database_url: Some(self.database_url(service)),
+            http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            database_max_connections: 5,
+        }
+    }
+
+    /// A codec for this test's topics.
+    pub fn codec(&self) -> anyhow::Result<EventCodec> {
+        Ok(EventCodec::new(&self.registry, &self.kafka)?)
+    }
+
+    /// Produces `event` to its topic, keyed as the services key it, with the usual headers.
+    pub async fn produce(&self, event: &SagaEvent) -> anyhow::Result<()> {
+        let encoded = self.codec()?.encode(event).await?;
+        let headers = event_headers(encoded.event_type.as_str(), &encoded.event_id, &saga_common::codec::traceparent_for(&encoded.key));
+        let record = FutureRecord::to(&encoded.topic).key(&encoded.key).payload(&encoded.payload).headers(headers);
+        kafka::producer(&self.kafka)?
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
+        Ok(())
+    }
+
+    /// Produces raw bytes to one of this test's saga topics.
+    pub async fn produce_raw(&self, topic: Topic, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let name = self.kafka.topic(topic);
+        let record = FutureRecord::to(&name).key(key).payload(payload);
+        kafka::producer(&self.kafka)?
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
+        Ok(())
+    }
+
+    /// A reader of everything on `topic` (full name) from the beginning.
+    pub fn reader(&self, topic: &str) -> anyhow::Result<TopicReader> {
+        let consumer = kafka::consumer(&self.kafka, &self.group(&format!("reader-{}", uuid::Uuid::new_v4().simple())))?;
+        consumer.subscribe(&[topic])?;
+        Ok(TopicReader { consumer, codec: self.codec()? })
+    }
+
     /// A consumer group id unique to this test.
     pub fn group(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
@@ -72,5 +132,50 @@ where
             anyhow::bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads and decodes a topic from the beginning, for assertions about what services emitted.
+pub struct TopicReader {
+    consumer: StreamConsumer,
+    codec: EventCodec,
+}
+
+/// One record read by a [`TopicReader`].
+#[derive(Debug)]
+pub struct ReadRecord {
+    /// Decoded event, or the decode error.
+    pub event: Result<SagaEvent, String>,
+    /// Record headers as UTF-8 pairs.
+    pub headers: Vec<(String, String)>,
+    /// Record key.
+    pub key: Option<String>,
+}
+
+impl TopicReader {
+    /// Reads records until `done` says the collected ones suffice, failing after `timeout`.
+    pub async fn read_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[ReadRecord]) -> bool,
+    ) -> anyhow::Result<Vec<ReadRecord>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while !done(&records) {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = match tokio::time::timeout(remaining, self.consumer.recv()).await {
+                Ok(message) => message?,
+                Err(_) => anyhow::bail!("timed out after {timeout:?}; read {} records: {records:#?}", records.len()),
+            };
+            let headers = rdkafka::message::Headers::iter(message.headers().unwrap_or(&rdkafka::message::OwnedHeaders::new().as_borrowed()))
+                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect();
+            records.push(ReadRecord {
+                event: self.codec.decode(message.payload()).await.map_err(|e| e.to_string()),
+                headers,
+                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            });
+        }
+        Ok(records)
     }
 }

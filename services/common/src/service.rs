@@ -13,7 +13,12 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use futures::future::BoxFuture;
+use tokio::task::JoinSet;
+
 use crate::codec::EventCodec;
+use crate::consumer::{ConsumerLoop, EventHandler};
+use crate::outbox::Relay;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
 use crate::health;
 use crate::kafka::{self, Retention, TopicSpec};
@@ -84,7 +89,9 @@ pub struct ServiceContext {
     pub codec: Arc<EventCodec>,
     /// Idempotent producer.
     pub producer: FutureProducer,
-    /// Cancelled when the process should stop.
+    /// Publishes the outbox; call `relay.notify()` after committing events.
+    pub relay: Relay,
+    /// Cancelled when the service should stop.
     pub shutdown: CancellationToken,
 }
 
@@ -92,8 +99,12 @@ impl ServiceContext {
     /// Connects to everything the service needs, retrying while a dependency is not up yet, and
     /// creates the saga topics and this service's dead-letter topic if missing.
     /// Returns `None` if shutdown was requested before startup finished.
-    pub async fn start(spec: ServiceSpec, config: &ServiceConfig, service_migrations: &Migrator) -> Result<Option<Self>> {
-        let shutdown = shutdown_on_signal();
+    pub async fn start(
+        spec: ServiceSpec,
+        config: &ServiceConfig,
+        service_migrations: &Migrator,
+        shutdown: CancellationToken,
+    ) -> Result<Option<Self>> {
         let backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5) };
         let url = config.database_url(&spec);
         tracing::info!(service = spec.name, database = %redact_url(&url), "connecting to database");
@@ -121,13 +132,16 @@ impl ServiceContext {
         {
             return Ok(None);
         }
+        let codec = Arc::new(EventCodec::new(&config.registry, &config.kafka)?);
+        let producer = kafka::producer(&config.kafka)?;
         Ok(Some(Self {
             spec,
+            relay: Relay::new(pool.clone(), producer.clone(), codec.clone()),
             database: pool,
             kafka: config.kafka.clone(),
             registry: config.registry.clone(),
-            codec: Arc::new(EventCodec::new(&config.registry, &config.kafka)?),
-            producer: kafka::producer(&config.kafka)?,
+            codec,
+            producer,
             shutdown,
         }))
     }
@@ -145,6 +159,98 @@ impl ServiceContext {
     /// Full name of this service's dead-letter topic.
     pub fn dead_letter_topic(&self) -> String {
         self.kafka.dead_letter_topic(self.spec.name)
+    }
+}
+
+/// A service whose tasks run in the background.
+pub struct RunningService {
+    /// The address the HTTP server really bound.
+    pub local_addr: SocketAddr,
+    /// Cancel to stop the service gracefully.
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningService {
+    /// Waits until every task of the service has stopped (after shutdown was requested).
+    pub async fn wait(mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(error) = result {
+                tracing::error!(%error, "service task failed");
+            }
+        }
+    }
+
+    /// Requests a graceful shutdown and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// What a service runs besides its HTTP routes.
+pub struct Workload {
+    /// Topics the service consumes and the handler applying their events; `None` for a service
+    /// that consumes nothing.
+    pub consumer: Option<(Vec<Topic>, Arc<dyn EventHandler>)>,
+    /// Further background tasks (deadline scanners, senders); each must end on shutdown.
+    pub background: Vec<BoxFuture<'static, ()>>,
+}
+
+impl ServiceContext {
+    /// Binds HTTP on `listen` and spawns the server (routes plus health), the outbox relay, the
+    /// consumer loop and the background tasks. On shutdown the server and the consumer stop
+    /// taking new work and finish what they hold; the relay then publishes what is left.
+    pub async fn launch(self, listen: SocketAddr, routes: Router, workload: Workload) -> Result<RunningService> {
+        let listener = bind(listen).await?;
+        let local_addr = listener.local_addr().map_err(|e| crate::Error::Config(e.to_string()))?;
+        let mut tasks = JoinSet::new();
+        let router = routes.merge(self.health_router());
+        let shutdown = self.shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = serve(listener, router, shutdown).await {
+                tracing::error!(%error, "http server failed");
+            }
+        });
+        let mut consumer_done = None;
+        if let Some((topics, handler)) = workload.consumer {
+            let group_id = self.kafka.prefixed(self.spec.name);
+            let consumer = kafka::consumer(&self.kafka, &group_id)?;
+            let names: Vec<String> = topics.iter().map(|t| self.kafka.topic(*t)).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            rdkafka::consumer::Consumer::subscribe(&consumer, &refs)?;
+            let consumer_loop = ConsumerLoop {
+                consumer,
+                codec: self.codec.clone(),
+                producer: self.producer.clone(),
+                dead_letter_topic: self.dead_letter_topic(),
+                group_id,
+                backoff: Backoff::default(),
+            };
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let shutdown = self.shutdown.clone();
+            tasks.spawn(async move {
+                consumer_loop.run(handler, shutdown).await;
+                let _ = done_tx.send(());
+            });
+            consumer_done = Some(done_rx);
+        }
+        for task in workload.background {
+            tasks.spawn(task);
+        }
+        let relay = self.relay.clone();
+        let shutdown = self.shutdown.clone();
+        tasks.spawn(async move {
+            relay.clone().run(shutdown).await;
+            if let Some(done) = consumer_done {
+                let _ = done.await;
+            }
+            // Events committed by the last handled records still go out before exit.
+            if let Err(error) = relay.publish_batch().await {
+                tracing::warn!(%error, "final outbox flush failed; the next start publishes the rest");
+            }
+        });
+        Ok(RunningService { local_addr, shutdown: self.shutdown.clone(), tasks })
     }
 }
 

@@ -132,7 +132,9 @@ macro_rules! saga_events {
         }
 
         /// Any event of the saga, as this build reads and writes it (the latest schema version).
-        #[derive(Debug, Clone, PartialEq)]
+        /// Its serde form (`{"type": "OrderCreated", "event": {...}}`) is what the outbox stores.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(tag = "type", content = "event")]
         pub enum SagaEvent {
             $(
                 #[doc = concat!("A [`", stringify!($variant), "`] event.")]
