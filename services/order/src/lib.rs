@@ -1,16 +1,26 @@
 //! Order service: accepts orders over HTTP, emits order.created, and decides each order's fate
-//! from the payment and inventory outcomes.
+//! from the payment and inventory outcomes (or its deadline), exactly once.
+
+pub mod api;
+pub mod deadline;
+pub mod outcomes;
+pub mod placement;
+pub mod saga;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use saga_common::service::{RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
+use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec =
-    ServiceSpec { name: "order-service", default_database: "saga_order", default_http_port: 8080 };
+pub const SPEC: ServiceSpec = ServiceSpec { name: "order-service", default_database: "saga_order", default_http_port: 8080 };
 
 /// Configuration of the order service.
 #[derive(Debug, Clone, Parser)]
@@ -19,14 +29,26 @@ pub struct Config {
     /// Settings shared by every service.
     #[command(flatten)]
     pub service: ServiceConfig,
+    /// Seconds an order may wait for its payment and inventory outcomes before it fails with
+    /// `deadline_exceeded`.
+    #[arg(long = "saga-deadline-secs", env = "SAGA_DEADLINE_SECS", default_value_t = 30.0)]
+    pub saga_deadline_secs: f64,
 }
 
 /// Starts the service; `None` if `shutdown` was cancelled before it was up.
 pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunningService>> {
+    let saga_deadline = Duration::try_from_secs_f64(config.saga_deadline_secs)
+        .map_err(|e| anyhow::anyhow!("SAGA_DEADLINE_SECS must be a positive number of seconds: {e}"))?;
     let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
+    let routes = api::router(api::ApiState { database: context.database.clone(), relay: context.relay.clone(), saga_deadline });
+    let handler = outcomes::OutcomeHandler { database: context.database.clone(), relay: context.relay.clone() };
+    let deadline_scanner = deadline::run(context.database.clone(), context.relay.clone(), context.shutdown.clone());
     let listen = config.service.http_listen(&SPEC);
-    let running = context.launch(listen, axum::Router::new(), Workload { consumer: None, background: Vec::new() }).await?;
-    Ok(Some(running))
+    let workload = Workload {
+        consumer: Some((vec![Topic::Payments, Topic::Inventory], Arc::new(handler))),
+        background: vec![Box::pin(deadline_scanner)],
+    };
+    Ok(Some(context.launch(listen, routes, workload).await?))
 }
