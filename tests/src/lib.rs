@@ -111,6 +111,19 @@ impl TestEnv {
         Ok(TopicReader { consumer, codec: self.codec()? })
     }
 
+    /// Waits until the outbox of `service`'s database is empty: everything it committed is
+    /// published.
+    pub async fn outbox_drained(&self, service: &str) -> anyhow::Result<()> {
+        let pool = sqlx::PgPool::connect(&self.database_url(service)).await?;
+        let result = eventually(&format!("{service} outbox drained"), Duration::from_secs(30), || async {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.ok()?;
+            (pending == 0).then_some(())
+        })
+        .await;
+        pool.close().await;
+        result
+    }
+
     /// A consumer group id unique to this test.
     pub fn group(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
@@ -153,6 +166,54 @@ pub struct ReadRecord {
 }
 
 impl TopicReader {
+    /// Reads every record present on the topic now (up to each partition's high watermark).
+    pub async fn read_to_end(&self, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
+        let topic = self
+            .consumer
+            .subscription()?
+            .elements()
+            .first()
+            .map(|e| e.topic().to_string())
+            .ok_or_else(|| anyhow::anyhow!("reader has no topic"))?;
+        let metadata = self.consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+        let mut remaining: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+        for partition in 0..partitions {
+            let (low, high) = self.consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            if high > low {
+                remaining.insert(partition, high);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while !remaining.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = match tokio::time::timeout(left, self.consumer.recv()).await {
+                Ok(message) => message?,
+                Err(_) => anyhow::bail!("timed out after {timeout:?} reading {topic} to its end"),
+            };
+            if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+                remaining.remove(&message.partition());
+            }
+            records.push(self.to_record(&message).await);
+        }
+        Ok(records)
+    }
+
+    async fn to_record(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
+        let headers = match message.headers() {
+            Some(headers) => rdkafka::message::Headers::iter(headers)
+                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect(),
+            None => Vec::new(),
+        };
+        ReadRecord {
+            event: self.codec.decode(message.payload()).await.map_err(|e| e.to_string()),
+            headers,
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        }
+    }
+
     /// Reads records until `done` says the collected ones suffice, failing after `timeout`.
     pub async fn read_until(
         &self,
@@ -167,14 +228,7 @@ impl TopicReader {
                 Ok(message) => message?,
                 Err(_) => anyhow::bail!("timed out after {timeout:?}; read {} records: {records:#?}", records.len()),
             };
-            let headers = rdkafka::message::Headers::iter(message.headers().unwrap_or(&rdkafka::message::OwnedHeaders::new().as_borrowed()))
-                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                .collect();
-            records.push(ReadRecord {
-                event: self.codec.decode(message.payload()).await.map_err(|e| e.to_string()),
-                headers,
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            });
+            records.push(self.to_record(&message).await);
         }
         Ok(records)
     }
