@@ -9,6 +9,9 @@ use saga_tests::{eventually, ReadRecord, TestEnv};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+/// Turns a valid order body into an invalid one.
+type BodyChange = Box<dyn Fn(&mut Value)>;
+
 async fn start_order_service(env: &TestEnv, deadline_secs: f64) -> anyhow::Result<RunningService> {
     let config = order_service::Config { service: env.service_config("order"), saga_deadline_secs: deadline_secs };
     order_service::start(&config, CancellationToken::new())
@@ -143,7 +146,7 @@ async fn invalid_orders_are_rejected_naming_the_field() -> anyhow::Result<()> {
     assert_eq!(malformed.status(), 400);
     assert!(malformed.text().await?.contains("malformed JSON"));
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, BodyChange)> = vec![
         ("currency", Box::new(|b: &mut Value| drop(b.as_object_mut().map(|o| o.remove("currency"))))),
         ("items[0].quantity", Box::new(|b: &mut Value| b["items"][0]["quantity"] = json!(0))),
         ("items[0].unit_price_minor", Box::new(|b: &mut Value| b["items"][0]["unit_price_minor"] = json!(-5))),

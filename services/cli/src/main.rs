@@ -1,6 +1,10 @@
 //! `sagactl`: the operator CLI of the saga platform. Prepares a deployment (topics, databases,
 //! schemas) and reports on it; every command is safe to run again.
 
+mod bench;
+mod demo;
+mod endpoints;
+
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,12 +14,12 @@ use saga_common::{database, kafka, service};
 use saga_contracts::EventType;
 use serde_json::json;
 
-/// Services and their default databases and HTTP ports on the local stack.
-const SERVICES: [(&str, &str, u16); 4] = [
-    ("order-service", "saga_order", 8080),
-    ("payment-service", "saga_payment", 8082),
-    ("inventory-service", "saga_inventory", 8083),
-    ("notification-service", "saga_notification", 8084),
+/// Services and their default databases on the local stack.
+const SERVICES: [(&str, &str); 4] = [
+    ("order-service", "saga_order"),
+    ("payment-service", "saga_payment"),
+    ("inventory-service", "saga_inventory"),
+    ("notification-service", "saga_notification"),
 ];
 
 /// Compatibility every event subject is held to.
@@ -51,9 +55,30 @@ enum Command {
     },
     /// Readiness of every service.
     Status {
-        /// Host the services listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
+    },
+    /// Pushes orders through every branch of the saga and prints their outcomes and timelines.
+    Demo {
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
+        /// Seconds to wait for each order's outcome.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Places many orders and reports throughput and latency percentiles.
+    Bench {
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
+        /// Number of orders.
+        #[arg(long, default_value_t = 1000)]
+        orders: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds to wait for each order's outcome.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
 }
 
@@ -87,13 +112,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Topics { command: TopicsCommand::Create } => create_topics(&cli.kafka).await,
         Command::Databases { command: DatabasesCommand::Create { server_url } } => create_databases(&server_url).await,
         Command::Schemas { command: SchemasCommand::Register } => register_schemas(&cli.kafka, &cli.registry).await,
-        Command::Status { host } => status(&host).await,
+        Command::Status { endpoints } => status(&endpoints).await,
+        Command::Demo { endpoints, timeout_secs } => demo::run(&endpoints, Duration::from_secs(timeout_secs)).await,
+        Command::Bench { endpoints, orders, concurrency, timeout_secs } => {
+            bench::run(&endpoints, orders, concurrency.max(1), Duration::from_secs(timeout_secs)).await
+        }
     }
 }
 
 async fn create_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
     let mut topics = Vec::new();
-    for (name, _, _) in SERVICES {
+    for (name, _) in SERVICES {
         for topic in service::saga_topics(kafka, name) {
             if !topics.iter().any(|t: &kafka::TopicSpec| t.name == topic.name) {
                 topics.push(topic);
@@ -108,7 +137,7 @@ async fn create_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
 }
 
 async fn create_databases(server_url: &str) -> anyhow::Result<()> {
-    for (_, name, _) in SERVICES {
+    for (_, name) in SERVICES {
         let url = format!("{}/{name}", server_url.trim_end_matches('/'));
         database::create_database_if_missing(&url)
             .await
@@ -150,11 +179,11 @@ async fn register_schemas(kafka: &KafkaConfig, registry: &RegistryConfig) -> any
     Ok(())
 }
 
-async fn status(host: &str) -> anyhow::Result<()> {
+async fn status(endpoints: &endpoints::Endpoints) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let mut all_ready = true;
-    for (name, _, port) in SERVICES {
-        let url = format!("http://{host}:{port}/health/ready");
+    for (name, base) in endpoints.all() {
+        let url = format!("{base}/health/ready");
         match http.get(&url).send().await {
             Ok(response) => {
                 let ready = response.status().is_success();

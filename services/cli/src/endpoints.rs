@@ -1,0 +1,30 @@
+//! Where the services' HTTP APIs are.
+
+/// Base URLs of the services.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Endpoints {
+    /// Order service base URL.
+    #[arg(long = "order-url", env = "ORDER_SERVICE_URL", default_value = "http://127.0.0.1:8080")]
+    pub(crate) order: String,
+    /// Payment service base URL.
+    #[arg(long = "payment-url", env = "PAYMENT_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+    pub(crate) payment: String,
+    /// Inventory service base URL.
+    #[arg(long = "inventory-url", env = "INVENTORY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
+    pub(crate) inventory: String,
+    /// Notification service base URL.
+    #[arg(long = "notification-url", env = "NOTIFICATION_SERVICE_URL", default_value = "http://127.0.0.1:8084")]
+    pub(crate) notification: String,
+}
+
+impl Endpoints {
+    /// Every service with its base URL.
+    pub(crate) fn all(&self) -> [(&'static str, &str); 4] {
+        [
+            ("order-service", &self.order),
+            ("payment-service", &self.payment),
+            ("inventory-service", &self.inventory),
+            ("notification-service", &self.notification),
+        ]
+    }
+}
