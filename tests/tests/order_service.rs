@@ -320,3 +320,45 @@ async fn a_poison_outcome_is_dead_lettered_and_the_next_one_is_processed() -> an
     service.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn health_says_live_and_ready_when_database_broker_and_registry_answer() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start_order_service(&env, 30.0).await?;
+    let live = reqwest::get(format!("http://{}/health/live", service.local_addr)).await?;
+    assert_eq!(live.status(), 200);
+    let ready = reqwest::get(format!("http://{}/health/ready", service.local_addr)).await?;
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await?;
+    assert_eq!(body["checks"], json!({"database": "up", "broker": "up", "schema_registry": "up"}));
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_names_an_unreachable_registry() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start_order_service(&env, 30.0).await?;
+    // The service waits for the registry at startup, so the outage is checked on the readiness
+    // router itself, with the service's database and broker and a registry URL on a closed port.
+    let mut config = env.service_config("order");
+    config.registry.url = "http://127.0.0.1:9".into();
+    let dependencies = saga_common::health::Dependencies {
+        database: sqlx::PgPool::connect(&env.database_url("order")).await?,
+        kafka: config.kafka.clone(),
+        registry: config.registry.clone(),
+        http: reqwest::Client::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, saga_common::health::router(dependencies)).await });
+    let ready = reqwest::get(format!("http://{address}/health/ready")).await?;
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await?;
+    assert_eq!(body["checks"]["database"], "up");
+    assert_eq!(body["checks"]["broker"], "up");
+    assert!(body["checks"]["schema_registry"].as_str().unwrap_or_default().starts_with("down"), "{body}");
+    server.abort();
+    service.stop().await;
+    Ok(())
+}

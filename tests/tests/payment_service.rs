@@ -1,0 +1,604 @@
+//! The payment service against the real broker, registry and PostgreSQL: the test plays the
+//! order service by producing order events, and checks what the payment service emitted on
+//! `payments`, what it serves over HTTP, and what its simulated gateway's ledger recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use payment_service::gateway::{
+    ChargeOutcome, ChargeRequest, GatewayConfig, PaymentGateway, SimulatedGateway,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use saga_common::consumer::{
+    DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC,
+};
+use saga_common::kafka;
+use saga_common::service::RunningService;
+use saga_contracts::{OrderConfirmed, OrderCreated, OrderFailed, OrderLine, SagaEvent, Topic};
+use saga_tests::{eventually, ReadRecord, TestEnv, TopicReader};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the payments topic must stay silent to count as "nothing more was emitted".
+const QUIET: Duration = Duration::from_secs(3);
+const TOTAL_MINOR: i64 = 3998;
+
+fn config(env: &TestEnv) -> payment_service::Config {
+    payment_service::Config {
+        service: env.service_config("payment"),
+        gateway: GatewayConfig::default(),
+    }
+}
+
+async fn start(env: &TestEnv) -> anyhow::Result<RunningService> {
+    payment_service::start(&config(env), CancellationToken::new())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the payment service did not start"))
+}
+
+/// The payment service's database, for looking at its gateway ledger and outbox.
+async fn database(env: &TestEnv) -> anyhow::Result<PgPool> {
+    Ok(PgPool::connect(&env.database_url("payment")).await?)
+}
+
+fn order_created(order_id: Uuid, token: &str) -> OrderCreated {
+    OrderCreated {
+        event_id: Uuid::new_v4().to_string(),
+        order_id: order_id.to_string(),
+        causation_id: None,
+        occurred_at: chrono::Utc::now().timestamp_millis(),
+        customer_id: "customer-1".into(),
+        customer_email: "buyer@example.com".into(),
+        payment_token: token.into(),
+        total_minor: TOTAL_MINOR,
+        currency: "USD".into(),
+        items: vec![OrderLine {
+            sku: "SKU-1".into(),
+            quantity: 2,
+            unit_price_minor: 1999,
+        }],
+        sales_channel: "api".into(),
+    }
+}
+
+fn order_failed(created: &OrderCreated, reason: &str) -> OrderFailed {
+    OrderFailed {
+        event_id: Uuid::new_v4().to_string(),
+        order_id: created.order_id.clone(),
+        causation_id: None,
+        occurred_at: chrono::Utc::now().timestamp_millis(),
+        reason: reason.into(),
+        customer_email: created.customer_email.clone(),
+        total_minor: created.total_minor,
+        currency: created.currency.clone(),
+    }
+}
+
+fn order_confirmed(created: &OrderCreated) -> OrderConfirmed {
+    OrderConfirmed {
+        event_id: Uuid::new_v4().to_string(),
+        order_id: created.order_id.clone(),
+        causation_id: None,
+        occurred_at: chrono::Utc::now().timestamp_millis(),
+        customer_email: created.customer_email.clone(),
+        total_minor: created.total_minor,
+        currency: created.currency.clone(),
+    }
+}
+
+fn payments_reader(env: &TestEnv) -> anyhow::Result<TopicReader> {
+    env.reader(&env.kafka.topic(Topic::Payments))
+}
+
+fn events(records: &[ReadRecord]) -> Vec<&SagaEvent> {
+    records
+        .iter()
+        .filter_map(|record| record.event.as_ref().ok())
+        .collect()
+}
+
+/// Reads the payments topic until `count` events were read, then checks that nothing more comes.
+async fn read_exactly(reader: &TopicReader, count: usize) -> anyhow::Result<Vec<SagaEvent>> {
+    let records = reader
+        .read_until(TIMEOUT, |records| records.len() >= count)
+        .await?;
+    let extra = reader
+        .read_until(QUIET, |records| !records.is_empty())
+        .await;
+    if let Ok(extra) = extra {
+        anyhow::bail!("expected {count} events, then silence; also got {extra:#?}");
+    }
+    assert!(
+        records.iter().all(|r| r.event.is_ok()),
+        "undecodable payments: {records:#?}"
+    );
+    Ok(events(&records).into_iter().cloned().collect())
+}
+
+/// Waits until the payment service has processed every record on `orders` (its committed
+/// offsets reached the end of every partition) and published every event it caused.
+async fn wait_until_settled(env: &TestEnv, database: &PgPool) -> anyhow::Result<()> {
+    let topic = env.kafka.topic(Topic::Orders);
+    let probe: Arc<StreamConsumer> = Arc::new(kafka::consumer(
+        &env.kafka,
+        &env.group(payment_service::SPEC.name),
+    )?);
+    eventually("every order event consumed", TIMEOUT, || {
+        let probe = probe.clone();
+        let topic = topic.clone();
+        async move {
+            let consumed = tokio::task::spawn_blocking(move || consumed_to_the_end(&probe, &topic))
+                .await
+                .ok()?;
+            consumed.ok()?.then_some(())
+        }
+    })
+    .await?;
+    eventually("outbox published", TIMEOUT, || async {
+        let pending = saga_common::outbox::pending(database).await.ok()?;
+        (pending == 0).then_some(())
+    })
+    .await
+}
+
+fn consumed_to_the_end(probe: &StreamConsumer, topic: &str) -> anyhow::Result<bool> {
+    let wait = Duration::from_secs(10);
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..6 {
+        partitions.add_partition(topic, partition);
+    }
+    let committed = probe.committed_offsets(partitions, wait)?;
+    for partition in 0..6 {
+        let (_, high) = probe.fetch_watermarks(topic, partition, wait)?;
+        if high == 0 {
+            continue;
+        }
+        match committed
+            .find_partition(topic, partition)
+            .map(|entry| entry.offset())
+        {
+            Some(Offset::Offset(offset)) if offset >= high => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+async fn get_payment(
+    service: &RunningService,
+    order_id: &str,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let response =
+        reqwest::get(format!("http://{}/payments/{order_id}", service.local_addr)).await?;
+    let status = response.status();
+    Ok((status, response.json().await?))
+}
+
+/// The gateway ledger's rows: (idempotency key, operation, attempts, outcome, amount).
+async fn ledger(
+    database: &PgPool,
+) -> anyhow::Result<Vec<(String, String, i32, Option<String>, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT idempotency_key, operation, attempts, outcome, amount_minor FROM gateway_ledger ORDER BY created_at",
+    )
+    .fetch_all(database)
+    .await?)
+}
+
+fn header<'a>(record: &'a ReadRecord, name: &str) -> Option<&'a str> {
+    record
+        .headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+#[tokio::test]
+async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let order_id = Uuid::new_v4();
+    let created = order_created(order_id, "tok_visa");
+    env.produce(&created.clone().into()).await?;
+
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    let SagaEvent::PaymentSucceeded(success) = &emitted[0] else {
+        panic!("expected payment.success, got {emitted:#?}");
+    };
+    assert_eq!(success.order_id, created.order_id);
+    assert_eq!(
+        success.causation_id.as_deref(),
+        Some(created.event_id.as_str())
+    );
+    assert_eq!(success.amount_minor, TOTAL_MINOR);
+    assert_eq!(success.currency, "USD");
+    assert!(Uuid::parse_str(&success.payment_id).is_ok());
+
+    let (status, body) = get_payment(&service, &created.order_id).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "order_id": created.order_id,
+            "payment_id": success.payment_id,
+            "status": "captured",
+            "amount_minor": TOTAL_MINOR,
+            "refunded_minor": 0,
+            "currency": "USD",
+            "decline_reason": null,
+        })
+    );
+
+    // order.confirmed changes nothing: the capture stands.
+    env.produce(&order_confirmed(&created).into()).await?;
+    let database = database(&env).await?;
+    wait_until_settled(&env, &database).await?;
+    assert_eq!(
+        get_payment(&service, &created.order_id).await?.1["status"],
+        "captured"
+    );
+    assert_eq!(
+        ledger(&database).await?,
+        vec![(
+            created.order_id.clone(),
+            "charge".into(),
+            1,
+            Some("captured".into()),
+            TOTAL_MINOR
+        )]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_decline_token_is_declined_with_payment_failed_and_nothing_is_charged(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let created = order_created(Uuid::new_v4(), "tok_decline_insufficient_funds");
+    env.produce(&created.clone().into()).await?;
+
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    let SagaEvent::PaymentFailed(failed) = &emitted[0] else {
+        panic!("expected payment.failed, got {emitted:#?}");
+    };
+    assert_eq!(failed.order_id, created.order_id);
+    assert_eq!(failed.reason, "card_declined");
+    assert_eq!(failed.amount_minor, TOTAL_MINOR);
+    assert_eq!(failed.currency, "USD");
+
+    let (status, body) = get_payment(&service, &created.order_id).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "declined");
+    assert_eq!(body["decline_reason"], "card_declined");
+    assert_eq!(body["refunded_minor"], 0);
+
+    let database = database(&env).await?;
+    let captured: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE outcome = 'captured'")
+            .fetch_one(&database)
+            .await?;
+    assert_eq!(captured, 0, "a declined order must not be charged");
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flaky_token_is_captured_after_transient_errors_with_exactly_one_payment_success(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let created = order_created(Uuid::new_v4(), "tok_flaky_visa");
+    env.produce(&created.clone().into()).await?;
+
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    assert!(
+        matches!(&emitted[0], SagaEvent::PaymentSucceeded(success) if success.amount_minor == TOTAL_MINOR),
+        "expected one payment.success, got {emitted:#?}"
+    );
+    assert_eq!(
+        get_payment(&service, &created.order_id).await?.1["status"],
+        "captured"
+    );
+    let database = database(&env).await?;
+    // Two transient failures, then the capture: three calls under one key, one charge.
+    assert_eq!(
+        ledger(&database).await?,
+        vec![(
+            created.order_id.clone(),
+            "charge".into(),
+            3,
+            Some("captured".into()),
+            TOTAL_MINOR
+        )]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn order_failed_after_a_capture_refunds_exactly_once_however_often_events_are_delivered(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let reader = payments_reader(&env)?;
+    let created = order_created(Uuid::new_v4(), "tok_visa");
+    env.produce(&created.clone().into()).await?;
+    reader
+        .read_until(TIMEOUT, |records| !records.is_empty())
+        .await?;
+
+    let failed = order_failed(&created, "out_of_stock");
+    env.produce(&failed.clone().into()).await?;
+    // The same order.failed and order.created delivered again, and a second order.failed.
+    env.produce(&failed.clone().into()).await?;
+    env.produce(&created.clone().into()).await?;
+    env.produce(&order_failed(&created, "deadline_exceeded").into())
+        .await?;
+    let database = database(&env).await?;
+    wait_until_settled(&env, &database).await?;
+
+    let emitted = read_exactly(&reader, 1).await?;
+    let SagaEvent::PaymentRefunded(refunded) = &emitted[0] else {
+        panic!("expected one payment.refunded after the payment.success, got {emitted:#?}");
+    };
+    assert_eq!(refunded.order_id, created.order_id);
+    assert_eq!(
+        refunded.causation_id.as_deref(),
+        Some(failed.event_id.as_str())
+    );
+    assert_eq!(refunded.amount_minor, TOTAL_MINOR);
+    assert_eq!(refunded.currency, "USD");
+    assert_eq!(refunded.reason, "out_of_stock");
+
+    let (status, body) = get_payment(&service, &created.order_id).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "refunded");
+    assert_eq!(body["payment_id"], refunded.payment_id.as_str());
+    assert_eq!(body["refunded_minor"], TOTAL_MINOR);
+    assert_eq!(body["amount_minor"], TOTAL_MINOR);
+
+    let refund_key = format!("refund-{}", created.order_id);
+    assert_eq!(
+        ledger(&database).await?,
+        vec![
+            (
+                created.order_id.clone(),
+                "charge".into(),
+                1,
+                Some("captured".into()),
+                TOTAL_MINOR
+            ),
+            (
+                refund_key,
+                "refund".into(),
+                1,
+                Some("refunded".into()),
+                TOTAL_MINOR
+            ),
+        ]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn order_failed_for_a_declined_payment_refunds_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let reader = payments_reader(&env)?;
+    let created = order_created(Uuid::new_v4(), "tok_decline");
+    env.produce(&created.clone().into()).await?;
+    env.produce(&order_failed(&created, "payment_declined").into())
+        .await?;
+    let database = database(&env).await?;
+    wait_until_settled(&env, &database).await?;
+
+    let emitted = read_exactly(&reader, 1).await?;
+    assert!(
+        matches!(&emitted[0], SagaEvent::PaymentFailed(_)),
+        "expected only payment.failed, got {emitted:#?}"
+    );
+    let body = get_payment(&service, &created.order_id).await?.1;
+    assert_eq!(body["status"], "declined");
+    assert_eq!(body["refunded_minor"], 0);
+    let refunds: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE operation = 'refund'")
+            .fetch_one(&database)
+            .await?;
+    assert_eq!(refunds, 0);
+    let failed_reason: String =
+        sqlx::query_scalar("SELECT reason FROM failed_orders WHERE order_id = $1::uuid")
+            .bind(&created.order_id)
+            .fetch_one(&database)
+            .await?;
+    assert_eq!(failed_reason, "payment_declined");
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_with_its_origin_and_the_next_order_is_still_charged(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let poison_key = Uuid::new_v4().to_string();
+    let mut poison = vec![0xFF_u8];
+    poison.extend_from_slice(Uuid::new_v4().as_bytes());
+    env.produce_raw(Topic::Orders, &poison_key, &poison).await?;
+    let created = order_created(Uuid::new_v4(), "tok_visa");
+    env.produce(&created.clone().into()).await?;
+
+    let dead_letters = env.reader(&env.kafka.dead_letter_topic(payment_service::SPEC.name))?;
+    let records = dead_letters
+        .read_until(TIMEOUT, |records| !records.is_empty())
+        .await?;
+    let dead = &records[0];
+    assert_eq!(dead.key.as_deref(), Some(poison_key.as_str()));
+    assert!(
+        dead.event.is_err(),
+        "the dead letter keeps the undecodable bytes"
+    );
+    assert_eq!(
+        header(dead, DLQ_ORIGIN_TOPIC),
+        Some(env.kafka.topic(Topic::Orders).as_str())
+    );
+    assert!(header(dead, DLQ_ORIGIN_PARTITION)
+        .is_some_and(|p| p.parse::<i32>().is_ok_and(|p| (0..6).contains(&p))));
+    assert!(header(dead, DLQ_ORIGIN_OFFSET).is_some_and(|o| o.parse::<i64>().is_ok()));
+    assert!(header(dead, DLQ_ERROR).is_some_and(|e| !e.is_empty()));
+    assert_eq!(
+        header(dead, DLQ_CONSUMER_GROUP),
+        Some(env.group(payment_service::SPEC.name).as_str())
+    );
+
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    assert!(
+        matches!(&emitted[0], SagaEvent::PaymentSucceeded(success) if success.order_id == created.order_id),
+        "expected payment.success for the good order, got {emitted:#?}"
+    );
+    assert_eq!(
+        get_payment(&service, &created.order_id).await?.1["status"],
+        "captured"
+    );
+    let more_dead = dead_letters
+        .read_until(QUIET, |records| !records.is_empty())
+        .await;
+    assert!(
+        more_dead.is_err(),
+        "only the poison record is dead-lettered: {more_dead:#?}"
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_service_does_not_charge_or_refund_again_when_events_are_redelivered(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let charged = order_created(Uuid::new_v4(), "tok_visa");
+    let refunded = order_created(Uuid::new_v4(), "tok_visa");
+    let refunded_failure = order_failed(&refunded, "deadline_exceeded");
+    for event in [
+        SagaEvent::from(charged.clone()),
+        refunded.clone().into(),
+        refunded_failure.clone().into(),
+    ] {
+        env.produce(&event).await?;
+    }
+    let database = database(&env).await?;
+    wait_until_settled(&env, &database).await?;
+    let before = (
+        get_payment(&service, &charged.order_id).await?.1,
+        get_payment(&service, &refunded.order_id).await?.1,
+        ledger(&database).await?,
+    );
+    assert_eq!(before.0["status"], "captured");
+    assert_eq!(before.1["status"], "refunded");
+    service.stop().await;
+
+    let service = start(&env).await?;
+    for event in [
+        SagaEvent::from(charged.clone()),
+        refunded.clone().into(),
+        refunded_failure.clone().into(),
+    ] {
+        env.produce(&event).await?;
+    }
+    wait_until_settled(&env, &database).await?;
+    let after = (
+        get_payment(&service, &charged.order_id).await?.1,
+        get_payment(&service, &refunded.order_id).await?.1,
+        ledger(&database).await?,
+    );
+    // Same payments, and no gateway call at all (the ledger counts every call).
+    assert_eq!(after, before);
+
+    let emitted = read_exactly(&payments_reader(&env)?, 3).await?;
+    let mut types: Vec<&str> = emitted
+        .iter()
+        .map(|event| event.event_type().as_str())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["payment.refunded", "payment.success", "payment.success"]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_charge_made_before_a_crash_is_not_repeated_when_the_order_is_processed_again(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let database = database(&env).await?;
+    let created = order_created(Uuid::new_v4(), "tok_visa");
+    // As if an earlier run charged the order and crashed before its commit.
+    let gateway = SimulatedGateway::new(database.clone(), Duration::ZERO, 0.0);
+    let first = gateway
+        .charge(ChargeRequest {
+            idempotency_key: created.order_id.clone(),
+            token: created.payment_token.clone(),
+            amount_minor: created.total_minor,
+            currency: created.currency.clone(),
+        })
+        .await?;
+    let ChargeOutcome::Captured { gateway_reference } = first else {
+        panic!("expected a capture, got {first:?}");
+    };
+
+    env.produce(&created.clone().into()).await?;
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    assert!(
+        matches!(&emitted[0], SagaEvent::PaymentSucceeded(_)),
+        "got {emitted:#?}"
+    );
+    let stored: String =
+        sqlx::query_scalar("SELECT gateway_reference FROM payments WHERE order_id = $1::uuid")
+            .bind(&created.order_id)
+            .fetch_one(&database)
+            .await?;
+    assert_eq!(
+        stored, gateway_reference,
+        "the service got the first charge back"
+    );
+    assert_eq!(
+        ledger(&database).await?,
+        vec![(
+            created.order_id.clone(),
+            "charge".into(),
+            2,
+            Some("captured".into()),
+            TOTAL_MINOR
+        )]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_payment_api_answers_404_for_an_unknown_order_and_400_for_a_malformed_id(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let (status, body) = get_payment(&service, &Uuid::new_v4().to_string()).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string());
+    let (status, body) = get_payment(&service, "not-a-uuid").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("not-a-uuid")));
+    service.stop().await;
+    Ok(())
+}
