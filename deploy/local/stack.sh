@@ -2,6 +2,7 @@
 # The local stack: a Kafka-API broker (Tansu, durable sqlite storage), the schema registry, an
 # SMTP catcher (maildev), one PostgreSQL database per service, and the four services, each as its
 # own process. Usage:
+#   deploy/local/stack.sh demo     up, then push orders through every saga branch and print them
 #   deploy/local/stack.sh up       start whatever is not running yet (idempotent)
 #   deploy/local/stack.sh infra    start only broker, registry and SMTP catcher (what tests need)
 #   deploy/local/stack.sh down     stop everything this script started
@@ -172,8 +173,13 @@ show_status() {
 
 case "${1:-up}" in
   up) up_infra; start_services; step "The platform is up. Logs: $LOGS" ;;
+  demo)
+    up_infra; start_services
+    step "Pushing orders through every branch of the saga"
+    "$BIN/sagactl" demo
+    step "The platform is up. Logs: $LOGS; stop it with deploy/local/stack.sh down" ;;
   infra) up_infra; step "Broker, registry and SMTP catcher are up. Logs: $LOGS" ;;
   down) stop_all ;;
   status) show_status ;;
-  *) echo "usage: $0 up|infra|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|up|infra|down|status" >&2; exit 2 ;;
 esac
