@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use payment_service::gateway::{
-    ChargeOutcome, ChargeRequest, GatewayConfig, PaymentGateway, SimulatedGateway,
+    ChargeOutcome, ChargeRequest, GatewayConfig, PaymentGateway, RefundRequest, SimulatedGateway,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -581,6 +581,68 @@ async fn a_charge_made_before_a_crash_is_not_repeated_when_the_order_is_processe
             Some("captured".into()),
             TOTAL_MINOR
         )]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refund_made_before_a_crash_is_not_repeated_when_order_failed_is_processed_again(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let database = database(&env).await?;
+    let reader = payments_reader(&env)?;
+    let created = order_created(Uuid::new_v4(), "tok_visa");
+    env.produce(&created.clone().into()).await?;
+    reader
+        .read_until(TIMEOUT, |records| !records.is_empty())
+        .await?;
+    let charge_reference: String =
+        sqlx::query_scalar("SELECT gateway_reference FROM payments WHERE order_id = $1::uuid")
+            .bind(&created.order_id)
+            .fetch_one(&database)
+            .await?;
+    // As if an earlier run refunded at the gateway and crashed before its commit.
+    let refund_key = format!("refund-{}", created.order_id);
+    SimulatedGateway::new(database.clone(), Duration::ZERO, 0.0)
+        .refund(RefundRequest {
+            idempotency_key: refund_key.clone(),
+            gateway_reference: charge_reference,
+            amount_minor: created.total_minor,
+            currency: created.currency.clone(),
+        })
+        .await?;
+
+    env.produce(&order_failed(&created, "out_of_stock").into())
+        .await?;
+    let emitted = read_exactly(&reader, 1).await?;
+    assert!(
+        matches!(&emitted[0], SagaEvent::PaymentRefunded(refund) if refund.amount_minor == TOTAL_MINOR),
+        "expected one payment.refunded, got {emitted:#?}"
+    );
+    assert_eq!(
+        get_payment(&service, &created.order_id).await?.1["refunded_minor"],
+        TOTAL_MINOR
+    );
+    assert_eq!(
+        ledger(&database).await?,
+        vec![
+            (
+                created.order_id.clone(),
+                "charge".into(),
+                1,
+                Some("captured".into()),
+                TOTAL_MINOR
+            ),
+            (
+                refund_key,
+                "refund".into(),
+                2,
+                Some("refunded".into()),
+                TOTAL_MINOR
+            ),
+        ]
     );
     service.stop().await;
     Ok(())

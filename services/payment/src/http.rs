@@ -1,0 +1,66 @@
+//! The payment service's HTTP API: read-only views of payments.
+//!
+//! `GET /payments/{order_id}` → 200 with the order's payment, 404 if the order has none,
+//! 400 if the id is not a UUID, 503 if the database is unavailable.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use saga_common::http::ApiError;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::payments::{self, Payment};
+
+/// The routes of the payment API.
+pub fn routes(database: PgPool) -> Router {
+    Router::new()
+        .route("/payments/{order_id}", get(get_payment))
+        .with_state(database)
+}
+
+/// A payment as served over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentView {
+    /// The order paid for.
+    pub order_id: Uuid,
+    /// The payment's id.
+    pub payment_id: Uuid,
+    /// `captured`, `declined` or `refunded`.
+    pub status: &'static str,
+    /// The amount charged (or attempted), in minor units.
+    pub amount_minor: i64,
+    /// How much was given back, in minor units.
+    pub refunded_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Why the gateway declined; `null` unless declined.
+    pub decline_reason: Option<String>,
+}
+
+impl From<Payment> for PaymentView {
+    fn from(payment: Payment) -> Self {
+        Self {
+            order_id: payment.order_id,
+            payment_id: payment.payment_id,
+            status: payment.status.as_str(),
+            amount_minor: payment.amount_minor,
+            refunded_minor: payment.refunded_minor,
+            currency: payment.currency,
+            decline_reason: payment.decline_reason,
+        }
+    }
+}
+
+async fn get_payment(
+    State(database): State<PgPool>,
+    Path(order_id): Path<String>,
+) -> Result<Json<PaymentView>, ApiError> {
+    let order_id = Uuid::parse_str(&order_id)
+        .map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
+    let payment = payments::find(&database, order_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;
+    Ok(Json(payment.into()))
+}
