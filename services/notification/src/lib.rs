@@ -1,31 +1,107 @@
 //! Notification service: emails each order's outcome to its customer exactly once.
+//!
+//! The `orders` consumer ([`handler`]) only records the intent to send, in one transaction with
+//! its inbox entry; the [`mailer`] sends recorded emails over SMTP afterwards, retrying failures
+//! with backoff and never dropping one. Each email carries a deterministic Message-ID per order
+//! outcome, so the one resend a crash can cause (after the SMTP server accepted the mail, before
+//! it was marked sent) is recognisable by the receiver. See docs/notification.md.
+
+use std::sync::Arc;
 
 use clap::Parser;
 use saga_common::service::{RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
+use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub mod email;
+pub mod error;
+pub mod handler;
+pub mod http;
+pub mod mailer;
+pub mod store;
+
+pub use error::{Error, Result};
+use handler::OrderOutcomeHandler;
+use mailer::{Mailer, MailerConfig, SmtpConfig, SmtpSender};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec =
-    ServiceSpec { name: "notification-service", default_database: "saga_notification", default_http_port: 8084 };
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "notification-service",
+    default_database: "saga_notification",
+    default_http_port: 8084,
+};
 
 /// Configuration of the notification service.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "notification-service", about = "Emails each order's outcome exactly once")]
+#[command(
+    name = "notification-service",
+    about = "Emails each order's outcome exactly once"
+)]
 pub struct Config {
     /// Settings shared by every service.
     #[command(flatten)]
     pub service: ServiceConfig,
+    /// The SMTP server emails go to.
+    #[command(flatten)]
+    pub smtp: SmtpConfig,
+    /// Polling and retry timing of the mailer.
+    #[command(flatten)]
+    pub mailer: MailerConfig,
+}
+
+impl Config {
+    /// `service` with the default SMTP (local maildev) and mailer settings.
+    pub fn new(service: ServiceConfig) -> Self {
+        Self {
+            service,
+            smtp: SmtpConfig::default(),
+            mailer: MailerConfig::default(),
+        }
+    }
 }
 
 /// Starts the service; `None` if `shutdown` was cancelled before it was up.
-pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunningService>> {
-    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
+pub async fn start(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<RunningService>> {
+    // Invalid SMTP settings fail here, before anything is consumed.
+    let sender = SmtpSender::new(&config.smtp)?;
+    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await?
+    else {
         return Ok(None);
     };
+    tracing::info!(smtp = ?config.smtp, "emails go to this SMTP server");
     let listen = config.service.http_listen(&SPEC);
-    let running = context.launch(listen, axum::Router::new(), Workload { consumer: None, background: Vec::new() }).await?;
+    let mailer_wake = Arc::new(Notify::new());
+    let mailer = Mailer::new(
+        context.database.clone(),
+        sender,
+        mailer_wake.clone(),
+        &config.mailer,
+    );
+    let handler = OrderOutcomeHandler::new(context.database.clone(), mailer_wake);
+    let routes = http::routes(context.database.clone());
+    let workload = Workload {
+        consumer: Some((vec![Topic::Orders], Arc::new(handler))),
+        background: vec![Box::pin(mailer.run(context.shutdown.clone()))],
+    };
+    let running = context.launch(listen, routes, workload).await?;
     Ok(Some(running))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Config;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Config::command().debug_assert();
+    }
 }

@@ -1,0 +1,397 @@
+//! The mailer: a background task that sends the emails the handler recorded, over SMTP.
+//!
+//! It takes one due pending row at a time under a row lock (`FOR UPDATE SKIP LOCKED`, so several
+//! instances never send the same row concurrently), sends it, and marks it sent in the same
+//! transaction. A failed attempt is counted and the row is postponed with exponential backoff;
+//! it is never dropped. On startup every pending row is made due (a crash after the handler's
+//! commit but before sending), and idle, it looks again periodically as well as when woken.
+//!
+//! The one window left: the SMTP server accepted a mail and the process died (or the database
+//! failed) before the row was marked sent. The email is then sent again with the same
+//! deterministic Message-ID, which receivers deduplicate on (docs/notification.md).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use saga_common::retry::{retry_until_ok, Backoff};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::store::{self, PendingNotification};
+
+/// Default SMTP host (the local maildev).
+pub const DEFAULT_SMTP_HOST: &str = "127.0.0.1";
+/// Default SMTP port (the local maildev).
+pub const DEFAULT_SMTP_PORT: u16 = 1025;
+/// Default sender address.
+pub const DEFAULT_SMTP_FROM: &str = "orders@saga-platform.local";
+
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmtpTls {
+    /// Plain SMTP, no TLS (local maildev only).
+    Off,
+    /// Plain connection upgraded with STARTTLS, which is required (usually port 587).
+    Starttls,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+}
+
+/// How to reach the SMTP server.
+#[derive(Clone, clap::Args)]
+pub struct SmtpConfig {
+    /// SMTP server host.
+    #[arg(long = "smtp-host", env = "SMTP_HOST", default_value = DEFAULT_SMTP_HOST)]
+    pub host: String,
+    /// SMTP server port.
+    #[arg(long = "smtp-port", env = "SMTP_PORT", default_value_t = DEFAULT_SMTP_PORT)]
+    pub port: u16,
+    /// Sender address (`From:`), optionally with a display name: `Shop <orders@example.com>`.
+    #[arg(long = "smtp-from", env = "SMTP_FROM", default_value = DEFAULT_SMTP_FROM)]
+    pub from: String,
+    /// Transport security.
+    #[arg(long = "smtp-tls", env = "SMTP_TLS", value_enum, default_value_t = SmtpTls::Off)]
+    pub tls: SmtpTls,
+    /// User name for SMTP authentication; none when unset.
+    #[arg(long = "smtp-username", env = "SMTP_USERNAME")]
+    pub username: Option<String>,
+    /// Password for SMTP authentication (never logged).
+    #[arg(long = "smtp-password", env = "SMTP_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Timeout of each SMTP command, connecting included.
+    #[arg(
+        long = "smtp-timeout-ms",
+        env = "SMTP_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub command_timeout_ms: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: DEFAULT_SMTP_HOST.into(),
+            port: DEFAULT_SMTP_PORT,
+            from: DEFAULT_SMTP_FROM.into(),
+            tls: SmtpTls::Off,
+            username: None,
+            password: None,
+            command_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("from", &self.from)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .finish()
+    }
+}
+
+/// When the mailer looks for work and how it backs off.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MailerConfig {
+    /// How often an idle mailer looks for due emails it was not woken for (written by another
+    /// instance, or postponed after a failure).
+    #[arg(
+        long = "mailer-poll-interval-ms",
+        env = "MAILER_POLL_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub poll_interval_ms: u64,
+    /// Delay after the first failed attempt; it doubles with each further failure.
+    #[arg(
+        long = "mailer-retry-initial-ms",
+        env = "MAILER_RETRY_INITIAL_MS",
+        default_value_t = 1_000
+    )]
+    pub retry_initial_ms: u64,
+    /// Longest delay between two attempts.
+    #[arg(
+        long = "mailer-retry-max-ms",
+        env = "MAILER_RETRY_MAX_MS",
+        default_value_t = 60_000
+    )]
+    pub retry_max_ms: u64,
+}
+
+impl Default for MailerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1_000,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+        }
+    }
+}
+
+impl MailerConfig {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(self.retry_initial_ms),
+            max: Duration::from_millis(self.retry_max_ms),
+        }
+    }
+}
+
+/// An SMTP client for one server and sender.
+#[derive(Clone)]
+pub struct SmtpSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl SmtpSender {
+    /// A client for `config`; no connection is made until the first send.
+    pub fn new(config: &SmtpConfig) -> Result<Self> {
+        let from = config
+            .from
+            .parse::<Mailbox>()
+            .map_err(|e| Error::Config(format!("SMTP_FROM {:?}: {e}", config.from)))?;
+        let builder = match config.tls {
+            SmtpTls::Off => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
+            }
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .map_err(|e| Error::Config(format!("SMTP_HOST {:?}: {e}", config.host)))?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+                .map_err(|e| Error::Config(format!("SMTP_HOST {:?}: {e}", config.host)))?,
+        };
+        let mut builder = builder
+            .port(config.port)
+            .timeout(Some(Duration::from_millis(config.command_timeout_ms)));
+        match (&config.username, &config.password) {
+            (Some(username), Some(password)) => {
+                builder = builder.credentials(Credentials::new(username.clone(), password.clone()));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(
+                    "SMTP_USERNAME and SMTP_PASSWORD must be set together".into(),
+                ))
+            }
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    /// Sends one email; `Ok` once the server accepted it.
+    async fn send(&self, notification: &PendingNotification) -> Result<()> {
+        let to = notification
+            .recipient
+            .parse::<Mailbox>()
+            .map_err(|e| Error::Message(format!("recipient {:?}: {e}", notification.recipient)))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(notification.subject.as_str())
+            .message_id(Some(notification.message_id.clone()))
+            .header(ContentType::TEXT_PLAIN)
+            .body(notification.body.clone())
+            .map_err(|e| Error::Message(e.to_string()))?;
+        self.transport.send(message).await?;
+        Ok(())
+    }
+}
+
+/// What one round of the mailer did.
+enum Round {
+    /// An email was accepted by the SMTP server and marked sent.
+    Sent,
+    /// An attempt failed; the email was postponed.
+    Failed,
+    /// Nothing is due.
+    Idle,
+}
+
+/// Sends recorded emails until shutdown.
+pub struct Mailer {
+    database: PgPool,
+    sender: SmtpSender,
+    wake: Arc<Notify>,
+    poll_interval: Duration,
+    backoff: Backoff,
+}
+
+impl Mailer {
+    /// A mailer over `database`, sending with `sender`, woken through `wake` when the handler
+    /// recorded an email.
+    pub fn new(
+        database: PgPool,
+        sender: SmtpSender,
+        wake: Arc<Notify>,
+        config: &MailerConfig,
+    ) -> Self {
+        Self {
+            database,
+            sender,
+            wake,
+            poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
+            backoff: config.backoff(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. An attempt in progress finishes (bounded by the SMTP
+    /// timeout) and is recorded before the task ends.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let database_backoff = Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(5),
+        };
+        let Some(pending) =
+            retry_until_ok("mailer startup sweep", database_backoff, &shutdown, || {
+                store::make_all_pending_due(&self.database)
+            })
+            .await
+        else {
+            return;
+        };
+        if pending > 0 {
+            tracing::info!(pending, "sending emails left pending by an earlier run");
+        }
+        // Consecutive failures; after each one the whole mailer pauses with backoff, so an SMTP
+        // outage costs one attempt per pause, not one per pending row.
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let pause = match self.send_next().await {
+                Ok(Round::Sent) => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(Round::Idle) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    }
+                    continue;
+                }
+                Ok(Round::Failed) => {
+                    failures = failures.saturating_add(1);
+                    self.backoff.delay(failures)
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = database_backoff.delay(failures);
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        attempt = failures,
+                        "mailer database access failed, retrying"
+                    );
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!("mailer stopped");
+    }
+
+    /// Claims the next due email, sends it and records the result, all under the row lock.
+    async fn send_next(&self) -> Result<Round> {
+        let mut tx = self.database.begin().await?;
+        let Some(notification) = store::claim_due(&mut tx).await? else {
+            return Ok(Round::Idle);
+        };
+        self.deliver(tx, notification).await
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            order_id = %notification.order_id,
+            outcome = %notification.outcome,
+            message_id = %notification.message_id,
+            attempt = notification.attempts.saturating_add(1),
+        )
+    )]
+    async fn deliver(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        notification: PendingNotification,
+    ) -> Result<Round> {
+        match self.sender.send(&notification).await {
+            Ok(()) => {
+                store::mark_sent(&mut tx, notification.order_id, &notification.outcome).await?;
+                if let Err(error) = tx.commit().await {
+                    // The server has the mail but the row stays pending: it is sent again with
+                    // the same Message-ID, which the receiver drops.
+                    tracing::error!(%error, "email sent but not marked sent; it will be resent with the same Message-ID");
+                    return Err(error.into());
+                }
+                tracing::info!("email sent");
+                Ok(Round::Sent)
+            }
+            Err(error) => {
+                let attempts =
+                    u32::try_from(notification.attempts.saturating_add(1)).unwrap_or(u32::MAX);
+                let retry_in = self.backoff.delay(attempts);
+                let reason = format!("{error:#}");
+                tracing::warn!(error = %reason, retry_in_ms = retry_in.as_millis() as u64, "sending email failed; will retry");
+                store::mark_failed(
+                    &mut tx,
+                    notification.order_id,
+                    &notification.outcome,
+                    &reason,
+                    retry_in,
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Round::Failed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smtp_password_never_reaches_the_log() {
+        let config = SmtpConfig {
+            username: Some("mailer".into()),
+            password: Some("hunter2".into()),
+            ..SmtpConfig::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("***"), "{printed}");
+    }
+
+    #[test]
+    fn a_username_without_a_password_is_a_configuration_error() {
+        let config = SmtpConfig {
+            username: Some("mailer".into()),
+            ..SmtpConfig::default()
+        };
+        assert!(matches!(SmtpSender::new(&config), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn an_unparsable_sender_is_a_configuration_error() {
+        let config = SmtpConfig {
+            from: "not an address".into(),
+            ..SmtpConfig::default()
+        };
+        assert!(matches!(SmtpSender::new(&config), Err(Error::Config(_))));
+    }
+}
