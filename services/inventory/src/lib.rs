@@ -1,20 +1,42 @@
 //! Inventory service: reserves stock for orders all-or-nothing, commits it for confirmed orders
-//! and releases it for failed ones.
+//! and releases it for failed ones; operators adjust stock over HTTP.
+//!
+//! Guarantees: stock is conserved (sum of adjustments = available + reserved + committed),
+//! concurrent orders never oversell (stock rows are locked in sku order, even across several
+//! instances), and every consumed event and every adjustment is applied exactly once.
+
+use std::sync::Arc;
 
 use clap::Parser;
 use saga_common::service::{RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
+use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
+
+pub mod error;
+mod handler;
+mod http;
+pub mod reservation;
+mod store;
+
+pub use error::InvalidOrder;
+pub use handler::{ORDER_ALREADY_FAILED, OUT_OF_STOCK};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec =
-    ServiceSpec { name: "inventory-service", default_database: "saga_inventory", default_http_port: 8083 };
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "inventory-service",
+    default_database: "saga_inventory",
+    default_http_port: 8083,
+};
 
 /// Configuration of the inventory service.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "inventory-service", about = "Reserves, commits and releases stock for orders")]
+#[command(
+    name = "inventory-service",
+    about = "Reserves, commits and releases stock for orders"
+)]
 pub struct Config {
     /// Settings shared by every service.
     #[command(flatten)]
@@ -22,11 +44,27 @@ pub struct Config {
 }
 
 /// Starts the service; `None` if `shutdown` was cancelled before it was up.
-pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunningService>> {
-    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
+pub async fn start(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<RunningService>> {
+    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await?
+    else {
         return Ok(None);
     };
     let listen = config.service.http_listen(&SPEC);
-    let running = context.launch(listen, axum::Router::new(), Workload { consumer: None, background: Vec::new() }).await?;
+    let routes = http::routes(http::AppState {
+        database: context.database.clone(),
+        relay: context.relay.clone(),
+    });
+    let handler = handler::OrderEventHandler {
+        database: context.database.clone(),
+        relay: context.relay.clone(),
+    };
+    let workload = Workload {
+        consumer: Some((vec![Topic::Orders], Arc::new(handler))),
+        background: Vec::new(),
+    };
+    let running = context.launch(listen, routes, workload).await?;
     Ok(Some(running))
 }
