@@ -9,6 +9,34 @@ use serde_json::{json, Value};
 
 use crate::endpoints::Endpoints;
 
+#[cfg(test)]
+mod tests {
+    use super::missing_follow_ups;
+    use serde_json::json;
+
+    fn order(status: &str, events: &[&str]) -> serde_json::Value {
+        json!({"status": status, "timeline": events.iter().map(|e| json!({"event_type": e})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn a_failed_order_waits_for_the_release_and_the_refund_of_what_it_held() {
+        let view = order("FAILED", &["order.created", "inventory.reserved", "payment.success", "order.failed"]);
+        assert_eq!(missing_follow_ups(&view), vec!["inventory.released", "payment.refunded"]);
+    }
+
+    #[test]
+    fn a_failed_order_that_held_nothing_is_settled() {
+        let view = order("FAILED", &["order.created", "inventory.reservation_failed", "payment.failed", "order.failed"]);
+        assert!(missing_follow_ups(&view).is_empty());
+    }
+
+    #[test]
+    fn a_confirmed_order_waits_for_the_commit() {
+        let view = order("CONFIRMED", &["order.created", "inventory.reserved", "payment.success", "order.confirmed"]);
+        assert_eq!(missing_follow_ups(&view), vec!["inventory.committed"]);
+    }
+}
+
 /// One scripted order and the outcome it should reach.
 struct Scenario {
     name: &'static str,
@@ -62,7 +90,8 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
 
     let mut mismatches = Vec::new();
     for (scenario, order_id) in &placed {
-        let view = wait_until_terminal(&http, endpoints, order_id, timeout).await?;
+        wait_until_terminal(&http, endpoints, order_id, timeout).await?;
+        let view = wait_until_settled(&http, endpoints, order_id, timeout).await?;
         print_order(scenario.name, &view);
         let status = view["status"].as_str().unwrap_or_default();
         let reason = view["failure_reason"].as_str();
@@ -91,6 +120,44 @@ pub(crate) async fn wait_until_terminal(http: &reqwest::Client, endpoints: &Endp
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("order {order_id} still not decided after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The follow-up events a decided order's timeline must show before it is quiet: a confirmed
+/// order's reservation is committed; a failed order's reservation is released and its capture
+/// refunded.
+fn missing_follow_ups(view: &Value) -> Vec<&'static str> {
+    let types: Vec<&str> = view["timeline"].as_array().into_iter().flatten().filter_map(|e| e["event_type"].as_str()).collect();
+    let has = |t: &str| types.contains(&t);
+    let mut missing = Vec::new();
+    match view["status"].as_str() {
+        Some("CONFIRMED") if !has("inventory.committed") => missing.push("inventory.committed"),
+        Some("FAILED") => {
+            if has("inventory.reserved") && !has("inventory.released") {
+                missing.push("inventory.released");
+            }
+            if has("payment.success") && !has("payment.refunded") {
+                missing.push("payment.refunded");
+            }
+        }
+        _ => {}
+    }
+    missing
+}
+
+/// Polls a decided order until its compensations or commit show in its timeline.
+async fn wait_until_settled(http: &reqwest::Client, endpoints: &Endpoints, order_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let view: Value = http.get(format!("{}/orders/{order_id}", endpoints.order)).send().await?.json().await?;
+        let missing = missing_follow_ups(&view);
+        if missing.is_empty() {
+            return Ok(view);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("order {order_id} is missing {missing:?} after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

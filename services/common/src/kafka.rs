@@ -47,6 +47,9 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (config.session_timeout_ms / 3).max(100).to_string())
         .set("enable.partition.eof", "false")
+        // Each saga step is a hop through the broker; a short fetch wait keeps a step's
+        // latency low without busy polling.
+        .set("fetch.wait.max.ms", "100")
         .create()?)
 }
 
