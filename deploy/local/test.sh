@@ -14,5 +14,17 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 
 # shellcheck source=deploy/local/stack.env
 source "$ROOT/deploy/local/stack.env"
+
+# Each test creates its own databases (t<12 hex>_<service>); drop those of earlier runs.
+if command -v psql >/dev/null; then
+  psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -Atc \
+    "SELECT datname FROM pg_database WHERE datname ~ '^t[0-9a-f]{12}_[a-z]+$'" 2>/dev/null |
+    while read -r name; do psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
+fi
+
+printf '\033[1m==> %s\033[0m\n' "Checking formatting and lints"
+cargo fmt --all -- --check || { echo "ERROR: code is not formatted; run cargo fmt --all" >&2; exit 1; }
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 printf '\033[1m==> %s\033[0m\n' "Running the test suite"
 cargo test --workspace --no-fail-fast "$@"

@@ -39,12 +39,9 @@ fn run() -> Result<()> {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR")?);
     let out_dir = PathBuf::from(env("OUT_DIR")?);
     let schema_dir = manifest_dir.join("../../schemas");
-    let schema_dir = schema_dir.canonicalize().map_err(|e| {
-        format!(
-            "cannot open the schema directory {}: {e}",
-            schema_dir.display()
-        )
-    })?;
+    let schema_dir = schema_dir
+        .canonicalize()
+        .map_err(|e| format!("cannot open the schema directory {}: {e}", schema_dir.display()))?;
 
     // The directory itself, so that added or removed files rerun the generator too.
     println!("cargo::rerun-if-changed={}", schema_dir.display());
@@ -58,10 +55,7 @@ fn run() -> Result<()> {
     }
 
     write(&out_dir.join("events.rs"), &generator.code)?;
-    write(
-        &out_dir.join("schema_info.rs"),
-        &schema_info(&by_event_type)?,
-    )?;
+    write(&out_dir.join("schema_info.rs"), &schema_info(&by_event_type)?)?;
     Ok(())
 }
 
@@ -74,13 +68,10 @@ fn write(path: &Path, code: &str) -> Result<()> {
 }
 
 fn read_schema_files(dir: &Path) -> Result<Vec<SchemaFile>> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry
-            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-            .path();
+        let path = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?.path();
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
@@ -92,13 +83,9 @@ fn read_schema_files(dir: &Path) -> Result<Vec<SchemaFile>> {
             .rsplit_once(".v")
             .and_then(|(event_type, n)| Some((event_type, n.parse::<u32>().ok()?)))
             .filter(|(event_type, n)| !event_type.is_empty() && *n >= 1)
-            .ok_or_else(|| {
-                format!("{file_name}: schema files must be named <event_type>.v<N>.avsc, N >= 1")
-            })?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let json: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{file_name}: not valid JSON: {e}"))?;
+            .ok_or_else(|| format!("{file_name}: schema files must be named <event_type>.v<N>.avsc, N >= 1"))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| format!("{file_name}: not valid JSON: {e}"))?;
         let attribute = json.get("event_type").and_then(Value::as_str);
         if attribute != Some(event_type) {
             return Err(format!(
@@ -107,9 +94,7 @@ fn read_schema_files(dir: &Path) -> Result<Vec<SchemaFile>> {
             ));
         }
         if json.get("type").and_then(Value::as_str) != Some("record") {
-            return Err(format!(
-                "{file_name}: the top-level schema must be a record"
-            ));
+            return Err(format!("{file_name}: the top-level schema must be a record"));
         }
         let event_type = event_type.to_owned();
         files.push(SchemaFile {
@@ -131,10 +116,7 @@ fn read_schema_files(dir: &Path) -> Result<Vec<SchemaFile>> {
 fn group_by_event_type(files: Vec<SchemaFile>) -> Result<BTreeMap<String, Vec<SchemaFile>>> {
     let mut groups: BTreeMap<String, Vec<SchemaFile>> = BTreeMap::new();
     for file in files {
-        groups
-            .entry(file.event_type.clone())
-            .or_default()
-            .push(file);
+        groups.entry(file.event_type.clone()).or_default().push(file);
     }
     for (event_type, versions) in &mut groups {
         versions.sort_by_key(|f| f.version);
@@ -148,8 +130,7 @@ fn group_by_event_type(files: Vec<SchemaFile>) -> Result<BTreeMap<String, Vec<Sc
             }
         }
         let first = &versions[0];
-        let first_name =
-            full_name(&first.json, "").map_err(|e| format!("{}: {e}", first.file_name))?;
+        let first_name = full_name(&first.json, "").map_err(|e| format!("{}: {e}", first.file_name))?;
         for file in &versions[1..] {
             let name = full_name(&file.json, "").map_err(|e| format!("{}: {e}", file.file_name))?;
             if name != first_name {
@@ -220,11 +201,10 @@ const RESERVED_TYPE_NAMES: &[&str] = &[
 ];
 
 const RUST_KEYWORDS: &[&str] = &[
-    "as", "async", "await", "break", "const", "continue", "dyn", "else", "enum", "extern", "false",
-    "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
-    "ref", "return", "static", "struct", "trait", "true", "type", "unsafe", "use", "where",
-    "while", "abstract", "become", "box", "do", "final", "macro", "override", "priv", "try",
-    "typeof", "unsized", "virtual", "yield",
+    "as", "async", "await", "break", "const", "continue", "dyn", "else", "enum", "extern", "false", "fn", "for", "gen",
+    "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return", "static", "struct",
+    "trait", "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "try", "typeof", "unsized", "virtual", "yield",
 ];
 
 /// Keywords that cannot even be raw identifiers.
@@ -286,8 +266,7 @@ impl Generator {
         context: &str,
     ) -> Result<(String, Vec<FieldInfo>)> {
         let schema = Value::Object(object.clone());
-        let full_name =
-            full_name(&schema, enclosing_namespace).map_err(|e| at(scope, context, &e))?;
+        let full_name = full_name(&schema, enclosing_namespace).map_err(|e| at(scope, context, &e))?;
         let (namespace, struct_name) = split_full_name(&full_name);
         let (namespace, struct_name) = (namespace.to_owned(), struct_name.to_owned());
         if RESERVED_TYPE_NAMES.contains(&struct_name.as_str())
@@ -313,24 +292,15 @@ impl Generator {
         let fields_json = object
             .get("fields")
             .and_then(Value::as_array)
-            .ok_or_else(|| {
-                at(
-                    scope,
-                    context,
-                    &format!("record {full_name} has no \"fields\" array"),
-                )
-            })?;
+            .ok_or_else(|| at(scope, context, &format!("record {full_name} has no \"fields\" array")))?;
         let mut fields = Vec::new();
         let mut body = String::new();
         let mut seen = BTreeSet::new();
         for field in fields_json {
-            let name = field.get("name").and_then(Value::as_str).ok_or_else(|| {
-                at(
-                    scope,
-                    context,
-                    &format!("a field of {full_name} has no name"),
-                )
-            })?;
+            let name = field
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| at(scope, context, &format!("a field of {full_name} has no name")))?;
             let field_context = format!("{struct_name}.{name}");
             if !seen.insert(name) {
                 return Err(at(scope, &field_context, "duplicate field name"));
@@ -381,9 +351,7 @@ impl Generator {
             scope.file_name
         )
         .expect("writing to a String");
-        code.push_str(
-            "#[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize)]\n",
-        );
+        code.push_str("#[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize)]\n");
         writeln!(code, "pub struct {struct_name} {{\n{body}}}\n").expect("writing to a String");
         self.code.push_str(&code);
         self.structs.insert(
@@ -434,7 +402,9 @@ impl Generator {
                         None => Err(at(
                             scope,
                             context,
-                            &format!("unknown type \"{reference}\" (named types must be defined earlier in the same file)"),
+                            &format!(
+                                "unknown type \"{reference}\" (named types must be defined earlier in the same file)"
+                            ),
                         )),
                     }
                 }
@@ -467,12 +437,7 @@ impl Generator {
                         Ok(format!("::std::vec::Vec<{items}>"))
                     }
                     "enum" | "fixed" | "map" | "error" => Err(unsupported(scope, context, schema)),
-                    primitive => self.rust_type(
-                        &Value::String(primitive.to_owned()),
-                        namespace,
-                        scope,
-                        context,
-                    ),
+                    primitive => self.rust_type(&Value::String(primitive.to_owned()), namespace, scope, context),
                 }
             }
             _ => Err(unsupported(scope, context, schema)),
@@ -504,12 +469,7 @@ impl Generator {
         };
         match field("occurred_at") {
             Some(f) if f.timestamp_millis => {}
-            _ => {
-                return Err(missing(
-                    "occurred_at",
-                    "long with logicalType timestamp-millis",
-                ))
-            }
+            _ => return Err(missing("occurred_at", "long with logicalType timestamp-millis")),
         }
         writeln!(
             self.code,
@@ -540,15 +500,10 @@ fn is_timestamp_millis(schema: &Value) -> bool {
 }
 
 fn field_identifier(name: &str) -> Result<String> {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid || NON_RAW_KEYWORDS.contains(&name) {
-        return Err(format!(
-            "the field name \"{name}\" cannot be a Rust field name"
-        ));
+        return Err(format!("the field name \"{name}\" cannot be a Rust field name"));
     }
     Ok(if RUST_KEYWORDS.contains(&name) {
         format!("r#{name}")

@@ -40,7 +40,11 @@ impl TestEnv {
         };
         let topics: Vec<TopicSpec> = Topic::ALL
             .iter()
-            .map(|t| TopicSpec { name: env.kafka.topic(*t), partitions: 6, retention: Retention::Unlimited })
+            .map(|t| TopicSpec {
+                name: env.kafka.topic(*t),
+                partitions: 6,
+                retention: Retention::Unlimited,
+            })
             .collect();
         kafka::ensure_topics(&env.kafka, &topics).await?;
         Ok(env)
@@ -51,7 +55,11 @@ impl TestEnv {
         let full = self.kafka.prefixed(name);
         kafka::ensure_topics(
             &self.kafka,
-            &[TopicSpec { name: full.clone(), partitions, retention: Retention::For(Duration::from_secs(86_400)) }],
+            &[TopicSpec {
+                name: full.clone(),
+                partitions,
+                retention: Retention::For(Duration::from_secs(86_400)),
+            }],
         )
         .await?;
         Ok(full)
@@ -59,7 +67,8 @@ impl TestEnv {
 
     /// A database URL unique to this test and service (the service creates the database).
     pub fn database_url(&self, service: &str) -> String {
-        let server = std::env::var("POSTGRES_SERVER_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let server =
+            std::env::var("POSTGRES_SERVER_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
         let name = format!("{}_{service}", self.prefix.trim_end_matches('.')).replace(['.', '-'], "_");
         format!("{server}/{name}")
     }
@@ -69,7 +78,9 @@ impl TestEnv {
         ServiceConfig {
             kafka: self.kafka.clone(),
             registry: self.registry.clone(),
-            telemetry: TelemetryConfig { log_format: "pretty".into() },
+            telemetry: TelemetryConfig {
+                log_format: "pretty".into(),
+            },
             database_url: Some(self.database_url(service)),
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             database_max_connections: 5,
@@ -84,8 +95,15 @@ impl TestEnv {
     /// Produces `event` to its topic, keyed as the services key it, with the usual headers.
     pub async fn produce(&self, event: &SagaEvent) -> anyhow::Result<()> {
         let encoded = self.codec()?.encode(event).await?;
-        let headers = event_headers(encoded.event_type.as_str(), &encoded.event_id, &saga_common::codec::traceparent_for(&encoded.key));
-        let record = FutureRecord::to(&encoded.topic).key(&encoded.key).payload(&encoded.payload).headers(headers);
+        let headers = event_headers(
+            encoded.event_type.as_str(),
+            &encoded.event_id,
+            &saga_common::codec::traceparent_for(&encoded.key),
+        );
+        let record = FutureRecord::to(&encoded.topic)
+            .key(&encoded.key)
+            .payload(&encoded.payload)
+            .headers(headers);
         kafka::producer(&self.kafka)?
             .send(record, Duration::from_secs(10))
             .await
@@ -106,19 +124,32 @@ impl TestEnv {
 
     /// A reader of everything on `topic` (full name) from the beginning.
     pub fn reader(&self, topic: &str) -> anyhow::Result<TopicReader> {
-        let consumer = kafka::consumer(&self.kafka, &self.group(&format!("reader-{}", uuid::Uuid::new_v4().simple())))?;
+        let consumer = kafka::consumer(
+            &self.kafka,
+            &self.group(&format!("reader-{}", uuid::Uuid::new_v4().simple())),
+        )?;
         consumer.subscribe(&[topic])?;
-        Ok(TopicReader { consumer, codec: self.codec()? })
+        Ok(TopicReader {
+            consumer,
+            codec: self.codec()?,
+        })
     }
 
     /// Waits until the outbox of `service`'s database is empty: everything it committed is
     /// published.
     pub async fn outbox_drained(&self, service: &str) -> anyhow::Result<()> {
         let pool = sqlx::PgPool::connect(&self.database_url(service)).await?;
-        let result = eventually(&format!("{service} outbox drained"), Duration::from_secs(30), || async {
-            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.ok()?;
-            (pending == 0).then_some(())
-        })
+        let result = eventually(
+            &format!("{service} outbox drained"),
+            Duration::from_secs(30),
+            || async {
+                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (pending == 0).then_some(())
+            },
+        )
         .await;
         pool.close().await;
         result
@@ -179,7 +210,9 @@ impl TopicReader {
         let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
         let mut remaining: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
         for partition in 0..partitions {
-            let (low, high) = self.consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
             if high > low {
                 remaining.insert(partition, high);
             }
@@ -192,7 +225,10 @@ impl TopicReader {
                 Ok(message) => message?,
                 Err(_) => anyhow::bail!("timed out after {timeout:?} reading {topic} to its end"),
             };
-            if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+            if remaining
+                .get(&message.partition())
+                .is_some_and(|high| message.offset() + 1 >= *high)
+            {
                 remaining.remove(&message.partition());
             }
             records.push(self.to_record(&message).await);
@@ -203,7 +239,12 @@ impl TopicReader {
     async fn to_record(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> ReadRecord {
         let headers = match message.headers() {
             Some(headers) => rdkafka::message::Headers::iter(headers)
-                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
                 .collect(),
             None => Vec::new(),
         };
@@ -226,7 +267,10 @@ impl TopicReader {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let message = match tokio::time::timeout(remaining, self.consumer.recv()).await {
                 Ok(message) => message?,
-                Err(_) => anyhow::bail!("timed out after {timeout:?}; read {} records: {records:#?}", records.len()),
+                Err(_) => anyhow::bail!(
+                    "timed out after {timeout:?}; read {} records: {records:#?}",
+                    records.len()
+                ),
             };
             records.push(self.to_record(&message).await);
         }

@@ -17,9 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use saga_common::kafka;
 use saga_common::service::RunningService;
-use saga_contracts::{
-    EventType, OrderConfirmed, OrderCreated, OrderFailed, OrderLine, SagaEvent, StockLine, Topic,
-};
+use saga_contracts::{EventType, OrderConfirmed, OrderCreated, OrderFailed, OrderLine, SagaEvent, StockLine, Topic};
 use saga_tests::{eventually, TestEnv, TopicReader};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -65,9 +63,7 @@ impl Inventory {
 
     /// Adds `delta` units of `sku`, expecting success.
     async fn restock(&self, sku: &str, delta: i64) -> anyhow::Result<Value> {
-        let (status, body) = self
-            .adjust(sku, json!({"delta": delta, "reason": "restock"}))
-            .await?;
+        let (status, body) = self.adjust(sku, json!({"delta": delta, "reason": "restock"})).await?;
         anyhow::ensure!(
             status == StatusCode::CREATED,
             "restock of {sku} answered {status}: {body}"
@@ -77,11 +73,7 @@ impl Inventory {
 
     /// The stock levels of `sku` as (available, reserved, committed), `None` on 404.
     async fn levels(&self, sku: &str) -> anyhow::Result<Option<(i64, i64, i64)>> {
-        let response = self
-            .http
-            .get(format!("{}/stock/{sku}", self.base_url))
-            .send()
-            .await?;
+        let response = self.http.get(format!("{}/stock/{sku}", self.base_url)).send().await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -91,20 +83,13 @@ impl Inventory {
             response.status()
         );
         let body: Value = response.json().await?;
-        anyhow::ensure!(
-            body["sku"] == sku,
-            "GET /stock/{sku} named another sku: {body}"
-        );
+        anyhow::ensure!(body["sku"] == sku, "GET /stock/{sku} named another sku: {body}");
         let number = |field: &str| {
             body[field]
                 .as_i64()
                 .with_context(|| format!("{field} missing in {body}"))
         };
-        Ok(Some((
-            number("available")?,
-            number("reserved")?,
-            number("committed")?,
-        )))
+        Ok(Some((number("available")?, number("reserved")?, number("committed")?)))
     }
 }
 
@@ -185,28 +170,24 @@ impl Emitted {
     }
 
     /// Reads on until `done` holds for everything read so far.
-    async fn until(
-        &mut self,
-        what: &str,
-        done: impl Fn(&[SagaEvent]) -> bool,
-    ) -> anyhow::Result<&[SagaEvent]> {
+    async fn until(&mut self, what: &str, done: impl Fn(&[SagaEvent]) -> bool) -> anyhow::Result<&[SagaEvent]> {
         if !done(&self.events) {
             let seen = &self.events;
             let fresh = self
                 .reader
                 .read_until(PATIENCE, |records| {
-                    let decoded: Vec<SagaEvent> = records
-                        .iter()
-                        .filter_map(|r| r.event.as_ref().ok().cloned())
-                        .collect();
+                    let decoded: Vec<SagaEvent> =
+                        records.iter().filter_map(|r| r.event.as_ref().ok().cloned()).collect();
                     done(&[seen.as_slice(), decoded.as_slice()].concat())
                 })
                 .await
                 .with_context(|| format!("waiting for {what}"))?;
             for record in fresh {
-                self.events.push(record.event.map_err(|error| {
-                    anyhow::anyhow!("undecodable record on inventory: {error}")
-                })?);
+                self.events.push(
+                    record
+                        .event
+                        .map_err(|error| anyhow::anyhow!("undecodable record on inventory: {error}"))?,
+                );
             }
         }
         Ok(&self.events)
@@ -214,10 +195,8 @@ impl Emitted {
 
     /// Reads on until `count` events have been read in total.
     async fn at_least(&mut self, count: usize) -> anyhow::Result<&[SagaEvent]> {
-        self.until(&format!("{count} inventory events"), |events| {
-            events.len() >= count
-        })
-        .await
+        self.until(&format!("{count} inventory events"), |events| events.len() >= count)
+            .await
     }
 
     /// Reads on until an event of `event_type` for `order_id` arrives, and returns it.
@@ -272,8 +251,7 @@ async fn quiesce(env: &TestEnv, database: &PgPool) -> anyhow::Result<usize> {
     let total = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
         let mut total = 0;
         for partition in 0..6 {
-            let (low, high) =
-                probe.fetch_watermarks(&inventory, partition, Duration::from_secs(10))?;
+            let (low, high) = probe.fetch_watermarks(&inventory, partition, Duration::from_secs(10))?;
             total += high - low;
         }
         Ok(total)
@@ -290,10 +268,7 @@ fn all_consumed(probe: &StreamConsumer, topic: &str) -> anyhow::Result<bool> {
     let committed = probe.committed_offsets(list, Duration::from_secs(10))?;
     for partition in 0..6 {
         let (_, high) = probe.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        let done = match committed
-            .find_partition(topic, partition)
-            .map(|p| p.offset())
-        {
+        let done = match committed.find_partition(topic, partition).map(|p| p.offset()) {
             Some(Offset::Offset(offset)) => offset >= high,
             _ => high == 0,
         };
@@ -309,16 +284,12 @@ async fn service_database(env: &TestEnv) -> anyhow::Result<PgPool> {
 }
 
 #[tokio::test]
-async fn an_adjustment_adds_stock_emits_stock_adjusted_and_a_retry_with_the_same_id_applies_once(
-) -> anyhow::Result<()> {
+async fn an_adjustment_adds_stock_emits_stock_adjusted_and_a_retry_with_the_same_id_applies_once() -> anyhow::Result<()>
+{
     let env = TestEnv::new().await?;
     let inventory = Inventory::start(&env).await?;
     let mut emitted = Emitted::new(&env)?;
-    assert_eq!(
-        inventory.levels("WIDGET-1").await?,
-        None,
-        "an unknown sku is a 404"
-    );
+    assert_eq!(inventory.levels("WIDGET-1").await?, None, "an unknown sku is a 404");
 
     let adjustment_id = uuid::Uuid::new_v4().to_string();
     let body = json!({"delta": 10, "reason": "restock", "adjustment_id": adjustment_id});
@@ -365,9 +336,7 @@ async fn an_adjustment_adds_stock_emits_stock_adjusted_and_a_retry_with_the_same
     let deltas: Vec<(String, i32, String, Option<String>)> = events
         .iter()
         .map(|event| match event {
-            SagaEvent::StockAdjusted(a) => {
-                (a.sku.clone(), a.delta, a.reason.clone(), a.order_id.clone())
-            }
+            SagaEvent::StockAdjusted(a) => (a.sku.clone(), a.delta, a.reason.clone(), a.order_id.clone()),
             other => panic!("unexpected event {other:?}"),
         })
         .collect();
@@ -383,8 +352,7 @@ async fn an_adjustment_adds_stock_emits_stock_adjusted_and_a_retry_with_the_same
 }
 
 #[tokio::test]
-async fn an_adjustment_that_would_take_available_below_zero_is_a_conflict_and_changes_nothing(
-) -> anyhow::Result<()> {
+async fn an_adjustment_that_would_take_available_below_zero_is_a_conflict_and_changes_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let inventory = Inventory::start(&env).await?;
     inventory.restock("BOLT-7", 2).await?;
@@ -394,19 +362,13 @@ async fn an_adjustment_that_would_take_available_below_zero_is_a_conflict_and_ch
         .await?;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("only 2 available"),
+        body["error"].as_str().unwrap_or_default().contains("only 2 available"),
         "{body}"
     );
     assert_eq!(inventory.levels("BOLT-7").await?, Some((2, 0, 0)));
 
     let (status, body) = inventory
-        .adjust(
-            "NEVER-STOCKED",
-            json!({"delta": -1, "reason": "count correction"}),
-        )
+        .adjust("NEVER-STOCKED", json!({"delta": -1, "reason": "count correction"}))
         .await?;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(
@@ -444,10 +406,7 @@ async fn malformed_or_invalid_adjustments_are_refused_naming_what_is_wrong() -> 
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await?;
     assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("malformed JSON"),
+        body["error"].as_str().unwrap_or_default().contains("malformed JSON"),
         "{body}"
     );
 
@@ -456,21 +415,14 @@ async fn malformed_or_invalid_adjustments_are_refused_naming_what_is_wrong() -> 
         (json!({"delta": 10}), "reason"),
         (json!({"delta": 10, "reason": "   "}), "reason"),
         (json!({"delta": 1.5, "reason": "restock"}), "delta"),
-        (
-            json!({"delta": 10_000_000_000_i64, "reason": "restock"}),
-            "delta",
-        ),
+        (json!({"delta": 10_000_000_000_i64, "reason": "restock"}), "delta"),
         (
             json!({"delta": 10, "reason": "restock", "adjustment_id": "not-a-uuid"}),
             "adjustment_id",
         ),
     ] {
         let (status, body) = inventory.adjust("NUT-3", request.clone()).await?;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{request} answered {body}"
-        );
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{request} answered {body}");
         assert_eq!(body["field"], field, "{request} answered {body}");
     }
 
@@ -478,20 +430,13 @@ async fn malformed_or_invalid_adjustments_are_refused_naming_what_is_wrong() -> 
         .adjust("bad%20sku", json!({"delta": 1, "reason": "restock"}))
         .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["error"].as_str().unwrap_or_default().contains("sku"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap_or_default().contains("sku"), "{body}");
     let (status, _) = inventory
         .adjust(&"x".repeat(65), json!({"delta": 1, "reason": "restock"}))
         .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    assert_eq!(
-        inventory.levels("NUT-3").await?,
-        None,
-        "nothing refused was applied"
-    );
+    assert_eq!(inventory.levels("NUT-3").await?, None, "nothing refused was applied");
     let database = service_database(&env).await?;
     let adjustments: i64 = sqlx::query_scalar("SELECT count(*) FROM stock_adjustments")
         .fetch_one(&database)
@@ -502,8 +447,7 @@ async fn malformed_or_invalid_adjustments_are_refused_naming_what_is_wrong() -> 
 }
 
 #[tokio::test]
-async fn an_order_within_stock_is_reserved_and_its_confirmation_commits_the_reservation(
-) -> anyhow::Result<()> {
+async fn an_order_within_stock_is_reserved_and_its_confirmation_commits_the_reservation() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let inventory = Inventory::start(&env).await?;
     let mut emitted = Emitted::new(&env)?;
@@ -514,9 +458,7 @@ async fn an_order_within_stock_is_reserved_and_its_confirmation_commits_the_rese
     // CUP-1 is listed twice: 2 + 1 units are reserved as one line of 3.
     let created = order_created(&order_id, &[("CUP-1", 2), ("LID-1", 1), ("CUP-1", 1)]);
     env.produce(&created).await?;
-    let SagaEvent::InventoryReserved(reserved) =
-        emitted.of(EventType::InventoryReserved, &order_id).await?
-    else {
+    let SagaEvent::InventoryReserved(reserved) = emitted.of(EventType::InventoryReserved, &order_id).await? else {
         unreachable!("filtered by type")
     };
     assert_eq!(reserved.items, lines(&[("CUP-1", 3), ("LID-1", 1)]));
@@ -526,16 +468,11 @@ async fn an_order_within_stock_is_reserved_and_its_confirmation_commits_the_rese
 
     let confirmed = order_confirmed(&created);
     env.produce(&confirmed).await?;
-    let SagaEvent::InventoryCommitted(committed) =
-        emitted.of(EventType::InventoryCommitted, &order_id).await?
-    else {
+    let SagaEvent::InventoryCommitted(committed) = emitted.of(EventType::InventoryCommitted, &order_id).await? else {
         unreachable!("filtered by type")
     };
     assert_eq!(committed.items, lines(&[("CUP-1", 3), ("LID-1", 1)]));
-    assert_eq!(
-        committed.causation_id.as_deref(),
-        Some(confirmed.event_id())
-    );
+    assert_eq!(committed.causation_id.as_deref(), Some(confirmed.event_id()));
     assert_eq!(inventory.levels("CUP-1").await?, Some((2, 0, 3)));
     assert_eq!(inventory.levels("LID-1").await?, Some((4, 0, 1)));
     inventory.running.stop().await;
@@ -543,8 +480,7 @@ async fn an_order_within_stock_is_reserved_and_its_confirmation_commits_the_rese
 }
 
 #[tokio::test]
-async fn an_order_exceeding_stock_in_one_line_reserves_nothing_and_names_the_unavailable_sku(
-) -> anyhow::Result<()> {
+async fn an_order_exceeding_stock_in_one_line_reserves_nothing_and_names_the_unavailable_sku() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let inventory = Inventory::start(&env).await?;
     let mut emitted = Emitted::new(&env)?;
@@ -552,14 +488,10 @@ async fn an_order_exceeding_stock_in_one_line_reserves_nothing_and_names_the_una
     inventory.restock("INK-1", 2).await?;
 
     let order_id = new_order_id();
-    env.produce(&order_created(
-        &order_id,
-        &[("PEN-1", 4), ("INK-1", 3), ("PAD-1", 1)],
-    ))
-    .await?;
-    let SagaEvent::InventoryReservationFailed(failed) = emitted
-        .of(EventType::InventoryReservationFailed, &order_id)
-        .await?
+    env.produce(&order_created(&order_id, &[("PEN-1", 4), ("INK-1", 3), ("PAD-1", 1)]))
+        .await?;
+    let SagaEvent::InventoryReservationFailed(failed) =
+        emitted.of(EventType::InventoryReservationFailed, &order_id).await?
     else {
         unreachable!("filtered by type")
     };
@@ -578,23 +510,18 @@ async fn an_order_exceeding_stock_in_one_line_reserves_nothing_and_names_the_una
     assert_eq!(inventory.levels("PAD-1").await?, None);
 
     // Failing the rejected order has nothing to release.
-    env.produce(&order_failed(&order_id, "out_of_stock"))
-        .await?;
+    env.produce(&order_failed(&order_id, "out_of_stock")).await?;
     let database = service_database(&env).await?;
     let total = quiesce(&env, &database).await?;
     let events = emitted.at_least(total).await?;
-    assert_eq!(
-        types_of(events, &order_id),
-        vec![EventType::InventoryReservationFailed]
-    );
+    assert_eq!(types_of(events, &order_id), vec![EventType::InventoryReservationFailed]);
     assert_eq!(inventory.levels("PEN-1").await?, Some((10, 0, 0)));
     inventory.running.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_failed_order_releases_its_reservation_and_redelivered_events_change_nothing(
-) -> anyhow::Result<()> {
+async fn a_failed_order_releases_its_reservation_and_redelivered_events_change_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let inventory = Inventory::start(&env).await?;
     let mut emitted = Emitted::new(&env)?;
@@ -608,18 +535,12 @@ async fn a_failed_order_releases_its_reservation_and_redelivered_events_change_n
     assert_eq!(inventory.levels("MUG-9").await?, Some((7, 3, 0)));
     let failed_a = order_failed(&order_a, "payment_declined");
     env.produce(&failed_a).await?;
-    let SagaEvent::InventoryReleased(released) =
-        emitted.of(EventType::InventoryReleased, &order_a).await?
-    else {
+    let SagaEvent::InventoryReleased(released) = emitted.of(EventType::InventoryReleased, &order_a).await? else {
         unreachable!("filtered by type")
     };
     assert_eq!(released.reason, "payment_declined");
     assert_eq!(released.items, lines(&[("MUG-9", 3)]));
-    assert_eq!(
-        inventory.levels("MUG-9").await?,
-        Some((10, 0, 0)),
-        "available restored"
-    );
+    assert_eq!(inventory.levels("MUG-9").await?, Some((10, 0, 0)), "available restored");
 
     // Order B is confirmed.
     let order_b = new_order_id();
@@ -638,13 +559,10 @@ async fn a_failed_order_releases_its_reservation_and_redelivered_events_change_n
             env.produce(event).await?;
         }
     }
-    env.produce(&order_created(&order_a, &[("MUG-9", 3)]))
-        .await?;
+    env.produce(&order_created(&order_a, &[("MUG-9", 3)])).await?;
     env.produce(&order_confirmed(&created_a)).await?;
-    env.produce(&order_created(&order_b, &[("MUG-9", 2)]))
-        .await?;
-    env.produce(&order_failed(&order_b, "deadline_exceeded"))
-        .await?;
+    env.produce(&order_created(&order_b, &[("MUG-9", 2)])).await?;
+    env.produce(&order_failed(&order_b, "deadline_exceeded")).await?;
 
     let database = service_database(&env).await?;
     let total = quiesce(&env, &database).await?;
@@ -671,10 +589,7 @@ async fn a_failed_order_releases_its_reservation_and_redelivered_events_change_n
             .map(|(order_id, status)| (order_id.to_string(), status))
             .collect();
     assert_eq!(statuses.get(&order_a).map(String::as_str), Some("released"));
-    assert_eq!(
-        statuses.get(&order_b).map(String::as_str),
-        Some("committed")
-    );
+    assert_eq!(statuses.get(&order_b).map(String::as_str), Some("committed"));
     inventory.running.stop().await;
     Ok(())
 }
@@ -687,13 +602,11 @@ async fn an_order_that_failed_before_it_was_created_reserves_nothing_later() -> 
     inventory.restock("CAP-2", 5).await?;
 
     let order_id = new_order_id();
-    env.produce(&order_failed(&order_id, "deadline_exceeded"))
-        .await?;
+    env.produce(&order_failed(&order_id, "deadline_exceeded")).await?;
     let created = order_created(&order_id, &[("CAP-2", 1)]);
     env.produce(&created).await?;
-    let SagaEvent::InventoryReservationFailed(failed) = emitted
-        .of(EventType::InventoryReservationFailed, &order_id)
-        .await?
+    let SagaEvent::InventoryReservationFailed(failed) =
+        emitted.of(EventType::InventoryReservationFailed, &order_id).await?
     else {
         unreachable!("filtered by type")
     };
@@ -704,17 +617,13 @@ async fn an_order_that_failed_before_it_was_created_reserves_nothing_later() -> 
     let database = service_database(&env).await?;
     let total = quiesce(&env, &database).await?;
     let events = emitted.at_least(total).await?;
-    assert_eq!(
-        types_of(events, &order_id),
-        vec![EventType::InventoryReservationFailed]
-    );
+    assert_eq!(types_of(events, &order_id), vec![EventType::InventoryReservationFailed]);
     inventory.running.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn concurrent_orders_for_the_last_units_never_oversell_even_across_two_instances(
-) -> anyhow::Result<()> {
+async fn concurrent_orders_for_the_last_units_never_oversell_even_across_two_instances() -> anyhow::Result<()> {
     const UNITS: i64 = 10;
     const ORDERS: usize = 25;
     let env = TestEnv::new().await?;
@@ -752,11 +661,7 @@ async fn concurrent_orders_for_the_last_units_never_oversell_even_across_two_ins
         .iter()
         .filter(|e| e.event_type() == EventType::InventoryReservationFailed)
         .collect();
-    assert_eq!(
-        reserved.len(),
-        10,
-        "exactly the units in stock were reserved"
-    );
+    assert_eq!(reserved.len(), 10, "exactly the units in stock were reserved");
     assert_eq!(rejected.len(), ORDERS - 10);
     for event in &rejected {
         let SagaEvent::InventoryReservationFailed(failed) = event else {
@@ -765,17 +670,10 @@ async fn concurrent_orders_for_the_last_units_never_oversell_even_across_two_ins
         assert_eq!(failed.reason, "out_of_stock");
         assert_eq!(failed.unavailable_skus, vec!["LAST-1".to_string()]);
     }
-    let decided: HashSet<&str> = reserved
-        .iter()
-        .chain(&rejected)
-        .filter_map(|e| e.order_id())
-        .collect();
+    let decided: HashSet<&str> = reserved.iter().chain(&rejected).filter_map(|e| e.order_id()).collect();
     assert_eq!(decided.len(), ORDERS, "one decision per order");
 
-    let (available, held, sold) = second
-        .levels("LAST-1")
-        .await?
-        .context("LAST-1 is stocked")?;
+    let (available, held, sold) = second.levels("LAST-1").await?.context("LAST-1 is stocked")?;
     assert_eq!((available, held, sold), (0, 10, 0));
     assert_eq!(available + held + sold, UNITS, "stock is conserved");
     first.running.stop().await;
@@ -784,8 +682,7 @@ async fn concurrent_orders_for_the_last_units_never_oversell_even_across_two_ins
 }
 
 #[tokio::test]
-async fn a_poison_record_on_orders_is_dead_lettered_and_the_next_event_is_processed(
-) -> anyhow::Result<()> {
+async fn a_poison_record_on_orders_is_dead_lettered_and_the_next_event_is_processed() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let inventory = Inventory::start(&env).await?;
     let mut emitted = Emitted::new(&env)?;
@@ -793,27 +690,17 @@ async fn a_poison_record_on_orders_is_dead_lettered_and_the_next_event_is_proces
     inventory.restock("TAPE-5", 4).await?;
 
     let order_id = new_order_id();
-    env.produce_raw(
-        Topic::Orders,
-        &order_id,
-        b"\x00\x00\x00\x00\x07 definitely not avro",
-    )
-    .await?;
+    env.produce_raw(Topic::Orders, &order_id, b"\x00\x00\x00\x00\x07 definitely not avro")
+        .await?;
     // Valid Avro whose content can never be reserved: a line of zero units.
-    env.produce(&order_created(&order_id, &[("TAPE-5", 0)]))
-        .await?;
-    env.produce(&order_created(&order_id, &[("TAPE-5", 1)]))
-        .await?;
+    env.produce(&order_created(&order_id, &[("TAPE-5", 0)])).await?;
+    env.produce(&order_created(&order_id, &[("TAPE-5", 1)])).await?;
 
     let reserved = emitted.of(EventType::InventoryReserved, &order_id).await?;
-    assert!(
-        matches!(reserved, SagaEvent::InventoryReserved(ref r) if r.items == lines(&[("TAPE-5", 1)]))
-    );
+    assert!(matches!(reserved, SagaEvent::InventoryReserved(ref r) if r.items == lines(&[("TAPE-5", 1)])));
     assert_eq!(inventory.levels("TAPE-5").await?, Some((3, 1, 0)));
 
-    let records = dead_letters
-        .read_until(PATIENCE, |records| records.len() >= 2)
-        .await?;
+    let records = dead_letters.read_until(PATIENCE, |records| records.len() >= 2).await?;
     let orders_topic = env.kafka.topic(Topic::Orders);
     let mut origin_offsets = Vec::new();
     for record in &records {
@@ -824,11 +711,7 @@ async fn a_poison_record_on_orders_is_dead_lettered_and_the_next_event_is_proces
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.as_str())
         };
-        assert_eq!(
-            header("dlq.origin.topic"),
-            Some(orders_topic.as_str()),
-            "{record:?}"
-        );
+        assert_eq!(header("dlq.origin.topic"), Some(orders_topic.as_str()), "{record:?}");
         assert_eq!(
             header("dlq.consumer.group"),
             Some(env.kafka.prefixed(SERVICE).as_str()),
@@ -845,10 +728,7 @@ async fn a_poison_record_on_orders_is_dead_lettered_and_the_next_event_is_proces
                 .and_then(|o| o.parse::<i64>().ok())
                 .context("offset header")?,
         );
-        assert!(
-            !header("dlq.error").unwrap_or_default().is_empty(),
-            "{record:?}"
-        );
+        assert!(!header("dlq.error").unwrap_or_default().is_empty(), "{record:?}");
         assert_eq!(record.key.as_deref(), Some(order_id.as_str()));
     }
     assert!(
@@ -868,10 +748,7 @@ async fn a_poison_record_on_orders_is_dead_lettered_and_the_next_event_is_proces
         errors[1].contains("quantity"),
         "the invalid order's reason names the quantity: {errors:?}"
     );
-    assert!(
-        records[1].event.is_ok(),
-        "the invalid order itself is valid Avro"
-    );
+    assert!(records[1].event.is_ok(), "the invalid order itself is valid Avro");
     inventory.running.stop().await;
     Ok(())
 }

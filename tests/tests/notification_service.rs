@@ -14,9 +14,7 @@ use notification_service::{start, Config};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
-use saga_common::consumer::{
-    DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC,
-};
+use saga_common::consumer::{DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC};
 use saga_common::kafka;
 use saga_common::service::RunningService;
 use saga_contracts::{OrderConfirmed, OrderFailed, SagaEvent, Topic};
@@ -109,41 +107,22 @@ async fn mails_to(recipient: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 /// What the service's HTTP API reports for an order.
-async fn notifications(
-    service: &RunningService,
-    order_id: &str,
-) -> anyhow::Result<(StatusCode, Value)> {
-    let response = reqwest::get(format!(
-        "http://{}/notifications/{order_id}",
-        service.local_addr
-    ))
-    .await?;
+async fn notifications(service: &RunningService, order_id: &str) -> anyhow::Result<(StatusCode, Value)> {
+    let response = reqwest::get(format!("http://{}/notifications/{order_id}", service.local_addr)).await?;
     let status = response.status();
     Ok((status, response.json().await?))
 }
 
 /// Waits until the order's only email is marked sent, then checks that exactly one mail reached
 /// `recipient`: once the row is sent the mailer never touches it again, so one stays one.
-async fn the_one_email(
-    service: &RunningService,
-    order_id: &str,
-    recipient: &str,
-) -> anyhow::Result<Value> {
+async fn the_one_email(service: &RunningService, order_id: &str, recipient: &str) -> anyhow::Result<Value> {
     let row = eventually("the email marked sent", WAIT, || async {
         let (status, body) = notifications(service, order_id).await.ok()?;
-        let row = body
-            .as_array()
-            .filter(|rows| rows.len() == 1)?
-            .first()?
-            .clone();
+        let row = body.as_array().filter(|rows| rows.len() == 1)?.first()?.clone();
         (status == StatusCode::OK && row["status"] == "sent").then_some(row)
     })
     .await?;
-    assert_eq!(
-        row["attempts"].as_i64().map(|a| a >= 1),
-        Some(true),
-        "{row}"
-    );
+    assert_eq!(row["attempts"].as_i64().map(|a| a >= 1), Some(true), "{row}");
     eventually("the mail in maildev", WAIT, || async {
         (!mails_to(recipient).await.ok()?.is_empty()).then_some(())
     })
@@ -165,10 +144,8 @@ async fn committed_records(env: &TestEnv, topic: &str) -> anyhow::Result<i64> {
     for partition in 0..6 {
         partitions.add_partition(topic, partition);
     }
-    let committed = tokio::task::spawn_blocking(move || {
-        probe.committed_offsets(partitions, Duration::from_secs(10))
-    })
-    .await??;
+    let committed =
+        tokio::task::spawn_blocking(move || probe.committed_offsets(partitions, Duration::from_secs(10))).await??;
     Ok(committed
         .elements()
         .iter()
@@ -186,8 +163,8 @@ fn closed_port() -> anyhow::Result<u16> {
 }
 
 #[tokio::test]
-async fn a_confirmed_order_gets_exactly_one_confirmation_email_with_the_deterministic_message_id(
-) -> anyhow::Result<()> {
+async fn a_confirmed_order_gets_exactly_one_confirmation_email_with_the_deterministic_message_id() -> anyhow::Result<()>
+{
     let env = TestEnv::new().await?;
     let service = start_notification(&env, local_smtp_port()).await?;
     let order_id = uuid::Uuid::new_v4().to_string();
@@ -196,20 +173,13 @@ async fn a_confirmed_order_gets_exactly_one_confirmation_email_with_the_determin
 
     let mail = the_one_email(&service, &order_id, &recipient).await?;
     let expected_message_id = format!("<{order_id}.confirmed@saga-platform.local>");
-    assert_eq!(
-        mail["headers"]["message-id"],
-        expected_message_id.as_str(),
-        "{mail:#}"
-    );
+    assert_eq!(mail["headers"]["message-id"], expected_message_id.as_str(), "{mail:#}");
     assert_eq!(
         mail["messageId"],
         format!("{order_id}.confirmed@saga-platform.local"),
         "{mail:#}"
     );
-    assert_eq!(
-        mail["subject"],
-        format!("Order {} confirmed", &order_id[..8])
-    );
+    assert_eq!(mail["subject"], format!("Order {} confirmed", &order_id[..8]));
     let text = mail["text"].as_str().unwrap_or_default();
     assert!(text.contains(&order_id), "{text}");
     assert!(text.contains("39.98 USD"), "{text}");
@@ -288,18 +258,12 @@ async fn an_smtp_outage_does_not_lose_the_email() -> anyhow::Result<()> {
     })
     .await?;
     service.stop().await;
-    assert!(
-        mails_to(&recipient).await?.is_empty(),
-        "nothing can have been sent yet"
-    );
+    assert!(mails_to(&recipient).await?.is_empty(), "nothing can have been sent yet");
 
     // Same database, SMTP reachable again: the pending email goes out, once.
     let service = start_notification(&env, local_smtp_port()).await?;
     let mail = the_one_email(&service, &order_id, &recipient).await?;
-    assert_eq!(
-        mail["subject"],
-        format!("Order {} confirmed", &order_id[..8])
-    );
+    assert_eq!(mail["subject"], format!("Order {} confirmed", &order_id[..8]));
     let (_, body) = notifications(&service, &order_id).await?;
     assert!(
         body[0]["attempts"].as_i64() > pending["attempts"].as_i64(),
@@ -310,8 +274,7 @@ async fn an_smtp_outage_does_not_lose_the_email() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_poison_record_is_dead_lettered_and_the_next_event_is_still_emailed() -> anyhow::Result<()>
-{
+async fn a_poison_record_is_dead_lettered_and_the_next_event_is_still_emailed() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start_notification(&env, local_smtp_port()).await?;
     let order_id = uuid::Uuid::new_v4().to_string();
@@ -323,9 +286,7 @@ async fn a_poison_record_is_dead_lettered_and_the_next_event_is_still_emailed() 
 
     let dead_letter_topic = format!("{}notification-service.dead-letter", env.prefix);
     let reader = env.reader(&dead_letter_topic)?;
-    let records = reader
-        .read_until(WAIT, |records| !records.is_empty())
-        .await?;
+    let records = reader.read_until(WAIT, |records| !records.is_empty()).await?;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key.as_deref(), Some(order_id.as_str()));
     let header = |name: &str| {
@@ -335,18 +296,11 @@ async fn a_poison_record_is_dead_lettered_and_the_next_event_is_still_emailed() 
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.clone())
     };
-    assert_eq!(
-        header(DLQ_ORIGIN_TOPIC),
-        Some(env.kafka.topic(Topic::Orders))
-    );
-    assert!(header(DLQ_ORIGIN_PARTITION)
-        .is_some_and(|p| p.parse::<i32>().is_ok_and(|p| (0..6).contains(&p))));
+    assert_eq!(header(DLQ_ORIGIN_TOPIC), Some(env.kafka.topic(Topic::Orders)));
+    assert!(header(DLQ_ORIGIN_PARTITION).is_some_and(|p| p.parse::<i32>().is_ok_and(|p| (0..6).contains(&p))));
     assert!(header(DLQ_ORIGIN_OFFSET).is_some_and(|o| o.parse::<i64>().is_ok()));
     assert!(header(DLQ_ERROR).is_some_and(|e| !e.is_empty()));
-    assert_eq!(
-        header(DLQ_CONSUMER_GROUP),
-        Some(env.group("notification-service"))
-    );
+    assert_eq!(header(DLQ_CONSUMER_GROUP), Some(env.group("notification-service")));
 
     the_one_email(&service, &order_id, &recipient).await?;
     service.stop().await;
@@ -354,8 +308,7 @@ async fn a_poison_record_is_dead_lettered_and_the_next_event_is_still_emailed() 
 }
 
 #[tokio::test]
-async fn the_notifications_endpoint_rejects_bad_ids_and_reports_unknown_orders_as_not_found(
-) -> anyhow::Result<()> {
+async fn the_notifications_endpoint_rejects_bad_ids_and_reports_unknown_orders_as_not_found() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start_notification(&env, local_smtp_port()).await?;
     let (status, _) = notifications(&service, "not-a-uuid").await?;

@@ -11,9 +11,7 @@ use payment_service::gateway::{
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
-use saga_common::consumer::{
-    DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC,
-};
+use saga_common::consumer::{DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC};
 use saga_common::kafka;
 use saga_common::service::RunningService;
 use saga_contracts::{OrderConfirmed, OrderCreated, OrderFailed, OrderLine, SagaEvent, Topic};
@@ -96,20 +94,13 @@ fn payments_reader(env: &TestEnv) -> anyhow::Result<TopicReader> {
 }
 
 fn events(records: &[ReadRecord]) -> Vec<&SagaEvent> {
-    records
-        .iter()
-        .filter_map(|record| record.event.as_ref().ok())
-        .collect()
+    records.iter().filter_map(|record| record.event.as_ref().ok()).collect()
 }
 
 /// Reads the payments topic until `count` events were read, then checks that nothing more comes.
 async fn read_exactly(reader: &TopicReader, count: usize) -> anyhow::Result<Vec<SagaEvent>> {
-    let records = reader
-        .read_until(TIMEOUT, |records| records.len() >= count)
-        .await?;
-    let extra = reader
-        .read_until(QUIET, |records| !records.is_empty())
-        .await;
+    let records = reader.read_until(TIMEOUT, |records| records.len() >= count).await?;
+    let extra = reader.read_until(QUIET, |records| !records.is_empty()).await;
     if let Ok(extra) = extra {
         anyhow::bail!("expected {count} events, then silence; also got {extra:#?}");
     }
@@ -124,10 +115,7 @@ async fn read_exactly(reader: &TopicReader, count: usize) -> anyhow::Result<Vec<
 /// offsets reached the end of every partition) and published every event it caused.
 async fn wait_until_settled(env: &TestEnv, database: &PgPool) -> anyhow::Result<()> {
     let topic = env.kafka.topic(Topic::Orders);
-    let probe: Arc<StreamConsumer> = Arc::new(kafka::consumer(
-        &env.kafka,
-        &env.group(payment_service::SPEC.name),
-    )?);
+    let probe: Arc<StreamConsumer> = Arc::new(kafka::consumer(&env.kafka, &env.group(payment_service::SPEC.name))?);
     eventually("every order event consumed", TIMEOUT, || {
         let probe = probe.clone();
         let topic = topic.clone();
@@ -158,10 +146,7 @@ fn consumed_to_the_end(probe: &StreamConsumer, topic: &str) -> anyhow::Result<bo
         if high == 0 {
             continue;
         }
-        match committed
-            .find_partition(topic, partition)
-            .map(|entry| entry.offset())
-        {
+        match committed.find_partition(topic, partition).map(|entry| entry.offset()) {
             Some(Offset::Offset(offset)) if offset >= high => {}
             _ => return Ok(false),
         }
@@ -169,20 +154,14 @@ fn consumed_to_the_end(probe: &StreamConsumer, topic: &str) -> anyhow::Result<bo
     Ok(true)
 }
 
-async fn get_payment(
-    service: &RunningService,
-    order_id: &str,
-) -> anyhow::Result<(StatusCode, Value)> {
-    let response =
-        reqwest::get(format!("http://{}/payments/{order_id}", service.local_addr)).await?;
+async fn get_payment(service: &RunningService, order_id: &str) -> anyhow::Result<(StatusCode, Value)> {
+    let response = reqwest::get(format!("http://{}/payments/{order_id}", service.local_addr)).await?;
     let status = response.status();
     Ok((status, response.json().await?))
 }
 
 /// The gateway ledger's rows: (idempotency key, operation, attempts, outcome, amount).
-async fn ledger(
-    database: &PgPool,
-) -> anyhow::Result<Vec<(String, String, i32, Option<String>, i64)>> {
+async fn ledger(database: &PgPool) -> anyhow::Result<Vec<(String, String, i32, Option<String>, i64)>> {
     Ok(sqlx::query_as(
         "SELECT idempotency_key, operation, attempts, outcome, amount_minor FROM gateway_ledger ORDER BY created_at",
     )
@@ -199,8 +178,7 @@ fn header<'a>(record: &'a ReadRecord, name: &str) -> Option<&'a str> {
 }
 
 #[tokio::test]
-async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() -> anyhow::Result<()>
-{
+async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let order_id = Uuid::new_v4();
@@ -212,10 +190,7 @@ async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() 
         panic!("expected payment.success, got {emitted:#?}");
     };
     assert_eq!(success.order_id, created.order_id);
-    assert_eq!(
-        success.causation_id.as_deref(),
-        Some(created.event_id.as_str())
-    );
+    assert_eq!(success.causation_id.as_deref(), Some(created.event_id.as_str()));
     assert_eq!(success.amount_minor, TOTAL_MINOR);
     assert_eq!(success.currency, "USD");
     assert!(Uuid::parse_str(&success.payment_id).is_ok());
@@ -239,10 +214,7 @@ async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() 
     env.produce(&order_confirmed(&created).into()).await?;
     let database = database(&env).await?;
     wait_until_settled(&env, &database).await?;
-    assert_eq!(
-        get_payment(&service, &created.order_id).await?.1["status"],
-        "captured"
-    );
+    assert_eq!(get_payment(&service, &created.order_id).await?.1["status"], "captured");
     assert_eq!(
         ledger(&database).await?,
         vec![(
@@ -258,8 +230,7 @@ async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() 
 }
 
 #[tokio::test]
-async fn a_decline_token_is_declined_with_payment_failed_and_nothing_is_charged(
-) -> anyhow::Result<()> {
+async fn a_decline_token_is_declined_with_payment_failed_and_nothing_is_charged() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let created = order_created(Uuid::new_v4(), "tok_decline_insufficient_funds");
@@ -281,18 +252,16 @@ async fn a_decline_token_is_declined_with_payment_failed_and_nothing_is_charged(
     assert_eq!(body["refunded_minor"], 0);
 
     let database = database(&env).await?;
-    let captured: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE outcome = 'captured'")
-            .fetch_one(&database)
-            .await?;
+    let captured: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE outcome = 'captured'")
+        .fetch_one(&database)
+        .await?;
     assert_eq!(captured, 0, "a declined order must not be charged");
     service.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_flaky_token_is_captured_after_transient_errors_with_exactly_one_payment_success(
-) -> anyhow::Result<()> {
+async fn a_flaky_token_is_captured_after_transient_errors_with_exactly_one_payment_success() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let created = order_created(Uuid::new_v4(), "tok_flaky_visa");
@@ -303,10 +272,7 @@ async fn a_flaky_token_is_captured_after_transient_errors_with_exactly_one_payme
         matches!(&emitted[0], SagaEvent::PaymentSucceeded(success) if success.amount_minor == TOTAL_MINOR),
         "expected one payment.success, got {emitted:#?}"
     );
-    assert_eq!(
-        get_payment(&service, &created.order_id).await?.1["status"],
-        "captured"
-    );
+    assert_eq!(get_payment(&service, &created.order_id).await?.1["status"], "captured");
     let database = database(&env).await?;
     // Two transient failures, then the capture: three calls under one key, one charge.
     assert_eq!(
@@ -324,24 +290,20 @@ async fn a_flaky_token_is_captured_after_transient_errors_with_exactly_one_payme
 }
 
 #[tokio::test]
-async fn order_failed_after_a_capture_refunds_exactly_once_however_often_events_are_delivered(
-) -> anyhow::Result<()> {
+async fn order_failed_after_a_capture_refunds_exactly_once_however_often_events_are_delivered() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let reader = payments_reader(&env)?;
     let created = order_created(Uuid::new_v4(), "tok_visa");
     env.produce(&created.clone().into()).await?;
-    reader
-        .read_until(TIMEOUT, |records| !records.is_empty())
-        .await?;
+    reader.read_until(TIMEOUT, |records| !records.is_empty()).await?;
 
     let failed = order_failed(&created, "out_of_stock");
     env.produce(&failed.clone().into()).await?;
     // The same order.failed and order.created delivered again, and a second order.failed.
     env.produce(&failed.clone().into()).await?;
     env.produce(&created.clone().into()).await?;
-    env.produce(&order_failed(&created, "deadline_exceeded").into())
-        .await?;
+    env.produce(&order_failed(&created, "deadline_exceeded").into()).await?;
     let database = database(&env).await?;
     wait_until_settled(&env, &database).await?;
 
@@ -350,10 +312,7 @@ async fn order_failed_after_a_capture_refunds_exactly_once_however_often_events_
         panic!("expected one payment.refunded after the payment.success, got {emitted:#?}");
     };
     assert_eq!(refunded.order_id, created.order_id);
-    assert_eq!(
-        refunded.causation_id.as_deref(),
-        Some(failed.event_id.as_str())
-    );
+    assert_eq!(refunded.causation_id.as_deref(), Some(failed.event_id.as_str()));
     assert_eq!(refunded.amount_minor, TOTAL_MINOR);
     assert_eq!(refunded.currency, "USD");
     assert_eq!(refunded.reason, "out_of_stock");
@@ -376,13 +335,7 @@ async fn order_failed_after_a_capture_refunds_exactly_once_however_often_events_
                 Some("captured".into()),
                 TOTAL_MINOR
             ),
-            (
-                refund_key,
-                "refund".into(),
-                1,
-                Some("refunded".into()),
-                TOTAL_MINOR
-            ),
+            (refund_key, "refund".into(), 1, Some("refunded".into()), TOTAL_MINOR),
         ]
     );
     service.stop().await;
@@ -396,8 +349,7 @@ async fn order_failed_for_a_declined_payment_refunds_nothing() -> anyhow::Result
     let reader = payments_reader(&env)?;
     let created = order_created(Uuid::new_v4(), "tok_decline");
     env.produce(&created.clone().into()).await?;
-    env.produce(&order_failed(&created, "payment_declined").into())
-        .await?;
+    env.produce(&order_failed(&created, "payment_declined").into()).await?;
     let database = database(&env).await?;
     wait_until_settled(&env, &database).await?;
 
@@ -409,24 +361,21 @@ async fn order_failed_for_a_declined_payment_refunds_nothing() -> anyhow::Result
     let body = get_payment(&service, &created.order_id).await?.1;
     assert_eq!(body["status"], "declined");
     assert_eq!(body["refunded_minor"], 0);
-    let refunds: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE operation = 'refund'")
-            .fetch_one(&database)
-            .await?;
+    let refunds: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE operation = 'refund'")
+        .fetch_one(&database)
+        .await?;
     assert_eq!(refunds, 0);
-    let failed_reason: String =
-        sqlx::query_scalar("SELECT reason FROM failed_orders WHERE order_id = $1::uuid")
-            .bind(&created.order_id)
-            .fetch_one(&database)
-            .await?;
+    let failed_reason: String = sqlx::query_scalar("SELECT reason FROM failed_orders WHERE order_id = $1::uuid")
+        .bind(&created.order_id)
+        .fetch_one(&database)
+        .await?;
     assert_eq!(failed_reason, "payment_declined");
     service.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_poison_record_is_dead_lettered_with_its_origin_and_the_next_order_is_still_charged(
-) -> anyhow::Result<()> {
+async fn a_poison_record_is_dead_lettered_with_its_origin_and_the_next_order_is_still_charged() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let poison_key = Uuid::new_v4().to_string();
@@ -437,21 +386,15 @@ async fn a_poison_record_is_dead_lettered_with_its_origin_and_the_next_order_is_
     env.produce(&created.clone().into()).await?;
 
     let dead_letters = env.reader(&env.kafka.dead_letter_topic(payment_service::SPEC.name))?;
-    let records = dead_letters
-        .read_until(TIMEOUT, |records| !records.is_empty())
-        .await?;
+    let records = dead_letters.read_until(TIMEOUT, |records| !records.is_empty()).await?;
     let dead = &records[0];
     assert_eq!(dead.key.as_deref(), Some(poison_key.as_str()));
-    assert!(
-        dead.event.is_err(),
-        "the dead letter keeps the undecodable bytes"
-    );
+    assert!(dead.event.is_err(), "the dead letter keeps the undecodable bytes");
     assert_eq!(
         header(dead, DLQ_ORIGIN_TOPIC),
         Some(env.kafka.topic(Topic::Orders).as_str())
     );
-    assert!(header(dead, DLQ_ORIGIN_PARTITION)
-        .is_some_and(|p| p.parse::<i32>().is_ok_and(|p| (0..6).contains(&p))));
+    assert!(header(dead, DLQ_ORIGIN_PARTITION).is_some_and(|p| p.parse::<i32>().is_ok_and(|p| (0..6).contains(&p))));
     assert!(header(dead, DLQ_ORIGIN_OFFSET).is_some_and(|o| o.parse::<i64>().is_ok()));
     assert!(header(dead, DLQ_ERROR).is_some_and(|e| !e.is_empty()));
     assert_eq!(
@@ -464,13 +407,8 @@ async fn a_poison_record_is_dead_lettered_with_its_origin_and_the_next_order_is_
         matches!(&emitted[0], SagaEvent::PaymentSucceeded(success) if success.order_id == created.order_id),
         "expected payment.success for the good order, got {emitted:#?}"
     );
-    assert_eq!(
-        get_payment(&service, &created.order_id).await?.1["status"],
-        "captured"
-    );
-    let more_dead = dead_letters
-        .read_until(QUIET, |records| !records.is_empty())
-        .await;
+    assert_eq!(get_payment(&service, &created.order_id).await?.1["status"], "captured");
+    let more_dead = dead_letters.read_until(QUIET, |records| !records.is_empty()).await;
     assert!(
         more_dead.is_err(),
         "only the poison record is dead-lettered: {more_dead:#?}"
@@ -480,8 +418,7 @@ async fn a_poison_record_is_dead_lettered_with_its_origin_and_the_next_order_is_
 }
 
 #[tokio::test]
-async fn a_restarted_service_does_not_charge_or_refund_again_when_events_are_redelivered(
-) -> anyhow::Result<()> {
+async fn a_restarted_service_does_not_charge_or_refund_again_when_events_are_redelivered() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let charged = order_created(Uuid::new_v4(), "tok_visa");
@@ -523,22 +460,15 @@ async fn a_restarted_service_does_not_charge_or_refund_again_when_events_are_red
     assert_eq!(after, before);
 
     let emitted = read_exactly(&payments_reader(&env)?, 3).await?;
-    let mut types: Vec<&str> = emitted
-        .iter()
-        .map(|event| event.event_type().as_str())
-        .collect();
+    let mut types: Vec<&str> = emitted.iter().map(|event| event.event_type().as_str()).collect();
     types.sort_unstable();
-    assert_eq!(
-        types,
-        ["payment.refunded", "payment.success", "payment.success"]
-    );
+    assert_eq!(types, ["payment.refunded", "payment.success", "payment.success"]);
     service.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_charge_made_before_a_crash_is_not_repeated_when_the_order_is_processed_again(
-) -> anyhow::Result<()> {
+async fn a_charge_made_before_a_crash_is_not_repeated_when_the_order_is_processed_again() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let database = database(&env).await?;
@@ -563,15 +493,11 @@ async fn a_charge_made_before_a_crash_is_not_repeated_when_the_order_is_processe
         matches!(&emitted[0], SagaEvent::PaymentSucceeded(_)),
         "got {emitted:#?}"
     );
-    let stored: String =
-        sqlx::query_scalar("SELECT gateway_reference FROM payments WHERE order_id = $1::uuid")
-            .bind(&created.order_id)
-            .fetch_one(&database)
-            .await?;
-    assert_eq!(
-        stored, gateway_reference,
-        "the service got the first charge back"
-    );
+    let stored: String = sqlx::query_scalar("SELECT gateway_reference FROM payments WHERE order_id = $1::uuid")
+        .bind(&created.order_id)
+        .fetch_one(&database)
+        .await?;
+    assert_eq!(stored, gateway_reference, "the service got the first charge back");
     assert_eq!(
         ledger(&database).await?,
         vec![(
@@ -587,17 +513,14 @@ async fn a_charge_made_before_a_crash_is_not_repeated_when_the_order_is_processe
 }
 
 #[tokio::test]
-async fn a_refund_made_before_a_crash_is_not_repeated_when_order_failed_is_processed_again(
-) -> anyhow::Result<()> {
+async fn a_refund_made_before_a_crash_is_not_repeated_when_order_failed_is_processed_again() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let database = database(&env).await?;
     let reader = payments_reader(&env)?;
     let created = order_created(Uuid::new_v4(), "tok_visa");
     env.produce(&created.clone().into()).await?;
-    reader
-        .read_until(TIMEOUT, |records| !records.is_empty())
-        .await?;
+    reader.read_until(TIMEOUT, |records| !records.is_empty()).await?;
     let charge_reference: String =
         sqlx::query_scalar("SELECT gateway_reference FROM payments WHERE order_id = $1::uuid")
             .bind(&created.order_id)
@@ -614,8 +537,7 @@ async fn a_refund_made_before_a_crash_is_not_repeated_when_order_failed_is_proce
         })
         .await?;
 
-    env.produce(&order_failed(&created, "out_of_stock").into())
-        .await?;
+    env.produce(&order_failed(&created, "out_of_stock").into()).await?;
     let emitted = read_exactly(&reader, 1).await?;
     assert!(
         matches!(&emitted[0], SagaEvent::PaymentRefunded(refund) if refund.amount_minor == TOTAL_MINOR),
@@ -635,13 +557,7 @@ async fn a_refund_made_before_a_crash_is_not_repeated_when_order_failed_is_proce
                 Some("captured".into()),
                 TOTAL_MINOR
             ),
-            (
-                refund_key,
-                "refund".into(),
-                2,
-                Some("refunded".into()),
-                TOTAL_MINOR
-            ),
+            (refund_key, "refund".into(), 2, Some("refunded".into()), TOTAL_MINOR),
         ]
     );
     service.stop().await;
@@ -649,8 +565,7 @@ async fn a_refund_made_before_a_crash_is_not_repeated_when_order_failed_is_proce
 }
 
 #[tokio::test]
-async fn the_payment_api_answers_404_for_an_unknown_order_and_400_for_a_malformed_id(
-) -> anyhow::Result<()> {
+async fn the_payment_api_answers_404_for_an_unknown_order_and_400_for_a_malformed_id() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env).await?;
     let (status, body) = get_payment(&service, &Uuid::new_v4().to_string()).await?;
@@ -658,9 +573,7 @@ async fn the_payment_api_answers_404_for_an_unknown_order_and_400_for_a_malforme
     assert!(body["error"].is_string());
     let (status, body) = get_payment(&service, "not-a-uuid").await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"]
-        .as_str()
-        .is_some_and(|e| e.contains("not-a-uuid")));
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("not-a-uuid")));
     service.stop().await;
     Ok(())
 }

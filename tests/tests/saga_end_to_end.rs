@@ -27,25 +27,44 @@ impl Platform {
         let started = |what: &str, running: Option<RunningService>| {
             running.ok_or_else(|| anyhow::anyhow!("{what} did not start"))
         };
-        let order = order_service::Config { service: env.service_config("order"), saga_deadline_secs };
+        let order = order_service::Config {
+            service: env.service_config("order"),
+            saga_deadline_secs,
+        };
         let payment = payment_service::Config {
             service: env.service_config("payment"),
             gateway: payment_service::gateway::GatewayConfig::default(),
         };
-        let inventory = inventory_service::Config { service: env.service_config("inventory") };
+        let inventory = inventory_service::Config {
+            service: env.service_config("inventory"),
+        };
         let notification = notification_service::Config::new(env.service_config("notification"));
         Ok(Self {
             order: started("order", order_service::start(&order, shutdown.child_token()).await?)?,
-            payment: started("payment", payment_service::start(&payment, shutdown.child_token()).await?)?,
-            inventory: started("inventory", inventory_service::start(&inventory, shutdown.child_token()).await?)?,
-            notification: started("notification", notification_service::start(&notification, shutdown.child_token()).await?)?,
+            payment: started(
+                "payment",
+                payment_service::start(&payment, shutdown.child_token()).await?,
+            )?,
+            inventory: started(
+                "inventory",
+                inventory_service::start(&inventory, shutdown.child_token()).await?,
+            )?,
+            notification: started(
+                "notification",
+                notification_service::start(&notification, shutdown.child_token()).await?,
+            )?,
             env,
             http: reqwest::Client::new(),
         })
     }
 
     async fn stop(self) {
-        tokio::join!(self.order.stop(), self.payment.stop(), self.inventory.stop(), self.notification.stop());
+        tokio::join!(
+            self.order.stop(),
+            self.payment.stop(),
+            self.inventory.stop(),
+            self.notification.stop()
+        );
     }
 
     async fn restock(&self, sku: &str, delta: i64) -> anyhow::Result<()> {
@@ -60,10 +79,17 @@ impl Platform {
     }
 
     async fn place(&self, email: &str, token: &str, lines: &[(&str, i64)]) -> anyhow::Result<String> {
-        let items: Vec<Value> =
-            lines.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity, "unit_price_minor": 1250})).collect();
+        let items: Vec<Value> = lines
+            .iter()
+            .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity, "unit_price_minor": 1250}))
+            .collect();
         let body = json!({"customer_id": "c-e2e", "customer_email": email, "currency": "EUR", "payment_token": token, "items": items});
-        let response = self.http.post(format!("http://{}/orders", self.order.local_addr)).json(&body).send().await?;
+        let response = self
+            .http
+            .post(format!("http://{}/orders", self.order.local_addr))
+            .json(&body)
+            .send()
+            .await?;
         anyhow::ensure!(response.status() == 202, "POST /orders answered {}", response.status());
         let answer: Value = response.json().await?;
         Ok(answer["order_id"].as_str().unwrap_or_default().to_string())
@@ -71,27 +97,43 @@ impl Platform {
 
     async fn get(&self, address: std::net::SocketAddr, path: &str) -> anyhow::Result<Value> {
         let response = self.http.get(format!("http://{address}{path}")).send().await?;
-        anyhow::ensure!(response.status().is_success(), "GET {path} answered {}", response.status());
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET {path} answered {}",
+            response.status()
+        );
         Ok(response.json().await?)
     }
 
     async fn terminal_order(&self, order_id: &str) -> anyhow::Result<Value> {
-        eventually(&format!("order {order_id} decided"), Duration::from_secs(60), || async {
-            let view = self.get(self.order.local_addr, &format!("/orders/{order_id}")).await.ok()?;
-            (view["status"] != "PENDING").then_some(view)
-        })
+        eventually(
+            &format!("order {order_id} decided"),
+            Duration::from_secs(60),
+            || async {
+                let view = self
+                    .get(self.order.local_addr, &format!("/orders/{order_id}"))
+                    .await
+                    .ok()?;
+                (view["status"] != "PENDING").then_some(view)
+            },
+        )
         .await
     }
 
     async fn payment(&self, order_id: &str) -> anyhow::Result<Value> {
-        self.get(self.payment.local_addr, &format!("/payments/{order_id}")).await
+        self.get(self.payment.local_addr, &format!("/payments/{order_id}"))
+            .await
     }
 
     async fn payment_when(&self, order_id: &str, status: &str) -> anyhow::Result<Value> {
-        eventually(&format!("payment of {order_id} {status}"), Duration::from_secs(60), || async {
-            let payment = self.payment(order_id).await.ok()?;
-            (payment["status"] == status).then_some(payment)
-        })
+        eventually(
+            &format!("payment of {order_id} {status}"),
+            Duration::from_secs(60),
+            || async {
+                let payment = self.payment(order_id).await.ok()?;
+                (payment["status"] == status).then_some(payment)
+            },
+        )
         .await
     }
 
@@ -102,11 +144,19 @@ impl Platform {
     /// Waits until the SKU's stock has exactly these levels.
     async fn stock_settles(&self, sku: &str, available: i64, reserved: i64, committed: i64) -> anyhow::Result<()> {
         let expected = (available, reserved, committed);
-        let last = eventually(&format!("stock of {sku} at {expected:?}"), Duration::from_secs(60), || async {
-            let stock = self.stock(sku).await.ok()?;
-            let levels = (stock["available"].as_i64()?, stock["reserved"].as_i64()?, stock["committed"].as_i64()?);
-            (levels == expected).then_some(levels)
-        })
+        let last = eventually(
+            &format!("stock of {sku} at {expected:?}"),
+            Duration::from_secs(60),
+            || async {
+                let stock = self.stock(sku).await.ok()?;
+                let levels = (
+                    stock["available"].as_i64()?,
+                    stock["reserved"].as_i64()?,
+                    stock["committed"].as_i64()?,
+                );
+                (levels == expected).then_some(levels)
+            },
+        )
         .await;
         last.map(|_| ())
     }
@@ -118,19 +168,29 @@ async fn mail_to(address: &str) -> anyhow::Result<Vec<Value>> {
     let all: Vec<Value> = reqwest::get(format!("{url}/email")).await?.json().await?;
     Ok(all
         .into_iter()
-        .filter(|mail| mail["to"].as_array().is_some_and(|to| to.iter().any(|t| t["address"] == address)))
+        .filter(|mail| {
+            mail["to"]
+                .as_array()
+                .is_some_and(|to| to.iter().any(|t| t["address"] == address))
+        })
         .collect())
 }
 
 /// Waits for exactly `count` mails to `address`, then makes sure no more arrive for a while.
 async fn exactly_mails(address: &str, count: usize) -> anyhow::Result<Vec<Value>> {
-    eventually(&format!("{count} mail(s) to {address}"), Duration::from_secs(60), || async {
-        (mail_to(address).await.ok()?.len() >= count).then_some(())
-    })
+    eventually(
+        &format!("{count} mail(s) to {address}"),
+        Duration::from_secs(60),
+        || async { (mail_to(address).await.ok()?.len() >= count).then_some(()) },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mails = mail_to(address).await?;
-    anyhow::ensure!(mails.len() == count, "expected {count} mail(s) to {address}, got {}: {mails:#?}", mails.len());
+    anyhow::ensure!(
+        mails.len() == count,
+        "expected {count} mail(s) to {address}, got {}: {mails:#?}",
+        mails.len()
+    );
     Ok(mails)
 }
 
@@ -143,7 +203,12 @@ fn unique_sku() -> String {
 }
 
 fn timeline_types(view: &Value) -> Vec<String> {
-    view["timeline"].as_array().into_iter().flatten().filter_map(|e| e["event_type"].as_str().map(String::from)).collect()
+    view["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event_type"].as_str().map(String::from))
+        .collect()
 }
 
 #[tokio::test]
@@ -160,10 +225,22 @@ async fn a_paid_and_reserved_order_is_confirmed_committed_and_emailed_once() -> 
     assert_eq!(payment["amount_minor"], 2500);
     platform.stock_settles(&sku, 3, 0, 2).await?;
     let mails = exactly_mails(&email, 1).await?;
-    assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("confirmed"), "{}", mails[0]["subject"]);
+    assert!(
+        mails[0]["subject"].as_str().unwrap_or_default().contains("confirmed"),
+        "{}",
+        mails[0]["subject"]
+    );
     let types = timeline_types(&platform.terminal_order(&order_id).await?);
-    for expected in ["order.created", "payment.success", "inventory.reserved", "order.confirmed"] {
-        assert!(types.contains(&expected.to_string()), "{expected} missing from {types:?}");
+    for expected in [
+        "order.created",
+        "payment.success",
+        "inventory.reserved",
+        "order.confirmed",
+    ] {
+        assert!(
+            types.contains(&expected.to_string()),
+            "{expected} missing from {types:?}"
+        );
     }
     platform.stop().await;
     Ok(())
@@ -181,7 +258,11 @@ async fn a_declined_payment_after_stock_was_reserved_releases_the_stock() -> any
     assert_eq!(platform.payment(&order_id).await?["status"], "declined");
     platform.stock_settles(&sku, 5, 0, 0).await?;
     let mails = exactly_mails(&email, 1).await?;
-    assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("failed"), "{}", mails[0]["subject"]);
+    assert!(
+        mails[0]["subject"].as_str().unwrap_or_default().contains("failed"),
+        "{}",
+        mails[0]["subject"]
+    );
     platform.stop().await;
     Ok(())
 }
@@ -213,7 +294,11 @@ async fn when_payment_and_stock_both_fail_the_order_fails_once_with_nothing_to_c
     assert_eq!(platform.payment(&order_id).await?["status"], "declined");
     exactly_mails(&email, 1).await?;
     platform.env.outbox_drained("order").await?;
-    let orders = platform.env.reader(&platform.env.kafka.topic(Topic::Orders))?.read_to_end(Duration::from_secs(30)).await?;
+    let orders = platform
+        .env
+        .reader(&platform.env.kafka.topic(Topic::Orders))?
+        .read_to_end(Duration::from_secs(30))
+        .await?;
     let failed = orders
         .iter()
         .filter_map(|r| r.event.as_ref().ok())
@@ -224,7 +309,11 @@ async fn when_payment_and_stock_both_fail_the_order_fails_once_with_nothing_to_c
     platform.env.outbox_drained("inventory").await?;
     let mut compensations = Vec::new();
     for topic in [Topic::Payments, Topic::Inventory] {
-        let records = platform.env.reader(&platform.env.kafka.topic(topic))?.read_to_end(Duration::from_secs(30)).await?;
+        let records = platform
+            .env
+            .reader(&platform.env.kafka.topic(topic))?
+            .read_to_end(Duration::from_secs(30))
+            .await?;
         compensations.extend(
             records
                 .into_iter()
@@ -234,7 +323,10 @@ async fn when_payment_and_stock_both_fail_the_order_fails_once_with_nothing_to_c
                 .filter(|t| t == "payment.refunded" || t == "inventory.released"),
         );
     }
-    assert!(compensations.is_empty(), "nothing was taken, so nothing is given back: {compensations:?}");
+    assert!(
+        compensations.is_empty(),
+        "nothing was taken, so nothing is given back: {compensations:?}"
+    );
     platform.stop().await;
     Ok(())
 }
@@ -310,7 +402,11 @@ async fn every_event_delivered_twice_changes_nothing() -> anyhow::Result<()> {
     // Re-produce every record of every topic: each event type of the saga arrives a second time.
     let mut replayed = std::collections::BTreeSet::new();
     for topic in [Topic::Orders, Topic::Payments, Topic::Inventory] {
-        let records = platform.env.reader(&platform.env.kafka.topic(topic))?.read_to_end(Duration::from_secs(30)).await?;
+        let records = platform
+            .env
+            .reader(&platform.env.kafka.topic(topic))?
+            .read_to_end(Duration::from_secs(30))
+            .await?;
         for record in records {
             let event = record.event.map_err(anyhow::Error::msg)?;
             replayed.insert(event.event_type().as_str());
@@ -318,14 +414,26 @@ async fn every_event_delivered_twice_changes_nothing() -> anyhow::Result<()> {
         }
     }
     for expected in [
-        "order.created", "order.confirmed", "order.failed", "payment.success", "payment.failed",
-        "inventory.reserved", "inventory.committed", "inventory.released", "inventory.stock_adjusted",
+        "order.created",
+        "order.confirmed",
+        "order.failed",
+        "payment.success",
+        "payment.failed",
+        "inventory.reserved",
+        "inventory.committed",
+        "inventory.released",
+        "inventory.stock_adjusted",
     ] {
-        assert!(replayed.contains(expected), "{expected} was not redelivered: {replayed:?}");
+        assert!(
+            replayed.contains(expected),
+            "{expected} was not redelivered: {replayed:?}"
+        );
     }
     // Let the services consume the duplicates; a new order placed afterwards and decided
     // proves they caught up with the partitions it uses.
-    let marker = platform.place(&unique_email(), "tok_decline_marker", &[(&sku, 1)]).await?;
+    let marker = platform
+        .place(&unique_email(), "tok_decline_marker", &[(&sku, 1)])
+        .await?;
     platform.terminal_order(&marker).await?;
     platform.payment_when(&marker, "declined").await?;
     platform.stock_settles(&sku, 2, 0, 2).await?;
@@ -356,6 +464,9 @@ async fn snapshot(platform: &Platform, orders: &[&str], sku: &str) -> anyhow::Re
         );
     }
     let stock = platform.stock(sku).await?;
-    state.insert("stock".into(), json!([stock["available"], stock["reserved"], stock["committed"]]));
+    state.insert(
+        "stock".into(),
+        json!([stock["available"], stock["reserved"], stock["committed"]]),
+    );
     Ok(Value::Object(state))
 }

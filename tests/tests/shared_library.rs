@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use saga_common::codec::{EventCodec, EncodedEvent};
+use saga_common::codec::{EncodedEvent, EventCodec};
 use saga_common::consumer::{event_headers, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError};
 use saga_common::kafka;
 use saga_common::retry::Backoff;
@@ -29,14 +29,25 @@ fn order_created(order_id: &str) -> SagaEvent {
         payment_token: "tok_ok".into(),
         total_minor: 3998,
         currency: "USD".into(),
-        items: vec![OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_minor: 1999 }],
+        items: vec![OrderLine {
+            sku: "SKU-1".into(),
+            quantity: 2,
+            unit_price_minor: 1999,
+        }],
         sales_channel: "api".into(),
     })
 }
 
 async fn produce(producer: &FutureProducer, encoded: &EncodedEvent) -> (i32, i64) {
-    let headers = event_headers(encoded.event_type.as_str(), &encoded.event_id, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
-    let record = FutureRecord::to(&encoded.topic).key(&encoded.key).payload(&encoded.payload).headers(headers);
+    let headers = event_headers(
+        encoded.event_type.as_str(),
+        &encoded.event_id,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    let record = FutureRecord::to(&encoded.topic)
+        .key(&encoded.key)
+        .payload(&encoded.payload)
+        .headers(headers);
     let delivery = producer.send(record, Duration::from_secs(10)).await.expect("delivered");
     (delivery.partition, delivery.offset)
 }
@@ -79,14 +90,20 @@ async fn events_with_the_same_key_always_land_in_one_partition() -> anyhow::Resu
             let encoded = codec.encode(&order_created(order_id)).await?;
             let (partition, _) = produce(&producer, &encoded).await;
             partitions_by_key.entry(order_id.clone()).or_default().insert(partition);
-            assert!((0..6).contains(&partition), "round {round}: partition {partition} out of range");
+            assert!(
+                (0..6).contains(&partition),
+                "round {round}: partition {partition} out of range"
+            );
         }
     }
     for (key, partitions) in &partitions_by_key {
         assert_eq!(partitions.len(), 1, "key {key} landed in partitions {partitions:?}");
     }
     let used: HashSet<i32> = partitions_by_key.values().flatten().copied().collect();
-    assert!(used.len() > 1, "24 keys should spread over more than one of 6 partitions, used {used:?}");
+    assert!(
+        used.len() > 1,
+        "24 keys should spread over more than one of 6 partitions, used {used:?}"
+    );
     Ok(())
 }
 
@@ -117,7 +134,8 @@ async fn committed_offset(env: &TestEnv, group: &str, topic: &str, partition: i3
     let probe: StreamConsumer = kafka::consumer(&env.kafka, group)?;
     let mut list = TopicPartitionList::new();
     list.add_partition(topic, partition);
-    let committed = tokio::task::spawn_blocking(move || probe.committed_offsets(list, Duration::from_secs(10))).await??;
+    let committed =
+        tokio::task::spawn_blocking(move || probe.committed_offsets(list, Duration::from_secs(10))).await??;
     Ok(match committed.find_partition(topic, partition).map(|p| p.offset()) {
         Some(Offset::Offset(offset)) => Some(offset),
         _ => None,
@@ -156,7 +174,10 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
         producer: producer.clone(),
         dead_letter_topic: dead_letters,
         group_id: group.clone(),
-        backoff: Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(100) },
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        },
     };
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
 
@@ -166,13 +187,23 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
         (handler.attempts_on_blocked.load(Ordering::SeqCst) >= 5).then_some(())
     })
     .await?;
-    eventually("offset of the first event committed", Duration::from_secs(20), || async {
-        (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 1)).then_some(())
-    })
+    eventually(
+        "offset of the first event committed",
+        Duration::from_secs(20),
+        || async {
+            (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 1)).then_some(())
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await; // two auto-commit intervals
-    assert_eq!(committed_offset(&env, &group, &topic, partition).await?, Some(first_offset + 1));
-    assert_eq!(*handler.completed.lock().expect("lock"), vec![events[0].event_id().to_string()]);
+    assert_eq!(
+        committed_offset(&env, &group, &topic, partition).await?,
+        Some(first_offset + 1)
+    );
+    assert_eq!(
+        *handler.completed.lock().expect("lock"),
+        vec![events[0].event_id().to_string()]
+    );
 
     // Once the handler succeeds, the remaining events are processed and their offsets stored.
     handler.released.store(true, Ordering::SeqCst);
@@ -213,10 +244,17 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
             producer: producer.clone(),
             dead_letter_topic: dead_letters.clone(),
             group_id: group.clone(),
-            backoff: Backoff { initial: Duration::from_millis(20), max: Duration::from_millis(100) },
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+            },
         };
         let shutdown = CancellationToken::new();
-        (handler.clone(), shutdown.clone(), tokio::spawn(consumer_loop.run(handler, shutdown)))
+        (
+            handler.clone(),
+            shutdown.clone(),
+            tokio::spawn(consumer_loop.run(handler, shutdown)),
+        )
     };
 
     // First consumer: the handler never succeeds; it is shut down mid-retry.
@@ -235,7 +273,10 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
         (!succeeding.completed.lock().expect("lock").is_empty()).then_some(())
     })
     .await?;
-    assert_eq!(*succeeding.completed.lock().expect("lock"), vec![event.event_id().to_string()]);
+    assert_eq!(
+        *succeeding.completed.lock().expect("lock"),
+        vec![event.event_id().to_string()]
+    );
     shutdown.cancel();
     running.await?;
     Ok(())

@@ -13,8 +13,16 @@ use crate::demo::wait_until_terminal;
 use crate::endpoints::Endpoints;
 
 /// Runs the benchmark and prints its figures.
-pub(crate) async fn run(endpoints: &Endpoints, orders: usize, concurrency: usize, timeout: Duration) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(concurrency).build()?;
+pub(crate) async fn run(
+    endpoints: &Endpoints,
+    orders: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let sku = format!("SKU-BENCH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let restock = http
         .post(format!("{}/stock/{sku}/adjustments", endpoints.inventory))
@@ -86,11 +94,26 @@ pub(crate) async fn run(endpoints: &Endpoints, orders: usize, concurrency: usize
         _ => Duration::ZERO,
     };
     println!("orders:                          {orders} ({confirmed} confirmed)");
-    println!("placing took:                    {:.2} s ({:.1} orders/s accepted)", placing.as_secs_f64(), orders as f64 / placing.as_secs_f64());
+    println!(
+        "placing took:                    {:.2} s ({:.1} orders/s accepted)",
+        placing.as_secs_f64(),
+        orders as f64 / placing.as_secs_f64()
+    );
     println!("first created -> last decided:   {:.2} s", span.as_secs_f64());
-    println!("sagas completed per second:      {:.1}", orders as f64 / span.as_secs_f64().max(f64::EPSILON));
-    println!("POST /orders latency:            p50 {}  p99 {}", fmt(percentile(&mut post_latencies, 50.0)), fmt(percentile(&mut post_latencies, 99.0)));
-    println!("order.created -> terminal:       p50 {}  p99 {}", fmt(percentile(&mut saga_latencies, 50.0)), fmt(percentile(&mut saga_latencies, 99.0)));
+    println!(
+        "sagas completed per second:      {:.1}",
+        orders as f64 / span.as_secs_f64().max(f64::EPSILON)
+    );
+    println!(
+        "POST /orders latency:            p50 {}  p99 {}",
+        fmt(percentile(&mut post_latencies, 50.0)),
+        fmt(percentile(&mut post_latencies, 99.0))
+    );
+    println!(
+        "order.created -> terminal:       p50 {}  p99 {}",
+        fmt(percentile(&mut saga_latencies, 50.0)),
+        fmt(percentile(&mut saga_latencies, 99.0))
+    );
     Ok(())
 }
 

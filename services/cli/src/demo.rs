@@ -9,34 +9,6 @@ use serde_json::{json, Value};
 
 use crate::endpoints::Endpoints;
 
-#[cfg(test)]
-mod tests {
-    use super::missing_follow_ups;
-    use serde_json::json;
-
-    fn order(status: &str, events: &[&str]) -> serde_json::Value {
-        json!({"status": status, "timeline": events.iter().map(|e| json!({"event_type": e})).collect::<Vec<_>>()})
-    }
-
-    #[test]
-    fn a_failed_order_waits_for_the_release_and_the_refund_of_what_it_held() {
-        let view = order("FAILED", &["order.created", "inventory.reserved", "payment.success", "order.failed"]);
-        assert_eq!(missing_follow_ups(&view), vec!["inventory.released", "payment.refunded"]);
-    }
-
-    #[test]
-    fn a_failed_order_that_held_nothing_is_settled() {
-        let view = order("FAILED", &["order.created", "inventory.reservation_failed", "payment.failed", "order.failed"]);
-        assert!(missing_follow_ups(&view).is_empty());
-    }
-
-    #[test]
-    fn a_confirmed_order_waits_for_the_commit() {
-        let view = order("CONFIRMED", &["order.created", "inventory.reserved", "payment.success", "order.confirmed"]);
-        assert_eq!(missing_follow_ups(&view), vec!["inventory.committed"]);
-    }
-}
-
 /// One scripted order and the outcome it should reach.
 struct Scenario {
     name: &'static str,
@@ -59,15 +31,47 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
         .await
         .context("inventory service unreachable; is the stack up? (deploy/local/stack.sh up)")?;
     if !restock.status().is_success() {
-        bail!("restocking {stocked_sku}: {} {}", restock.status(), restock.text().await?);
+        bail!(
+            "restocking {stocked_sku}: {} {}",
+            restock.status(),
+            restock.text().await?
+        );
     }
     println!("restocked {stocked_sku} by 5: {}", restock.text().await?);
 
     let scenarios = [
-        Scenario { name: "success", token: "tok_ok", sku: stocked_sku.into(), quantity: 2, expected_status: "CONFIRMED", expected_reason: None },
-        Scenario { name: "payment declined", token: "tok_decline_demo", sku: stocked_sku.into(), quantity: 1, expected_status: "FAILED", expected_reason: Some("payment_declined") },
-        Scenario { name: "out of stock", token: "tok_ok", sku: never_stocked_sku.clone(), quantity: 1, expected_status: "FAILED", expected_reason: Some("out_of_stock") },
-        Scenario { name: "declined and out of stock", token: "tok_decline_demo", sku: never_stocked_sku, quantity: 1, expected_status: "FAILED", expected_reason: None },
+        Scenario {
+            name: "success",
+            token: "tok_ok",
+            sku: stocked_sku.into(),
+            quantity: 2,
+            expected_status: "CONFIRMED",
+            expected_reason: None,
+        },
+        Scenario {
+            name: "payment declined",
+            token: "tok_decline_demo",
+            sku: stocked_sku.into(),
+            quantity: 1,
+            expected_status: "FAILED",
+            expected_reason: Some("payment_declined"),
+        },
+        Scenario {
+            name: "out of stock",
+            token: "tok_ok",
+            sku: never_stocked_sku.clone(),
+            quantity: 1,
+            expected_status: "FAILED",
+            expected_reason: Some("out_of_stock"),
+        },
+        Scenario {
+            name: "declined and out of stock",
+            token: "tok_decline_demo",
+            sku: never_stocked_sku,
+            quantity: 1,
+            expected_status: "FAILED",
+            expected_reason: None,
+        },
     ];
     let mut placed = Vec::new();
     for scenario in &scenarios {
@@ -78,9 +82,18 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
             "payment_token": scenario.token,
             "items": [{"sku": scenario.sku, "quantity": scenario.quantity, "unit_price_minor": 1999}],
         });
-        let response = http.post(format!("{}/orders", endpoints.order)).json(&body).send().await?;
+        let response = http
+            .post(format!("{}/orders", endpoints.order))
+            .json(&body)
+            .send()
+            .await?;
         if response.status().as_u16() != 202 {
-            bail!("placing the {} order: {} {}", scenario.name, response.status(), response.text().await?);
+            bail!(
+                "placing the {} order: {} {}",
+                scenario.name,
+                response.status(),
+                response.text().await?
+            );
         }
         let answer: Value = response.json().await?;
         let order_id = answer["order_id"].as_str().unwrap_or_default().to_string();
@@ -97,7 +110,10 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
         let reason = view["failure_reason"].as_str();
         let reason_ok = scenario.expected_reason.is_none_or(|expected| reason == Some(expected));
         if status != scenario.expected_status || !reason_ok {
-            mismatches.push(format!("{}: expected {} {:?}, got {status} {reason:?}", scenario.name, scenario.expected_status, scenario.expected_reason));
+            mismatches.push(format!(
+                "{}: expected {} {:?}, got {status} {reason:?}",
+                scenario.name, scenario.expected_status, scenario.expected_reason
+            ));
         }
     }
     if !mismatches.is_empty() {
@@ -108,10 +124,18 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
 }
 
 /// Polls an order until it is CONFIRMED or FAILED.
-pub(crate) async fn wait_until_terminal(http: &reqwest::Client, endpoints: &Endpoints, order_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+pub(crate) async fn wait_until_terminal(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    order_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let response = http.get(format!("{}/orders/{order_id}", endpoints.order)).send().await?;
+        let response = http
+            .get(format!("{}/orders/{order_id}", endpoints.order))
+            .send()
+            .await?;
         if response.status().is_success() {
             let view: Value = response.json().await?;
             if view["status"] != "PENDING" {
@@ -129,7 +153,12 @@ pub(crate) async fn wait_until_terminal(http: &reqwest::Client, endpoints: &Endp
 /// order's reservation is committed; a failed order's reservation is released and its capture
 /// refunded.
 fn missing_follow_ups(view: &Value) -> Vec<&'static str> {
-    let types: Vec<&str> = view["timeline"].as_array().into_iter().flatten().filter_map(|e| e["event_type"].as_str()).collect();
+    let types: Vec<&str> = view["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
     let has = |t: &str| types.contains(&t);
     let mut missing = Vec::new();
     match view["status"].as_str() {
@@ -148,10 +177,20 @@ fn missing_follow_ups(view: &Value) -> Vec<&'static str> {
 }
 
 /// Polls a decided order until its compensations or commit show in its timeline.
-async fn wait_until_settled(http: &reqwest::Client, endpoints: &Endpoints, order_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+async fn wait_until_settled(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    order_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let view: Value = http.get(format!("{}/orders/{order_id}", endpoints.order)).send().await?.json().await?;
+        let view: Value = http
+            .get(format!("{}/orders/{order_id}", endpoints.order))
+            .send()
+            .await?
+            .json()
+            .await?;
         let missing = missing_follow_ups(&view);
         if missing.is_empty() {
             return Ok(view);
@@ -168,7 +207,10 @@ fn print_order(name: &str, view: &Value) {
         "\n{name}: order {} {}{}  total {} {}",
         view["order_id"].as_str().unwrap_or_default(),
         view["status"].as_str().unwrap_or_default(),
-        view["failure_reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default(),
+        view["failure_reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
         view["total_minor"],
         view["currency"].as_str().unwrap_or_default(),
     );
@@ -179,5 +221,55 @@ fn print_order(name: &str, view: &Value) {
             entry["event_type"].as_str().unwrap_or_default(),
             entry["source"].as_str().unwrap_or_default()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_follow_ups;
+    use serde_json::json;
+
+    fn order(status: &str, events: &[&str]) -> serde_json::Value {
+        json!({"status": status, "timeline": events.iter().map(|e| json!({"event_type": e})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn a_failed_order_waits_for_the_release_and_the_refund_of_what_it_held() {
+        let view = order(
+            "FAILED",
+            &["order.created", "inventory.reserved", "payment.success", "order.failed"],
+        );
+        assert_eq!(
+            missing_follow_ups(&view),
+            vec!["inventory.released", "payment.refunded"]
+        );
+    }
+
+    #[test]
+    fn a_failed_order_that_held_nothing_is_settled() {
+        let view = order(
+            "FAILED",
+            &[
+                "order.created",
+                "inventory.reservation_failed",
+                "payment.failed",
+                "order.failed",
+            ],
+        );
+        assert!(missing_follow_ups(&view).is_empty());
+    }
+
+    #[test]
+    fn a_confirmed_order_waits_for_the_commit() {
+        let view = order(
+            "CONFIRMED",
+            &[
+                "order.created",
+                "inventory.reserved",
+                "payment.success",
+                "order.confirmed",
+            ],
+        );
+        assert_eq!(missing_follow_ups(&view), vec!["inventory.committed"]);
     }
 }

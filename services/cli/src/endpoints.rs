@@ -4,16 +4,32 @@
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Endpoints {
     /// Order service base URL.
-    #[arg(long = "order-url", env = "ORDER_SERVICE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long = "order-url",
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub(crate) order: String,
     /// Payment service base URL.
-    #[arg(long = "payment-url", env = "PAYMENT_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+    #[arg(
+        long = "payment-url",
+        env = "PAYMENT_SERVICE_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
     pub(crate) payment: String,
     /// Inventory service base URL.
-    #[arg(long = "inventory-url", env = "INVENTORY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
+    #[arg(
+        long = "inventory-url",
+        env = "INVENTORY_SERVICE_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
     pub(crate) inventory: String,
     /// Notification service base URL.
-    #[arg(long = "notification-url", env = "NOTIFICATION_SERVICE_URL", default_value = "http://127.0.0.1:8084")]
+    #[arg(
+        long = "notification-url",
+        env = "NOTIFICATION_SERVICE_URL",
+        default_value = "http://127.0.0.1:8084"
+    )]
     pub(crate) notification: String,
 }
 

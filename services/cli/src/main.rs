@@ -93,7 +93,11 @@ enum DatabasesCommand {
     /// Creates each service's database if missing.
     Create {
         /// Server URL without a database name.
-        #[arg(long, env = "POSTGRES_SERVER_URL", default_value = "postgres://postgres@127.0.0.1:5432")]
+        #[arg(
+            long,
+            env = "POSTGRES_SERVER_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432"
+        )]
         server_url: String,
     },
 }
@@ -109,13 +113,33 @@ enum SchemasCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Topics { command: TopicsCommand::Create } => create_topics(&cli.kafka).await,
-        Command::Databases { command: DatabasesCommand::Create { server_url } } => create_databases(&server_url).await,
-        Command::Schemas { command: SchemasCommand::Register } => register_schemas(&cli.kafka, &cli.registry).await,
+        Command::Topics {
+            command: TopicsCommand::Create,
+        } => create_topics(&cli.kafka).await,
+        Command::Databases {
+            command: DatabasesCommand::Create { server_url },
+        } => create_databases(&server_url).await,
+        Command::Schemas {
+            command: SchemasCommand::Register,
+        } => register_schemas(&cli.kafka, &cli.registry).await,
         Command::Status { endpoints } => status(&endpoints).await,
-        Command::Demo { endpoints, timeout_secs } => demo::run(&endpoints, Duration::from_secs(timeout_secs)).await,
-        Command::Bench { endpoints, orders, concurrency, timeout_secs } => {
-            bench::run(&endpoints, orders, concurrency.max(1), Duration::from_secs(timeout_secs)).await
+        Command::Demo {
+            endpoints,
+            timeout_secs,
+        } => demo::run(&endpoints, Duration::from_secs(timeout_secs)).await,
+        Command::Bench {
+            endpoints,
+            orders,
+            concurrency,
+            timeout_secs,
+        } => {
+            bench::run(
+                &endpoints,
+                orders,
+                concurrency.max(1),
+                Duration::from_secs(timeout_secs),
+            )
+            .await
         }
     }
 }
@@ -139,9 +163,12 @@ async fn create_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
 async fn create_databases(server_url: &str) -> anyhow::Result<()> {
     for (_, name) in SERVICES {
         let url = format!("{}/{name}", server_url.trim_end_matches('/'));
-        database::create_database_if_missing(&url)
-            .await
-            .with_context(|| format!("creating database {name} on {}", saga_common::config::redact_url(server_url)))?;
+        database::create_database_if_missing(&url).await.with_context(|| {
+            format!(
+                "creating database {name} on {}",
+                saga_common::config::redact_url(server_url)
+            )
+        })?;
         println!("    database {name}");
     }
     Ok(())
@@ -159,7 +186,11 @@ async fn register_schemas(kafka: &KafkaConfig, registry: &RegistryConfig) -> any
             .await
             .with_context(|| format!("schema registry at {base} unreachable"))?;
         if !config.status().is_success() {
-            bail!("setting compatibility of {subject}: {} {}", config.status(), config.text().await?);
+            bail!(
+                "setting compatibility of {subject}: {} {}",
+                config.status(),
+                config.text().await?
+            );
         }
         for version in event_type.versions() {
             let response = http
@@ -189,7 +220,12 @@ async fn status(endpoints: &endpoints::Endpoints) -> anyhow::Result<()> {
                 let ready = response.status().is_success();
                 all_ready &= ready;
                 let body: serde_json::Value = response.json().await.unwrap_or_default();
-                println!("{:<22} {:<10} {}", name, if ready { "ready" } else { "NOT READY" }, body["checks"]);
+                println!(
+                    "{:<22} {:<10} {}",
+                    name,
+                    if ready { "ready" } else { "NOT READY" },
+                    body["checks"]
+                );
             }
             Err(error) => {
                 all_ready = false;

@@ -2,7 +2,8 @@
 -- each service numbers its own migrations from 100).
 
 -- Transactional outbox: a state change and the events it causes commit together; the relay
--- publishes rows in position order and marks them published.
+-- publishes rows in position order and deletes them once the broker acknowledged them, so the
+-- table holds exactly the events not yet published.
 CREATE TABLE outbox (
     position      BIGSERIAL PRIMARY KEY,
     event_id      UUID        NOT NULL UNIQUE,
@@ -10,10 +11,8 @@ CREATE TABLE outbox (
     partition_key TEXT        NOT NULL,
     payload       JSONB       NOT NULL,
     traceparent   TEXT        NOT NULL,
-    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-    published_at  TIMESTAMPTZ
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX outbox_unpublished ON outbox (position) WHERE published_at IS NULL;
 
 -- Inbox: every consumed event's id, recorded in the same transaction as its effect, so a
 -- redelivered event is recognised and changes nothing.

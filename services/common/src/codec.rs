@@ -131,8 +131,7 @@ impl EventCodec {
         let Some(name) = decoded.name else {
             return Err(DecodeError::Poison("writer schema is not a named record".into()));
         };
-        SagaEvent::from_avro_value(&name.fullname(None), decoded.value)
-            .map_err(|e| DecodeError::Poison(e.to_string()))
+        SagaEvent::from_avro_value(&name.fullname(None), decoded.value).map_err(|e| DecodeError::Poison(e.to_string()))
     }
 }
 

@@ -9,7 +9,11 @@ use saga_contracts::Topic;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaConfig {
     /// Comma-separated bootstrap servers.
-    #[arg(long = "kafka-bootstrap-servers", env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "kafka-bootstrap-servers",
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap_servers: String,
     /// Prefix for every topic name; isolates test runs that share a broker.
     #[arg(long = "topic-prefix", env = "TOPIC_PREFIX", default_value = "")]
@@ -18,10 +22,18 @@ pub struct KafkaConfig {
     #[arg(long = "topic-partitions", env = "TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
     /// Replication factor of each topic when this service creates it (1 on the local broker).
-    #[arg(long = "topic-replication-factor", env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(
+        long = "topic-replication-factor",
+        env = "TOPIC_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
     pub topic_replication_factor: i32,
     /// Consumer group session timeout. Kept low so a dead member's partitions move quickly.
-    #[arg(long = "kafka-session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    #[arg(
+        long = "kafka-session-timeout-ms",
+        env = "KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 6000
+    )]
     pub session_timeout_ms: u32,
 }
 
@@ -63,17 +75,28 @@ impl KafkaConfig {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent-compatible schema registry.
-    #[arg(long = "schema-registry-url", env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long = "schema-registry-url",
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub url: String,
     /// Per-request timeout.
-    #[arg(long = "schema-registry-timeout-ms", env = "SCHEMA_REGISTRY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long = "schema-registry-timeout-ms",
+        env = "SCHEMA_REGISTRY_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub timeout_ms: u64,
 }
 
 impl RegistryConfig {
     /// A configuration for the given registry URL.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), timeout_ms: 5000 }
+        Self {
+            url: url.into(),
+            timeout_ms: 5000,
+        }
     }
 
     /// The per-request timeout as a duration.
@@ -112,13 +135,22 @@ mod tests {
     fn topic_names_carry_the_prefix() {
         let config = KafkaConfig::new("localhost:9092").with_topic_prefix("t1.");
         assert_eq!(config.topic(Topic::Orders), "t1.orders");
-        assert_eq!(config.dead_letter_topic("payment-service"), "t1.payment-service.dead-letter");
+        assert_eq!(
+            config.dead_letter_topic("payment-service"),
+            "t1.payment-service.dead-letter"
+        );
     }
 
     #[test]
     fn passwords_never_reach_the_log() {
-        assert_eq!(redact_url("postgres://app:secret@db:5432/orders"), "postgres://app:***@db:5432/orders");
-        assert_eq!(redact_url("postgres://postgres@db/orders"), "postgres://postgres@db/orders");
+        assert_eq!(
+            redact_url("postgres://app:secret@db:5432/orders"),
+            "postgres://app:***@db:5432/orders"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@db/orders"),
+            "postgres://postgres@db/orders"
+        );
         assert_eq!(redact_url("http://registry:8081"), "http://registry:8081");
     }
 }

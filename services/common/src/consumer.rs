@@ -188,17 +188,35 @@ impl ConsumerLoop {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for header in original.iter() {
-                headers = headers.insert(Header { key: header.key, value: header.value });
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
             }
         }
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         headers = headers
-            .insert(Header { key: DLQ_ORIGIN_TOPIC, value: Some(message.topic()) })
-            .insert(Header { key: DLQ_ORIGIN_PARTITION, value: Some(&partition) })
-            .insert(Header { key: DLQ_ORIGIN_OFFSET, value: Some(&offset) })
-            .insert(Header { key: DLQ_ERROR, value: Some(reason) })
-            .insert(Header { key: DLQ_CONSUMER_GROUP, value: Some(&self.group_id) });
+            .insert(Header {
+                key: DLQ_ORIGIN_TOPIC,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: DLQ_ORIGIN_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: DLQ_ORIGIN_OFFSET,
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: DLQ_ERROR,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: DLQ_CONSUMER_GROUP,
+                value: Some(&self.group_id),
+            });
         let sent = retry_until_ok("dead-letter publish", self.backoff, shutdown, || {
             let mut record = FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
             if let Some(key) = message.key() {
@@ -220,13 +238,27 @@ impl ConsumerLoop {
 
 /// Reads a UTF-8 header value from a record.
 pub fn header_value(message: &impl Message, name: &str) -> Option<String> {
-    message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Headers every produced event carries: its type, id and trace context.
 pub fn event_headers(event_type: &str, event_id: &str, traceparent: &str) -> OwnedHeaders {
     OwnedHeaders::new()
-        .insert(Header { key: EVENT_TYPE_HEADER, value: Some(event_type) })
-        .insert(Header { key: EVENT_ID_HEADER, value: Some(event_id) })
-        .insert(Header { key: TRACEPARENT_HEADER, value: Some(traceparent) })
+        .insert(Header {
+            key: EVENT_TYPE_HEADER,
+            value: Some(event_type),
+        })
+        .insert(Header {
+            key: EVENT_ID_HEADER,
+            value: Some(event_id),
+        })
+        .insert(Header {
+            key: TRACEPARENT_HEADER,
+            value: Some(traceparent),
+        })
 }

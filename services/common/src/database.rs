@@ -16,7 +16,10 @@ static MACHINERY: Migrator = sqlx::migrate!("./migrations");
 /// The shared migrations followed by the service's own (numbered from 100).
 pub fn migrator(service: &Migrator) -> Migrator {
     let migrations: Vec<_> = MACHINERY.iter().chain(service.iter()).cloned().collect();
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }
 
 /// Creates the database named in `url` if it does not exist yet (connecting to the server's

@@ -49,8 +49,15 @@ async fn ready(State(deps): State<Dependencies>) -> (StatusCode, Json<serde_json
         "schema_registry": describe(registry),
     });
     let all_up = checks.as_object().is_some_and(|c| c.values().all(|v| v == "up"));
-    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"status": if all_up { "ready" } else { "not ready" }, "checks": checks})))
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if all_up { "ready" } else { "not ready" }, "checks": checks})),
+    )
 }
 
 fn describe(result: Result<(), String>) -> String {
@@ -70,7 +77,12 @@ async fn probe_database(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Checks the registry answers `GET /subjects` with a success status.
 pub async fn probe_registry(http: &reqwest::Client, registry: &RegistryConfig) -> Result<(), String> {
     let url = format!("{}/subjects", registry.url.trim_end_matches('/'));
-    let response = http.get(url).timeout(PROBE_TIMEOUT).send().await.map_err(|e| e.to_string())?;
+    let response = http
+        .get(url)
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -38,7 +38,10 @@ pub enum ApiError {
 impl ApiError {
     /// An invalid-field error.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid { field: field.into(), message: message.into() }
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -58,14 +61,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, json!({"error": message})),
-            ApiError::Invalid { field, message } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, json!({"error": format!("{field}: {message}"), "field": field}))
-            }
+            ApiError::Invalid { field, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": format!("{field}: {message}"), "field": field}),
+            ),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, json!({"error": message})),
             ApiError::Conflict(message) => (StatusCode::CONFLICT, json!({"error": message})),
             ApiError::Unavailable(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
-                (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "temporarily unavailable, retry later"}))
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "temporarily unavailable, retry later"}),
+                )
             }
         };
         (status, Json(body)).into_response()
@@ -91,7 +98,9 @@ where
                 data_error_field(&error.body_text()),
                 error.body_text().rsplit(": ").next().unwrap_or_default().to_string(),
             )),
-            Err(JsonRejection::JsonSyntaxError(error)) => Err(ApiError::BadRequest(format!("malformed JSON: {}", error.body_text()))),
+            Err(JsonRejection::JsonSyntaxError(error)) => {
+                Err(ApiError::BadRequest(format!("malformed JSON: {}", error.body_text())))
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(ApiError::BadRequest("expected Content-Type: application/json".into()))
             }
@@ -131,7 +140,8 @@ mod tests {
 
     #[test]
     fn a_missing_top_level_field_is_named() {
-        let text = "Failed to deserialize the JSON body into the target type: missing field `currency` at line 1 column 2";
+        let text =
+            "Failed to deserialize the JSON body into the target type: missing field `currency` at line 1 column 2";
         assert_eq!(data_error_field(text), "currency");
     }
 

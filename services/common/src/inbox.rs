@@ -36,9 +36,12 @@ pub async fn record(tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<b
 /// Whether `event_id` was processed already (a read outside any transaction, for handlers that
 /// must decide before calling an external system).
 pub async fn seen(pool: &sqlx::PgPool, event_id: &str) -> Result<bool, HandlerError> {
-    let event_id = Uuid::parse_str(event_id).map_err(|e| HandlerError::Invalid(format!("event_id is not a UUID: {e}")))?;
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)")
-        .bind(event_id)
-        .fetch_one(pool)
-        .await?)
+    let event_id =
+        Uuid::parse_str(event_id).map_err(|e| HandlerError::Invalid(format!("event_id is not a UUID: {e}")))?;
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)")
+            .bind(event_id)
+            .fetch_one(pool)
+            .await?,
+    )
 }

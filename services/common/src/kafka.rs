@@ -45,7 +45,10 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (config.session_timeout_ms / 3).max(100).to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 3).max(100).to_string(),
+        )
         .set("enable.partition.eof", "false")
         // Each saga step is a hop through the broker; a short fetch wait keeps a step's
         // latency low without busy polling.
@@ -120,9 +123,8 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
 pub async fn probe_broker(config: &KafkaConfig, timeout: Duration) -> Result<()> {
     let bootstrap = config.bootstrap_servers.clone();
     tokio::task::spawn_blocking(move || {
-        let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()?;
+        let client: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
         rdkafka::consumer::Consumer::fetch_metadata(&client, None, timeout)?;
         Ok::<_, Error>(())
     })

@@ -50,7 +50,9 @@ pub async fn enqueue(tx: &mut PgConnection, event: &SagaEvent, traceparent: Opti
 
 /// Number of events written but not yet published.
 pub async fn pending(pool: &PgPool) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(pool).await?)
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Publishes outbox rows to Kafka.
@@ -65,7 +67,12 @@ pub struct Relay {
 impl Relay {
     /// A relay for the service's database.
     pub fn new(pool: PgPool, producer: FutureProducer, codec: Arc<EventCodec>) -> Self {
-        Self { pool, producer, codec, wake: Arc::new(Notify::new()) }
+        Self {
+            pool,
+            producer,
+            codec,
+            wake: Arc::new(Notify::new()),
+        }
     }
 
     /// Tells the relay that new rows were committed, so it publishes without waiting to poll.
@@ -132,19 +139,28 @@ impl Relay {
             let payload: serde_json::Value = row.try_get("payload")?;
             let event: SagaEvent = serde_json::from_value(payload)
                 .map_err(|e| Error::Encode(format!("outbox row {}: {e}", row.get::<i64, _>("position"))))?;
-            encoded.push((self.codec.encode(&event).await?, row.try_get::<String, _>("traceparent")?));
+            encoded.push((
+                self.codec.encode(&event).await?,
+                row.try_get::<String, _>("traceparent")?,
+            ));
             positions.push(row.try_get::<i64, _>("position")?);
         }
         // Sends are enqueued in position order; the idempotent producer keeps that order per
         // partition even with several requests in flight.
         let deliveries = encoded.iter().map(|(event, traceparent)| {
             let headers = event_headers(event.event_type.as_str(), &event.event_id, traceparent);
-            let record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload).headers(headers);
+            let record = FutureRecord::to(&event.topic)
+                .key(&event.key)
+                .payload(&event.payload)
+                .headers(headers);
             let send = self.producer.send(record, Duration::from_secs(30));
             async move { send.await.map_err(|(error, _)| Error::Kafka(error)) }
         });
         try_join_all(deliveries).await?;
-        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)").bind(&positions).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
+            .bind(&positions)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         for (event, _) in &encoded {
             tracing::debug!(event_id = %event.event_id, event_type = event.event_type.as_str(), order_id = %event.key, "published");

@@ -17,7 +17,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
     }
 }
 
@@ -65,7 +68,10 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_ceiling() {
-        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         assert_eq!(backoff.delay(1), Duration::from_millis(100));
         assert_eq!(backoff.delay(2), Duration::from_millis(200));
         assert_eq!(backoff.delay(4), Duration::from_millis(800));
@@ -75,7 +81,10 @@ mod tests {
 
     #[tokio::test]
     async fn retries_until_the_operation_succeeds() {
-        let backoff = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(2) };
+        let backoff = Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
         let mut calls = 0;
         let result = retry_until_ok("flaky", backoff, &CancellationToken::new(), || {
             calls += 1;
@@ -90,8 +99,10 @@ mod tests {
     async fn gives_up_only_on_shutdown() {
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        let result: Option<()> =
-            retry_until_ok("never", Backoff::default(), &shutdown, || async { Err::<(), _>("down") }).await;
+        let result: Option<()> = retry_until_ok("never", Backoff::default(), &shutdown, || async {
+            Err::<(), _>("down")
+        })
+        .await;
         assert_eq!(result, None);
     }
 }

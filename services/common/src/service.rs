@@ -17,11 +17,11 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 
 use crate::codec::EventCodec;
-use crate::consumer::{ConsumerLoop, EventHandler};
-use crate::outbox::Relay;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
+use crate::consumer::{ConsumerLoop, EventHandler};
 use crate::health;
 use crate::kafka::{self, Retention, TopicSpec};
+use crate::outbox::Relay;
 use crate::retry::{retry_until_ok, Backoff};
 use crate::{database, Result};
 
@@ -45,7 +45,11 @@ pub struct ServiceConfig {
     #[arg(long = "http-listen", env = "HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Largest number of pooled database connections.
-    #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(
+        long = "database-max-connections",
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
     pub database_max_connections: u32,
 }
 
@@ -70,7 +74,8 @@ impl ServiceConfig {
 
     /// The HTTP address, or the local default for `spec`.
     pub fn http_listen(&self, spec: &ServiceSpec) -> SocketAddr {
-        self.http_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], spec.default_http_port)))
+        self.http_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], spec.default_http_port)))
     }
 }
 
@@ -105,7 +110,10 @@ impl ServiceContext {
         service_migrations: &Migrator,
         shutdown: CancellationToken,
     ) -> Result<Option<Self>> {
-        let backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5) };
+        let backoff = Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(5),
+        };
         let url = config.database_url(&spec);
         tracing::info!(service = spec.name, database = %redact_url(&url), "connecting to database");
         let migrator = database::migrator(service_migrations);
@@ -118,17 +126,21 @@ impl ServiceContext {
         };
         let topics = saga_topics(&config.kafka, spec.name);
         tracing::info!(bootstrap = %config.kafka.bootstrap_servers, "ensuring topics");
-        if retry_until_ok("topic creation", backoff, &shutdown, || kafka::ensure_topics(&config.kafka, &topics))
-            .await
-            .is_none()
+        if retry_until_ok("topic creation", backoff, &shutdown, || {
+            kafka::ensure_topics(&config.kafka, &topics)
+        })
+        .await
+        .is_none()
         {
             return Ok(None);
         }
         let http = reqwest::Client::new();
         tracing::info!(registry = %config.registry.url, "checking schema registry");
-        if retry_until_ok("schema registry probe", backoff, &shutdown, || health::probe_registry(&http, &config.registry))
-            .await
-            .is_none()
+        if retry_until_ok("schema registry probe", backoff, &shutdown, || {
+            health::probe_registry(&http, &config.registry)
+        })
+        .await
+        .is_none()
         {
             return Ok(None);
         }
@@ -250,7 +262,11 @@ impl ServiceContext {
                 tracing::warn!(%error, "final outbox flush failed; the next start publishes the rest");
             }
         });
-        Ok(RunningService { local_addr, shutdown: self.shutdown.clone(), tasks })
+        Ok(RunningService {
+            local_addr,
+            shutdown: self.shutdown.clone(),
+            tasks,
+        })
     }
 }
 
@@ -261,7 +277,11 @@ pub fn saga_topics(kafka: &KafkaConfig, service: &str) -> Vec<TopicSpec> {
         .iter()
         .map(|topic| kafka.topic(*topic))
         .chain(std::iter::once(kafka.dead_letter_topic(service)))
-        .map(|name| TopicSpec { name, partitions: kafka.topic_partitions, retention: Retention::Unlimited })
+        .map(|name| TopicSpec {
+            name,
+            partitions: kafka.topic_partitions,
+            retention: Retention::Unlimited,
+        })
         .collect()
 }
 
@@ -278,7 +298,9 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `router` until `shutdown` is cancelled, letting in-flight requests finish.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C.

@@ -14,9 +14,7 @@ use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::Schema;
 
 /// A Confluent compatibility level, as used by the registry's `/config` endpoints.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CompatibilityLevel {
     /// No checks.
@@ -123,11 +121,7 @@ impl FromStr for CompatibilityLevel {
 /// with the latest existing schema only, transitive ones with all of them; with no existing
 /// schema everything is compatible. On failure every incompatibility found is returned, one
 /// sentence each, naming the existing schema by its position (`#1` is the oldest).
-pub fn check(
-    level: CompatibilityLevel,
-    new: &Schema,
-    existing_oldest_first: &[Schema],
-) -> Result<(), Vec<String>> {
+pub fn check(level: CompatibilityLevel, new: &Schema, existing_oldest_first: &[Schema]) -> Result<(), Vec<String>> {
     let against = match existing_oldest_first {
         [] => return Ok(()),
         _ if level.is_transitive() => existing_oldest_first,
@@ -212,10 +206,7 @@ mod tests {
             assert_eq!(level.to_string(), level.as_str());
             let json = serde_json::to_string(&level).expect("serializes");
             assert_eq!(json, format!("\"{}\"", level.as_str()));
-            assert_eq!(
-                serde_json::from_str::<CompatibilityLevel>(&json).ok(),
-                Some(level)
-            );
+            assert_eq!(serde_json::from_str::<CompatibilityLevel>(&json).ok(), Some(level));
         }
         assert_eq!(
             "BACKWARD_TRANSITIVE".parse(),
@@ -282,10 +273,7 @@ mod tests {
         assert_eq!(check(CompatibilityLevel::Backward, &new, &old), Ok(()));
         let errors = check(CompatibilityLevel::Forward, &new, &old).expect_err("incompatible");
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(
-            errors[0].contains("existing schema #1 cannot read"),
-            "{errors:?}"
-        );
+        assert!(errors[0].contains("existing schema #1 cannot read"), "{errors:?}");
     }
 
     #[test]
@@ -309,8 +297,7 @@ mod tests {
         let history = [record(&[A]), record(&[A, B_DEFAULT])];
         let new = record(&[A, B]);
         assert_eq!(check(CompatibilityLevel::Backward, &new, &history), Ok(()));
-        let errors = check(CompatibilityLevel::BackwardTransitive, &new, &history)
-            .expect_err("incompatible with v1");
+        let errors = check(CompatibilityLevel::BackwardTransitive, &new, &history).expect_err("incompatible with v1");
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("existing schema #1"), "{errors:?}");
     }
@@ -335,17 +322,10 @@ mod tests {
     #[test]
     fn every_incompatible_existing_schema_is_reported() {
         let history = [record(&[A]), record(&[A])];
-        let errors = check(
-            CompatibilityLevel::BackwardTransitive,
-            &record(&[A_INT]),
-            &history,
-        )
-        .expect_err("incompatible");
+        let errors =
+            check(CompatibilityLevel::BackwardTransitive, &record(&[A_INT]), &history).expect_err("incompatible");
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(
-            errors[0].contains("#1") && errors[1].contains("#2"),
-            "{errors:?}"
-        );
+        assert!(errors[0].contains("#1") && errors[1].contains("#2"), "{errors:?}");
     }
 
     #[test]
@@ -353,10 +333,7 @@ mod tests {
         // Old data may hold a string in `a`; a reader that only takes int cannot read it all.
         let old = [record(&[r#"{"name": "a", "type": ["int", "string"]}"#])];
         let new = record(&[A_INT]);
-        assert_eq!(
-            SchemaCompatibility::can_read(&old[0], &new),
-            Ok(Compatibility::Partial)
-        );
+        assert_eq!(SchemaCompatibility::can_read(&old[0], &new), Ok(Compatibility::Partial));
         let errors = check(CompatibilityLevel::Backward, &new, &old).expect_err("incompatible");
         assert!(errors[0].contains("partially"), "{errors:?}");
     }

@@ -310,18 +310,14 @@ impl SagaEvent {
     /// lacks take the reader's default, fields the reader does not know are dropped. Unknown
     /// records and values that do not fit are errors (poison messages), never panics.
     pub fn from_avro_value(record_name: &str, writer_value: Value) -> Result<SagaEvent> {
-        let event_type = EventType::from_record_name(record_name).ok_or_else(|| {
-            ContractError::UnknownRecordName {
-                record_name: record_name.to_owned(),
-            }
+        let event_type = EventType::from_record_name(record_name).ok_or_else(|| ContractError::UnknownRecordName {
+            record_name: record_name.to_owned(),
         })?;
         let mismatch = |error: apache_avro::Error| ContractError::ValueDoesNotMatchSchema {
             record_name: record_name.to_owned(),
             reason: error.to_string(),
         };
-        let resolved = writer_value
-            .resolve(event_type.schema())
-            .map_err(mismatch)?;
+        let resolved = writer_value.resolve(event_type.schema()).map_err(mismatch)?;
         SagaEvent::from_resolved_value(event_type, &resolved).map_err(mismatch)
     }
 }
@@ -368,11 +364,7 @@ mod tests {
         let Value::Record(fields) = value else {
             panic!("not a record: {value:?}");
         };
-        &fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .expect("field exists")
-            .1
+        &fields.iter().find(|(n, _)| n == name).expect("field exists").1
     }
 
     #[test]
@@ -393,10 +385,7 @@ mod tests {
             EventType::InventoryReservationFailed.as_str(),
             "inventory.reservation_failed"
         );
-        assert_eq!(
-            EventType::StockAdjusted.as_str(),
-            "inventory.stock_adjusted"
-        );
+        assert_eq!(EventType::StockAdjusted.as_str(), "inventory.stock_adjusted");
     }
 
     #[test]
@@ -460,10 +449,7 @@ mod tests {
             let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
             let expected: Vec<u32> = (1..=versions.len() as u32).collect();
             assert_eq!(numbers, expected, "{event_type}");
-            assert_eq!(
-                event_type.schema_json(),
-                versions.last().expect("non-empty").json
-            );
+            assert_eq!(event_type.schema_json(), versions.last().expect("non-empty").json);
         }
         assert_eq!(EventType::OrderCreated.versions().len(), 2);
     }
@@ -489,27 +475,17 @@ mod tests {
         let raw = apache_avro::to_value(order_created()).expect("serializes");
         assert_eq!(field(&raw, "occurred_at"), &Value::Long(1_700_000_000_123));
 
-        let value = SagaEvent::from(order_created())
-            .to_avro_value()
-            .expect("encodes");
-        assert_eq!(
-            field(&value, "occurred_at"),
-            &Value::TimestampMillis(1_700_000_000_123)
-        );
+        let value = SagaEvent::from(order_created()).to_avro_value().expect("encodes");
+        assert_eq!(field(&value, "occurred_at"), &Value::TimestampMillis(1_700_000_000_123));
         let back: OrderCreated = apache_avro::from_value(&value).expect("deserializes");
         assert_eq!(back.occurred_at, 1_700_000_000_123);
     }
 
     #[test]
     fn to_avro_value_is_valid_for_the_latest_schema_with_proper_union_branches() {
-        let value = SagaEvent::from(stock_adjusted())
-            .to_avro_value()
-            .expect("encodes");
+        let value = SagaEvent::from(stock_adjusted()).to_avro_value().expect("encodes");
         assert!(value.validate(EventType::StockAdjusted.schema()));
-        assert_eq!(
-            field(&value, "order_id"),
-            &Value::Union(0, Box::new(Value::Null))
-        );
+        assert_eq!(field(&value, "order_id"), &Value::Union(0, Box::new(Value::Null)));
         assert_eq!(
             field(&value, "causation_id"),
             &Value::Union(1, Box::new(Value::String("e-0".into())))
@@ -520,17 +496,12 @@ mod tests {
     fn from_avro_value_reads_back_what_to_avro_value_wrote() {
         let event = SagaEvent::from(order_created());
         let value = event.to_avro_value().expect("encodes");
-        assert_eq!(
-            SagaEvent::from_avro_value("saga.events.OrderCreated", value),
-            Ok(event)
-        );
+        assert_eq!(SagaEvent::from_avro_value("saga.events.OrderCreated", value), Ok(event));
     }
 
     #[test]
     fn from_avro_value_rejects_an_unknown_record_name() {
-        let value = SagaEvent::from(order_created())
-            .to_avro_value()
-            .expect("encodes");
+        let value = SagaEvent::from(order_created()).to_avro_value().expect("encodes");
         assert_eq!(
             SagaEvent::from_avro_value("saga.events.OrderTeleported", value),
             Err(ContractError::UnknownRecordName {
@@ -541,20 +512,13 @@ mod tests {
 
     #[test]
     fn from_avro_value_rejects_a_record_missing_a_field_without_default() {
-        let Value::Record(mut fields) = SagaEvent::from(order_created())
-            .to_avro_value()
-            .expect("encodes")
-        else {
+        let Value::Record(mut fields) = SagaEvent::from(order_created()).to_avro_value().expect("encodes") else {
             panic!("not a record");
         };
         fields.retain(|(name, _)| name != "customer_email");
-        let error = SagaEvent::from_avro_value("saga.events.OrderCreated", Value::Record(fields))
-            .expect_err("must not decode");
-        let ContractError::ValueDoesNotMatchSchema {
-            record_name,
-            reason,
-        } = error
-        else {
+        let error =
+            SagaEvent::from_avro_value("saga.events.OrderCreated", Value::Record(fields)).expect_err("must not decode");
+        let ContractError::ValueDoesNotMatchSchema { record_name, reason } = error else {
             panic!("wrong error: {error:?}");
         };
         assert_eq!(record_name, "saga.events.OrderCreated");
@@ -563,10 +527,7 @@ mod tests {
 
     #[test]
     fn from_avro_value_rejects_a_field_of_the_wrong_type() {
-        let Value::Record(mut fields) = SagaEvent::from(order_created())
-            .to_avro_value()
-            .expect("encodes")
-        else {
+        let Value::Record(mut fields) = SagaEvent::from(order_created()).to_avro_value().expect("encodes") else {
             panic!("not a record");
         };
         for (name, value) in &mut fields {
@@ -582,11 +543,7 @@ mod tests {
 
     #[test]
     fn from_avro_value_rejects_a_value_that_is_not_a_record() {
-        for value in [
-            Value::Null,
-            Value::String("order".into()),
-            Value::Array(vec![]),
-        ] {
+        for value in [Value::Null, Value::String("order".into()), Value::Array(vec![])] {
             assert!(matches!(
                 SagaEvent::from_avro_value("saga.events.OrderCreated", value),
                 Err(ContractError::ValueDoesNotMatchSchema { .. })
@@ -596,18 +553,14 @@ mod tests {
 
     #[test]
     fn from_avro_value_drops_unknown_fields_and_fills_missing_ones_with_defaults() {
-        let Value::Record(mut fields) = SagaEvent::from(order_created())
-            .to_avro_value()
-            .expect("encodes")
-        else {
+        let Value::Record(mut fields) = SagaEvent::from(order_created()).to_avro_value().expect("encodes") else {
             panic!("not a record");
         };
         // As if written by an older version (no sales_channel, no causation_id) that was also
         // extended by a newer one with a field we do not know.
         fields.retain(|(name, _)| name != "sales_channel" && name != "causation_id");
         fields.push(("gift_wrap".into(), Value::Boolean(true)));
-        let event = SagaEvent::from_avro_value("saga.events.OrderCreated", Value::Record(fields))
-            .expect("decodes");
+        let event = SagaEvent::from_avro_value("saga.events.OrderCreated", Value::Record(fields)).expect("decodes");
         let SagaEvent::OrderCreated(order) = event else {
             panic!("wrong variant: {event:?}");
         };

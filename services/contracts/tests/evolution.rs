@@ -44,8 +44,7 @@ fn schema_files() -> Vec<SchemaFile> {
             .unwrap_or_else(|e| panic!("{file_name}: version is not a number: {e}"));
         let event_type = event_type.to_owned();
         let text = std::fs::read_to_string(&path).expect("readable");
-        let schema = Schema::parse_str(&text)
-            .unwrap_or_else(|e| panic!("{file_name} is not a valid Avro schema: {e}"));
+        let schema = Schema::parse_str(&text).unwrap_or_else(|e| panic!("{file_name} is not a valid Avro schema: {e}"));
         files.push(SchemaFile {
             file_name,
             text,
@@ -87,10 +86,7 @@ fn read_datum(writer: &Schema, bytes: &[u8], reader: Option<&Schema>) -> AvroRes
 
 fn order_created_version(version: u32) -> Schema {
     let versions = EventType::OrderCreated.versions();
-    let found = versions
-        .iter()
-        .find(|v| v.version == version)
-        .expect("version exists");
+    let found = versions.iter().find(|v| v.version == version).expect("version exists");
     Schema::parse_str(found.json).expect("valid")
 }
 
@@ -102,10 +98,7 @@ fn record_fields(value: &Value) -> &[(String, Value)] {
 }
 
 fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
-    record_fields(value)
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
+    record_fields(value).iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
 /// A value of order.created v1, built by hand against the v1 schema (as an old producer would).
@@ -113,10 +106,7 @@ fn order_created_v1_value(schema: &Schema) -> Value {
     let mut record = Record::new(schema).expect("record schema");
     record.put("event_id", "e-1");
     record.put("order_id", "o-1");
-    record.put(
-        "causation_id",
-        Value::Union(1, Box::new(Value::String("cmd-1".into()))),
-    );
+    record.put("causation_id", Value::Union(1, Box::new(Value::String("cmd-1".into()))));
     record.put("occurred_at", Value::TimestampMillis(1_700_000_000_000));
     record.put("customer_id", "c-1");
     record.put("customer_email", "c@example.com");
@@ -281,12 +271,7 @@ fn every_schema_file_is_a_saga_events_record_with_its_event_type_attribute() {
         let Schema::Record(record) = &file.schema else {
             panic!("{} is not a record schema", file.file_name);
         };
-        assert_eq!(
-            record.name.namespace(),
-            Some("saga.events"),
-            "{}",
-            file.file_name
-        );
+        assert_eq!(record.name.namespace(), Some("saga.events"), "{}", file.file_name);
         assert_eq!(
             record.attributes.get("event_type"),
             Some(&serde_json::Value::from(file.event_type.as_str())),
@@ -300,10 +285,7 @@ fn every_schema_file_is_a_saga_events_record_with_its_event_type_attribute() {
 #[test]
 fn every_event_type_and_version_pair_is_unique_and_versions_have_no_gaps() {
     let files = schema_files();
-    let pairs: BTreeSet<(String, u32)> = files
-        .iter()
-        .map(|f| (f.event_type.clone(), f.version))
-        .collect();
+    let pairs: BTreeSet<(String, u32)> = files.iter().map(|f| (f.event_type.clone(), f.version)).collect();
     assert_eq!(pairs.len(), files.len());
     for (event_type, versions) in versions_by_event_type() {
         let numbers: Vec<u32> = files
@@ -323,21 +305,14 @@ fn the_record_name_stays_the_same_across_versions_of_an_event() {
             .iter()
             .map(|schema| schema.name().expect("named").fullname(None))
             .collect();
-        assert_eq!(
-            names.len(),
-            1,
-            "{event_type} changes its record name: {names:?}"
-        );
+        assert_eq!(names.len(), 1, "{event_type} changes its record name: {names:?}");
     }
 }
 
 #[test]
 fn event_type_all_covers_exactly_the_event_types_in_the_schema_directory() {
     let on_disk: BTreeSet<String> = versions_by_event_type().into_keys().collect();
-    let in_code: BTreeSet<String> = EventType::ALL
-        .iter()
-        .map(|t| t.as_str().to_owned())
-        .collect();
+    let in_code: BTreeSet<String> = EventType::ALL.iter().map(|t| t.as_str().to_owned()).collect();
     assert_eq!(in_code, on_disk);
     assert_eq!(EventType::ALL.len(), on_disk.len(), "no duplicates in ALL");
 }
@@ -351,11 +326,7 @@ fn the_embedded_versions_are_exactly_the_files_on_disk() {
             .filter(|f| f.event_type == event_type.as_str())
             .map(|f| (f.version, f.text.as_str()))
             .collect();
-        let embedded: Vec<(u32, &str)> = event_type
-            .versions()
-            .iter()
-            .map(|v| (v.version, v.json))
-            .collect();
+        let embedded: Vec<(u32, &str)> = event_type.versions().iter().map(|v| (v.version, v.json)).collect();
         assert_eq!(embedded, on_disk, "{event_type}");
         let latest = files
             .iter()
@@ -370,11 +341,7 @@ fn every_event_type_is_backward_transitive_by_the_compatibility_module() {
     for (event_type, versions) in versions_by_event_type() {
         for n in 1..versions.len() {
             assert_eq!(
-                check(
-                    CompatibilityLevel::BackwardTransitive,
-                    &versions[n],
-                    &versions[..n]
-                ),
+                check(CompatibilityLevel::BackwardTransitive, &versions[n], &versions[..n]),
                 Ok(()),
                 "{event_type} v{} against v1..v{n}",
                 n + 1
@@ -408,10 +375,7 @@ fn order_created_v1_data_reads_with_the_v2_schema_taking_the_default_channel() {
     let read = read_datum(&v1, &bytes, Some(&v2)).expect("v2 reads v1");
 
     assert!(read.validate(&v2));
-    assert_eq!(
-        field(&read, "sales_channel"),
-        Some(&Value::String("api".into()))
-    );
+    assert_eq!(field(&read, "sales_channel"), Some(&Value::String("api".into())));
     assert_eq!(
         field(&read, "occurred_at"),
         Some(&Value::TimestampMillis(1_700_000_000_000))
@@ -478,9 +442,7 @@ fn order_created_v2_data_decoded_by_a_v1_reader_still_has_every_v1_field() {
     let SagaEvent::OrderCreated(original) = sample(EventType::OrderCreated) else {
         unreachable!()
     };
-    let value = SagaEvent::from(original.clone())
-        .to_avro_value()
-        .expect("encodes");
+    let value = SagaEvent::from(original.clone()).to_avro_value().expect("encodes");
     let bytes = write_datum(&v2, value);
     let read = read_datum(&v2, &bytes, Some(&v1)).expect("v1 reads v2");
 
@@ -497,8 +459,7 @@ fn order_created_v2_data_decoded_by_a_v1_reader_still_has_every_v1_field() {
 
 /// order.created v1 plus `extra` as an additional field.
 fn order_created_v1_plus(extra: serde_json::Value) -> Schema {
-    let mut json: serde_json::Value =
-        serde_json::from_str(EventType::OrderCreated.versions()[0].json).expect("json");
+    let mut json: serde_json::Value = serde_json::from_str(EventType::OrderCreated.versions()[0].json).expect("json");
     json["fields"].as_array_mut().expect("fields").push(extra);
     Schema::parse_str(&json.to_string()).expect("valid")
 }
@@ -506,13 +467,9 @@ fn order_created_v1_plus(extra: serde_json::Value) -> Schema {
 #[test]
 fn a_v2_that_adds_a_field_without_a_default_is_rejected_as_backward() {
     let v1 = order_created_version(1);
-    let bad_v2 =
-        order_created_v1_plus(serde_json::json!({"name": "sales_channel", "type": "string"}));
+    let bad_v2 = order_created_v1_plus(serde_json::json!({"name": "sales_channel", "type": "string"}));
 
-    for level in [
-        CompatibilityLevel::Backward,
-        CompatibilityLevel::BackwardTransitive,
-    ] {
+    for level in [CompatibilityLevel::Backward, CompatibilityLevel::BackwardTransitive] {
         let errors = check(level, &bad_v2, std::slice::from_ref(&v1)).expect_err("incompatible");
         assert!(errors[0].contains("sales_channel"), "{errors:?}");
     }
@@ -525,8 +482,7 @@ fn a_v2_that_adds_a_field_without_a_default_is_rejected_as_backward() {
 #[test]
 fn changing_a_field_type_from_string_to_int_is_rejected() {
     let v1 = order_created_version(1);
-    let mut json: serde_json::Value =
-        serde_json::from_str(EventType::OrderCreated.versions()[0].json).expect("json");
+    let mut json: serde_json::Value = serde_json::from_str(EventType::OrderCreated.versions()[0].json).expect("json");
     for field in json["fields"].as_array_mut().expect("fields") {
         if field["name"] == "customer_id" {
             field["type"] = "int".into();
@@ -541,10 +497,7 @@ fn changing_a_field_type_from_string_to_int_is_rejected() {
         CompatibilityLevel::FullTransitive,
     ] {
         let errors = check(level, &changed, std::slice::from_ref(&v1)).expect_err("incompatible");
-        assert!(
-            errors.iter().all(|e| e.contains("customer_id")),
-            "{errors:?}"
-        );
+        assert!(errors.iter().all(|e| e.contains("customer_id")), "{errors:?}");
     }
     assert!(SchemaCompatibility::can_read(&v1, &changed).is_err());
 }
@@ -557,10 +510,7 @@ fn every_saga_event_round_trips_through_avro_binary() {
         let schema = event_type.schema();
 
         let value = event.to_avro_value().expect("encodes");
-        assert!(
-            value.validate(schema),
-            "{event_type}: value valid for schema"
-        );
+        assert!(value.validate(schema), "{event_type}: value valid for schema");
         let bytes = write_datum(schema, value);
         let decoded = read_datum(schema, &bytes, None).expect("reads");
         let back = SagaEvent::from_avro_value(event_type.record_name(), decoded)
@@ -584,8 +534,7 @@ fn data_of_one_event_presented_as_another_is_rejected_not_misread() {
         "{error:?}"
     );
 
-    let error = SagaEvent::from_avro_value("saga.events.PaymentExploded", decoded)
-        .expect_err("unknown record");
+    let error = SagaEvent::from_avro_value("saga.events.PaymentExploded", decoded).expect_err("unknown record");
     assert_eq!(
         error,
         ContractError::UnknownRecordName {

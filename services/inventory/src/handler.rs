@@ -10,8 +10,8 @@ use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{
-    InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved,
-    OrderConfirmed, OrderCreated, OrderFailed, SagaEvent,
+    InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved, OrderConfirmed, OrderCreated,
+    OrderFailed, SagaEvent,
 };
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -36,9 +36,7 @@ impl EventHandler for OrderEventHandler {
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
         match &consumed.event {
             SagaEvent::OrderCreated(created) => self.on_order_created(consumed, created).await,
-            SagaEvent::OrderConfirmed(confirmed) => {
-                self.on_order_confirmed(consumed, confirmed).await
-            }
+            SagaEvent::OrderConfirmed(confirmed) => self.on_order_confirmed(consumed, confirmed).await,
             SagaEvent::OrderFailed(failed) => self.on_order_failed(consumed, failed).await,
             _ => Ok(()),
         }
@@ -48,15 +46,10 @@ impl EventHandler for OrderEventHandler {
 impl OrderEventHandler {
     /// Reserves every line of the order or none.
     #[tracing::instrument(skip_all, fields(order_id = %created.order_id, event_id = %created.event_id))]
-    async fn on_order_created(
-        &self,
-        consumed: &ConsumedEvent,
-        created: &OrderCreated,
-    ) -> Result<(), HandlerError> {
+    async fn on_order_created(&self, consumed: &ConsumedEvent, created: &OrderCreated) -> Result<(), HandlerError> {
         let order_id = parse_uuid("order_id", &created.order_id)?;
         let event_id = parse_uuid("event_id", &created.event_id)?;
-        let demand = reservation::demand(&created.items)
-            .map_err(|error| HandlerError::Invalid(error.to_string()))?;
+        let demand = reservation::demand(&created.items).map_err(|error| HandlerError::Invalid(error.to_string()))?;
         let Some(mut tx) = self.begin_once(consumed).await? else {
             return Ok(());
         };
@@ -64,9 +57,7 @@ impl OrderEventHandler {
             .await
             .map_err(HandlerError::Transient)?
         {
-            if existing.created_event_id.is_none()
-                && store::claim_tombstone(&mut tx, order_id, event_id).await?
-            {
+            if existing.created_event_id.is_none() && store::claim_tombstone(&mut tx, order_id, event_id).await? {
                 tracing::info!("order failed before it was created: reserving nothing");
                 let failed = InventoryReservationFailed {
                     event_id: new_event_id(),
@@ -88,39 +79,34 @@ impl OrderEventHandler {
 
         let skus: Vec<String> = demand.iter().map(|line| line.sku.clone()).collect();
         let available = store::lock_available(&mut tx, &skus).await?;
-        let (status, reason, caused): (_, _, SagaEvent) =
-            match reservation::decide(&demand, &available) {
-                Decision::Reserve(items) => {
-                    store::move_units(&mut tx, &items, Movement::Reserve)
-                        .await
-                        .map_err(HandlerError::Transient)?;
-                    tracing::info!(lines = items.len(), "order reserved");
-                    let reserved = InventoryReserved {
-                        event_id: new_event_id(),
-                        order_id: created.order_id.clone(),
-                        causation_id: Some(created.event_id.clone()),
-                        occurred_at: now_millis(),
-                        items,
-                    };
-                    (ReservationStatus::Reserved, None, reserved.into())
-                }
-                Decision::Reject { unavailable_skus } => {
-                    tracing::info!(?unavailable_skus, "order rejected: out of stock");
-                    let failed = InventoryReservationFailed {
-                        event_id: new_event_id(),
-                        order_id: created.order_id.clone(),
-                        causation_id: Some(created.event_id.clone()),
-                        occurred_at: now_millis(),
-                        reason: OUT_OF_STOCK.into(),
-                        unavailable_skus,
-                    };
-                    (
-                        ReservationStatus::Rejected,
-                        Some(OUT_OF_STOCK),
-                        failed.into(),
-                    )
-                }
-            };
+        let (status, reason, caused): (_, _, SagaEvent) = match reservation::decide(&demand, &available) {
+            Decision::Reserve(items) => {
+                store::move_units(&mut tx, &items, Movement::Reserve)
+                    .await
+                    .map_err(HandlerError::Transient)?;
+                tracing::info!(lines = items.len(), "order reserved");
+                let reserved = InventoryReserved {
+                    event_id: new_event_id(),
+                    order_id: created.order_id.clone(),
+                    causation_id: Some(created.event_id.clone()),
+                    occurred_at: now_millis(),
+                    items,
+                };
+                (ReservationStatus::Reserved, None, reserved.into())
+            }
+            Decision::Reject { unavailable_skus } => {
+                tracing::info!(?unavailable_skus, "order rejected: out of stock");
+                let failed = InventoryReservationFailed {
+                    event_id: new_event_id(),
+                    order_id: created.order_id.clone(),
+                    causation_id: Some(created.event_id.clone()),
+                    occurred_at: now_millis(),
+                    reason: OUT_OF_STOCK.into(),
+                    unavailable_skus,
+                };
+                (ReservationStatus::Rejected, Some(OUT_OF_STOCK), failed.into())
+            }
+        };
         let decision = NewReservation {
             order_id,
             status,
@@ -197,11 +183,7 @@ impl OrderEventHandler {
 
     /// Gives a failed order's held units back.
     #[tracing::instrument(skip_all, fields(order_id = %failed.order_id, event_id = %failed.event_id))]
-    async fn on_order_failed(
-        &self,
-        consumed: &ConsumedEvent,
-        failed: &OrderFailed,
-    ) -> Result<(), HandlerError> {
+    async fn on_order_failed(&self, consumed: &ConsumedEvent, failed: &OrderFailed) -> Result<(), HandlerError> {
         let order_id = parse_uuid("order_id", &failed.order_id)?;
         let Some(mut tx) = self.begin_once(consumed).await? else {
             return Ok(());
@@ -240,15 +222,10 @@ impl OrderEventHandler {
                 enqueue(&mut tx, released.into(), consumed).await?;
             }
             Some(other) if other.status == ReservationStatus::Committed => {
-                tracing::error!(
-                    "order failed after its reservation was committed; the stock stays sold"
-                );
+                tracing::error!("order failed after its reservation was committed; the stock stays sold");
             }
             Some(other) => {
-                tracing::info!(
-                    status = other.status.as_str(),
-                    "nothing held for the failed order"
-                );
+                tracing::info!(status = other.status.as_str(), "nothing held for the failed order");
             }
             None => {
                 let tombstone = NewReservation {
@@ -263,9 +240,7 @@ impl OrderEventHandler {
                         "reservation of order {order_id} was decided concurrently"
                     )));
                 }
-                tracing::warn!(
-                    "order failed before its order.created was seen; recorded a tombstone"
-                );
+                tracing::warn!("order failed before its order.created was seen; recorded a tombstone");
             }
         }
         self.commit(tx).await
@@ -291,19 +266,14 @@ impl OrderEventHandler {
     }
 }
 
-async fn enqueue(
-    tx: &mut PgConnection,
-    event: SagaEvent,
-    cause: &ConsumedEvent,
-) -> Result<(), HandlerError> {
+async fn enqueue(tx: &mut PgConnection, event: SagaEvent, cause: &ConsumedEvent) -> Result<(), HandlerError> {
     outbox::enqueue(tx, &event, cause.traceparent.as_deref())
         .await
         .map_err(|error| HandlerError::Transient(error.into()))
 }
 
 fn parse_uuid(field: &str, value: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(value)
-        .map_err(|error| HandlerError::Invalid(format!("{field} {value:?} is not a UUID: {error}")))
+    Uuid::parse_str(value).map_err(|error| HandlerError::Invalid(format!("{field} {value:?} is not a UUID: {error}")))
 }
 
 fn new_event_id() -> String {

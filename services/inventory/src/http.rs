@@ -96,9 +96,7 @@ async fn get_stock(
     tracing::Span::current().record("sku", sku.as_str());
     let mut connection = state.database.acquire().await?;
     let Some(levels) = store::stock_levels(&mut connection, &sku).await? else {
-        return Err(ApiError::NotFound(format!(
-            "no stock recorded for sku {sku}"
-        )));
+        return Err(ApiError::NotFound(format!("no stock recorded for sku {sku}")));
     };
     Ok(Json(StockResponse {
         sku,
@@ -167,10 +165,7 @@ async fn post_adjustment(
     tx.commit().await?;
     state.relay.notify();
     tracing::info!(delta, available = levels_after.available, "stock adjusted");
-    Ok((
-        StatusCode::CREATED,
-        Json(AdjustmentResponse::of(&adjustment)),
-    ))
+    Ok((StatusCode::CREATED, Json(AdjustmentResponse::of(&adjustment))))
 }
 
 /// The answer to a retried adjustment: the original answer if it is the same request, a
@@ -260,18 +255,14 @@ mod tests {
     #[test]
     fn a_zero_or_oversized_delta_is_invalid_and_names_the_field() {
         for bad in [0, i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1] {
-            assert!(
-                matches!(valid_delta(bad), Err(ApiError::Invalid { field, .. }) if field == "delta")
-            );
+            assert!(matches!(valid_delta(bad), Err(ApiError::Invalid { field, .. }) if field == "delta"));
         }
         assert_eq!(valid_delta(-3).ok(), Some(-3));
     }
 
     #[test]
     fn a_blank_reason_is_invalid_and_names_the_field() {
-        assert!(
-            matches!(valid_reason("  "), Err(ApiError::Invalid { field, .. }) if field == "reason")
-        );
+        assert!(matches!(valid_reason("  "), Err(ApiError::Invalid { field, .. }) if field == "reason"));
         assert_eq!(valid_reason(" restock ").ok(), Some("restock"));
     }
 }

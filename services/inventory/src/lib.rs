@@ -44,12 +44,8 @@ pub struct Config {
 }
 
 /// Starts the service; `None` if `shutdown` was cancelled before it was up.
-pub async fn start(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Option<RunningService>> {
-    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await?
-    else {
+pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunningService>> {
+    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
     let listen = config.service.http_listen(&SPEC);

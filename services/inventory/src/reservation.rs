@@ -160,10 +160,7 @@ mod tests {
 
     #[test]
     fn every_short_sku_is_named_in_sku_order() {
-        let decision = decide_lines(
-            &[line("Z", 1), line("A", 9), line("M", 1)],
-            &[("A", 8), ("M", 1)],
-        );
+        let decision = decide_lines(&[line("Z", 1), line("A", 9), line("M", 1)], &[("A", 8), ("M", 1)]);
         assert_eq!(
             decision,
             Decision::Reject {
@@ -192,26 +189,17 @@ mod tests {
     fn a_quantity_below_one_is_invalid() {
         assert_eq!(
             demand(&[line("A", 1), line("B", 0)]),
-            Err(InvalidOrder::NonPositiveQuantity {
-                line: 1,
-                quantity: 0
-            })
+            Err(InvalidOrder::NonPositiveQuantity { line: 1, quantity: 0 })
         );
         assert_eq!(
             demand(&[line("A", -2)]),
-            Err(InvalidOrder::NonPositiveQuantity {
-                line: 0,
-                quantity: -2
-            })
+            Err(InvalidOrder::NonPositiveQuantity { line: 0, quantity: -2 })
         );
     }
 
     #[test]
     fn a_line_without_a_sku_is_invalid() {
-        assert_eq!(
-            demand(&[line("", 1)]),
-            Err(InvalidOrder::EmptySku { line: 0 })
-        );
+        assert_eq!(demand(&[line("", 1)]), Err(InvalidOrder::EmptySku { line: 0 }));
     }
 
     #[test]

@@ -34,30 +34,20 @@ pub(crate) enum Movement {
 impl Movement {
     fn assignments(self) -> &'static str {
         match self {
-            Movement::Reserve => {
-                "available = stock.available - d.quantity, reserved = stock.reserved + d.quantity"
-            }
-            Movement::Commit => {
-                "reserved = stock.reserved - d.quantity, committed = stock.committed + d.quantity"
-            }
-            Movement::Release => {
-                "reserved = stock.reserved - d.quantity, available = stock.available + d.quantity"
-            }
+            Movement::Reserve => "available = stock.available - d.quantity, reserved = stock.reserved + d.quantity",
+            Movement::Commit => "reserved = stock.reserved - d.quantity, committed = stock.committed + d.quantity",
+            Movement::Release => "reserved = stock.reserved - d.quantity, available = stock.available + d.quantity",
         }
     }
 }
 
 /// Locks the stock rows of `skus` in sku order and returns their available units. SKUs
 /// without a row are absent from the map (nothing available).
-pub(crate) async fn lock_available(
-    tx: &mut PgConnection,
-    skus: &[String],
-) -> sqlx::Result<HashMap<String, i64>> {
-    let rows =
-        sqlx::query("SELECT sku, available FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
-            .bind(skus)
-            .fetch_all(tx)
-            .await?;
+pub(crate) async fn lock_available(tx: &mut PgConnection, skus: &[String]) -> sqlx::Result<HashMap<String, i64>> {
+    let rows = sqlx::query("SELECT sku, available FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
+        .bind(skus)
+        .fetch_all(tx)
+        .await?;
     rows.iter()
         .map(|row| Ok((row.try_get("sku")?, row.try_get("available")?)))
         .collect()
@@ -66,11 +56,7 @@ pub(crate) async fn lock_available(
 /// Moves the quantities of `lines` between stock columns, locking the rows in sku order first.
 /// Fails if a row is missing (the reservation and the stock disagree) or a column would go
 /// below zero (the CHECK constraints).
-pub(crate) async fn move_units(
-    tx: &mut PgConnection,
-    lines: &[StockLine],
-    movement: Movement,
-) -> anyhow::Result<()> {
+pub(crate) async fn move_units(tx: &mut PgConnection, lines: &[StockLine], movement: Movement) -> anyhow::Result<()> {
     let mut skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
     skus.sort();
     let locked = lock_available(tx, &skus).await?;
@@ -140,16 +126,11 @@ impl ReservationStatus {
 }
 
 /// Reads and locks the reservation of `order_id`, if any.
-pub(crate) async fn lock_reservation(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-) -> anyhow::Result<Option<Reservation>> {
-    let row = sqlx::query(
-        "SELECT status, items, created_event_id FROM reservations WHERE order_id = $1 FOR UPDATE",
-    )
-    .bind(order_id)
-    .fetch_optional(tx)
-    .await?;
+pub(crate) async fn lock_reservation(tx: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Option<Reservation>> {
+    let row = sqlx::query("SELECT status, items, created_event_id FROM reservations WHERE order_id = $1 FOR UPDATE")
+        .bind(order_id)
+        .fetch_optional(tx)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -171,10 +152,7 @@ pub(crate) struct NewReservation<'a> {
 }
 
 /// Inserts a reservation unless the order already has one; returns whether it was inserted.
-pub(crate) async fn insert_reservation(
-    tx: &mut PgConnection,
-    new: NewReservation<'_>,
-) -> sqlx::Result<bool> {
+pub(crate) async fn insert_reservation(tx: &mut PgConnection, new: NewReservation<'_>) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO reservations (order_id, status, items, created_event_id, reason) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (order_id) DO NOTHING",
@@ -214,11 +192,7 @@ pub(crate) async fn transition(
 
 /// Records that the order.created `event_id` found the tombstone of `order_id`; returns whether
 /// the tombstone was still unclaimed.
-pub(crate) async fn claim_tombstone(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    event_id: Uuid,
-) -> sqlx::Result<bool> {
+pub(crate) async fn claim_tombstone(tx: &mut PgConnection, order_id: Uuid, event_id: Uuid) -> sqlx::Result<bool> {
     let updated = sqlx::query(
         "UPDATE reservations SET created_event_id = $2, updated_at = now() \
          WHERE order_id = $1 AND status = 'released' AND created_event_id IS NULL",
@@ -232,10 +206,7 @@ pub(crate) async fn claim_tombstone(
 }
 
 /// The stock levels of `sku`, if it was ever stocked.
-pub(crate) async fn stock_levels(
-    tx: &mut PgConnection,
-    sku: &str,
-) -> sqlx::Result<Option<StockLevels>> {
+pub(crate) async fn stock_levels(tx: &mut PgConnection, sku: &str) -> sqlx::Result<Option<StockLevels>> {
     let row = sqlx::query("SELECT available, reserved, committed FROM stock WHERE sku = $1")
         .bind(sku)
         .fetch_optional(tx)
@@ -244,28 +215,20 @@ pub(crate) async fn stock_levels(
 }
 
 /// Locks the stock row of `sku`, creating an empty one first if the SKU is new.
-pub(crate) async fn lock_or_create_stock(
-    tx: &mut PgConnection,
-    sku: &str,
-) -> sqlx::Result<StockLevels> {
+pub(crate) async fn lock_or_create_stock(tx: &mut PgConnection, sku: &str) -> sqlx::Result<StockLevels> {
     sqlx::query("INSERT INTO stock (sku) VALUES ($1) ON CONFLICT (sku) DO NOTHING")
         .bind(sku)
         .execute(&mut *tx)
         .await?;
-    let row =
-        sqlx::query("SELECT available, reserved, committed FROM stock WHERE sku = $1 FOR UPDATE")
-            .bind(sku)
-            .fetch_one(tx)
-            .await?;
+    let row = sqlx::query("SELECT available, reserved, committed FROM stock WHERE sku = $1 FOR UPDATE")
+        .bind(sku)
+        .fetch_one(tx)
+        .await?;
     levels_from(&row)
 }
 
 /// Adds `delta` to the available units of the locked row of `sku`.
-pub(crate) async fn add_available(
-    tx: &mut PgConnection,
-    sku: &str,
-    delta: i64,
-) -> sqlx::Result<StockLevels> {
+pub(crate) async fn add_available(tx: &mut PgConnection, sku: &str, delta: i64) -> sqlx::Result<StockLevels> {
     let row = sqlx::query(
         "UPDATE stock SET available = available + $2 WHERE sku = $1 RETURNING available, reserved, committed",
     )
@@ -296,10 +259,7 @@ pub(crate) struct Adjustment {
 }
 
 /// The adjustment recorded under `adjustment_id`, if any.
-pub(crate) async fn find_adjustment(
-    tx: &mut PgConnection,
-    adjustment_id: Uuid,
-) -> sqlx::Result<Option<Adjustment>> {
+pub(crate) async fn find_adjustment(tx: &mut PgConnection, adjustment_id: Uuid) -> sqlx::Result<Option<Adjustment>> {
     let row = sqlx::query(
         "SELECT adjustment_id, sku, delta, reason, event_id, available_after, reserved_after, committed_after \
          FROM stock_adjustments WHERE adjustment_id = $1",
@@ -326,10 +286,7 @@ pub(crate) async fn find_adjustment(
 
 /// Records an applied adjustment; returns `false` if its id was taken meanwhile (a concurrent
 /// retry of the same request won), in which case the caller must roll back.
-pub(crate) async fn insert_adjustment(
-    tx: &mut PgConnection,
-    adjustment: &Adjustment,
-) -> sqlx::Result<bool> {
+pub(crate) async fn insert_adjustment(tx: &mut PgConnection, adjustment: &Adjustment) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO stock_adjustments \
          (adjustment_id, sku, delta, reason, event_id, available_after, reserved_after, committed_after) \

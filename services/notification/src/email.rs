@@ -136,8 +136,8 @@ pub fn reason_in_words(reason: &str) -> String {
 /// Number of minor-unit digits of an ISO 4217 currency (2 unless listed otherwise).
 pub fn minor_digits(currency: &str) -> u32 {
     match currency.to_ascii_uppercase().as_str() {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
+        | "VUV" | "XAF" | "XOF" | "XPF" => 0,
         "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
         "CLF" | "UYW" => 4,
         _ => 2,
@@ -156,11 +156,7 @@ pub fn format_money(minor: i64, currency: &str) -> String {
     }
     let scale = 10u64.pow(digits);
     let width = digits as usize;
-    format!(
-        "{sign}{}.{:0width$} {code}",
-        magnitude / scale,
-        magnitude % scale
-    )
+    format!("{sign}{}.{:0width$} {code}", magnitude / scale, magnitude % scale)
 }
 
 #[cfg(test)]
@@ -198,10 +194,7 @@ mod tests {
             format!("<{ORDER_ID}.failed@saga-platform.local>")
         );
         assert_eq!(confirmed().message_id(), confirmed().message_id());
-        assert_ne!(
-            confirmed().message_id(),
-            failed("out_of_stock").message_id()
-        );
+        assert_ne!(confirmed().message_id(), failed("out_of_stock").message_id());
     }
 
     #[test]
@@ -216,17 +209,10 @@ mod tests {
     fn a_failure_email_says_why_in_words() {
         let email = failed("payment_declined").render();
         assert_eq!(email.subject, "Order 0f8e2c4a failed");
-        assert!(
-            email.body.contains("your payment was declined"),
-            "{}",
-            email.body
-        );
+        assert!(email.body.contains("your payment was declined"), "{}", email.body);
         assert!(email.body.contains(ORDER_ID), "{}", email.body);
         assert!(email.body.contains("39.98 USD"), "{}", email.body);
-        assert!(failed("out_of_stock")
-            .render()
-            .body
-            .contains("an item is out of stock"));
+        assert!(failed("out_of_stock").render().body.contains("an item is out of stock"));
         assert!(failed("deadline_exceeded")
             .render()
             .body

@@ -26,18 +26,11 @@ pub struct OrderOutcomeHandler {
 impl OrderOutcomeHandler {
     /// A handler writing to `database` and waking the mailer through `mailer_wake`.
     pub fn new(database: PgPool, mailer_wake: Arc<Notify>) -> Self {
-        Self {
-            database,
-            mailer_wake,
-        }
+        Self { database, mailer_wake }
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %notification.order_id, event_id = %notification.source_event_id))]
-    async fn record(
-        &self,
-        consumed: &ConsumedEvent,
-        notification: NewNotification,
-    ) -> Result<(), HandlerError> {
+    async fn record(&self, consumed: &ConsumedEvent, notification: NewNotification) -> Result<(), HandlerError> {
         let mut tx = self.database.begin().await?;
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
@@ -85,17 +78,15 @@ pub fn notification_for(event: &SagaEvent) -> Result<Option<NewNotification>, Ha
                 order_id: &failed.order_id,
                 total_minor: failed.total_minor,
                 currency: &failed.currency,
-                result: OutcomeDetail::Failed {
-                    reason: &failed.reason,
-                },
+                result: OutcomeDetail::Failed { reason: &failed.reason },
             },
         ),
         _ => return Ok(None),
     };
-    let order_id = Uuid::parse_str(outcome.order_id)
-        .map_err(|e| HandlerError::Invalid(format!("order_id is not a UUID: {e}")))?;
-    let source_event_id = Uuid::parse_str(event_id)
-        .map_err(|e| HandlerError::Invalid(format!("event_id is not a UUID: {e}")))?;
+    let order_id =
+        Uuid::parse_str(outcome.order_id).map_err(|e| HandlerError::Invalid(format!("order_id is not a UUID: {e}")))?;
+    let source_event_id =
+        Uuid::parse_str(event_id).map_err(|e| HandlerError::Invalid(format!("event_id is not a UUID: {e}")))?;
     let recipient = customer_email.trim().parse::<Address>().map_err(|e| {
         HandlerError::Invalid(format!(
             "customer_email {customer_email:?} is not an email address: {e}"
@@ -139,8 +130,8 @@ mod tests {
 
     #[test]
     fn a_confirmed_order_asks_for_a_confirmation_email() -> Result<(), HandlerError> {
-        let notification = notification_for(&confirmed("ada@example.com"))?
-            .ok_or(HandlerError::Invalid("none".into()))?;
+        let notification =
+            notification_for(&confirmed("ada@example.com"))?.ok_or(HandlerError::Invalid("none".into()))?;
         assert_eq!(notification.outcome, Outcome::Confirmed);
         assert_eq!(notification.recipient, "ada@example.com");
         assert_eq!(notification.subject, "Order 0f8e2c4a confirmed");
@@ -171,11 +162,7 @@ mod tests {
             "{}",
             notification.body
         );
-        assert!(
-            notification.body.contains("1500 JPY"),
-            "{}",
-            notification.body
-        );
+        assert!(notification.body.contains("1500 JPY"), "{}", notification.body);
         assert_eq!(
             notification.message_id,
             format!("<{ORDER_ID}.failed@saga-platform.local>")

@@ -23,13 +23,11 @@ async fn notifications_of_order(
     State(database): State<PgPool>,
     Path(order_id): Path<String>,
 ) -> Result<Json<Vec<NotificationView>>, ApiError> {
-    let order_id = Uuid::parse_str(&order_id)
-        .map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
+    let order_id =
+        Uuid::parse_str(&order_id).map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
     let notifications = store::list_for_order(&database, order_id).await?;
     if notifications.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "no email recorded for order {order_id}"
-        )));
+        return Err(ApiError::NotFound(format!("no email recorded for order {order_id}")));
     }
     Ok(Json(notifications))
 }

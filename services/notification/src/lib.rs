@@ -37,10 +37,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// Configuration of the notification service.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "notification-service",
-    about = "Emails each order's outcome exactly once"
-)]
+#[command(name = "notification-service", about = "Emails each order's outcome exactly once")]
 pub struct Config {
     /// Settings shared by every service.
     #[command(flatten)]
@@ -65,25 +62,16 @@ impl Config {
 }
 
 /// Starts the service; `None` if `shutdown` was cancelled before it was up.
-pub async fn start(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Option<RunningService>> {
+pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunningService>> {
     // Invalid SMTP settings fail here, before anything is consumed.
     let sender = SmtpSender::new(&config.smtp)?;
-    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await?
-    else {
+    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
     tracing::info!(smtp = ?config.smtp, "emails go to this SMTP server");
     let listen = config.service.http_listen(&SPEC);
     let mailer_wake = Arc::new(Notify::new());
-    let mailer = Mailer::new(
-        context.database.clone(),
-        sender,
-        mailer_wake.clone(),
-        &config.mailer,
-    );
+    let mailer = Mailer::new(context.database.clone(), sender, mailer_wake.clone(), &config.mailer);
     let handler = OrderOutcomeHandler::new(context.database.clone(), mailer_wake);
     let routes = http::routes(context.database.clone());
     let workload = Workload {

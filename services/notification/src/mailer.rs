@@ -66,11 +66,7 @@ pub struct SmtpConfig {
     #[arg(long = "smtp-password", env = "SMTP_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Timeout of each SMTP command, connecting included.
-    #[arg(
-        long = "smtp-timeout-ms",
-        env = "SMTP_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long = "smtp-timeout-ms", env = "SMTP_TIMEOUT_MS", default_value_t = 10_000)]
     pub command_timeout_ms: u64,
 }
 
@@ -121,11 +117,7 @@ pub struct MailerConfig {
     )]
     pub retry_initial_ms: u64,
     /// Longest delay between two attempts.
-    #[arg(
-        long = "mailer-retry-max-ms",
-        env = "MAILER_RETRY_MAX_MS",
-        default_value_t = 60_000
-    )]
+    #[arg(long = "mailer-retry-max-ms", env = "MAILER_RETRY_MAX_MS", default_value_t = 60_000)]
     pub retry_max_ms: u64,
 }
 
@@ -163,9 +155,7 @@ impl SmtpSender {
             .parse::<Mailbox>()
             .map_err(|e| Error::Config(format!("SMTP_FROM {:?}: {e}", config.from)))?;
         let builder = match config.tls {
-            SmtpTls::Off => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
-            }
+            SmtpTls::Off => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str()),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
                 .map_err(|e| Error::Config(format!("SMTP_HOST {:?}: {e}", config.host)))?,
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
@@ -232,12 +222,7 @@ pub struct Mailer {
 impl Mailer {
     /// A mailer over `database`, sending with `sender`, woken through `wake` when the handler
     /// recorded an email.
-    pub fn new(
-        database: PgPool,
-        sender: SmtpSender,
-        wake: Arc<Notify>,
-        config: &MailerConfig,
-    ) -> Self {
+    pub fn new(database: PgPool, sender: SmtpSender, wake: Arc<Notify>, config: &MailerConfig) -> Self {
         Self {
             database,
             sender,
@@ -254,11 +239,10 @@ impl Mailer {
             initial: Duration::from_millis(250),
             max: Duration::from_secs(5),
         };
-        let Some(pending) =
-            retry_until_ok("mailer startup sweep", database_backoff, &shutdown, || {
-                store::make_all_pending_due(&self.database)
-            })
-            .await
+        let Some(pending) = retry_until_ok("mailer startup sweep", database_backoff, &shutdown, || {
+            store::make_all_pending_due(&self.database)
+        })
+        .await
         else {
             return;
         };
@@ -341,19 +325,11 @@ impl Mailer {
                 Ok(Round::Sent)
             }
             Err(error) => {
-                let attempts =
-                    u32::try_from(notification.attempts.saturating_add(1)).unwrap_or(u32::MAX);
+                let attempts = u32::try_from(notification.attempts.saturating_add(1)).unwrap_or(u32::MAX);
                 let retry_in = self.backoff.delay(attempts);
                 let reason = format!("{error:#}");
                 tracing::warn!(error = %reason, retry_in_ms = retry_in.as_millis() as u64, "sending email failed; will retry");
-                store::mark_failed(
-                    &mut tx,
-                    notification.order_id,
-                    &notification.outcome,
-                    &reason,
-                    retry_in,
-                )
-                .await?;
+                store::mark_failed(&mut tx, notification.order_id, &notification.outcome, &reason, retry_in).await?;
                 tx.commit().await?;
                 Ok(Round::Failed)
             }

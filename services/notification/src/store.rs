@@ -68,10 +68,7 @@ pub struct NotificationView {
 
 /// Records the intent to send within the caller's transaction. Returns `false` if an email for
 /// this order outcome was recorded before (by another event with the same meaning).
-pub async fn record_intent(
-    tx: &mut PgConnection,
-    notification: &NewNotification,
-) -> Result<bool, sqlx::Error> {
+pub async fn record_intent(tx: &mut PgConnection, notification: &NewNotification) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO notifications \
              (order_id, outcome, recipient, subject, body, message_id, status, source_event_id) \
@@ -103,11 +100,7 @@ pub async fn claim_due(tx: &mut PgConnection) -> Result<Option<PendingNotificati
 }
 
 /// Marks a claimed email as accepted by the SMTP server.
-pub async fn mark_sent(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    outcome: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn mark_sent(tx: &mut PgConnection, order_id: Uuid, outcome: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications SET status = 'sent', sent_at = now(), attempts = attempts + 1, last_error = NULL \
          WHERE order_id = $1 AND outcome = $2",
@@ -153,10 +146,7 @@ pub async fn make_all_pending_due(pool: &PgPool) -> Result<u64, sqlx::Error> {
 }
 
 /// Every email recorded for an order, oldest first.
-pub async fn list_for_order(
-    pool: &PgPool,
-    order_id: Uuid,
-) -> Result<Vec<NotificationView>, sqlx::Error> {
+pub async fn list_for_order(pool: &PgPool, order_id: Uuid) -> Result<Vec<NotificationView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT outcome, recipient, subject, message_id, status, attempts, sent_at FROM notifications \
          WHERE order_id = $1 ORDER BY created_at, outcome",

@@ -59,7 +59,12 @@ async fn place_order(
         None => None,
         Some(value) => match value.to_str() {
             Ok(key) if !key.is_empty() && key.len() <= 255 => Some(key.to_string()),
-            _ => return Err(ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters",
+                ))
+            }
         },
     };
     let fingerprint = serde_json::to_string(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -68,7 +73,10 @@ async fn place_order(
     let mut tx = state.database.begin().await?;
     if let Some(key) = &idempotency_key {
         // Serialises concurrent requests with the same key until this transaction ends.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
         if let Some(previous) = previous_answer(&mut tx, key, &fingerprint).await? {
             return previous;
         }
@@ -77,7 +85,9 @@ async fn place_order(
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
     let deadline = chrono::Utc::now()
         + chrono::Duration::from_std(state.saga_deadline).unwrap_or_else(|_| chrono::Duration::seconds(30));
-    let created = store::insert_order(&mut tx, order_id, &order, deadline).await.map_err(ApiError::Unavailable)?;
+    let created = store::insert_order(&mut tx, order_id, &order, deadline)
+        .await
+        .map_err(ApiError::Unavailable)?;
     if let Some(key) = &idempotency_key {
         sqlx::query("INSERT INTO idempotency_keys (idempotency_key, request_hash, order_id) VALUES ($1, $2, $3)")
             .bind(key)
@@ -119,7 +129,10 @@ async fn previous_answer(
 async fn get_order(State(state): State<ApiState>, Path(order_id): Path<String>) -> Result<Response, ApiError> {
     let order_id =
         Uuid::parse_str(&order_id).map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
-    match store::fetch_view(&state.database, order_id).await.map_err(ApiError::Unavailable)? {
+    match store::fetch_view(&state.database, order_id)
+        .await
+        .map_err(ApiError::Unavailable)?
+    {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::NotFound(format!("order {order_id} not found"))),
     }

@@ -20,7 +20,11 @@ use tokio_util::sync::CancellationToken;
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec = ServiceSpec { name: "order-service", default_database: "saga_order", default_http_port: 8080 };
+pub const SPEC: ServiceSpec = ServiceSpec {
+    name: "order-service",
+    default_database: "saga_order",
+    default_http_port: 8080,
+};
 
 /// Configuration of the order service.
 #[derive(Debug, Clone, Parser)]
@@ -42,9 +46,20 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
-    let routes = api::router(api::ApiState { database: context.database.clone(), relay: context.relay.clone(), saga_deadline });
-    let handler = outcomes::OutcomeHandler { database: context.database.clone(), relay: context.relay.clone() };
-    let deadline_scanner = deadline::run(context.database.clone(), context.relay.clone(), context.shutdown.clone());
+    let routes = api::router(api::ApiState {
+        database: context.database.clone(),
+        relay: context.relay.clone(),
+        saga_deadline,
+    });
+    let handler = outcomes::OutcomeHandler {
+        database: context.database.clone(),
+        relay: context.relay.clone(),
+    };
+    let deadline_scanner = deadline::run(
+        context.database.clone(),
+        context.relay.clone(),
+        context.shutdown.clone(),
+    );
     let listen = config.service.http_listen(&SPEC);
     let workload = Workload {
         consumer: Some((vec![Topic::Payments, Topic::Inventory], Arc::new(handler))),

@@ -47,19 +47,34 @@ impl EventHandler for OutcomeHandler {
         let Some(order_id) = event.order_id() else {
             return Ok(()); // stock adjustments belong to no order
         };
-        let order_id = Uuid::parse_str(order_id).map_err(|e| HandlerError::Invalid(format!("order_id is not a UUID: {e}")))?;
+        let order_id =
+            Uuid::parse_str(order_id).map_err(|e| HandlerError::Invalid(format!("order_id is not a UUID: {e}")))?;
         let mut tx = self.database.begin().await?;
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        let Some(order) = store::lock_order(&mut tx, order_id).await.map_err(HandlerError::Transient)? else {
-            return Err(HandlerError::Invalid(format!("{} for unknown order {order_id}", event.event_type())));
+        let Some(order) = store::lock_order(&mut tx, order_id)
+            .await
+            .map_err(HandlerError::Transient)?
+        else {
+            return Err(HandlerError::Invalid(format!(
+                "{} for unknown order {order_id}",
+                event.event_type()
+            )));
         };
-        store::record_timeline(&mut tx, event, source_of(event)).await.map_err(HandlerError::Transient)?;
+        store::record_timeline(&mut tx, event, source_of(event))
+            .await
+            .map_err(HandlerError::Transient)?;
         if let Some(input) = saga_input(event) {
-            store::apply_fact(&mut tx, &order, input, Some(event.event_id()), consumed.traceparent.as_deref())
-                .await
-                .map_err(HandlerError::Transient)?;
+            store::apply_fact(
+                &mut tx,
+                &order,
+                input,
+                Some(event.event_id()),
+                consumed.traceparent.as_deref(),
+            )
+            .await
+            .map_err(HandlerError::Transient)?;
         }
         tx.commit().await?;
         self.relay.notify();

@@ -48,7 +48,10 @@ pub struct FieldError {
 }
 
 fn reject(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 const MAX_QUANTITY: i64 = 1_000_000;
@@ -60,10 +63,16 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
         return Err(reject("customer_id", "must be 1 to 256 characters"));
     }
     if !is_plausible_email(&request.customer_email) {
-        return Err(reject("customer_email", "must be an email address like name@example.com"));
+        return Err(reject(
+            "customer_email",
+            "must be an email address like name@example.com",
+        ));
     }
     if request.currency.len() != 3 || !request.currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(reject("currency", "must be an ISO 4217 code of three upper-case letters, e.g. USD"));
+        return Err(reject(
+            "currency",
+            "must be an ISO 4217 code of three upper-case letters, e.g. USD",
+        ));
     }
     if request.payment_token.trim().is_empty() || request.payment_token.len() > MAX_TEXT {
         return Err(reject("payment_token", "must be 1 to 256 characters"));
@@ -75,15 +84,27 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
     for (index, line) in request.items.iter().enumerate() {
         let valid_sku = !line.sku.is_empty()
             && line.sku.len() <= 64
-            && line.sku.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && line
+                .sku
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid_sku {
-            return Err(reject(format!("items[{index}].sku"), "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'"));
+            return Err(reject(
+                format!("items[{index}].sku"),
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+            ));
         }
         if line.quantity < 1 || line.quantity > MAX_QUANTITY {
-            return Err(reject(format!("items[{index}].quantity"), "must be between 1 and 1000000"));
+            return Err(reject(
+                format!("items[{index}].quantity"),
+                "must be between 1 and 1000000",
+            ));
         }
         if line.unit_price_minor < 0 {
-            return Err(reject(format!("items[{index}].unit_price_minor"), "must not be negative"));
+            return Err(reject(
+                format!("items[{index}].unit_price_minor"),
+                "must not be negative",
+            ));
         }
         total = line
             .quantity
@@ -91,11 +112,16 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
             .and_then(|amount| total.checked_add(amount))
             .ok_or_else(|| reject(format!("items[{index}].unit_price_minor"), "order total is too large"))?;
     }
-    Ok(ValidOrder { request, total_minor: total })
+    Ok(ValidOrder {
+        request,
+        total_minor: total,
+    })
 }
 
 fn is_plausible_email(text: &str) -> bool {
-    let Some((local, domain)) = text.split_once('@') else { return false };
+    let Some((local, domain)) = text.split_once('@') else {
+        return false;
+    };
     !local.is_empty()
         && text.len() <= MAX_TEXT
         && !domain.contains('@')
@@ -116,8 +142,16 @@ mod tests {
             currency: "USD".into(),
             payment_token: "tok_ok".into(),
             items: vec![
-                OrderLineRequest { sku: "SKU-1".into(), quantity: 2, unit_price_minor: 1999 },
-                OrderLineRequest { sku: "SKU-2".into(), quantity: 1, unit_price_minor: 500 },
+                OrderLineRequest {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    unit_price_minor: 1999,
+                },
+                OrderLineRequest {
+                    sku: "SKU-2".into(),
+                    quantity: 1,
+                    unit_price_minor: 500,
+                },
             ],
         }
     }
@@ -170,7 +204,16 @@ mod tests {
 
     #[test]
     fn implausible_emails_are_rejected() {
-        for bad_email in ["", "a", "a@", "@example.com", "a@b", "a b@example.com", "a@@example.com", "a@example."] {
+        for bad_email in [
+            "",
+            "a",
+            "a@",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@@example.com",
+            "a@example.",
+        ] {
             let mut bad = request();
             bad.customer_email = bad_email.into();
             assert_eq!(field_of(bad), "customer_email", "{bad_email:?}");

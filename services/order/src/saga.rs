@@ -141,7 +141,12 @@ pub struct SagaState {
 impl SagaState {
     /// A new order waiting for both outcomes.
     pub fn pending() -> Self {
-        Self { status: OrderStatus::Pending, failure_reason: None, payment: None, inventory: None }
+        Self {
+            status: OrderStatus::Pending,
+            failure_reason: None,
+            payment: None,
+            inventory: None,
+        }
     }
 }
 
@@ -209,7 +214,9 @@ mod tests {
     use PaymentOutcome::*;
 
     fn given(facts: &[SagaInput]) -> SagaState {
-        facts.iter().fold(SagaState::pending(), |state, fact| decide(state, *fact).0)
+        facts
+            .iter()
+            .fold(SagaState::pending(), |state, fact| decide(state, *fact).0)
     }
 
     #[test]
@@ -244,7 +251,10 @@ mod tests {
     #[test]
     fn out_of_stock_after_a_capture_fails_with_out_of_stock() {
         let state = given(&[SagaInput::Payment(Captured)]);
-        assert_eq!(decide(state, SagaInput::Inventory(Unavailable)).1, Decision::Fail(OutOfStock));
+        assert_eq!(
+            decide(state, SagaInput::Inventory(Unavailable)).1,
+            Decision::Fail(OutOfStock)
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub async fn emit(tx: &mut PgConnection, event: &SagaEvent, traceparent: Option<
 /// Adds an event to its order's timeline (once per event id). Events of unknown orders are
 /// ignored.
 pub async fn record_timeline(tx: &mut PgConnection, event: &SagaEvent, source: &str) -> anyhow::Result<()> {
-    let Some(order_id) = event.order_id().and_then(|id| Uuid::parse_str(id).ok()) else { return Ok(()) };
+    let Some(order_id) = event.order_id().and_then(|id| Uuid::parse_str(id).ok()) else {
+        return Ok(());
+    };
     sqlx::query(
         "INSERT INTO order_timeline (event_id, order_id, event_type, source, occurred_at) \
          SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM orders WHERE order_id = $2) \
@@ -137,7 +139,9 @@ pub async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> anyhow::Result
 
 fn parse_reason(text: &str) -> Option<crate::saga::FailureReason> {
     use crate::saga::FailureReason::*;
-    [PaymentDeclined, OutOfStock, DeadlineExceeded].into_iter().find(|r| r.as_str() == text)
+    [PaymentDeclined, OutOfStock, DeadlineExceeded]
+        .into_iter()
+        .find(|r| r.as_str() == text)
 }
 
 /// Applies a fact to a locked order: stores the new state and, if the order is decided now,
@@ -162,7 +166,12 @@ pub async fn apply_fact(
     .bind(next.inventory.map(|i| i.as_str()))
     .execute(&mut *tx)
     .await?;
-    let common = (Uuid::new_v4().to_string(), order.order_id.to_string(), causation_id.map(str::to_string), Utc::now().timestamp_millis());
+    let common = (
+        Uuid::new_v4().to_string(),
+        order.order_id.to_string(),
+        causation_id.map(str::to_string),
+        Utc::now().timestamp_millis(),
+    );
     let event = match decision {
         Decision::Wait => None,
         Decision::Confirm => Some(SagaEvent::OrderConfirmed(OrderConfirmed {

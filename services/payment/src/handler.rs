@@ -16,9 +16,7 @@ use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::{self, Relay};
-use saga_contracts::{
-    OrderCreated, OrderFailed, PaymentFailed, PaymentRefunded, PaymentSucceeded, SagaEvent,
-};
+use saga_contracts::{OrderCreated, OrderFailed, PaymentFailed, PaymentRefunded, PaymentSucceeded, SagaEvent};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -43,11 +41,7 @@ impl PaymentHandler {
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %order.order_id, event_id = %order.event_id))]
-    async fn order_created(
-        &self,
-        consumed: &ConsumedEvent,
-        order: &OrderCreated,
-    ) -> Result<(), HandlerError> {
+    async fn order_created(&self, consumed: &ConsumedEvent, order: &OrderCreated) -> Result<(), HandlerError> {
         let order_id = parse_order_id(&order.order_id)?;
         check_money(order.total_minor, &order.currency)?;
         if let Some(payment) = payments::find(&self.database, order_id).await? {
@@ -143,11 +137,7 @@ impl PaymentHandler {
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %failure.order_id, event_id = %failure.event_id))]
-    async fn order_failed(
-        &self,
-        consumed: &ConsumedEvent,
-        failure: &OrderFailed,
-    ) -> Result<(), HandlerError> {
+    async fn order_failed(&self, consumed: &ConsumedEvent, failure: &OrderFailed) -> Result<(), HandlerError> {
         let order_id = parse_order_id(&failure.order_id)?;
         if inbox::seen(&self.database, &failure.event_id).await? {
             tracing::info!("order.failed already processed; ignored");
@@ -240,17 +230,14 @@ impl EventHandler for PaymentHandler {
 }
 
 fn parse_order_id(order_id: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(order_id).map_err(|error| {
-        HandlerError::Invalid(format!("order_id {order_id:?} is not a UUID: {error}"))
-    })
+    Uuid::parse_str(order_id)
+        .map_err(|error| HandlerError::Invalid(format!("order_id {order_id:?} is not a UUID: {error}")))
 }
 
 /// An order's total must be a non-negative amount in an ISO 4217 alphabetic currency.
 fn check_money(amount_minor: i64, currency: &str) -> Result<(), HandlerError> {
     if amount_minor < 0 {
-        return Err(HandlerError::Invalid(format!(
-            "total_minor {amount_minor} is negative"
-        )));
+        return Err(HandlerError::Invalid(format!("total_minor {amount_minor} is negative")));
     }
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(HandlerError::Invalid(format!(
@@ -275,16 +262,10 @@ fn gateway_failure(operation: &str, error: GatewayError) -> HandlerError {
     }
 }
 
-async fn enqueue(
-    tx: &mut PgConnection,
-    event: &SagaEvent,
-    cause: &ConsumedEvent,
-) -> Result<(), HandlerError> {
+async fn enqueue(tx: &mut PgConnection, event: &SagaEvent, cause: &ConsumedEvent) -> Result<(), HandlerError> {
     outbox::enqueue(tx, event, cause.traceparent.as_deref())
         .await
-        .map_err(|error| {
-            HandlerError::Transient(anyhow::Error::new(error).context("outbox enqueue"))
-        })
+        .map_err(|error| HandlerError::Transient(anyhow::Error::new(error).context("outbox enqueue")))
 }
 
 fn now_millis() -> i64 {
@@ -303,18 +284,9 @@ mod tests {
 
     #[test]
     fn a_negative_total_or_a_malformed_currency_is_invalid() {
-        assert!(matches!(
-            check_money(-1, "USD"),
-            Err(HandlerError::Invalid(_))
-        ));
-        assert!(matches!(
-            check_money(100, "usd"),
-            Err(HandlerError::Invalid(_))
-        ));
-        assert!(matches!(
-            check_money(100, "DOLLAR"),
-            Err(HandlerError::Invalid(_))
-        ));
+        assert!(matches!(check_money(-1, "USD"), Err(HandlerError::Invalid(_))));
+        assert!(matches!(check_money(100, "usd"), Err(HandlerError::Invalid(_))));
+        assert!(matches!(check_money(100, "DOLLAR"), Err(HandlerError::Invalid(_))));
     }
 
     #[test]

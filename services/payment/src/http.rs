@@ -57,8 +57,8 @@ async fn get_payment(
     State(database): State<PgPool>,
     Path(order_id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let order_id = Uuid::parse_str(&order_id)
-        .map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
+    let order_id =
+        Uuid::parse_str(&order_id).map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
     let payment = payments::find(&database, order_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;

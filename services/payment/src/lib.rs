@@ -34,10 +34,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// Configuration of the payment service.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "payment-service",
-    about = "Charges orders and refunds failed ones"
-)]
+#[command(name = "payment-service", about = "Charges orders and refunds failed ones")]
 pub struct Config {
     /// Settings shared by every service.
     #[command(flatten)]
@@ -49,10 +46,7 @@ pub struct Config {
 
 /// Starts the service with the gateway chosen by `config`; `None` if `shutdown` was cancelled
 /// before it was up.
-pub async fn start(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Option<RunningService>> {
+pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunningService>> {
     start_with_gateway(config, shutdown, |database| {
         tracing::info!(gateway = ?config.gateway.kind, "payment gateway selected");
         config.gateway.build(database)
@@ -67,8 +61,7 @@ pub async fn start_with_gateway(
     shutdown: CancellationToken,
     gateway: impl FnOnce(PgPool) -> Arc<dyn PaymentGateway>,
 ) -> anyhow::Result<Option<RunningService>> {
-    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await?
-    else {
+    let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
     let gateway = gateway(context.database.clone());

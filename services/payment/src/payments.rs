@@ -33,9 +33,7 @@ impl PaymentStatus {
             "captured" => Ok(PaymentStatus::Captured),
             "declined" => Ok(PaymentStatus::Declined),
             "refunded" => Ok(PaymentStatus::Refunded),
-            other => Err(sqlx::Error::Decode(
-                format!("unknown payment status {other:?}").into(),
-            )),
+            other => Err(sqlx::Error::Decode(format!("unknown payment status {other:?}").into())),
         }
     }
 }
@@ -114,16 +112,12 @@ pub fn on_order_failed(payment: Option<&Payment>) -> OnOrderFailed {
     let outstanding = payment.amount_minor - payment.refunded_minor;
     match (payment.status, &payment.gateway_reference) {
         (PaymentStatus::Declined, _) => OnOrderFailed::NothingToRefund(NothingToRefund::Declined),
-        (PaymentStatus::Refunded, _) => {
-            OnOrderFailed::NothingToRefund(NothingToRefund::AlreadyRefunded)
-        }
+        (PaymentStatus::Refunded, _) => OnOrderFailed::NothingToRefund(NothingToRefund::AlreadyRefunded),
         (PaymentStatus::Captured, _) if outstanding <= 0 => {
             OnOrderFailed::NothingToRefund(NothingToRefund::AlreadyRefunded)
         }
         // Cannot happen: the table requires a capture to carry its gateway reference.
-        (PaymentStatus::Captured, None) => {
-            OnOrderFailed::NothingToRefund(NothingToRefund::Declined)
-        }
+        (PaymentStatus::Captured, None) => OnOrderFailed::NothingToRefund(NothingToRefund::Declined),
         (PaymentStatus::Captured, Some(reference)) => OnOrderFailed::Refund {
             payment_id: payment.payment_id,
             gateway_reference: reference.clone(),
@@ -133,21 +127,15 @@ pub fn on_order_failed(payment: Option<&Payment>) -> OnOrderFailed {
     }
 }
 
-const PAYMENT_COLUMNS: &str =
-    "order_id, payment_id, status, amount_minor, refunded_minor, currency, \
+const PAYMENT_COLUMNS: &str = "order_id, payment_id, status, amount_minor, refunded_minor, currency, \
                                gateway_reference, decline_reason";
 
 /// The payment of `order_id`, if it has one.
-pub async fn find(
-    executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .fetch_optional(executor)
-    .await
+pub async fn find(executor: impl PgExecutor<'_>, order_id: Uuid) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE order_id = $1"))
+        .bind(order_id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// Inserts a new payment; `false` if the order has one already (the row is left as it was).
@@ -173,11 +161,7 @@ pub async fn insert(tx: &mut PgConnection, payment: &Payment) -> Result<bool, sq
 
 /// Marks the captured payment of `order_id` refunded by `amount_minor` more; `false` if it is
 /// not captured any more (refunded meanwhile), in which case nothing changed.
-pub async fn mark_refunded(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    amount_minor: i64,
-) -> Result<bool, sqlx::Error> {
+pub async fn mark_refunded(tx: &mut PgConnection, order_id: Uuid, amount_minor: i64) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE payments SET status = 'refunded', refunded_minor = refunded_minor + $2, updated_at = now() \
          WHERE order_id = $1 AND status = 'captured' AND refunded_minor + $2 <= amount_minor",
@@ -191,11 +175,7 @@ pub async fn mark_refunded(
 }
 
 /// Records that `order_id` failed for `reason` (the first reason is kept).
-pub async fn record_failed_order(
-    tx: &mut PgConnection,
-    order_id: Uuid,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn record_failed_order(tx: &mut PgConnection, order_id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO failed_orders (order_id, reason) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING")
         .bind(order_id)
         .bind(reason)
@@ -225,8 +205,7 @@ mod tests {
             refunded_minor: 0,
             currency: "USD".into(),
             gateway_reference: (status != PaymentStatus::Declined).then(|| "sim_ch_1".to_string()),
-            decline_reason: (status == PaymentStatus::Declined)
-                .then(|| "card_declined".to_string()),
+            decline_reason: (status == PaymentStatus::Declined).then(|| "card_declined".to_string()),
         }
     }
 
@@ -252,10 +231,7 @@ mod tests {
         };
         assert!(matches!(
             on_order_failed(Some(&captured)),
-            OnOrderFailed::Refund {
-                amount_minor: 2998,
-                ..
-            }
+            OnOrderFailed::Refund { amount_minor: 2998, .. }
         ));
     }
 

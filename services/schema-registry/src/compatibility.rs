@@ -12,5 +12,7 @@ pub use saga_contracts::compatibility::CompatibilityLevel;
 /// look only at the last element of `previous`.
 pub fn check(level: CompatibilityLevel, new: &Schema, previous: &[&Schema]) -> Vec<String> {
     let previous: Vec<Schema> = previous.iter().map(|schema| (*schema).clone()).collect();
-    saga_contracts::compatibility::check(level, new, &previous).err().unwrap_or_default()
+    saga_contracts::compatibility::check(level, new, &previous)
+        .err()
+        .unwrap_or_default()
 }

@@ -45,37 +45,22 @@ pub struct RegistryConfig {
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
     /// Kafka bootstrap servers of the cluster holding the schemas topic.
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
     pub kafka_bootstrap_servers: String,
     /// The topic the registry stores its records in (created with 1 partition if missing).
     #[arg(long, env = "REGISTRY_SCHEMAS_TOPIC", default_value = "_schemas")]
     pub schemas_topic: String,
     /// Replication factor of the schemas topic if the registry has to create it.
-    #[arg(
-        long,
-        env = "REGISTRY_SCHEMAS_TOPIC_REPLICATION_FACTOR",
-        default_value_t = 1
-    )]
+    #[arg(long, env = "REGISTRY_SCHEMAS_TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
     pub schemas_topic_replication_factor: i32,
     /// The global compatibility level until one is set through `PUT /config`.
-    #[arg(
-        long,
-        env = "REGISTRY_DEFAULT_COMPATIBILITY",
-        default_value = "BACKWARD"
-    )]
+    #[arg(long, env = "REGISTRY_DEFAULT_COMPATIBILITY", default_value = "BACKWARD")]
     pub default_compatibility: CompatibilityLevel,
 }
 
 impl RegistryConfig {
     /// The defaults with another bootstrap server list and topic, listening on a free local port.
-    pub fn new(
-        kafka_bootstrap_servers: impl Into<String>,
-        schemas_topic: impl Into<String>,
-    ) -> Self {
+    pub fn new(kafka_bootstrap_servers: impl Into<String>, schemas_topic: impl Into<String>) -> Self {
         RegistryConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kafka_bootstrap_servers: kafka_bootstrap_servers.into(),
@@ -104,12 +89,10 @@ impl Registry {
         records.iter().for_each(|record| state.apply(record));
         let service = Arc::new(Service::new(state, storage));
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
             source,
@@ -177,8 +160,6 @@ impl RunningRegistry {
 
     /// Waits until the registry stops (after a shutdown request, or a server error).
     pub async fn wait(self) -> Result<()> {
-        self.server
-            .await
-            .map_err(|error| Error::Task(error.to_string()))?
+        self.server.await.map_err(|error| Error::Task(error.to_string()))?
     }
 }

@@ -20,9 +20,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
 
@@ -35,10 +33,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         shutdown.shutdown();
     });
-    registry
-        .wait()
-        .await
-        .context("serving the schema registry")?;
+    registry.wait().await.context("serving the schema registry")?;
     tracing::info!("schema registry stopped");
     Ok(())
 }

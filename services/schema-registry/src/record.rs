@@ -153,8 +153,7 @@ mod tests {
             schema_type: "AVRO".into(),
             schema: "\"int\"".into(),
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&record.to_bytes()).expect("record is JSON");
+        let json: serde_json::Value = serde_json::from_slice(&record.to_bytes()).expect("record is JSON");
         assert_eq!(
             json,
             serde_json::json!({"type":"SCHEMA_REGISTERED","subject":"s","version":1,"id":1,

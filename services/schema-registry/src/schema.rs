@@ -41,8 +41,7 @@ impl ValidSchema {
         if text.trim().is_empty() {
             return Err(SchemaError::Empty);
         }
-        let json: Value =
-            serde_json::from_str(text).map_err(|e| SchemaError::NotJson(e.to_string()))?;
+        let json: Value = serde_json::from_str(text).map_err(|e| SchemaError::NotJson(e.to_string()))?;
         let parsed = Schema::parse(&json).map_err(|e| SchemaError::NotAvro(e.to_string()))?;
         Ok(ValidSchema {
             text: text.to_owned(),
@@ -108,10 +107,8 @@ mod tests {
 
     #[test]
     fn whitespace_and_key_order_do_not_change_the_normalized_form() {
-        let a = ValidSchema::parse(
-            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#,
-        )
-        .expect("valid");
+        let a = ValidSchema::parse(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#)
+            .expect("valid");
         let b = ValidSchema::parse(
             "{ \"fields\" : [ {\"default\": 1, \"type\": \"int\", \"name\": \"a\"} ],\n \"name\": \"R\", \"type\": \"record\" }",
         )
@@ -126,7 +123,8 @@ mod tests {
     #[test]
     fn defaults_and_field_order_do_change_the_normalized_form() {
         let base = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"int"}]}"#;
-        let reordered = r#"{"type":"record","name":"R","fields":[{"name":"b","type":"int"},{"name":"a","type":"int"}]}"#;
+        let reordered =
+            r#"{"type":"record","name":"R","fields":[{"name":"b","type":"int"},{"name":"a","type":"int"}]}"#;
         let defaulted = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":0},{"name":"b","type":"int"}]}"#;
         let n = |s: &str| ValidSchema::parse(s).expect("valid").normalized;
         assert_ne!(n(base), n(reordered));
@@ -136,10 +134,7 @@ mod tests {
     #[test]
     fn text_that_is_not_json_or_not_avro_is_refused() {
         assert_eq!(ValidSchema::parse("  ").err(), Some(SchemaError::Empty));
-        assert!(matches!(
-            ValidSchema::parse("{not json"),
-            Err(SchemaError::NotJson(_))
-        ));
+        assert!(matches!(ValidSchema::parse("{not json"), Err(SchemaError::NotJson(_))));
         assert!(matches!(
             ValidSchema::parse(r#"{"type":"record","name":"R"}"#),
             Err(SchemaError::NotAvro(_))

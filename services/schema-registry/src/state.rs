@@ -200,12 +200,8 @@ impl State {
                         return;
                     }
                 };
-                self.ids_by_normalized
-                    .entry(valid.normalized.clone())
-                    .or_insert(*id);
-                self.schemas
-                    .entry(*id)
-                    .or_insert(StoredSchema { schema: valid });
+                self.ids_by_normalized.entry(valid.normalized.clone()).or_insert(*id);
+                self.schemas.entry(*id).or_insert(StoredSchema { schema: valid });
                 self.subjects.entry(subject.clone()).or_default().insert(
                     *version,
                     VersionEntry {
@@ -238,10 +234,7 @@ impl State {
                     versions.values_mut().for_each(|entry| entry.deleted = true);
                 }
             }
-            Record::CompatibilitySet {
-                subject,
-                compatibility,
-            } => match compatibility.parse::<CompatibilityLevel>() {
+            Record::CompatibilitySet { subject, compatibility } => match compatibility.parse::<CompatibilityLevel>() {
                 Ok(level) => match subject {
                     Some(subject) => {
                         self.subject_levels.insert(subject.clone(), level);
@@ -273,12 +266,7 @@ impl State {
     pub fn subjects(&self, filter: &SubjectFilter) -> Vec<String> {
         self.subjects
             .iter()
-            .filter(|(name, _)| {
-                filter
-                    .prefix
-                    .as_deref()
-                    .is_none_or(|prefix| name.starts_with(prefix))
-            })
+            .filter(|(name, _)| filter.prefix.as_deref().is_none_or(|prefix| name.starts_with(prefix)))
             .filter(|(_, versions)| {
                 let live = versions.values().any(|v| !v.deleted);
                 if filter.deleted_only {
@@ -302,18 +290,10 @@ impl State {
     }
 
     /// One version of a subject; soft-deleted ones only if `deleted`.
-    pub fn version(
-        &self,
-        subject: &str,
-        spec: VersionSpec,
-        deleted: bool,
-    ) -> Result<SubjectVersion, RegistryError> {
+    pub fn version(&self, subject: &str, spec: VersionSpec, deleted: bool) -> Result<SubjectVersion, RegistryError> {
         let versions = self.visible_versions(subject, deleted)?;
         let found = match spec {
-            VersionSpec::Latest => versions
-                .iter()
-                .rev()
-                .find(|(_, entry)| deleted || !entry.deleted),
+            VersionSpec::Latest => versions.iter().rev().find(|(_, entry)| deleted || !entry.deleted),
             VersionSpec::Number(n) => versions
                 .get_key_value(&n)
                 .filter(|(_, entry)| deleted || !entry.deleted),
@@ -337,11 +317,7 @@ impl State {
     }
 
     /// The subject-version pairs that hold an id; soft-deleted ones only if `deleted`.
-    pub fn versions_of_id(
-        &self,
-        id: u32,
-        deleted: bool,
-    ) -> Result<Vec<(String, u32)>, RegistryError> {
+    pub fn versions_of_id(&self, id: u32, deleted: bool) -> Result<Vec<(String, u32)>, RegistryError> {
         if !self.id_in_use(id) {
             return Err(RegistryError::SchemaIdNotFound(id));
         }
@@ -358,12 +334,7 @@ impl State {
     }
 
     /// The version of `subject` that holds `schema`; soft-deleted ones only if `deleted`.
-    pub fn lookup(
-        &self,
-        subject: &str,
-        schema: &ValidSchema,
-        deleted: bool,
-    ) -> Result<SubjectVersion, RegistryError> {
+    pub fn lookup(&self, subject: &str, schema: &ValidSchema, deleted: bool) -> Result<SubjectVersion, RegistryError> {
         let versions = self.visible_versions(subject, deleted)?;
         let id = self
             .ids_by_normalized
@@ -389,8 +360,7 @@ impl State {
 
     /// The level a subject is held to: its own, else the global one.
     pub fn effective_level(&self, subject: &str) -> CompatibilityLevel {
-        self.subject_level(subject)
-            .unwrap_or_else(|| self.global_level())
+        self.subject_level(subject).unwrap_or_else(|| self.global_level())
     }
 
     /// Why `schema` would be incompatible with `subject` (empty: compatible), checked against the
@@ -407,10 +377,7 @@ impl State {
             None => Ok(check_all(level, schema, &live)),
             Some(spec) => match self.version(subject, spec, false) {
                 Ok(found) => {
-                    let old = self
-                        .schemas
-                        .get(&found.id)
-                        .map(|stored| &stored.schema.parsed);
+                    let old = self.schemas.get(&found.id).map(|stored| &stored.schema.parsed);
                     Ok(match old {
                         Some(old) => compatibility::check(level, &schema.parsed, &[old]),
                         None => Vec::new(),
@@ -418,9 +385,7 @@ impl State {
                 }
                 // Testing against the latest version of a subject that has none passes, as
                 // Confluent's does.
-                Err(RegistryError::SubjectNotFound(_)) if spec == VersionSpec::Latest => {
-                    Ok(Vec::new())
-                }
+                Err(RegistryError::SubjectNotFound(_)) if spec == VersionSpec::Latest => Ok(Vec::new()),
                 Err(error) => Err(error),
             },
         }
@@ -430,11 +395,7 @@ impl State {
 
     /// Registers `schema` under `subject`, unless the subject already holds it or it breaks the
     /// subject's compatibility level.
-    pub fn plan_register(
-        &self,
-        subject: &str,
-        schema: &ValidSchema,
-    ) -> Result<Registration, RegistryError> {
+    pub fn plan_register(&self, subject: &str, schema: &ValidSchema) -> Result<Registration, RegistryError> {
         let existing_id = self.ids_by_normalized.get(&schema.normalized).copied();
         let versions = self.subjects.get(subject);
         if let (Some(id), Some(versions)) = (existing_id, versions) {
@@ -443,10 +404,7 @@ impl State {
                 .rev()
                 .find(|(_, entry)| entry.id == id && !entry.deleted)
             {
-                return Ok(Registration::Existing {
-                    id,
-                    version: *version,
-                });
+                return Ok(Registration::Existing { id, version: *version });
             }
         }
         let level = self.effective_level(subject);
@@ -482,11 +440,7 @@ impl State {
 
     /// Deletes every version of a subject: soft, or permanently after a soft delete. Returns the
     /// versions deleted and the record to append.
-    pub fn plan_delete_subject(
-        &self,
-        subject: &str,
-        permanent: bool,
-    ) -> Result<(Vec<u32>, Record), RegistryError> {
+    pub fn plan_delete_subject(&self, subject: &str, permanent: bool) -> Result<(Vec<u32>, Record), RegistryError> {
         let versions = self
             .subjects
             .get(subject)
@@ -528,10 +482,7 @@ impl State {
         // A soft delete only sees live versions, a permanent one sees soft-deleted ones too.
         let versions = self.visible_versions(subject, permanent)?;
         let (version, entry) = match spec {
-            VersionSpec::Latest => versions
-                .iter()
-                .rev()
-                .find(|(_, entry)| permanent || !entry.deleted),
+            VersionSpec::Latest => versions.iter().rev().find(|(_, entry)| permanent || !entry.deleted),
             VersionSpec::Number(n) => versions.get_key_value(&n),
         }
         .ok_or(match spec {
@@ -539,14 +490,8 @@ impl State {
             VersionSpec::Latest => RegistryError::SubjectNotFound(subject.to_owned()),
         })?;
         match (permanent, entry.deleted) {
-            (false, true) => Err(RegistryError::VersionSoftDeleted(
-                subject.to_owned(),
-                *version,
-            )),
-            (true, false) => Err(RegistryError::VersionNotSoftDeleted(
-                subject.to_owned(),
-                *version,
-            )),
+            (false, true) => Err(RegistryError::VersionSoftDeleted(subject.to_owned(), *version)),
+            (true, false) => Err(RegistryError::VersionNotSoftDeleted(subject.to_owned(), *version)),
             _ => Ok((
                 *version,
                 Record::VersionDeleted {
@@ -568,10 +513,7 @@ impl State {
 
     /// Removes a subject's own compatibility level, or resets the global one to the default.
     /// Returns the level in force before and the record to append.
-    pub fn plan_delete_level(
-        &self,
-        subject: Option<&str>,
-    ) -> Result<(CompatibilityLevel, Record), RegistryError> {
+    pub fn plan_delete_level(&self, subject: Option<&str>) -> Result<(CompatibilityLevel, Record), RegistryError> {
         let previous = match subject {
             Some(subject) => self
                 .subject_level(subject)
@@ -589,27 +531,15 @@ impl State {
     // ----- helpers -----------------------------------------------------------------------------
 
     /// The versions of a subject that has at least one version visible under `deleted`.
-    fn visible_versions(
-        &self,
-        subject: &str,
-        deleted: bool,
-    ) -> Result<&BTreeMap<u32, VersionEntry>, RegistryError> {
+    fn visible_versions(&self, subject: &str, deleted: bool) -> Result<&BTreeMap<u32, VersionEntry>, RegistryError> {
         self.subjects
             .get(subject)
             .filter(|versions| versions.values().any(|entry| deleted || !entry.deleted))
             .ok_or_else(|| RegistryError::SubjectNotFound(subject.to_owned()))
     }
 
-    fn subject_version(
-        &self,
-        subject: &str,
-        version: u32,
-        id: u32,
-    ) -> Result<SubjectVersion, RegistryError> {
-        let stored = self
-            .schemas
-            .get(&id)
-            .ok_or(RegistryError::SchemaIdNotFound(id))?;
+    fn subject_version(&self, subject: &str, version: u32, id: u32) -> Result<SubjectVersion, RegistryError> {
+        let stored = self.schemas.get(&id).ok_or(RegistryError::SchemaIdNotFound(id))?;
         Ok(SubjectVersion {
             subject: subject.to_owned(),
             version,
@@ -640,11 +570,7 @@ impl State {
     }
 }
 
-fn check_all(
-    level: CompatibilityLevel,
-    schema: &ValidSchema,
-    previous: &[&apache_avro::Schema],
-) -> Vec<String> {
+fn check_all(level: CompatibilityLevel, schema: &ValidSchema, previous: &[&apache_avro::Schema]) -> Vec<String> {
     compatibility::check(level, &schema.parsed, previous)
 }
 
@@ -654,9 +580,9 @@ mod tests {
 
     const V1: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"}]}"#;
     const V2: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"note","type":"string","default":""}]}"#;
-    const V2_REQUIRED: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"note","type":"string"}]}"#;
-    const OTHER: &str =
-        r#"{"type":"record","name":"Payment","fields":[{"name":"amount","type":"long"}]}"#;
+    const V2_REQUIRED: &str =
+        r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"},{"name":"note","type":"string"}]}"#;
+    const OTHER: &str = r#"{"type":"record","name":"Payment","fields":[{"name":"amount","type":"long"}]}"#;
 
     fn schema(text: &str) -> ValidSchema {
         ValidSchema::parse(text).expect("test schema is valid")
@@ -689,9 +615,7 @@ mod tests {
     fn the_first_schema_gets_id_1_and_version_1() {
         let mut state = fresh();
         assert_eq!(register(&mut state, "s", V1), Ok(1));
-        let found = state
-            .version("s", VersionSpec::Latest, false)
-            .expect("found");
+        let found = state.version("s", VersionSpec::Latest, false).expect("found");
         assert_eq!(
             found,
             SubjectVersion {
@@ -751,10 +675,7 @@ mod tests {
         register(&mut state, "s", V1).expect("registered");
         delete_subject(&mut state, "s", false);
         delete_subject(&mut state, "s", true);
-        assert_eq!(
-            state.schema_by_id(1),
-            Err(RegistryError::SchemaIdNotFound(1))
-        );
+        assert_eq!(state.schema_by_id(1), Err(RegistryError::SchemaIdNotFound(1)));
         assert_eq!(register(&mut state, "t", OTHER), Ok(2));
         // The same schema as before comes back under its old id.
         assert_eq!(register(&mut state, "t2", V1), Ok(1));
@@ -785,10 +706,7 @@ mod tests {
         let mut state = fresh();
         register(&mut state, "s", V1).expect("registered");
         assert_eq!(delete_subject(&mut state, "s", false), vec![1]);
-        assert_eq!(
-            state.subjects(&SubjectFilter::default()),
-            Vec::<String>::new()
-        );
+        assert_eq!(state.subjects(&SubjectFilter::default()), Vec::<String>::new());
         let with_deleted = SubjectFilter {
             deleted: true,
             ..SubjectFilter::default()
@@ -812,9 +730,7 @@ mod tests {
             Some(RegistryError::SubjectNotSoftDeleted("s".into()))
         );
         assert_eq!(
-            state
-                .plan_delete_version("s", VersionSpec::Number(1), true)
-                .err(),
+            state.plan_delete_version("s", VersionSpec::Number(1), true).err(),
             Some(RegistryError::VersionNotSoftDeleted("s".into(), 1))
         );
         delete_subject(&mut state, "s", false);
@@ -860,10 +776,7 @@ mod tests {
         let (previous, record) = state.plan_delete_level(Some("s")).expect("configured");
         assert_eq!(previous, CompatibilityLevel::Forward);
         state.apply(&record);
-        assert_eq!(
-            state.effective_level("s"),
-            CompatibilityLevel::FullTransitive
-        );
+        assert_eq!(state.effective_level("s"), CompatibilityLevel::FullTransitive);
         let (_, record) = state.plan_delete_level(None).expect("always allowed");
         state.apply(&record);
         assert_eq!(state.global_level(), CompatibilityLevel::Backward);
@@ -874,9 +787,7 @@ mod tests {
         let mut live = fresh();
         let mut log = Vec::new();
         for (subject, text) in [("a", V1), ("a", V2), ("b", OTHER)] {
-            if let Registration::New { record, .. } =
-                live.plan_register(subject, &schema(text)).expect("ok")
-            {
+            if let Registration::New { record, .. } = live.plan_register(subject, &schema(text)).expect("ok") {
                 live.apply(&record);
                 log.push(record);
             }
@@ -906,10 +817,7 @@ mod tests {
         assert_eq!(VersionSpec::parse("-1"), Ok(VersionSpec::Latest));
         assert_eq!(VersionSpec::parse("3"), Ok(VersionSpec::Number(3)));
         for bad in ["0", "-2", "abc", "2147483648", ""] {
-            assert_eq!(
-                VersionSpec::parse(bad),
-                Err(RegistryError::InvalidVersion(bad.into()))
-            );
+            assert_eq!(VersionSpec::parse(bad), Err(RegistryError::InvalidVersion(bad.into())));
         }
     }
 

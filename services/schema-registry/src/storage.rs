@@ -184,12 +184,8 @@ async fn ensure_topic(config: &StorageConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(&config.bootstrap_servers)
         .create()
         .map_err(Error::kafka("creating the admin client"))?;
-    let topic = NewTopic::new(
-        &config.topic,
-        1,
-        TopicReplication::Fixed(config.replication_factor),
-    )
-    .set("retention.ms", "-1");
+    let topic =
+        NewTopic::new(&config.topic, 1, TopicReplication::Fixed(config.replication_factor)).set("retention.ms", "-1");
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let results = admin
         .create_topics([&topic], &options)
@@ -214,10 +210,7 @@ async fn ensure_topic(config: &StorageConfig) -> Result<()> {
 }
 
 /// Waits until the topic shows up in the metadata and checks its partition count.
-fn wait_for_single_partition(
-    admin: &AdminClient<DefaultClientContext>,
-    config: &StorageConfig,
-) -> Result<()> {
+fn wait_for_single_partition(admin: &AdminClient<DefaultClientContext>, config: &StorageConfig) -> Result<()> {
     let deadline = Instant::now() + ADMIN_TIMEOUT;
     loop {
         let metadata = admin
@@ -257,10 +250,7 @@ fn read_range(config: &StorageConfig, start: i64) -> Result<(Vec<Record>, i64)> 
     };
     // A group id is needed to assign partitions; nothing is ever committed under it.
     let consumer: BaseConsumer = client_config(&config.bootstrap_servers)
-        .set(
-            "group.id",
-            format!("schema-registry-reader-{}", config.topic),
-        )
+        .set("group.id", format!("schema-registry-reader-{}", config.topic))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

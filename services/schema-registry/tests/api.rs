@@ -12,9 +12,7 @@ fn assert_error(reply: &Reply, status: u16, error_code: i64) {
     assert_eq!(reply.status, status, "{reply:?}");
     assert_eq!(reply.error_code(), Some(error_code), "{reply:?}");
     assert!(
-        reply.body["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
+        reply.body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "an error has a message: {reply:?}"
     );
     assert_eq!(reply.content_type, CONTENT_TYPE, "{reply:?}");
@@ -51,9 +49,7 @@ async fn a_registered_schema_can_be_read_back_by_subject_version_and_id() {
     assert_eq!(reply.body, json!([1]));
 
     for version in ["1", "latest", "-1"] {
-        let reply = sr
-            .get(&format!("/subjects/orders-value/versions/{version}"))
-            .await;
+        let reply = sr.get(&format!("/subjects/orders-value/versions/{version}")).await;
         assert_ok(&reply);
         assert_eq!(
             reply.body,
@@ -82,10 +78,7 @@ async fn a_registered_schema_can_be_read_back_by_subject_version_and_id() {
 
     let reply = sr.get("/schemas/ids/1/versions").await;
     assert_ok(&reply);
-    assert_eq!(
-        reply.body,
-        json!([{ "subject": "orders-value", "version": 1 }])
-    );
+    assert_eq!(reply.body, json!([{ "subject": "orders-value", "version": 1 }]));
 
     let reply = sr.get("/schemas/ids/1/subjects").await;
     assert_ok(&reply);
@@ -95,9 +88,7 @@ async fn a_registered_schema_can_be_read_back_by_subject_version_and_id() {
     assert_ok(&reply);
     assert_eq!(reply.body, json!(["AVRO"]));
 
-    let reply = sr
-        .get("/subjects/orders-value/versions/1/referencedby")
-        .await;
+    let reply = sr.get("/subjects/orders-value/versions/1/referencedby").await;
     assert_ok(&reply);
     assert_eq!(reply.body, json!([]));
     sr.shutdown().await;
@@ -110,10 +101,7 @@ async fn registering_the_same_schema_twice_returns_the_same_id_and_adds_no_versi
     // Same schema, other whitespace and key order, with Confluent's normalize parameter.
     let reformatted = serde_json::to_string_pretty(&parse(&order_v1())).expect("json");
     let reply = sr
-        .post(
-            "/subjects/s/versions?normalize=true",
-            &json!({ "schema": reformatted }),
-        )
+        .post("/subjects/s/versions?normalize=true", &json!({ "schema": reformatted }))
         .await;
     assert_ok(&reply);
     assert_eq!(reply.body["id"].as_u64(), Some(u64::from(first)));
@@ -128,10 +116,7 @@ async fn an_identical_schema_under_another_subject_reuses_the_global_id() {
     let sr = TestRegistry::start().await;
     let a = sr.register("a", &order_v1()).await;
     let other = sr
-        .register(
-            "b",
-            &record_schema("Other", r#"[{"name":"x","type":"int"}]"#),
-        )
+        .register("b", &record_schema("Other", r#"[{"name":"x","type":"int"}]"#))
         .await;
     let c = sr.register("c", &order_v1()).await;
     assert_eq!((a, other, c), (1, 2, 1));
@@ -157,11 +142,7 @@ async fn ids_are_assigned_in_order_and_never_reused_after_deletes() {
     assert_error(&sr.get("/schemas/ids/2").await, 404, 40403);
 
     let fresh = record_schema("Fresh", r#"[{"name":"y","type":"int"}]"#);
-    assert_eq!(
-        sr.register("fresh", &fresh).await,
-        3,
-        "id 2 is not handed out again"
-    );
+    assert_eq!(sr.register("fresh", &fresh).await, 3, "id 2 is not handed out again");
     // The very same schema as before keeps its old id, as in Confluent.
     assert_eq!(sr.register("doomed", &doomed).await, 2);
     assert_eq!(sr.get("/subjects/doomed/versions").await.body, json!([1]));
@@ -187,14 +168,9 @@ async fn lookup_finds_a_registered_schema_and_reports_unknown_subjects_and_schem
     );
 
     let other = record_schema("Other", r#"[{"name":"x","type":"int"}]"#);
+    assert_error(&sr.post("/subjects/s", &json!({ "schema": other })).await, 404, 40403);
     assert_error(
-        &sr.post("/subjects/s", &json!({ "schema": other })).await,
-        404,
-        40403,
-    );
-    assert_error(
-        &sr.post("/subjects/nope", &json!({ "schema": order_v1() }))
-            .await,
+        &sr.post("/subjects/nope", &json!({ "schema": order_v1() })).await,
         404,
         40401,
     );
@@ -207,10 +183,7 @@ async fn an_incompatible_schema_is_refused_with_409_and_compatibility_checks_say
     sr.register("s", &order_v1()).await;
 
     let reply = sr
-        .post(
-            "/subjects/s/versions",
-            &json!({ "schema": order_incompatible() }),
-        )
+        .post("/subjects/s/versions", &json!({ "schema": order_incompatible() }))
         .await;
     assert_error(&reply, 409, 409);
     assert_eq!(sr.get("/subjects/s/versions").await.body, json!([1]));
@@ -220,9 +193,7 @@ async fn an_incompatible_schema_is_refused_with_409_and_compatibility_checks_say
         "/compatibility/subjects/s/versions/1",
         "/compatibility/subjects/s/versions",
     ] {
-        let reply = sr
-            .post(path, &json!({ "schema": order_incompatible() }))
-            .await;
+        let reply = sr.post(path, &json!({ "schema": order_incompatible() })).await;
         assert_ok(&reply);
         assert_eq!(reply.body, json!({ "is_compatible": false }), "{path}");
 
@@ -235,9 +206,7 @@ async fn an_incompatible_schema_is_refused_with_409_and_compatibility_checks_say
         assert_ok(&reply);
         assert_eq!(reply.body["is_compatible"], json!(false));
         assert!(
-            reply.body["messages"]
-                .as_array()
-                .is_some_and(|m| !m.is_empty()),
+            reply.body["messages"].as_array().is_some_and(|m| !m.is_empty()),
             "{reply:?}"
         );
 
@@ -247,11 +216,8 @@ async fn an_incompatible_schema_is_refused_with_409_and_compatibility_checks_say
     }
 
     assert_error(
-        &sr.post(
-            "/compatibility/subjects/s/versions/7",
-            &json!({ "schema": order_v2() }),
-        )
-        .await,
+        &sr.post("/compatibility/subjects/s/versions/7", &json!({ "schema": order_v2() }))
+            .await,
         404,
         40402,
     );
@@ -284,9 +250,7 @@ async fn compatibility_levels_are_set_read_and_deleted_globally_and_per_subject(
     assert_ok(&reply);
     assert_eq!(reply.body, json!({ "compatibilityLevel": "BACKWARD" }));
 
-    let reply = sr
-        .put("/config", &json!({ "compatibility": "FULL_TRANSITIVE" }))
-        .await;
+    let reply = sr.put("/config", &json!({ "compatibility": "FULL_TRANSITIVE" })).await;
     assert_ok(&reply);
     assert_eq!(reply.body, json!({ "compatibility": "FULL_TRANSITIVE" }));
     assert_eq!(
@@ -302,23 +266,15 @@ async fn compatibility_levels_are_set_read_and_deleted_globally_and_per_subject(
 
     sr.register("s", &order_v1()).await;
     assert_error(
-        &sr.post(
-            "/subjects/s/versions",
-            &json!({ "schema": order_incompatible() }),
-        )
-        .await,
+        &sr.post("/subjects/s/versions", &json!({ "schema": order_incompatible() }))
+            .await,
         409,
         409,
     );
-    let reply = sr
-        .put("/config/s", &json!({ "compatibility": "none" }))
-        .await;
+    let reply = sr.put("/config/s", &json!({ "compatibility": "none" })).await;
     assert_ok(&reply);
     assert_eq!(reply.body, json!({ "compatibility": "NONE" }));
-    assert_eq!(
-        sr.get("/config/s").await.body,
-        json!({ "compatibilityLevel": "NONE" })
-    );
+    assert_eq!(sr.get("/config/s").await.body, json!({ "compatibilityLevel": "NONE" }));
     assert_eq!(sr.register("s", &order_incompatible()).await, 2);
 
     let reply = sr.delete("/config/s").await;
@@ -328,14 +284,12 @@ async fn compatibility_levels_are_set_read_and_deleted_globally_and_per_subject(
     assert_error(&sr.delete("/config/s").await, 404, 40408);
 
     assert_error(
-        &sr.put("/config", &json!({ "compatibility": "SIDEWAYS" }))
-            .await,
+        &sr.put("/config", &json!({ "compatibility": "SIDEWAYS" })).await,
         422,
         42203,
     );
     assert_error(
-        &sr.put("/config/s", &json!({ "compatibility": "SIDEWAYS" }))
-            .await,
+        &sr.put("/config/s", &json!({ "compatibility": "SIDEWAYS" })).await,
         422,
         42203,
     );
@@ -343,10 +297,7 @@ async fn compatibility_levels_are_set_read_and_deleted_globally_and_per_subject(
 
     let reply = sr.delete("/config").await;
     assert_ok(&reply);
-    assert_eq!(
-        reply.body,
-        json!({ "compatibilityLevel": "FULL_TRANSITIVE" })
-    );
+    assert_eq!(reply.body, json!({ "compatibilityLevel": "FULL_TRANSITIVE" }));
     assert_eq!(
         sr.get("/config").await.body,
         json!({ "compatibilityLevel": "BACKWARD" })
@@ -365,10 +316,7 @@ async fn soft_deleted_versions_leave_listings_but_their_ids_still_resolve() {
     assert_ok(&reply);
     assert_eq!(reply.body, json!(1));
     assert_eq!(sr.get("/subjects/s/versions").await.body, json!([2]));
-    assert_eq!(
-        sr.get("/subjects/s/versions?deleted=true").await.body,
-        json!([1, 2])
-    );
+    assert_eq!(sr.get("/subjects/s/versions?deleted=true").await.body, json!([1, 2]));
     assert_error(&sr.get("/subjects/s/versions/1").await, 404, 40402);
     let reply = sr.get("/subjects/s/versions/1?deleted=true").await;
     assert_ok(&reply);
@@ -385,19 +333,12 @@ async fn soft_deleted_versions_leave_listings_but_their_ids_still_resolve() {
     );
 
     assert_error(&sr.delete("/subjects/s/versions/1").await, 404, 40406);
-    assert_error(
-        &sr.delete("/subjects/s/versions/2?permanent=true").await,
-        404,
-        40407,
-    );
+    assert_error(&sr.delete("/subjects/s/versions/2?permanent=true").await, 404, 40407);
     assert_error(&sr.delete("/subjects/s/versions/9").await, 404, 40402);
     let reply = sr.delete("/subjects/s/versions/1?permanent=true").await;
     assert_ok(&reply);
     assert_eq!(reply.body, json!(1));
-    assert_eq!(
-        sr.get("/subjects/s/versions?deleted=true").await.body,
-        json!([2])
-    );
+    assert_eq!(sr.get("/subjects/s/versions?deleted=true").await.body, json!([2]));
     assert_error(&sr.get("/schemas/ids/1").await, 404, 40403);
 
     let reply = sr.delete("/subjects/s/versions/latest").await;
@@ -419,10 +360,7 @@ async fn deleting_a_subject_is_soft_first_and_permanent_only_after() {
     assert_eq!(reply.body, json!([1, 2]));
     assert_eq!(sr.get("/subjects").await.body, json!([]));
     assert_eq!(sr.get("/subjects?deleted=true").await.body, json!(["s"]));
-    assert_eq!(
-        sr.get("/subjects?deletedOnly=true").await.body,
-        json!(["s"])
-    );
+    assert_eq!(sr.get("/subjects?deletedOnly=true").await.body, json!(["s"]));
     assert_error(&sr.get("/subjects/s/versions").await, 404, 40401);
     assert_error(&sr.get("/subjects/s/versions/latest").await, 404, 40401);
     assert_ok(&sr.get("/schemas/ids/2").await);
@@ -453,32 +391,24 @@ async fn bad_requests_get_confluent_shaped_4xx_errors_and_never_a_500() {
         .await;
     assert_error(&malformed, 400, 400);
     assert_error(
-        &sr.post("/subjects/s/versions", &json!({ "schemaType": "AVRO" }))
+        &sr.post("/subjects/s/versions", &json!({ "schemaType": "AVRO" })).await,
+        422,
+        42201,
+    );
+    assert_error(
+        &sr.post("/subjects/s/versions", &json!({ "schema": 5 })).await,
+        422,
+        422,
+    );
+    assert_error(
+        &sr.post("/subjects/s/versions", &json!({ "schema": "{\"type\":\"record\"}" }))
             .await,
         422,
         42201,
     );
     assert_error(
-        &sr.post("/subjects/s/versions", &json!({ "schema": 5 }))
+        &sr.post("/subjects/s/versions", &json!({ "schema": "not json at all" }))
             .await,
-        422,
-        422,
-    );
-    assert_error(
-        &sr.post(
-            "/subjects/s/versions",
-            &json!({ "schema": "{\"type\":\"record\"}" }),
-        )
-        .await,
-        422,
-        42201,
-    );
-    assert_error(
-        &sr.post(
-            "/subjects/s/versions",
-            &json!({ "schema": "not json at all" }),
-        )
-        .await,
         422,
         42201,
     );
@@ -517,11 +447,7 @@ async fn bad_requests_get_confluent_shaped_4xx_errors_and_never_a_500() {
     assert_error(&sr.get("/subjects/s/versions/2").await, 404, 40402);
     assert_error(&sr.get("/subjects/s/versions/2/schema").await, 404, 40402);
     for bad in ["abc", "0", "-2", "1.5", "99999999999"] {
-        assert_error(
-            &sr.get(&format!("/subjects/s/versions/{bad}")).await,
-            422,
-            42202,
-        );
+        assert_error(&sr.get(&format!("/subjects/s/versions/{bad}")).await, 422, 42202);
     }
     assert_error(&sr.delete("/subjects/s/versions/abc").await, 422, 42202);
     assert_error(&sr.get("/schemas/ids/42").await, 404, 40403);
@@ -529,11 +455,7 @@ async fn bad_requests_get_confluent_shaped_4xx_errors_and_never_a_500() {
     assert_error(&sr.get("/schemas/ids/42/versions").await, 404, 40403);
     assert_error(&sr.get("/schemas/ids/not-a-number").await, 404, 404);
     assert_error(&sr.get("/no/such/endpoint").await, 404, 404);
-    assert_error(
-        &sr.send(Method::PATCH, "/subjects", None, None).await,
-        405,
-        405,
-    );
+    assert_error(&sr.send(Method::PATCH, "/subjects", None, None).await, 405, 405);
     // After all that, the registry still works.
     assert_eq!(sr.register("s", &order_v2()).await, 2);
     sr.shutdown().await;
@@ -550,12 +472,7 @@ async fn json_octet_stream_and_missing_content_types_are_accepted() {
         None,
     ] {
         let reply = sr
-            .send(
-                Method::POST,
-                "/subjects/s/versions",
-                content_type,
-                Some(body.clone()),
-            )
+            .send(Method::POST, "/subjects/s/versions", content_type, Some(body.clone()))
             .await;
         assert_ok(&reply);
         assert_eq!(reply.body, json!({ "id": 1 }), "{content_type:?}");
@@ -573,9 +490,7 @@ async fn root_health_and_url_encoded_subjects_work() {
 
     let id = sr.register("team%2Forders-value", &order_v1()).await;
     assert_eq!(sr.get("/subjects").await.body, json!(["team/orders-value"]));
-    let reply = sr
-        .get("/subjects/team%2Forders-value/versions/latest")
-        .await;
+    let reply = sr.get("/subjects/team%2Forders-value/versions/latest").await;
     assert_ok(&reply);
     assert_eq!(reply.body["subject"], json!("team/orders-value"));
     assert_eq!(reply.body["id"], json!(id));

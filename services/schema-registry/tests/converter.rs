@@ -7,9 +7,7 @@ use apache_avro::types::Value;
 use common::{order_incompatible, order_v1, order_v2, TestRegistry};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
-use schema_registry_converter::schema_registry_common::{
-    SchemaType, SubjectNameStrategy, SuppliedSchema,
-};
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
 use serde_json::json;
 
 fn strategy(topic: &str, schema: String) -> SubjectNameStrategy {
@@ -43,9 +41,7 @@ async fn the_avro_encoder_auto_registers_and_the_avro_decoder_round_trips() {
         .expect("encoded");
     let id = schema_id(&bytes);
 
-    let reply = sr
-        .get("/subjects/orders-saga.test.Order/versions/latest")
-        .await;
+    let reply = sr.get("/subjects/orders-saga.test.Order/versions/latest").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body["id"], json!(id));
     assert_eq!(reply.body["version"], json!(1));
@@ -79,9 +75,7 @@ async fn an_evolved_schema_gets_a_new_id_and_old_and_new_bytes_both_decode() {
         .expect("v2 encoded");
     assert_ne!(schema_id(&v1_bytes), schema_id(&v2_bytes));
     assert_eq!(
-        sr.get("/subjects/orders-saga.test.Order/versions")
-            .await
-            .body,
+        sr.get("/subjects/orders-saga.test.Order/versions").await.body,
         json!([1, 2])
     );
 
@@ -96,10 +90,7 @@ async fn an_evolved_schema_gets_a_new_id_and_old_and_new_bytes_both_decode() {
         decoder.decode(Some(&v1_bytes)).await.expect("v1").value,
         order("o-1", 100)
     );
-    assert_eq!(
-        decoder.decode(Some(&v2_bytes)).await.expect("v2").value,
-        v2_value
-    );
+    assert_eq!(decoder.decode(Some(&v2_bytes)).await.expect("v2").value, v2_value);
     sr.shutdown().await;
 }
 

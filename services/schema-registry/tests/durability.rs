@@ -4,9 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    bootstrap_servers, order_incompatible, order_v1, order_v2, record_schema, TestRegistry,
-};
+use common::{bootstrap_servers, order_incompatible, order_v1, order_v2, record_schema, TestRegistry};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use schema_registry::record::Record;
@@ -21,48 +19,28 @@ async fn state_survives_a_restart_and_new_ids_continue_after_the_old_ones() {
     assert_eq!(first.register("orders", &order_v2()).await, 2);
     assert_eq!(first.register("others", &other).await, 3);
     assert_eq!(first.register("copy", &order_v1()).await, 1);
-    assert_eq!(
-        first.delete("/subjects/orders/versions/1").await.status,
-        200
-    );
+    assert_eq!(first.delete("/subjects/orders/versions/1").await.status, 200);
     let reply = first
         .put("/config", &json!({ "compatibility": "FULL_TRANSITIVE" }))
         .await;
     assert_eq!(reply.status, 200);
-    let reply = first
-        .put("/config/others", &json!({ "compatibility": "NONE" }))
-        .await;
+    let reply = first.put("/config/others", &json!({ "compatibility": "NONE" })).await;
     assert_eq!(reply.status, 200);
     first.shutdown().await;
 
     let second = TestRegistry::start_on(topic).await;
+    assert_eq!(second.get("/subjects").await.body, json!(["copy", "orders", "others"]));
+    assert_eq!(second.get("/subjects/orders/versions").await.body, json!([2]));
     assert_eq!(
-        second.get("/subjects").await.body,
-        json!(["copy", "orders", "others"])
-    );
-    assert_eq!(
-        second.get("/subjects/orders/versions").await.body,
-        json!([2])
-    );
-    assert_eq!(
-        second
-            .get("/subjects/orders/versions?deleted=true")
-            .await
-            .body,
+        second.get("/subjects/orders/versions?deleted=true").await.body,
         json!([1, 2])
     );
     assert_eq!(
         second.get("/subjects/orders/versions/latest").await.body,
         json!({ "subject": "orders", "version": 2, "id": 2, "schema": order_v2() })
     );
-    assert_eq!(
-        second.get("/schemas/ids/1").await.body,
-        json!({ "schema": order_v1() })
-    );
-    assert_eq!(
-        second.get("/schemas/ids/3").await.body,
-        json!({ "schema": other })
-    );
+    assert_eq!(second.get("/schemas/ids/1").await.body, json!({ "schema": order_v1() }));
+    assert_eq!(second.get("/schemas/ids/3").await.body, json!({ "schema": other }));
     assert_eq!(
         second.get("/config").await.body,
         json!({ "compatibilityLevel": "FULL_TRANSITIVE" })
@@ -79,10 +57,7 @@ async fn state_survives_a_restart_and_new_ids_continue_after_the_old_ones() {
     assert_eq!(second.register("newer", &newer).await, 4);
     // The restored global level still applies.
     let reply = second
-        .post(
-            "/subjects/copy/versions",
-            &json!({ "schema": order_incompatible() }),
-        )
+        .post("/subjects/copy/versions", &json!({ "schema": order_incompatible() }))
         .await;
     assert_eq!(reply.status, 409);
     second.shutdown().await;
@@ -96,17 +71,11 @@ async fn a_permanently_deleted_schemas_id_is_not_handed_out_again_after_a_restar
     let doomed = record_schema("Doomed", r#"[{"name":"x","type":"int"}]"#);
     assert_eq!(first.register("doomed", &doomed).await, 2);
     assert_eq!(first.delete("/subjects/doomed").await.status, 200);
-    assert_eq!(
-        first.delete("/subjects/doomed?permanent=true").await.status,
-        200
-    );
+    assert_eq!(first.delete("/subjects/doomed?permanent=true").await.status, 200);
     first.shutdown().await;
 
     let second = TestRegistry::start_on(topic).await;
-    assert_eq!(
-        second.get("/subjects?deleted=true").await.body,
-        json!(["keep"])
-    );
+    assert_eq!(second.get("/subjects?deleted=true").await.body, json!(["keep"]));
     assert_eq!(second.get("/schemas/ids/2").await.status, 404);
     let fresh = record_schema("Fresh", r#"[{"name":"y","type":"int"}]"#);
     assert_eq!(second.register("fresh", &fresh).await, 3);
@@ -120,9 +89,7 @@ async fn every_change_is_a_documented_json_record_in_a_one_partition_topic() {
     sr.register("s", &order_v1()).await;
     sr.register("s", &order_v1()).await; // no change, no record
     assert_eq!(
-        sr.put("/config/s", &json!({ "compatibility": "FULL" }))
-            .await
-            .status,
+        sr.put("/config/s", &json!({ "compatibility": "FULL" })).await.status,
         200
     );
     assert_eq!(sr.delete("/subjects/s").await.status, 200);
@@ -148,11 +115,11 @@ async fn every_change_is_a_documented_json_record_in_a_one_partition_topic() {
             },
             Record::CompatibilitySet {
                 subject: Some("s".into()),
-                compatibility: "FULL".into(),
+                compatibility: "FULL".into()
             },
             Record::SubjectDeleted {
                 subject: "s".into(),
-                permanent: false,
+                permanent: false
             },
         ]
     );
@@ -174,19 +141,14 @@ async fn topic_retention_ms(topic: &str) -> Option<String> {
         .next()
         .expect("one result")
         .expect("the topic's configuration");
-    resource
-        .get("retention.ms")
-        .and_then(|entry| entry.value.clone())
+    resource.get("retention.ms").and_then(|entry| entry.value.clone())
 }
 
 /// Reads every record of the topic and checks it has exactly one partition.
 fn read_all(topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap_servers())
-        .set(
-            "group.id",
-            format!("durability-test-{}", uuid::Uuid::new_v4()),
-        )
+        .set("group.id", format!("durability-test-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()

@@ -13,15 +13,10 @@ use apache_avro::types::Value as Avro;
 use common::TestRegistry;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
-use schema_registry_converter::schema_registry_common::{
-    SchemaType, SubjectNameStrategy, SuppliedSchema,
-};
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
 use serde_json::{json, Value};
 
-const SCRIPT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/interop/confluent_roundtrip.py"
-);
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/confluent_roundtrip.py");
 const INSTALL_HINT: &str =
     "install the Python packages with `pip install -r tests/requirements.txt` from the repository root";
 
@@ -49,9 +44,8 @@ async fn python(args: Vec<String>) -> Value {
     })
     .await
     .expect("the python task ran");
-    let output = output.unwrap_or_else(|error| {
-        panic!("cannot run python3 ({error}); install Python 3 and {INSTALL_HINT}")
-    });
+    let output =
+        output.unwrap_or_else(|error| panic!("cannot run python3 ({error}); install Python 3 and {INSTALL_HINT}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     match output.status.code() {
         Some(0) => {}
@@ -81,16 +75,12 @@ fn payment_in_rust() -> Avro {
             "tags".into(),
             Avro::Array(vec![Avro::String("a".into()), Avro::String("b".into())]),
         ),
-        (
-            "note".into(),
-            Avro::Union(1, Box::new(Avro::String("retry".into()))),
-        ),
+        ("note".into(), Avro::Union(1, Box::new(Avro::String("retry".into())))),
     ])
 }
 
 #[tokio::test]
-async fn bytes_encoded_by_schema_registry_converter_are_decoded_by_confluents_python_deserializer()
-{
+async fn bytes_encoded_by_schema_registry_converter_are_decoded_by_confluents_python_deserializer() {
     let sr = TestRegistry::start().await;
     let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
         "payments".into(),
@@ -105,13 +95,7 @@ async fn bytes_encoded_by_schema_registry_converter_are_decoded_by_confluents_py
         .await
         .expect("encoded in Rust");
 
-    let decoded = python(vec![
-        "decode".into(),
-        sr.url(),
-        "payments".into(),
-        hex(&bytes),
-    ])
-    .await;
+    let decoded = python(vec!["decode".into(), sr.url(), "payments".into(), hex(&bytes)]).await;
     assert_eq!(
         decoded,
         json!({
@@ -129,8 +113,7 @@ async fn bytes_encoded_by_schema_registry_converter_are_decoded_by_confluents_py
 }
 
 #[tokio::test]
-async fn bytes_serialized_by_confluents_python_serializer_are_decoded_by_schema_registry_converter()
-{
+async fn bytes_serialized_by_confluents_python_serializer_are_decoded_by_schema_registry_converter() {
     let sr = TestRegistry::start().await;
     let value = json!({
         "event_id": "e-2",
@@ -153,9 +136,7 @@ async fn bytes_serialized_by_confluents_python_serializer_are_decoded_by_schema_
     let subject = encoded["subject"].as_str().expect("subject");
     assert_eq!(subject, "payments-saga.interop.PaymentCaptured");
     // The Python serializer auto-registered the schema under the topic-record-name subject.
-    let registered = sr
-        .get(&format!("/subjects/{subject}/versions/latest"))
-        .await;
+    let registered = sr.get(&format!("/subjects/{subject}/versions/latest")).await;
     assert_eq!(registered.status, 200, "{registered:?}");
 
     let bytes = unhex(encoded["hex"].as_str().expect("hex"));
@@ -188,13 +169,7 @@ async fn bytes_serialized_by_confluents_python_serializer_are_decoded_by_schema_
 async fn confluents_python_schema_registry_client_gets_the_answers_it_expects() {
     let sr = TestRegistry::start().await;
     let subject = "payments-saga.interop.PaymentCaptured";
-    let report = python(vec![
-        "client".into(),
-        sr.url(),
-        subject.into(),
-        PAYMENT_SCHEMA.into(),
-    ])
-    .await;
+    let report = python(vec!["client".into(), sr.url(), subject.into(), PAYMENT_SCHEMA.into()]).await;
     let expected_schema: Value = serde_json::from_str(PAYMENT_SCHEMA).expect("json");
     assert_eq!(
         report,

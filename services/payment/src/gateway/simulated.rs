@@ -20,9 +20,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use sqlx::PgPool;
 
-use super::{
-    ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, RefundOutcome, RefundRequest,
-};
+use super::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, RefundOutcome, RefundRequest};
 
 /// Tokens starting with this are declined.
 pub const DECLINE_PREFIX: &str = "tok_decline";
@@ -58,14 +56,10 @@ pub enum ChargeDecision {
 /// `token` does.
 pub fn decide_charge(token: &str, attempt: u32) -> ChargeDecision {
     if token.is_empty() {
-        return ChargeDecision::Decline {
-            reason: INVALID_TOKEN,
-        };
+        return ChargeDecision::Decline { reason: INVALID_TOKEN };
     }
     if token.starts_with(DECLINE_PREFIX) {
-        return ChargeDecision::Decline {
-            reason: CARD_DECLINED,
-        };
+        return ChargeDecision::Decline { reason: CARD_DECLINED };
     }
     if token.starts_with(FLAKY_PREFIX) && attempt <= FLAKY_TRANSIENT_FAILURES {
         return ChargeDecision::FailTransiently;
@@ -108,13 +102,7 @@ fn ledger_unavailable(error: sqlx::Error) -> GatewayError {
 
 impl LedgerEntry {
     /// Whether the stored request is the one now repeated under the same key.
-    fn same_request(
-        &self,
-        operation: &str,
-        amount_minor: i64,
-        currency: &str,
-        charge_reference: Option<&str>,
-    ) -> bool {
+    fn same_request(&self, operation: &str, amount_minor: i64, currency: &str, charge_reference: Option<&str>) -> bool {
         self.operation == operation
             && self.amount_minor == amount_minor
             && self.currency == currency
@@ -122,18 +110,12 @@ impl LedgerEntry {
     }
 
     fn charge_outcome(&self) -> Result<Option<ChargeOutcome>, GatewayError> {
-        match (
-            self.outcome.as_deref(),
-            &self.reference,
-            &self.decline_reason,
-        ) {
+        match (self.outcome.as_deref(), &self.reference, &self.decline_reason) {
             (None, _, _) => Ok(None),
             (Some("captured"), Some(reference), _) => Ok(Some(ChargeOutcome::Captured {
                 gateway_reference: reference.clone(),
             })),
-            (Some("declined"), _, Some(reason)) => Ok(Some(ChargeOutcome::Declined {
-                reason: reason.clone(),
-            })),
+            (Some("declined"), _, Some(reason)) => Ok(Some(ChargeOutcome::Declined { reason: reason.clone() })),
             (Some(other), _, _) => Err(GatewayError::Transient(format!(
                 "gateway ledger holds a corrupt charge ({other})"
             ))),
@@ -197,8 +179,7 @@ impl SimulatedGateway {
     }
 
     async fn entry(&self, key: &str) -> Result<LedgerEntry, GatewayError> {
-        let statement =
-            format!("SELECT {ENTRY_COLUMNS} FROM gateway_ledger WHERE idempotency_key = $1");
+        let statement = format!("SELECT {ENTRY_COLUMNS} FROM gateway_ledger WHERE idempotency_key = $1");
         sqlx::query_as(&statement)
             .bind(key)
             .fetch_one(&self.ledger)
@@ -208,15 +189,9 @@ impl SimulatedGateway {
 
     /// Stores a charge's outcome unless a concurrent call with the same key stored one first,
     /// and returns whichever is stored.
-    async fn complete_charge(
-        &self,
-        key: &str,
-        outcome: ChargeOutcome,
-    ) -> Result<ChargeOutcome, GatewayError> {
+    async fn complete_charge(&self, key: &str, outcome: ChargeOutcome) -> Result<ChargeOutcome, GatewayError> {
         let (status, reference, reason) = match &outcome {
-            ChargeOutcome::Captured { gateway_reference } => {
-                ("captured", Some(gateway_reference.as_str()), None)
-            }
+            ChargeOutcome::Captured { gateway_reference } => ("captured", Some(gateway_reference.as_str()), None),
             ChargeOutcome::Declined { reason } => ("declined", None, Some(reason.as_str())),
         };
         sqlx::query(
@@ -238,10 +213,7 @@ impl SimulatedGateway {
 
     /// Refunds against the captured charge, never more than it captured in total, holding the
     /// charge's row locked so concurrent refunds of one charge are counted one after the other.
-    async fn complete_refund(
-        &self,
-        request: &RefundRequest,
-    ) -> Result<RefundOutcome, GatewayError> {
+    async fn complete_refund(&self, request: &RefundRequest) -> Result<RefundOutcome, GatewayError> {
         let mut tx = self.ledger.begin().await.map_err(ledger_unavailable)?;
         let charge: Option<(i64, String)> = sqlx::query_as(
             "SELECT amount_minor, currency FROM gateway_ledger \
@@ -344,8 +316,7 @@ impl PaymentGateway for SimulatedGateway {
                 }
             }
         };
-        self.complete_charge(&request.idempotency_key, outcome)
-            .await
+        self.complete_charge(&request.idempotency_key, outcome).await
     }
 
     async fn refund(&self, request: RefundRequest) -> Result<RefundOutcome, GatewayError> {
@@ -382,9 +353,7 @@ mod tests {
     fn an_ordinary_token_is_captured_at_once() {
         assert_eq!(
             decide_charge("tok_visa", 1),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
     }
 
@@ -393,50 +362,31 @@ mod tests {
         for attempt in 1..=4 {
             assert_eq!(
                 decide_charge("tok_decline", attempt),
-                ChargeDecision::Decline {
-                    reason: CARD_DECLINED
-                }
+                ChargeDecision::Decline { reason: CARD_DECLINED }
             );
             assert_eq!(
                 decide_charge("tok_decline_insufficient_funds", attempt),
-                ChargeDecision::Decline {
-                    reason: CARD_DECLINED
-                }
+                ChargeDecision::Decline { reason: CARD_DECLINED }
             );
         }
     }
 
     #[test]
     fn an_empty_token_is_declined_as_invalid() {
-        assert_eq!(
-            decide_charge("", 1),
-            ChargeDecision::Decline {
-                reason: INVALID_TOKEN
-            }
-        );
+        assert_eq!(decide_charge("", 1), ChargeDecision::Decline { reason: INVALID_TOKEN });
     }
 
     #[test]
     fn a_flaky_token_fails_transiently_twice_then_is_captured() {
-        assert_eq!(
-            decide_charge("tok_flaky", 1),
-            ChargeDecision::FailTransiently
-        );
-        assert_eq!(
-            decide_charge("tok_flaky_visa", 2),
-            ChargeDecision::FailTransiently
-        );
+        assert_eq!(decide_charge("tok_flaky", 1), ChargeDecision::FailTransiently);
+        assert_eq!(decide_charge("tok_flaky_visa", 2), ChargeDecision::FailTransiently);
         assert_eq!(
             decide_charge("tok_flaky", 3),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
         assert_eq!(
             decide_charge("tok_flaky", 9),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
     }
 
@@ -450,9 +400,7 @@ mod tests {
         );
         assert_eq!(
             decide_charge("tok_slow_0", 1),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
     }
 
@@ -460,15 +408,11 @@ mod tests {
     fn a_slow_token_without_a_number_is_captured_at_once() {
         assert_eq!(
             decide_charge("tok_slow_", 1),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
         assert_eq!(
             decide_charge("tok_slow_forever", 1),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
     }
 
@@ -476,15 +420,11 @@ mod tests {
     fn the_rules_look_at_prefixes_only() {
         assert_eq!(
             decide_charge("my_tok_decline", 1),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
         assert_eq!(
             decide_charge("x_tok_flaky", 1),
-            ChargeDecision::Capture {
-                after: Duration::ZERO
-            }
+            ChargeDecision::Capture { after: Duration::ZERO }
         );
     }
 }

@@ -57,9 +57,7 @@ impl ApiError {
             ApiError::Registry(error) => match error {
                 RegistryError::SubjectNotFound(_) => (StatusCode::NOT_FOUND, 40401),
                 RegistryError::VersionNotFound(_) => (StatusCode::NOT_FOUND, 40402),
-                RegistryError::SchemaIdNotFound(_) | RegistryError::SchemaNotFound => {
-                    (StatusCode::NOT_FOUND, 40403)
-                }
+                RegistryError::SchemaIdNotFound(_) | RegistryError::SchemaNotFound => (StatusCode::NOT_FOUND, 40403),
                 RegistryError::SubjectSoftDeleted(_) => (StatusCode::NOT_FOUND, 40404),
                 RegistryError::SubjectNotSoftDeleted(_) => (StatusCode::NOT_FOUND, 40405),
                 RegistryError::VersionSoftDeleted(..) => (StatusCode::NOT_FOUND, 40406),
@@ -68,9 +66,7 @@ impl ApiError {
                 RegistryError::Incompatible { .. } => (StatusCode::CONFLICT, 409),
                 RegistryError::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
                 RegistryError::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
-                RegistryError::InvalidCompatibilityLevel => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, 42203)
-                }
+                RegistryError::InvalidCompatibilityLevel => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             },
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, 400),
             ApiError::WrongJsonShape(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
@@ -119,11 +115,7 @@ mod tests {
             (RegistryError::VersionNotFound(3), 404, 40402),
             (RegistryError::SchemaIdNotFound(9), 404, 40403),
             (RegistryError::SchemaNotFound, 404, 40403),
-            (
-                RegistryError::SubjectLevelNotConfigured("s".into()),
-                404,
-                40408,
-            ),
+            (RegistryError::SubjectLevelNotConfigured("s".into()), 404, 40408),
             (
                 RegistryError::Incompatible {
                     subject: "s".into(),

@@ -35,9 +35,7 @@ pub(crate) struct Params(HashMap<String, String>);
 impl Params {
     /// A boolean flag, read as Java's `Boolean.parseBoolean` does: `true` in any case, else false.
     pub(crate) fn flag(&self, name: &str) -> bool {
-        self.0
-            .get(name)
-            .is_some_and(|value| value.eq_ignore_ascii_case("true"))
+        self.0.get(name).is_some_and(|value| value.eq_ignore_ascii_case("true"))
     }
 
     /// A string parameter.
@@ -86,8 +84,8 @@ where
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| ApiError::BadBody(rejection.body_text()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
         serde_json::from_value(value)
             .map(JsonBody)
             .map_err(|error| ApiError::WrongJsonShape(error.to_string()))

@@ -41,18 +41,12 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/health", get(health))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route(
-            "/subjects/{subject}/versions",
-            get(list_versions).post(register),
-        )
+        .route("/subjects/{subject}/versions", get(list_versions).post(register))
         .route(
             "/subjects/{subject}/versions/{version}",
             get(get_version).delete(delete_version),
         )
-        .route(
-            "/subjects/{subject}/versions/{version}/schema",
-            get(get_version_schema),
-        )
+        .route("/subjects/{subject}/versions/{version}/schema", get(get_version_schema))
         .route(
             "/subjects/{subject}/versions/{version}/referencedby",
             get(referenced_by),
@@ -207,11 +201,7 @@ async fn register(
         .write(move |state| {
             Ok(match state.plan_register(&subject, &schema)? {
                 Registration::Existing { id, .. } => Planned::Nothing(id),
-                Registration::New {
-                    id,
-                    version,
-                    record,
-                } => {
+                Registration::New { id, version, record } => {
                     tracing::info!(%subject, version, id, "registering a schema");
                     Planned::Append(id, record)
                 }
@@ -317,11 +307,8 @@ async fn schema_by_id(
     params: Params,
 ) -> ApiResult {
     let id = parse_id(&id)?;
-    let (schema, max_id) = service.read(|state| {
-        state
-            .schema_by_id(id)
-            .map(|schema| (schema.to_owned(), state.max_id()))
-    })?;
+    let (schema, max_id) =
+        service.read(|state| state.schema_by_id(id).map(|schema| (schema.to_owned(), state.max_id())))?;
     let mut body = json!({ "schema": schema });
     if params.flag("fetchMaxId") {
         body["maxId"] = json!(max_id);
@@ -329,10 +316,7 @@ async fn schema_by_id(
     Ok(Json(body))
 }
 
-async fn raw_schema_by_id(
-    State(service): State<AppState>,
-    PathParams(id): PathParams<String>,
-) -> ApiResult<String> {
+async fn raw_schema_by_id(State(service): State<AppState>, PathParams(id): PathParams<String>) -> ApiResult<String> {
     let id = parse_id(&id)?;
     Ok(service.read(|state| state.schema_by_id(id).map(str::to_owned))?)
 }
@@ -399,10 +383,7 @@ async fn get_global_config(State(service): State<AppState>) -> Json<Value> {
     Json(json!({ "compatibilityLevel": level.as_str() }))
 }
 
-async fn put_global_config(
-    State(service): State<AppState>,
-    JsonBody(request): JsonBody<ConfigRequest>,
-) -> ApiResult {
+async fn put_global_config(State(service): State<AppState>, JsonBody(request): JsonBody<ConfigRequest>) -> ApiResult {
     let level = request.level()?;
     service
         .write(move |state| Ok(Planned::Append((), state.plan_set_level(None, level))))
@@ -443,19 +424,13 @@ async fn put_subject_config(
     service
         .write(move |state| {
             tracing::info!(%subject, %level, "setting a subject's compatibility level");
-            Ok(Planned::Append(
-                (),
-                state.plan_set_level(Some(&subject), level),
-            ))
+            Ok(Planned::Append((), state.plan_set_level(Some(&subject), level)))
         })
         .await?;
     Ok(Json(json!({ "compatibility": level.as_str() })))
 }
 
-async fn delete_subject_config(
-    State(service): State<AppState>,
-    PathParams(subject): PathParams<String>,
-) -> ApiResult {
+async fn delete_subject_config(State(service): State<AppState>, PathParams(subject): PathParams<String>) -> ApiResult {
     let previous = service
         .write(move |state| {
             let (previous, record) = state.plan_delete_level(Some(&subject))?;
@@ -467,10 +442,7 @@ async fn delete_subject_config(
 
 /// Applies Confluent's `offset` and `limit` (negative: no limit) parameters to a listing.
 fn paginate<T>(items: Vec<T>, params: &Params) -> Vec<T> {
-    let offset = params
-        .int("offset")
-        .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(0);
+    let offset = params.int("offset").and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
     let limit = params
         .int("limit")
         .and_then(|n| usize::try_from(n).ok())

@@ -67,13 +67,7 @@ impl TestRegistry {
     }
 
     /// Sends a request with an optional raw body and content type.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> Reply {
+    pub async fn send(&self, method: Method, path: &str, content_type: Option<&str>, body: Option<Vec<u8>>) -> Reply {
         let mut request = self.http.request(method, format!("{}{}", self.url(), path));
         if let Some(content_type) = content_type {
             request = request.header("Content-Type", content_type);
@@ -140,10 +134,7 @@ impl TestRegistry {
     }
 
     pub async fn shutdown(self) {
-        self.registry
-            .shutdown()
-            .await
-            .expect("the registry shuts down cleanly");
+        self.registry.shutdown().await.expect("the registry shuts down cleanly");
     }
 }
 
