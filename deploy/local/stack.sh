@@ -122,12 +122,13 @@ prepare_topics_databases_schemas() {
 }
 
 start_services() {
-  local name port
+  local name port database
   for entry in $SERVICES; do
     name=${entry%%:*}; port=${entry##*:}
     if running "$name" || port_open 127.0.0.1 "$port"; then info "$name already running on port $port"; continue; fi
     step "Starting $name on 127.0.0.1:$port"
-    HTTP_LISTEN="127.0.0.1:$port" start_process "$name" "$BIN/$name"
+    database="saga_${name%-service}"
+    HTTP_LISTEN="127.0.0.1:$port" DATABASE_URL="$POSTGRES_SERVER_URL/$database" start_process "$name" "$BIN/$name"
   done
   for entry in $SERVICES; do
     name=${entry%%:*}; port=${entry##*:}
@@ -155,7 +156,8 @@ stop_all() {
   for name in "${names[@]}"; do
     if running "$name"; then
       kill -TERM "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
-      for _ in $(seq 1 50); do running "$name" || break; sleep 0.2; done
+      # graceful shutdown finishes in-flight work; give it up to 30 s before killing
+      for _ in $(seq 1 150); do running "$name" || break; sleep 0.2; done
       running "$name" && kill -KILL "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
       info "stopped $name"
     fi

@@ -216,15 +216,16 @@ impl ServiceContext {
     pub async fn launch(self, listen: SocketAddr, routes: Router, workload: Workload) -> Result<RunningService> {
         let listener = bind(listen).await?;
         let local_addr = listener.local_addr().map_err(|e| crate::Error::Config(e.to_string()))?;
-        let mut tasks = JoinSet::new();
+        // Everything that can commit outbox rows runs in `work`; the relay runs beside it and,
+        // once all of `work` has stopped, publishes what the last of it committed.
+        let mut work = JoinSet::new();
         let router = routes.merge(self.health_router());
         let shutdown = self.shutdown.clone();
-        tasks.spawn(async move {
+        work.spawn(async move {
             if let Err(error) = serve(listener, router, shutdown).await {
                 tracing::error!(%error, "http server failed");
             }
         });
-        let mut consumer_done = None;
         if let Some((topics, handler)) = workload.consumer {
             let group_id = self.kafka.prefixed(self.spec.name);
             let consumer = kafka::consumer(&self.kafka, &group_id)?;
@@ -239,25 +240,22 @@ impl ServiceContext {
                 group_id,
                 backoff: Backoff::default(),
             };
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let shutdown = self.shutdown.clone();
-            tasks.spawn(async move {
-                consumer_loop.run(handler, shutdown).await;
-                let _ = done_tx.send(());
-            });
-            consumer_done = Some(done_rx);
+            work.spawn(consumer_loop.run(handler, self.shutdown.clone()));
         }
         for task in workload.background {
-            tasks.spawn(task);
+            work.spawn(task);
         }
+        let mut tasks = JoinSet::new();
         let relay = self.relay.clone();
         let shutdown = self.shutdown.clone();
         tasks.spawn(async move {
-            relay.clone().run(shutdown).await;
-            if let Some(done) = consumer_done {
-                let _ = done.await;
+            let relaying = tokio::spawn(relay.clone().run(shutdown));
+            while let Some(result) = work.join_next().await {
+                if let Err(error) = result {
+                    tracing::error!(%error, "service task failed");
+                }
             }
-            // Events committed by the last handled records still go out before exit.
+            let _ = relaying.await;
             if let Err(error) = relay.publish_batch().await {
                 tracing::warn!(%error, "final outbox flush failed; the next start publishes the rest");
             }
