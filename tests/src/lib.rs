@@ -4,6 +4,8 @@
 //! The broker and registry are the real local stack (`deploy/local/stack.sh infra`), found through
 //! `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`.
 
+pub mod harness;
+
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -124,15 +126,7 @@ impl TestEnv {
 
     /// A reader of everything on `topic` (full name) from the beginning.
     pub fn reader(&self, topic: &str) -> anyhow::Result<TopicReader> {
-        let consumer = kafka::consumer(
-            &self.kafka,
-            &self.group(&format!("reader-{}", uuid::Uuid::new_v4().simple())),
-        )?;
-        consumer.subscribe(&[topic])?;
-        Ok(TopicReader {
-            consumer,
-            codec: self.codec()?,
-        })
+        TopicReader::new(&self.kafka, &self.registry, topic)
     }
 
     /// Waits until the outbox of `service`'s database is empty: everything it committed is
@@ -185,6 +179,23 @@ pub struct TopicReader {
     codec: EventCodec,
 }
 
+/// One undecoded record read by a [`TopicReader`].
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Topic it is in.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
 /// One record read by a [`TopicReader`].
 #[derive(Debug)]
 pub struct ReadRecord {
@@ -197,6 +208,15 @@ pub struct ReadRecord {
 }
 
 impl TopicReader {
+    /// A reader of everything on `topic` (full name) from the beginning, in a consumer group of
+    /// its own.
+    pub fn new(kafka: &KafkaConfig, registry: &RegistryConfig, topic: &str) -> anyhow::Result<Self> {
+        let group = format!("{}reader-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple());
+        let consumer = kafka::consumer(kafka, &group)?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self { consumer, codec: EventCodec::new(registry, kafka)? })
+    }
+
     /// Reads every record present on the topic now (up to each partition's high watermark).
     pub async fn read_to_end(&self, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
         let topic = self
@@ -232,6 +252,54 @@ impl TopicReader {
                 remaining.remove(&message.partition());
             }
             records.push(self.to_record(&message).await);
+        }
+        Ok(records)
+    }
+
+    /// Like [`TopicReader::read_to_end`], but returns the records as raw bytes with where they
+    /// are, without decoding them.
+    pub async fn read_raw_to_end(&self, timeout: Duration) -> anyhow::Result<Vec<RawRecord>> {
+        let topic = self
+            .consumer
+            .subscription()?
+            .elements()
+            .first()
+            .map(|e| e.topic().to_string())
+            .ok_or_else(|| anyhow::anyhow!("reader has no topic"))?;
+        let metadata = self.consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+        let mut remaining: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+        for partition in 0..partitions {
+            let (low, high) = self.consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            if high > low {
+                remaining.insert(partition, high);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut records = Vec::new();
+        while !remaining.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = match tokio::time::timeout(left, self.consumer.recv()).await {
+                Ok(message) => message?,
+                Err(_) => anyhow::bail!("timed out after {timeout:?} reading {topic} to its end"),
+            };
+            if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+                remaining.remove(&message.partition());
+            }
+            let headers = match message.headers() {
+                Some(headers) => rdkafka::message::Headers::iter(headers)
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            records.push(RawRecord {
+                topic: topic.clone(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers,
+            });
         }
         Ok(records)
     }

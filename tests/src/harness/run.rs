@@ -1,0 +1,172 @@
+//! One harness run from start to verdict: start the cluster, stock up, drive the load while the
+//! fault schedule runs, heal whatever is still down, wait for quiescence, read the state, check
+//! the invariants, and write the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::cluster::{Cluster, ClusterConfig};
+use super::faults::{schedule, FaultExecutor, FaultKind};
+use super::invariants;
+use super::load;
+use super::observe::{self, Databases};
+use super::report::{outcomes_of, Report};
+
+/// Settings of a run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HarnessConfig {
+    /// Seed of the order mix and the fault schedule; the same seed reproduces both.
+    #[arg(long, env = "HARNESS_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Orders to place.
+    #[arg(long, env = "HARNESS_ORDERS", default_value_t = 100)]
+    pub orders: usize,
+    /// Orders placed per second.
+    #[arg(long, env = "HARNESS_RATE", default_value_t = 10.0)]
+    pub rate: f64,
+    /// Most POST /orders in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Fault kinds to inject (each at least once); all by default.
+    #[arg(long = "fault", value_enum)]
+    pub faults: Vec<FaultKind>,
+    /// Inject no faults at all.
+    #[arg(long)]
+    pub no_faults: bool,
+    /// Besides one of each kind, inject a random fault every this many seconds.
+    #[arg(long, env = "HARNESS_FAULT_INTERVAL_SECS")]
+    pub fault_interval_secs: Option<f64>,
+    /// Saga deadline of the order service, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub saga_deadline_secs: f64,
+    /// How long the system may take to go quiet after the load; longer is a failure.
+    #[arg(long, default_value_t = 300)]
+    pub quiescence_timeout_secs: u64,
+    /// Folder for logs, broker storage and the report (default: target/harness/<run id>).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Keep the run's databases after a passing run.
+    #[arg(long)]
+    pub keep_databases: bool,
+}
+
+impl Default for HarnessConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            orders: 100,
+            rate: 10.0,
+            concurrency: 16,
+            faults: Vec::new(),
+            no_faults: false,
+            fault_interval_secs: None,
+            saga_deadline_secs: 10.0,
+            quiescence_timeout_secs: 300,
+            output: None,
+            keep_databases: false,
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Runs the harness and returns its report (also written as JSON next to the logs).
+pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
+    let started = Instant::now();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    let run_dir = config.output.clone().unwrap_or_else(|| target.join("harness").join(&run_id));
+    let cache = std::env::var("SAGA_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env_or("HOME", "/root")).join(".cache/saga-platform"));
+    let cluster_config = ClusterConfig {
+        run_id: run_id.clone(),
+        run_dir: run_dir.clone(),
+        bin_dir: target.join("debug"),
+        tansu: std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| cache.join("tansu-0.6.0/bin/tansu")),
+        postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres@127.0.0.1:5432"),
+        smtp: (env_or("SMTP_HOST", "127.0.0.1"), env_or("SMTP_PORT", "1025").parse().unwrap_or(1025)),
+        saga_deadline_secs: config.saga_deadline_secs,
+        partitions: 6,
+    };
+    let maildev = env_or("MAILDEV_API_URL", &format!("http://127.0.0.1:{}", env_or("MAILDEV_WEB_PORT", "1080")));
+    let mut cluster = Cluster::new(cluster_config)?;
+    tracing::info!(run_id, dir = %run_dir.display(), "starting cluster");
+    cluster.start_all().await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let saga_deadline = Duration::from_secs_f64(config.saga_deadline_secs);
+    let plan = load::plan(config.seed, &run_id, config.orders, saga_deadline);
+    load::stock_up(&http, cluster.http["inventory-service"], &plan, &run_id).await?;
+
+    let order_address = cluster.http["order-service"];
+    let cluster = Arc::new(Mutex::new(cluster));
+    let kinds: Vec<FaultKind> = match (config.no_faults, config.faults.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => FaultKind::ALL.to_vec(),
+        (false, false) => config.faults.clone(),
+    };
+    let load_duration = Duration::from_secs_f64(config.orders as f64 / config.rate.max(0.1));
+    let faults = schedule(config.seed, &kinds, load_duration, config.fault_interval_secs.map(Duration::from_secs_f64));
+    let mut executor = FaultExecutor::new(cluster.clone(), config.seed).await?;
+    let fault_log = executor.log.clone();
+    let load_started = tokio::time::Instant::now();
+    let (placed, ()) = tokio::join!(
+        load::drive(&http, order_address, &plan, config.rate, config.concurrency),
+        executor.run(faults, load_started),
+    );
+    drop(executor);
+    let placed = placed?;
+    let load_secs = load_started.elapsed().as_secs_f64();
+
+    let mut cluster = Arc::try_unwrap(cluster).map_err(|_| anyhow::anyhow!("cluster still shared"))?.into_inner();
+    cluster.heal().await?;
+    let databases = Databases::connect(&cluster).await?;
+    let quiescence = observe::wait_for_quiescence(
+        &cluster,
+        &databases,
+        &placed,
+        Duration::from_secs(config.quiescence_timeout_secs),
+    )
+    .await;
+    let state = observe::snapshot(&cluster, &databases, &placed, "@harness.example.com", &maildev).await?;
+    let log = fault_log.lock().await.clone();
+    let mut state = state;
+    state.injected_poison = log.poison.clone();
+    // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
+    state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
+    let mut notes = vec![format!("load placed {} orders in {load_secs:.1} s", placed.len())];
+    notes.extend(log.lines.iter().cloned());
+    let quiescence_secs = match &quiescence {
+        Ok(waited) => Some(waited.as_secs_f64()),
+        Err(reasons) => {
+            notes.push(format!("did not quiesce within {} s: {}", config.quiescence_timeout_secs, reasons.join("; ")));
+            None
+        }
+    };
+    let report = Report {
+        seed: config.seed,
+        orders_placed: placed.len(),
+        outcomes: outcomes_of(&state),
+        faults: log.counts.clone(),
+        invariants: invariants::check(&state),
+        quiescence_secs,
+        duration_secs: started.elapsed().as_secs_f64(),
+        notes,
+    };
+    report.write_json(&run_dir.join("report.json"))?;
+    std::fs::write(run_dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
+    cluster.stop_all().await;
+    if report.passed() && !config.keep_databases {
+        cluster.drop_databases().await.ok();
+    }
+    Ok((report, run_dir))
+}
