@@ -1,6 +1,6 @@
 //! The at-least-once consumer loop every service runs.
 //!
-//! For each record, in partition order: decode it, hand it to the service's handler, and only
+//! Each partition has a worker; for each record, in partition order: decode it, hand it to the service's handler, and only
 //! when the handler's effect is committed store the record's offset (the offset is committed to
 //! the broker in the background). A transient failure (registry, database, broker) retries the
 //! same record with backoff and never skips it. A poison record (undecodable bytes, an unknown
@@ -8,15 +8,18 @@
 //! and the reason in headers, and consumption goes on. On shutdown the loop stops fetching,
 //! lets the record in hand finish, and commits the stored offsets synchronously.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use saga_contracts::SagaEvent;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{DecodeError, EventCodec, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER};
@@ -96,26 +99,69 @@ enum Outcome {
     Interrupted,
 }
 
+/// Records waiting for a partition's worker; when full, fetching pauses (back-pressure).
+const PARTITION_QUEUE: usize = 256;
+
 impl ConsumerLoop {
     /// Runs until `shutdown` is cancelled, then commits stored offsets.
+    ///
+    /// Records of one partition are handled one after another, in order, by that partition's
+    /// worker; partitions proceed independently, so a slow record holds up only its partition.
     pub async fn run(self, handler: Arc<dyn EventHandler>, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+        let mut running = JoinSet::new();
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                received = self.consumer.recv() => received,
+                received = this.consumer.recv() => received,
             };
             let message = match message {
-                Ok(message) => message,
+                Ok(message) => message.detach(),
                 Err(error) => {
                     tracing::warn!(%error, "consumer error; continuing");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
+            let key = (message.topic().to_string(), message.partition());
+            let worker = workers.entry(key).or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
+                running.spawn(this.clone().work_partition(receiver, handler.clone(), shutdown.clone()));
+                sender
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                sent = worker.send(message) => if sent.is_err() { break },
+            }
+        }
+        drop(workers);
+        while running.join_next().await.is_some() {}
+        if let Err(error) = this.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "final offset commit had nothing to do or failed");
+        }
+        tracing::info!(group = %this.group_id, "consumer stopped");
+    }
+
+    /// Handles one partition's records in order until the queue closes or shutdown.
+    async fn work_partition(
+        self: Arc<Self>,
+        mut queue: mpsc::Receiver<OwnedMessage>,
+        handler: Arc<dyn EventHandler>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = queue.recv() => match next { Some(message) => message, None => break },
+            };
             match self.process(&message, handler.as_ref(), &shutdown).await {
                 Outcome::Processed | Outcome::DeadLettered => {
-                    if let Err(error) = self.consumer.store_offset_from_message(&message) {
-                        // Only fails if the partition was revoked meanwhile; the new owner
+                    if let Err(error) =
+                        self.consumer
+                            .store_offset(message.topic(), message.partition(), message.offset())
+                    {
+                        // Only fails if the partition was revoked meanwhile; its new owner
                         // re-reads the record and the handler's idempotence absorbs it.
                         tracing::warn!(%error, "could not store offset");
                     }
@@ -123,15 +169,11 @@ impl ConsumerLoop {
                 Outcome::Interrupted => break,
             }
         }
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(%error, "final offset commit had nothing to do or failed");
-        }
-        tracing::info!(group = %self.group_id, "consumer stopped");
     }
 
     async fn process(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         handler: &dyn EventHandler,
         shutdown: &CancellationToken,
     ) -> Outcome {
@@ -177,7 +219,7 @@ impl ConsumerLoop {
         }
     }
 
-    async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str, shutdown: &CancellationToken) -> Outcome {
+    async fn dead_letter(&self, message: &OwnedMessage, reason: &str, shutdown: &CancellationToken) -> Outcome {
         tracing::warn!(
             topic = message.topic(),
             partition = message.partition(),

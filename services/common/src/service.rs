@@ -48,7 +48,7 @@ pub struct ServiceConfig {
     #[arg(
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10
+        default_value_t = 20
     )]
     pub database_max_connections: u32,
 }

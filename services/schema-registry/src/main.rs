@@ -5,7 +5,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use schema_registry::{Registry, RegistryConfig};
+use std::time::Duration;
+
+use schema_registry::{Error, Registry, RegistryConfig, RunningRegistry};
 use tracing_subscriber::EnvFilter;
 
 /// Confluent-compatible Avro schema registry backed by a Kafka topic.
@@ -24,9 +26,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let registry = Registry::start(cli.registry)
-        .await
-        .context("starting the schema registry")?;
+    let Some(registry) = start_when_broker_answers(cli.registry).await? else {
+        return Ok(());
+    };
     let shutdown = registry.shutdown_handle();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -36,6 +38,28 @@ async fn main() -> anyhow::Result<()> {
     registry.wait().await.context("serving the schema registry")?;
     tracing::info!("schema registry stopped");
     Ok(())
+}
+
+/// Starts the registry, retrying with backoff while the broker cannot be used yet (it may be
+/// starting or restarting); other errors are fatal. `None` if a shutdown signal came first.
+async fn start_when_broker_answers(config: RegistryConfig) -> anyhow::Result<Option<RunningRegistry>> {
+    let mut delay = Duration::from_millis(250);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        match Registry::start(config.clone()).await {
+            Ok(registry) => return Ok(Some(registry)),
+            Err(error @ (Error::Kafka { .. } | Error::Read { .. })) => {
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "broker not usable yet, retrying");
+            }
+            Err(error) => return Err(error).context("starting the schema registry"),
+        }
+        tokio::select! {
+            () = &mut signal => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Resolves on ctrl-c or, on Unix, SIGTERM.
