@@ -1,16 +1,24 @@
 //! The payment service against the real broker, registry and PostgreSQL: the test plays the
 //! order service by producing order events, and checks what the payment service emitted on
 //! `payments`, what it serves over HTTP, and what its simulated gateway's ledger recorded.
+//!
+//! Charges run in the background, so a payment may be seen `pending` before it settles; the
+//! slow-token tests check that a slow charge holds up no other order, that an order failing
+//! while its charge is pending gets the capture back exactly once, and that a charge interrupted
+//! by a restart (or resumed by a second instance) is captured exactly once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use payment_service::gateway::{
     ChargeOutcome, ChargeRequest, GatewayConfig, PaymentGateway, RefundRequest, SimulatedGateway,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use reqwest::StatusCode;
+use saga_common::consumer::event_headers;
 use saga_common::consumer::{DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC};
 use saga_common::kafka;
 use saga_common::service::RunningService;
@@ -111,8 +119,51 @@ async fn read_exactly(reader: &TopicReader, count: usize) -> anyhow::Result<Vec<
     Ok(events(&records).into_iter().cloned().collect())
 }
 
+/// Produces `events` in this order through one producer (quicker than [`TestEnv::produce`] per
+/// event, for the tests that time what follows).
+async fn produce_all(env: &TestEnv, events: &[SagaEvent]) -> anyhow::Result<()> {
+    let codec = env.codec()?;
+    let producer = kafka::producer(&env.kafka)?;
+    for event in events {
+        let encoded = codec.encode(event).await?;
+        let headers = event_headers(
+            encoded.event_type.as_str(),
+            &encoded.event_id,
+            &saga_common::codec::traceparent_for(&encoded.key),
+        );
+        let record = FutureRecord::to(&encoded.topic)
+            .key(&encoded.key)
+            .payload(&encoded.payload)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
+    }
+    Ok(())
+}
+
+/// The stored status of the payment of `order_id`, if it has one.
+async fn status(database: &PgPool, order_id: &str) -> anyhow::Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1::uuid")
+            .bind(order_id)
+            .fetch_optional(database)
+            .await?,
+    )
+}
+
+/// Waits until the payment of `order_id` is recorded with status `expected`.
+async fn status_becomes(database: &PgPool, order_id: &str, expected: &str) -> anyhow::Result<()> {
+    eventually(&format!("payment of {order_id} {expected}"), TIMEOUT, || async {
+        (status(database, order_id).await.ok()?.as_deref() == Some(expected)).then_some(())
+    })
+    .await
+}
+
 /// Waits until the payment service has processed every record on `orders` (its committed
-/// offsets reached the end of every partition) and published every event it caused.
+/// offsets reached the end of every partition), settled every payment it recorded (none is
+/// pending) and published every event it caused.
 async fn wait_until_settled(env: &TestEnv, database: &PgPool) -> anyhow::Result<()> {
     let topic = env.kafka.topic(Topic::Orders);
     let probe: Arc<StreamConsumer> = Arc::new(kafka::consumer(&env.kafka, &env.group(payment_service::SPEC.name))?);
@@ -125,6 +176,14 @@ async fn wait_until_settled(env: &TestEnv, database: &PgPool) -> anyhow::Result<
                 .ok()?;
             consumed.ok()?.then_some(())
         }
+    })
+    .await?;
+    eventually("no payment pending", TIMEOUT, || async {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
+            .fetch_one(database)
+            .await
+            .ok()?;
+        (pending == 0).then_some(())
     })
     .await?;
     eventually("outbox published", TIMEOUT, || async {
@@ -575,5 +634,241 @@ async fn the_payment_api_answers_404_for_an_unknown_order_and_400_for_a_malforme
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"].as_str().is_some_and(|e| e.contains("not-a-uuid")));
     service.stop().await;
+    Ok(())
+}
+
+/// The `order_id`s of the payment.success events among `records`.
+fn succeeded(records: &[ReadRecord]) -> HashSet<String> {
+    events(records)
+        .into_iter()
+        .filter_map(|event| match event {
+            SagaEvent::PaymentSucceeded(success) => Some(success.order_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_slow_charge_does_not_delay_the_orders_behind_it() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let database = database(&env).await?;
+    let reader = payments_reader(&env)?;
+    // Once this one is through, the service's consumer and the reader have their partitions.
+    let warm_up = order_created(Uuid::new_v4(), "tok_visa");
+    env.produce(&warm_up.clone().into()).await?;
+    reader
+        .read_until(TIMEOUT, |records| succeeded(records).contains(&warm_up.order_id))
+        .await?;
+
+    let slow = order_created(Uuid::new_v4(), "tok_slow_8000");
+    let fast: Vec<OrderCreated> = (0..10).map(|_| order_created(Uuid::new_v4(), "tok_visa")).collect();
+    let fast_ids: HashSet<String> = fast.iter().map(|order| order.order_id.clone()).collect();
+    let mut batch = vec![SagaEvent::from(slow.clone())];
+    batch.extend(fast.iter().cloned().map(SagaEvent::from));
+    let produced = Instant::now();
+    produce_all(&env, &batch).await?;
+    let records = reader
+        .read_until(Duration::from_secs(3).saturating_sub(produced.elapsed()), |records| {
+            fast_ids.is_subset(&succeeded(records))
+        })
+        .await?;
+    let captured_within = produced.elapsed();
+    assert!(
+        !succeeded(&records).contains(&slow.order_id),
+        "the slow charge cannot have finished yet: {records:#?}"
+    );
+    assert_eq!(status(&database, &slow.order_id).await?.as_deref(), Some("pending"));
+    let (code, body) = get_payment(&service, &slow.order_id).await?;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        body["status"], "pending",
+        "a payment being charged is served as pending"
+    );
+    assert_eq!(body["refunded_minor"], 0);
+    assert_eq!(body["decline_reason"], Value::Null);
+    for order in &fast {
+        assert_eq!(get_payment(&service, &order.order_id).await?.1["status"], "captured");
+    }
+    assert!(
+        captured_within <= Duration::from_secs(3),
+        "ten orders captured behind a slow one in {captured_within:?}"
+    );
+
+    // The slow one is captured in its own time, once.
+    let later = reader
+        .read_until(TIMEOUT, |records| succeeded(records).contains(&slow.order_id))
+        .await?;
+    assert!(produced.elapsed() >= Duration::from_secs(8), "the slow token takes 8 s");
+    assert_eq!(later.len(), 1, "only the slow order's payment.success: {later:#?}");
+    assert_eq!(get_payment(&service, &slow.order_id).await?.1["status"], "captured");
+    let captures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM gateway_ledger WHERE operation = 'charge' AND outcome = 'captured'")
+            .fetch_one(&database)
+            .await?;
+    assert_eq!(
+        captures, 12,
+        "the warm-up, the ten and the slow one, each captured once"
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn order_failed_while_the_charge_is_pending_refunds_the_capture_exactly_once() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let database = database(&env).await?;
+    let reader = payments_reader(&env)?;
+    let created = order_created(Uuid::new_v4(), "tok_slow_3000");
+    env.produce(&created.clone().into()).await?;
+    status_becomes(&database, &created.order_id, "pending").await?;
+
+    // The deadline fails the order while the gateway still works on the charge; the failure
+    // arrives twice, and a second failure for another reason too.
+    let failed = order_failed(&created, "deadline_exceeded");
+    produce_all(
+        &env,
+        &[
+            failed.clone().into(),
+            failed.clone().into(),
+            order_failed(&created, "out_of_stock").into(),
+        ],
+    )
+    .await?;
+    eventually("order.failed recorded", TIMEOUT, || async {
+        let reason: Option<String> = sqlx::query_scalar("SELECT reason FROM failed_orders WHERE order_id = $1::uuid")
+            .bind(&created.order_id)
+            .fetch_optional(&database)
+            .await
+            .ok()?;
+        reason
+    })
+    .await?;
+    assert_eq!(
+        status(&database, &created.order_id).await?.as_deref(),
+        Some("pending"),
+        "order.failed must be handled while the charge is still pending for this test to mean anything"
+    );
+
+    let emitted = read_exactly(&reader, 2).await?;
+    let [SagaEvent::PaymentSucceeded(success), SagaEvent::PaymentRefunded(refunded)] = emitted.as_slice() else {
+        panic!("expected payment.success then payment.refunded, got {emitted:#?}");
+    };
+    assert_eq!(success.causation_id.as_deref(), Some(created.event_id.as_str()));
+    assert_eq!(success.amount_minor, TOTAL_MINOR);
+    assert_eq!(refunded.payment_id, success.payment_id);
+    assert_eq!(refunded.causation_id.as_deref(), Some(failed.event_id.as_str()));
+    assert_eq!(refunded.reason, "deadline_exceeded");
+    assert_eq!(refunded.amount_minor, TOTAL_MINOR);
+    assert_eq!(refunded.currency, "USD");
+
+    wait_until_settled(&env, &database).await?;
+    let body = get_payment(&service, &created.order_id).await?.1;
+    assert_eq!(body["status"], "refunded");
+    assert_eq!(body["amount_minor"], TOTAL_MINOR);
+    assert_eq!(body["refunded_minor"], TOTAL_MINOR);
+    assert_eq!(
+        ledger(&database).await?,
+        vec![
+            (
+                created.order_id.clone(),
+                "charge".into(),
+                1,
+                Some("captured".into()),
+                TOTAL_MINOR
+            ),
+            (
+                format!("refund-{}", created.order_id),
+                "refund".into(),
+                1,
+                Some("refunded".into()),
+                TOTAL_MINOR
+            ),
+        ]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_charge_interrupted_by_a_restart_is_resumed_and_captured_exactly_once() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let service = start(&env).await?;
+    let database = database(&env).await?;
+    let created = order_created(Uuid::new_v4(), "tok_slow_3000");
+    env.produce(&created.clone().into()).await?;
+    status_becomes(&database, &created.order_id, "pending").await?;
+    // The gateway has the call: its ledger counts the attempt, with no outcome yet.
+    eventually("charge under way at the gateway", TIMEOUT, || async {
+        let outcome: Option<Option<String>> =
+            sqlx::query_scalar("SELECT outcome FROM gateway_ledger WHERE idempotency_key = $1")
+                .bind(&created.order_id)
+                .fetch_optional(&database)
+                .await
+                .ok()?;
+        matches!(outcome, Some(None)).then_some(())
+    })
+    .await?;
+
+    let stopping = Instant::now();
+    service.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stopping waits for no charge: took {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(
+        status(&database, &created.order_id).await?.as_deref(),
+        Some("pending"),
+        "the interrupted charge is left pending"
+    );
+
+    let service = start(&env).await?;
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    let SagaEvent::PaymentSucceeded(success) = &emitted[0] else {
+        panic!("expected one payment.success, got {emitted:#?}");
+    };
+    assert_eq!(success.causation_id.as_deref(), Some(created.event_id.as_str()));
+    assert_eq!(get_payment(&service, &created.order_id).await?.1["status"], "captured");
+    // Two calls under one key (the interrupted one and the resumed one), one capture.
+    assert_eq!(
+        ledger(&database).await?,
+        vec![(
+            created.order_id.clone(),
+            "charge".into(),
+            2,
+            Some("captured".into()),
+            TOTAL_MINOR
+        )]
+    );
+    service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_instances_resuming_one_pending_charge_capture_it_once() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let first = start(&env).await?;
+    let database = database(&env).await?;
+    let created = order_created(Uuid::new_v4(), "tok_slow_3000");
+    env.produce(&created.clone().into()).await?;
+    status_becomes(&database, &created.order_id, "pending").await?;
+    // The second instance's startup scan finds the payment pending and charges it too.
+    let second = start(&env).await?;
+
+    let emitted = read_exactly(&payments_reader(&env)?, 1).await?;
+    assert!(
+        matches!(&emitted[0], SagaEvent::PaymentSucceeded(success) if success.order_id == created.order_id),
+        "expected one payment.success, got {emitted:#?}"
+    );
+    wait_until_settled(&env, &database).await?;
+    assert_eq!(get_payment(&second, &created.order_id).await?.1["status"], "captured");
+    let charges: Vec<(String, i64)> =
+        sqlx::query_as("SELECT outcome, count(*) FROM gateway_ledger WHERE operation = 'charge' GROUP BY outcome")
+            .fetch_all(&database)
+            .await?;
+    assert_eq!(charges, vec![("captured".to_string(), 1)]);
+    tokio::join!(first.stop(), second.stop());
     Ok(())
 }

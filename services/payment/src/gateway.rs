@@ -4,7 +4,9 @@
 //! Every call carries an idempotency key, and an implementation must honour it: a call repeated
 //! with the same key returns the first call's result and moves no money again. The service relies
 //! on that, because it calls the gateway before its own database commit: after a crash in between
-//! it calls again with the same key.
+//! it calls again with the same key. Calls with one key may also overlap (two service instances
+//! resuming the same pending charge): an implementation must then give both the same outcome, or
+//! fail the later one transiently until the first has completed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +124,19 @@ pub struct GatewayConfig {
         value_parser = parse_probability
     )]
     pub transient_error_rate: f64,
+    /// How many charges run at once: each holds one slot while it calls the gateway and records
+    /// the outcome, so a slow charge delays no other one unless all slots are taken.
+    #[arg(
+        long = "payment-charge-concurrency",
+        env = "PAYMENT_CHARGE_CONCURRENCY",
+        default_value_t = DEFAULT_CHARGE_CONCURRENCY,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub charge_concurrency: u32,
 }
+
+/// Default of [`GatewayConfig::charge_concurrency`].
+pub const DEFAULT_CHARGE_CONCURRENCY: u32 = 32;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -130,6 +144,7 @@ impl Default for GatewayConfig {
             kind: GatewayKind::Simulated,
             latency_ms: 0,
             transient_error_rate: 0.0,
+            charge_concurrency: DEFAULT_CHARGE_CONCURRENCY,
         }
     }
 }

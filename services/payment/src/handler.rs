@@ -1,12 +1,18 @@
-//! The payment service's reaction to order events: order.created is charged, order.failed has
-//! its capture refunded, order.confirmed changes nothing (the capture stands).
+//! The payment service's reaction to order events: order.created records a pending payment for
+//! the charger, order.failed has a capture refunded, order.confirmed changes nothing (the capture
+//! stands).
 //!
-//! Guarantees, with at-least-once delivery:
-//! - an order is charged at most once: a redelivered order.created finds the payment and stops,
-//!   and the gateway call made before the commit is idempotent by order id, so a crash between
-//!   the call and the commit repeats the call and gets the first result back;
+//! The handler never waits for a charge: order.created commits the pending payment with its inbox
+//! entry and hands the order to the [`charger`](crate::charger), which charges many orders at
+//! once. Guarantees, with at-least-once delivery:
+//! - an order gets at most one payment: a redelivered order.created finds its inbox entry or the
+//!   payment and changes nothing, and an order known to have failed gets none;
 //! - a capture is refunded at most once: a redelivered order.failed finds the event in the inbox
 //!   or the payment refunded, and the refund call is idempotent by `refund-<order_id>`;
+//! - order.failed and the charger settling the same payment are ordered by the payment's row
+//!   lock, which order.failed takes before it commits the failure: a payment still pending then
+//!   is compensated by the charger (which reads the failure under the same lock), and one the
+//!   charger captured first is refunded here;
 //! - each state change commits in one transaction with its inbox entry and the event it causes
 //!   (outbox); a transient gateway or database failure is retried, never turned into a decline.
 
@@ -16,27 +22,31 @@ use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::{self, Relay};
-use saga_contracts::{OrderCreated, OrderFailed, PaymentFailed, PaymentRefunded, PaymentSucceeded, SagaEvent};
+use saga_contracts::{OrderCreated, OrderFailed, PaymentRefunded, SagaEvent};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway, RefundRequest};
-use crate::payments::{self, OnOrderFailed, Payment, PaymentStatus};
+use crate::charger::ChargeQueue;
+use crate::gateway::{GatewayError, PaymentGateway, RefundRequest};
+use crate::payments::{self, OnOrderFailed, PendingCharge, UnderLock};
 
 /// Applies order events to payments.
 pub struct PaymentHandler {
     database: PgPool,
     gateway: Arc<dyn PaymentGateway>,
     relay: Relay,
+    charges: ChargeQueue,
 }
 
 impl PaymentHandler {
-    /// A handler writing to `database`, charging through `gateway`, waking `relay` after commits.
-    pub fn new(database: PgPool, gateway: Arc<dyn PaymentGateway>, relay: Relay) -> Self {
+    /// A handler writing to `database`, handing pending payments to `charges`, refunding through
+    /// `gateway`, waking `relay` after commits.
+    pub fn new(database: PgPool, gateway: Arc<dyn PaymentGateway>, relay: Relay, charges: ChargeQueue) -> Self {
         Self {
             database,
             gateway,
             relay,
+            charges,
         }
     }
 
@@ -44,94 +54,42 @@ impl PaymentHandler {
     async fn order_created(&self, consumed: &ConsumedEvent, order: &OrderCreated) -> Result<(), HandlerError> {
         let order_id = parse_order_id(&order.order_id)?;
         check_money(order.total_minor, &order.currency)?;
-        if let Some(payment) = payments::find(&self.database, order_id).await? {
-            tracing::info!(
-                payment_id = %payment.payment_id,
-                status = payment.status.as_str(),
-                "order already has a payment; order.created ignored"
-            );
-            return self.record_without_effect(consumed).await;
-        }
-        if payments::is_failed(&self.database, order_id).await? {
-            tracing::warn!("order failed before it was charged; not charging it");
-            return self.record_without_effect(consumed).await;
-        }
-
-        let request = ChargeRequest {
-            idempotency_key: order_id.to_string(),
-            token: order.payment_token.clone(),
-            amount_minor: order.total_minor,
-            currency: order.currency.clone(),
-        };
-        let outcome = self
-            .gateway
-            .charge(request)
-            .await
-            .map_err(|error| gateway_failure("charge", error))?;
-
-        let payment_id = Uuid::new_v4();
-        let (payment, caused) = match outcome {
-            ChargeOutcome::Captured { gateway_reference } => (
-                Payment {
-                    order_id,
-                    payment_id,
-                    status: PaymentStatus::Captured,
-                    amount_minor: order.total_minor,
-                    refunded_minor: 0,
-                    currency: order.currency.clone(),
-                    gateway_reference: Some(gateway_reference),
-                    decline_reason: None,
-                },
-                SagaEvent::PaymentSucceeded(PaymentSucceeded {
-                    event_id: Uuid::new_v4().to_string(),
-                    order_id: order.order_id.clone(),
-                    causation_id: Some(order.event_id.clone()),
-                    occurred_at: now_millis(),
-                    payment_id: payment_id.to_string(),
-                    amount_minor: order.total_minor,
-                    currency: order.currency.clone(),
-                }),
-            ),
-            ChargeOutcome::Declined { reason } => (
-                Payment {
-                    order_id,
-                    payment_id,
-                    status: PaymentStatus::Declined,
-                    amount_minor: order.total_minor,
-                    refunded_minor: 0,
-                    currency: order.currency.clone(),
-                    gateway_reference: None,
-                    decline_reason: Some(reason.clone()),
-                },
-                SagaEvent::PaymentFailed(PaymentFailed {
-                    event_id: Uuid::new_v4().to_string(),
-                    order_id: order.order_id.clone(),
-                    causation_id: Some(order.event_id.clone()),
-                    occurred_at: now_millis(),
-                    reason,
-                    amount_minor: order.total_minor,
-                    currency: order.currency.clone(),
-                }),
-            ),
-        };
+        let causation_id = Uuid::parse_str(&order.event_id)
+            .map_err(|error| HandlerError::Invalid(format!("event_id {:?} is not a UUID: {error}", order.event_id)))?;
 
         let mut tx = self.database.begin().await?;
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        if !payments::insert(&mut tx, &payment).await? {
-            tracing::info!("another consumer recorded this order's payment first");
+        // Read in the transaction but not locked: an order.failed committed concurrently (only
+        // possible with two consumers on one partition during a rebalance) is seen by the charger
+        // under the row lock when the charge settles, and the capture is given back then.
+        if payments::is_failed(&mut *tx, order_id).await? {
+            tracing::warn!("order failed before it was charged; not charging it");
             tx.commit().await?;
             return Ok(());
         }
-        enqueue(&mut tx, &caused, consumed).await?;
+        let charge = PendingCharge {
+            order_id,
+            payment_id: Uuid::new_v4(),
+            token: order.payment_token.clone(),
+            amount_minor: order.total_minor,
+            currency: order.currency.clone(),
+            causation_id,
+            traceparent: consumed.traceparent.clone(),
+        };
+        let inserted = payments::insert_pending(&mut tx, &charge).await?;
         tx.commit().await?;
-        self.relay.notify();
-        match &payment.decline_reason {
-            None => {
-                tracing::info!(payment_id = %payment_id, amount_minor = payment.amount_minor, "payment captured")
-            }
-            Some(reason) => tracing::info!(payment_id = %payment_id, reason, "payment declined"),
+        if inserted {
+            // Handed over only after the commit: the charger charges committed payments only.
+            self.charges.submit(order_id);
+            tracing::info!(
+                payment_id = %charge.payment_id,
+                amount_minor = charge.amount_minor,
+                "payment pending; handed to the charger"
+            );
+        } else {
+            tracing::info!("order already has a payment; order.created ignored");
         }
         Ok(())
     }
@@ -139,10 +97,14 @@ impl PaymentHandler {
     #[tracing::instrument(skip_all, fields(order_id = %failure.order_id, event_id = %failure.event_id))]
     async fn order_failed(&self, consumed: &ConsumedEvent, failure: &OrderFailed) -> Result<(), HandlerError> {
         let order_id = parse_order_id(&failure.order_id)?;
+        let event_id = Uuid::parse_str(&failure.event_id).map_err(|error| {
+            HandlerError::Invalid(format!("event_id {:?} is not a UUID: {error}", failure.event_id))
+        })?;
         if inbox::seen(&self.database, &failure.event_id).await? {
             tracing::info!("order.failed already processed; ignored");
             return Ok(());
         }
+        // First look, unlocked: the refund is a gateway call, made before the transaction.
         let payment = payments::find(&self.database, order_id).await?;
         let decision = payments::on_order_failed(payment.as_ref());
         if let OnOrderFailed::Refund {
@@ -170,14 +132,18 @@ impl PaymentHandler {
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        payments::record_failed_order(&mut tx, order_id, &failure.reason).await?;
+        // The row lock, taken before the failure is recorded and held until it commits, orders
+        // this with the charger settling a pending payment (which locks the row, then reads the
+        // failure): either the charger settled first and the payment is seen captured here, or
+        // it waits for this commit and then sees the failure and compensates.
+        let locked = payments::lock(&mut tx, order_id).await?;
+        payments::record_failed_order(&mut tx, order_id, &failure.reason, event_id).await?;
         let mut refunded = None;
-        match decision {
-            OnOrderFailed::Refund {
+        match payments::on_order_failed_under_lock(&decision, payments::on_order_failed(locked.as_ref())) {
+            UnderLock::RecordRefund {
                 payment_id,
                 amount_minor,
                 currency,
-                ..
             } => {
                 if payments::mark_refunded(&mut tx, order_id, amount_minor).await? {
                     let event = SagaEvent::PaymentRefunded(PaymentRefunded {
@@ -196,8 +162,16 @@ impl PaymentHandler {
                     tracing::info!("payment was refunded meanwhile by another consumer");
                 }
             }
-            OnOrderFailed::NothingToRefund(why) => {
-                tracing::info!(?why, reason = %failure.reason, "order failed; nothing to refund")
+            UnderLock::Nothing(why) => {
+                tracing::info!(?why, reason = %failure.reason, "order failed; nothing to refund here")
+            }
+            UnderLock::HandleAgain => {
+                // The charger captured the payment after the first look: roll back (the inbox
+                // entry too) and let the consumer loop handle the event again, which refunds it.
+                tracing::info!("payment captured meanwhile; handling order.failed again to refund it");
+                return Err(HandlerError::Transient(anyhow::anyhow!(
+                    "payment of order {order_id} was captured while order.failed was handled"
+                )));
             }
         }
         tx.commit().await?;
@@ -205,14 +179,6 @@ impl PaymentHandler {
             self.relay.notify();
             tracing::info!(%payment_id, amount_minor, reason = %failure.reason, "payment refunded");
         }
-        Ok(())
-    }
-
-    /// Records a consumed event that changes nothing, so its redelivery is recognised.
-    async fn record_without_effect(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        let mut tx = self.database.begin().await?;
-        inbox::record(&mut tx, consumed).await?;
-        tx.commit().await?;
         Ok(())
     }
 }
@@ -292,7 +258,7 @@ mod tests {
     #[test]
     fn a_transient_gateway_error_is_retried_and_a_rejection_dead_lettered() {
         assert!(matches!(
-            gateway_failure("charge", GatewayError::Transient("timeout".into())),
+            gateway_failure("refund", GatewayError::Transient("timeout".into())),
             HandlerError::Transient(_)
         ));
         assert!(matches!(

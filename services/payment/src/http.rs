@@ -2,6 +2,11 @@
 //!
 //! `GET /payments/{order_id}` → 200 with the order's payment, 404 if the order has none,
 //! 400 if the id is not a UUID, 503 if the database is unavailable.
+//!
+//! A payment's `status` is `pending` from the moment order.created is recorded until the charge
+//! settles (the gateway may take seconds; a charge interrupted by a restart stays `pending` until
+//! it is resumed), then `captured` or `declined`, and `refunded` once a capture was given back
+//! because the order failed. A pending payment has `refunded_minor` 0 and no `decline_reason`.
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -27,7 +32,7 @@ pub struct PaymentView {
     pub order_id: Uuid,
     /// The payment's id.
     pub payment_id: Uuid,
-    /// `captured`, `declined` or `refunded`.
+    /// `pending` (being charged), `captured`, `declined` or `refunded`.
     pub status: &'static str,
     /// The amount charged (or attempted), in minor units.
     pub amount_minor: i64,

@@ -1,10 +1,13 @@
 //! Payment service: charges orders through the payment gateway and refunds the charges of
 //! failed orders.
 //!
-//! It consumes `orders`: order.created is charged (payment.success or payment.failed),
-//! order.failed has its capture refunded (payment.refunded), order.confirmed changes nothing.
-//! Every order is charged at most once and refunded at most once, across redeliveries, crashes and
-//! restarts (see [`handler`]); the gateway is idempotent by key (see [`gateway`]).
+//! It consumes `orders`: order.created records a pending payment that the [`charger`] charges in
+//! the background, many orders at once (payment.success or payment.failed), so a slow charge
+//! holds up no other order; order.failed has its capture refunded (payment.refunded), also when
+//! the capture completes only after the failure; order.confirmed changes nothing. Every order is
+//! charged at most once and refunded at most once, across redeliveries, crashes, restarts and
+//! instances sharing a database (see [`handler`] and [`charger`]); the gateway is idempotent by
+//! key (see [`gateway`]).
 
 use std::sync::Arc;
 
@@ -15,11 +18,13 @@ use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub mod charger;
 pub mod gateway;
 pub mod handler;
 pub mod http;
 pub mod payments;
 
+use charger::Charger;
 use gateway::{GatewayConfig, PaymentGateway};
 use handler::PaymentHandler;
 
@@ -65,12 +70,19 @@ pub async fn start_with_gateway(
         return Ok(None);
     };
     let gateway = gateway(context.database.clone());
-    let handler = PaymentHandler::new(context.database.clone(), gateway, context.relay.clone());
+    let concurrency = usize::try_from(config.gateway.charge_concurrency).unwrap_or(usize::MAX);
+    let (charges, charger) = Charger::new(
+        context.database.clone(),
+        gateway.clone(),
+        context.relay.clone(),
+        concurrency,
+    );
+    let handler = PaymentHandler::new(context.database.clone(), gateway, context.relay.clone(), charges);
     let listen = config.service.http_listen(&SPEC);
     let routes = http::routes(context.database.clone());
     let workload = Workload {
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
-        background: Vec::new(),
+        background: vec![Box::pin(charger.run(context.shutdown.clone()))],
     };
     let running = context.launch(listen, routes, workload).await?;
     Ok(Some(running))
