@@ -214,7 +214,10 @@ impl TopicReader {
         let group = format!("{}reader-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple());
         let consumer = kafka::consumer(kafka, &group)?;
         consumer.subscribe(&[topic])?;
-        Ok(Self { consumer, codec: EventCodec::new(registry, kafka)? })
+        Ok(Self {
+            consumer,
+            codec: EventCodec::new(registry, kafka)?,
+        })
     }
 
     /// Reads every record present on the topic now (up to each partition's high watermark).
@@ -270,7 +273,9 @@ impl TopicReader {
         let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
         let mut remaining: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
         for partition in 0..partitions {
-            let (low, high) = self.consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
             if high > low {
                 remaining.insert(partition, high);
             }
@@ -283,7 +288,10 @@ impl TopicReader {
                 Ok(message) => message?,
                 Err(_) => anyhow::bail!("timed out after {timeout:?} reading {topic} to its end"),
             };
-            if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+            if remaining
+                .get(&message.partition())
+                .is_some_and(|high| message.offset() + 1 >= *high)
+            {
                 remaining.remove(&message.partition());
             }
             let headers = match message.headers() {

@@ -7,7 +7,10 @@ use saga_tests::harness::run::{run, HarnessConfig};
 #[tokio::test(flavor = "multi_thread")]
 async fn the_saga_keeps_every_invariant_under_every_kind_of_fault() -> anyhow::Result<()> {
     let config = HarnessConfig {
-        seed: std::env::var("HARNESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261121),
+        seed: std::env::var("HARNESS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20261121),
         orders: 300,
         rate: 10.0,
         ..HarnessConfig::default()
@@ -22,6 +25,10 @@ async fn the_saga_keeps_every_invariant_under_every_kind_of_fault() -> anyhow::R
             run_dir.display()
         );
     }
-    assert!(report.passed(), "invariants violated or no quiescence; logs and report in {}", run_dir.display());
+    assert!(
+        report.passed(),
+        "invariants violated or no quiescence; logs and report in {}",
+        run_dir.display()
+    );
     Ok(())
 }

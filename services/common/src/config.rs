@@ -35,9 +35,25 @@ pub struct KafkaConfig {
         default_value_t = 6000
     )]
     pub session_timeout_ms: u32,
+    /// Leave and rejoin the consumer group after holding no partition for this many seconds
+    /// (0 disables; see the consumer loop for why).
+    #[arg(
+        long = "kafka-rejoin-unassigned-secs",
+        env = "KAFKA_REJOIN_UNASSIGNED_SECS",
+        default_value_t = 20
+    )]
+    pub rejoin_unassigned_secs: u64,
+    /// librdkafka debug contexts (e.g. `cgrp,topic`), for diagnosing group and fetch problems.
+    #[arg(long = "kafka-debug", env = "KAFKA_DEBUG")]
+    pub debug: Option<String>,
 }
 
 impl KafkaConfig {
+    /// How long a consumer may hold no partition before it rejoins its group.
+    pub fn rejoin_when_unassigned(&self) -> Option<Duration> {
+        (self.rejoin_unassigned_secs > 0).then(|| Duration::from_secs(self.rejoin_unassigned_secs))
+    }
+
     /// A configuration for the given bootstrap servers with every other setting at its default.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
@@ -46,6 +62,8 @@ impl KafkaConfig {
             topic_partitions: 6,
             topic_replication_factor: 1,
             session_timeout_ms: 6000,
+            rejoin_unassigned_secs: 20,
+            debug: None,
         }
     }
 

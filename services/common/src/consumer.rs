@@ -90,6 +90,8 @@ pub struct ConsumerLoop {
     pub group_id: String,
     /// Backoff between retries of transient failures.
     pub backoff: Backoff,
+    /// Leave and rejoin the group after holding no partition this long (`None`: never).
+    pub rejoin_when_unassigned: Option<Duration>,
 }
 
 /// What happened to one record.
@@ -98,6 +100,9 @@ enum Outcome {
     DeadLettered,
     Interrupted,
 }
+
+/// How often the loop checks that it holds partitions.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(2);
 
 /// Records waiting for a partition's worker; when full, fetching pauses (back-pressure).
 const PARTITION_QUEUE: usize = 256;
@@ -111,9 +116,19 @@ impl ConsumerLoop {
         let this = Arc::new(self);
         let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut running = JoinSet::new();
+        let topics: Vec<String> = match this.consumer.subscription() {
+            Ok(list) => list.elements().iter().map(|e| e.topic().to_string()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut watchdog = tokio::time::interval(ASSIGNMENT_CHECK);
+        let mut unassigned_since: Option<tokio::time::Instant> = None;
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = watchdog.tick() => {
+                    this.watch_assignment(&topics, &mut unassigned_since);
+                    continue;
+                }
                 received = this.consumer.recv() => received,
             };
             let message = match message {
@@ -141,6 +156,35 @@ impl ConsumerLoop {
             tracing::debug!(%error, "final offset commit had nothing to do or failed");
         }
         tracing::info!(group = %this.group_id, "consumer stopped");
+    }
+
+    /// Rejoins the group if this member has held no partition for too long.
+    ///
+    /// A group coordinator can leave a lone member without partitions: the local broker keeps a
+    /// SIGKILLed member as the group's leader, so the restarted member joins a generation whose
+    /// leader never assigns anything, and heartbeats keep succeeding. Leaving and rejoining makes
+    /// the coordinator form a new generation with the live members only. With more members than
+    /// partitions an idle member is normal; disable this there (`KAFKA_REJOIN_UNASSIGNED_SECS=0`).
+    fn watch_assignment(&self, topics: &[String], unassigned_since: &mut Option<tokio::time::Instant>) {
+        let Some(limit) = self.rejoin_when_unassigned else {
+            return;
+        };
+        let unassigned = self.consumer.assignment().map(|a| a.count() == 0).unwrap_or(false);
+        if !unassigned || topics.is_empty() {
+            *unassigned_since = None;
+            return;
+        }
+        let since = *unassigned_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < limit {
+            return;
+        }
+        tracing::warn!(group = %self.group_id, unassigned_secs = since.elapsed().as_secs(), "no partitions assigned; rejoining the group");
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.unsubscribe();
+        if let Err(error) = self.consumer.subscribe(&refs) {
+            tracing::error!(%error, "could not subscribe again");
+        }
+        *unassigned_since = None;
     }
 
     /// Handles one partition's records in order until the queue closes or shutdown.

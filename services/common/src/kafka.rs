@@ -36,7 +36,11 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
 /// `cooperative-sticky` assignment and a short session timeout let a surviving member take
 /// over a dead member's partitions within seconds.
 pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> {
-    Ok(ClientConfig::new()
+    let mut client = ClientConfig::new();
+    if let Some(contexts) = &config.debug {
+        client.set("debug", contexts);
+    }
+    Ok(client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")

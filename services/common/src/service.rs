@@ -239,6 +239,7 @@ impl ServiceContext {
                 dead_letter_topic: self.dead_letter_topic(),
                 group_id,
                 backoff: Backoff::default(),
+                rejoin_when_unassigned: self.kafka.rejoin_when_unassigned(),
             };
             work.spawn(consumer_loop.run(handler, self.shutdown.clone()));
         }

@@ -14,7 +14,12 @@ use super::processes::ManagedProcess;
 use crate::eventually;
 
 /// The four services, by binary name.
-pub const SERVICES: [&str; 4] = ["order-service", "payment-service", "inventory-service", "notification-service"];
+pub const SERVICES: [&str; 4] = [
+    "order-service",
+    "payment-service",
+    "inventory-service",
+    "notification-service",
+];
 
 /// Where things are and how the services are configured.
 #[derive(Debug, Clone)]
@@ -72,7 +77,11 @@ impl Cluster {
         std::fs::create_dir_all(&config.run_dir)?;
         for binary in SERVICES.iter().copied().chain(["schema-registry"]) {
             let path = config.bin_dir.join(binary);
-            anyhow::ensure!(path.exists(), "{} is missing: build the platform first (cargo build --bins)", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "{} is missing: build the platform first (cargo build --bins)",
+                path.display()
+            );
         }
         anyhow::ensure!(
             config.tansu.exists(),
@@ -128,7 +137,10 @@ impl Cluster {
                 ("HTTP_LISTEN".to_string(), address.to_string()),
                 ("TOPIC_PARTITIONS".to_string(), config.partitions.to_string()),
                 ("LOG_FORMAT".to_string(), "json".to_string()),
-                ("RUST_LOG".to_string(), "info".to_string()),
+                (
+                    "RUST_LOG".to_string(),
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+                ),
             ]);
             match name {
                 "order-service" => {
@@ -147,7 +159,16 @@ impl Cluster {
             http.insert(name.to_string(), address);
             databases.insert(name.to_string(), database);
         }
-        Ok(Self { config, broker, registry, services, broker_address, registry_url, http, databases })
+        Ok(Self {
+            config,
+            broker,
+            registry,
+            services,
+            broker_address,
+            registry_url,
+            http,
+            databases,
+        })
     }
 
     /// Broker settings for the harness's own clients.
@@ -164,8 +185,10 @@ impl Cluster {
     pub async fn start_broker(&mut self) -> anyhow::Result<()> {
         self.broker.start()?;
         let address = self.broker_address.clone();
-        eventually("broker listening", Duration::from_secs(30), || async { port_open(&address).await.then_some(()) })
-            .await
+        eventually("broker listening", Duration::from_secs(30), || async {
+            port_open(&address).await.then_some(())
+        })
+        .await
     }
 
     /// Starts the registry and waits until it answers.
@@ -173,21 +196,32 @@ impl Cluster {
         self.registry.start()?;
         let url = format!("{}/subjects", self.registry_url);
         eventually("schema registry answering", Duration::from_secs(60), || async {
-            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
         })
         .await
     }
 
     /// Starts a service (if not running) without waiting for it.
     pub fn start_service(&mut self, name: &str) -> anyhow::Result<()> {
-        self.services.get_mut(name).with_context(|| format!("no service {name}"))?.start()
+        self.services
+            .get_mut(name)
+            .with_context(|| format!("no service {name}"))?
+            .start()
     }
 
     /// Waits until a service's readiness probe answers 200.
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
         let url = format!("http://{}/health/ready", self.http[name]);
         eventually(&format!("{name} ready"), timeout, || async {
-            reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
         })
         .await
     }
@@ -214,7 +248,10 @@ impl Cluster {
             self.start_registry().await?;
         }
         for name in SERVICES {
-            let process = self.services.get_mut(name).with_context(|| format!("no service {name}"))?;
+            let process = self
+                .services
+                .get_mut(name)
+                .with_context(|| format!("no service {name}"))?;
             process.resume().await.ok();
             process.start()?;
         }
@@ -235,13 +272,18 @@ impl Cluster {
 
     /// Drops the run's databases (after a run that passed).
     pub async fn drop_databases(&self) -> anyhow::Result<()> {
-        let mut admin = sqlx::PgPool::connect(&format!("{}/postgres", self.config.postgres_server.trim_end_matches('/')))
-            .await?
-            .acquire()
-            .await?;
+        let mut admin = sqlx::PgPool::connect(&format!(
+            "{}/postgres",
+            self.config.postgres_server.trim_end_matches('/')
+        ))
+        .await?
+        .acquire()
+        .await?;
         for url in self.databases.values() {
             let name = url.rsplit('/').next().unwrap_or_default();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut *admin).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut *admin)
+                .await?;
         }
         Ok(())
     }

@@ -81,7 +81,12 @@ pub struct ScheduledFault {
 /// Plans the faults of a load lasting `load_duration`: every kind in `kinds` once at a random
 /// point between 10% and 80% of the load, then, if `interval` is set, a random kind every
 /// `interval`. The same seed gives the same schedule.
-pub fn schedule(seed: u64, kinds: &[FaultKind], load_duration: Duration, interval: Option<Duration>) -> Vec<ScheduledFault> {
+pub fn schedule(
+    seed: u64,
+    kinds: &[FaultKind],
+    load_duration: Duration,
+    interval: Option<Duration>,
+) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17);
     let mut faults = Vec::new();
     if kinds.is_empty() {
@@ -106,7 +111,9 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], load_duration: Duration, interva
 
 fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration) -> ScheduledFault {
     let service = SERVICES[rng.gen_range(0..SERVICES.len())].to_string();
-    let topic = [Topic::Orders, Topic::Payments, Topic::Inventory][rng.gen_range(0..3)].base_name().to_string();
+    let topic = [Topic::Orders, Topic::Payments, Topic::Inventory][rng.gen_range(0..3)]
+        .base_name()
+        .to_string();
     let (target, amount) = match kind {
         FaultKind::KillService => (service, rng.gen_range(500..4_000)),
         // longer than the 6 s session timeout: the paused member loses its partitions
@@ -117,7 +124,12 @@ fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration) -> ScheduledFault {
         FaultKind::Duplicates => (topic, rng.gen_range(5..30)),
         FaultKind::Poison => (topic, 0),
     };
-    ScheduledFault { at, kind, target, amount }
+    ScheduledFault {
+        at,
+        kind,
+        target,
+        amount,
+    }
 }
 
 /// What the executor did, for the report and the invariant checks.
@@ -168,8 +180,18 @@ impl FaultExecutor {
             tokio::time::sleep_until(started + fault.at).await;
             let outcome = self.inject(&fault).await;
             let line = match &outcome {
-                Ok(detail) => format!("{:>7.1}s {} {}: {detail}", fault.at.as_secs_f64(), fault.kind.as_str(), fault.target),
-                Err(error) => format!("{:>7.1}s {} {}: FAILED {error:#}", fault.at.as_secs_f64(), fault.kind.as_str(), fault.target),
+                Ok(detail) => format!(
+                    "{:>7.1}s {} {}: {detail}",
+                    fault.at.as_secs_f64(),
+                    fault.kind.as_str(),
+                    fault.target
+                ),
+                Err(error) => format!(
+                    "{:>7.1}s {} {}: FAILED {error:#}",
+                    fault.at.as_secs_f64(),
+                    fault.kind.as_str(),
+                    fault.target
+                ),
             };
             tracing::info!("{line}");
             let mut log = self.log.lock().await;
@@ -241,12 +263,25 @@ impl FaultExecutor {
             let cluster = self.cluster.lock().await;
             (cluster.kafka(), cluster.registry_config())
         };
-        let records = TopicReader::new(&kafka, &registry, topic)?.read_raw_to_end(Duration::from_secs(60)).await?;
-        let injected: Vec<RecordPosition> = self.log.lock().await.poison.iter().map(|p| p.position.clone()).collect();
+        let records = TopicReader::new(&kafka, &registry, topic)?
+            .read_raw_to_end(Duration::from_secs(60))
+            .await?;
+        let injected: Vec<RecordPosition> = self
+            .log
+            .lock()
+            .await
+            .poison
+            .iter()
+            .map(|p| p.position.clone())
+            .collect();
         // Only real events are duplicated: a copy of a poison record would be a new poison record.
         let mut candidates = Vec::new();
         for record in records {
-            let position = RecordPosition { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+            let position = RecordPosition {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+            };
             if !injected.contains(&position) && self.codec.decode(record.payload.as_deref()).await.is_ok() {
                 candidates.push(record);
             }
@@ -255,7 +290,10 @@ impl FaultExecutor {
         for record in &chosen {
             let mut headers = OwnedHeaders::new();
             for (key, value) in &record.headers {
-                headers = headers.insert(Header { key, value: Some(value) });
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
             }
             let mut copy = FutureRecord::to(topic).headers(headers);
             if let Some(key) = &record.key {
@@ -264,7 +302,10 @@ impl FaultExecutor {
             if let Some(payload) = &record.payload {
                 copy = copy.payload(payload);
             }
-            self.producer.send(copy, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+            self.producer
+                .send(copy, Duration::from_secs(30))
+                .await
+                .map_err(|(error, _)| error)?;
         }
         Ok(format!("re-produced {} of {} events", chosen.len(), candidates.len()))
     }
@@ -279,16 +320,32 @@ impl FaultExecutor {
         unknown_schema.extend((0..16).map(|_| self.rng.gen::<u8>()));
         let invalid = self.codec.encode(&invalid_event(topic)).await?.payload;
         let mut produced = Vec::new();
-        for (kind, payload) in [("random_bytes", random_bytes), ("unknown_schema_id", unknown_schema), ("invalid_content", invalid)] {
+        for (kind, payload) in [
+            ("random_bytes", random_bytes),
+            ("unknown_schema_id", unknown_schema),
+            ("invalid_content", invalid),
+        ] {
             let record = FutureRecord::to(topic).key(&key).payload(&payload);
-            let delivery = self.producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+            let delivery = self
+                .producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(error, _)| error)?;
             let (partition, offset) = (delivery.partition, delivery.offset);
             produced.push(InjectedPoison {
                 kind: kind.to_string(),
-                position: RecordPosition { topic: topic.to_string(), partition, offset },
+                position: RecordPosition {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                },
             });
         }
-        let summary = produced.iter().map(|p| format!("{}@{}:{}", p.kind, p.position.partition, p.position.offset)).collect::<Vec<_>>().join(", ");
+        let summary = produced
+            .iter()
+            .map(|p| format!("{}@{}:{}", p.kind, p.position.partition, p.position.offset))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.log.lock().await.poison.extend(produced);
         Ok(summary)
     }
@@ -314,7 +371,10 @@ fn invalid_event(topic: &str) -> SagaEvent {
             order_id,
             causation_id: None,
             occurred_at,
-            items: vec![StockLine { sku: "H-PLENTY-A".into(), quantity: 1 }],
+            items: vec![StockLine {
+                sku: "H-PLENTY-A".into(),
+                quantity: 1,
+            }],
         }),
         _ => SagaEvent::OrderCreated(OrderCreated {
             event_id,
@@ -326,7 +386,11 @@ fn invalid_event(topic: &str) -> SagaEvent {
             payment_token: "tok_ok".into(),
             total_minor: 100,
             currency: "EUR".into(),
-            items: vec![OrderLine { sku: "H-PLENTY-A".into(), quantity: 1, unit_price_minor: 100 }],
+            items: vec![OrderLine {
+                sku: "H-PLENTY-A".into(),
+                quantity: 1,
+                unit_price_minor: 100,
+            }],
             sales_channel: "api".into(),
         }),
     }
@@ -349,20 +413,51 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
-        let a = schedule(5, &FaultKind::ALL, Duration::from_secs(60), Some(Duration::from_secs(5)));
-        assert_eq!(a, schedule(5, &FaultKind::ALL, Duration::from_secs(60), Some(Duration::from_secs(5))));
-        assert_ne!(a, schedule(6, &FaultKind::ALL, Duration::from_secs(60), Some(Duration::from_secs(5))));
+        let a = schedule(
+            5,
+            &FaultKind::ALL,
+            Duration::from_secs(60),
+            Some(Duration::from_secs(5)),
+        );
+        assert_eq!(
+            a,
+            schedule(
+                5,
+                &FaultKind::ALL,
+                Duration::from_secs(60),
+                Some(Duration::from_secs(5))
+            )
+        );
+        assert_ne!(
+            a,
+            schedule(
+                6,
+                &FaultKind::ALL,
+                Duration::from_secs(60),
+                Some(Duration::from_secs(5))
+            )
+        );
     }
 
     #[test]
     fn an_interval_adds_faults_every_few_seconds() {
-        let faults = schedule(5, &[FaultKind::KillService], Duration::from_secs(60), Some(Duration::from_secs(5)));
+        let faults = schedule(
+            5,
+            &[FaultKind::KillService],
+            Duration::from_secs(60),
+            Some(Duration::from_secs(5)),
+        );
         assert_eq!(faults.len(), 1 + 11);
     }
 
     #[test]
     fn pauses_outlast_the_session_timeout() {
-        let faults = schedule(8, &[FaultKind::PauseService], Duration::from_secs(600), Some(Duration::from_secs(3)));
+        let faults = schedule(
+            8,
+            &[FaultKind::PauseService],
+            Duration::from_secs(600),
+            Some(Duration::from_secs(3)),
+        );
         assert!(faults.iter().all(|f| f.amount > 6_000));
     }
 }

@@ -110,7 +110,12 @@ pub fn plan(seed: u64, run_id: &str, count: usize, saga_deadline: Duration) -> L
                 "payment_token": token,
                 "items": items,
             });
-            PlannedOrder { index, kind, body, idempotency_key: format!("harness-{run_id}-{seed}-{index}") }
+            PlannedOrder {
+                index,
+                kind,
+                body,
+                idempotency_key: format!("harness-{run_id}-{seed}-{index}"),
+            }
         })
         .collect();
     let stock = PLENTIFUL_SKUS
@@ -126,12 +131,21 @@ pub type Addresses = Arc<RwLock<BTreeMap<String, SocketAddr>>>;
 
 /// Puts the plan's stock in, retrying while the inventory service is unavailable. Each
 /// adjustment has a fixed id, so a retry never adds twice.
-pub async fn stock_up(http: &reqwest::Client, inventory: SocketAddr, plan: &LoadPlan, run_id: &str) -> anyhow::Result<()> {
+pub async fn stock_up(
+    http: &reqwest::Client,
+    inventory: SocketAddr,
+    plan: &LoadPlan,
+    run_id: &str,
+) -> anyhow::Result<()> {
     for (index, (sku, units)) in plan.stock.iter().enumerate() {
-        let adjustment_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{run_id}-stock-{index}").as_bytes());
+        let adjustment_id =
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{run_id}-stock-{index}").as_bytes());
         let body = json!({"delta": units, "reason": "harness initial stock", "adjustment_id": adjustment_id});
         let url = format!("http://{inventory}/stock/{sku}/adjustments");
-        retry_request("stock adjustment", Duration::from_secs(120), || http.post(&url).json(&body).send()).await?;
+        retry_request("stock adjustment", Duration::from_secs(120), || {
+            http.post(&url).json(&body).send()
+        })
+        .await?;
     }
     Ok(())
 }
@@ -147,7 +161,11 @@ where
         match send().await {
             Ok(response) if response.status().is_success() => return Ok(response.json().await?),
             Ok(response) if response.status().is_client_error() => {
-                anyhow::bail!("{what} rejected: {} {}", response.status(), response.text().await.unwrap_or_default())
+                anyhow::bail!(
+                    "{what} rejected: {} {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                )
             }
             _ if tokio::time::Instant::now() >= deadline => anyhow::bail!("{what} not accepted within {timeout:?}"),
             _ => {
@@ -177,11 +195,17 @@ pub async fn drive(
             async move {
                 tokio::time::sleep_until(started + interval * order.index as u32).await;
                 let answer = retry_request("POST /orders", Duration::from_secs(300), || {
-                    http.post(&url).header("Idempotency-Key", &order.idempotency_key).json(&order.body).send()
+                    http.post(&url)
+                        .header("Idempotency-Key", &order.idempotency_key)
+                        .json(&order.body)
+                        .send()
                 })
                 .await?;
                 let order_id = answer["order_id"].as_str().unwrap_or_default().to_string();
-                anyhow::ensure!(!order_id.is_empty(), "POST /orders answered without an order id: {answer}");
+                anyhow::ensure!(
+                    !order_id.is_empty(),
+                    "POST /orders answered without an order id: {answer}"
+                );
                 Ok((order.index, order_id))
             }
         })
@@ -246,7 +270,11 @@ mod tests {
     #[test]
     fn deadline_orders_take_longer_than_the_deadline() {
         let load = plan(11, "r1", 300, Duration::from_secs(10));
-        let slow = load.orders.iter().find(|o| o.kind == OrderKind::Deadline).expect("a deadline order");
+        let slow = load
+            .orders
+            .iter()
+            .find(|o| o.kind == OrderKind::Deadline)
+            .expect("a deadline order");
         assert_eq!(slow.body["payment_token"], "tok_slow_13000");
     }
 }

@@ -1,5 +1,5 @@
 //! Watching the system: waiting for quiescence (every order decided, every outbox empty, every
-//! consumer group at the end of its topics, every email sent), then reading the state the
+//! consumer group at the end of its topics, every charge settled, every email sent), then reading the state the
 //! invariants are checked against from the databases, the SMTP server and the dead-letter topics.
 
 use std::collections::BTreeMap;
@@ -37,14 +37,19 @@ impl Databases {
     pub async fn connect(cluster: &Cluster) -> anyhow::Result<Self> {
         let mut pools = BTreeMap::new();
         for (service, url) in &cluster.databases {
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(url)
+                .await?;
             pools.insert(service.clone(), pool);
         }
         Ok(Self { pools })
     }
 
     fn pool(&self, service: &str) -> anyhow::Result<&PgPool> {
-        self.pools.get(service).ok_or_else(|| anyhow::anyhow!("no database for {service}"))
+        self.pools
+            .get(service)
+            .ok_or_else(|| anyhow::anyhow!("no database for {service}"))
     }
 }
 
@@ -52,18 +57,31 @@ impl Databases {
 pub async fn busy(cluster: &Cluster, databases: &Databases, placed: &[String]) -> anyhow::Result<Vec<String>> {
     let mut reasons = Vec::new();
     let orders = databases.pool("order-service")?;
-    let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'PENDING' AND order_id::text = ANY($1)")
-        .bind(placed)
-        .fetch_one(orders)
-        .await?;
+    let decided: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status <> 'PENDING' AND order_id::text = ANY($1)")
+            .bind(placed)
+            .fetch_one(orders)
+            .await?;
     if decided < placed.len() as i64 {
-        reasons.push(format!("{} of {} orders undecided", placed.len() as i64 - decided, placed.len()));
+        reasons.push(format!(
+            "{} of {} orders undecided",
+            placed.len() as i64 - decided,
+            placed.len()
+        ));
     }
     for service in cluster.databases.keys() {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(databases.pool(service)?).await?;
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(databases.pool(service)?)
+            .await?;
         if pending > 0 {
             reasons.push(format!("{service}: {pending} events in the outbox"));
         }
+    }
+    let charging: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
+        .fetch_one(databases.pool("payment-service")?)
+        .await?;
+    if charging > 0 {
+        reasons.push(format!("{charging} payments still being charged"));
     }
     let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status <> 'sent'")
         .fetch_one(databases.pool("notification-service")?)
@@ -82,7 +100,11 @@ pub async fn busy(cluster: &Cluster, databases: &Databases, placed: &[String]) -
 }
 
 /// Records of `topics` not yet committed by the consumer group `group`.
-pub async fn consumer_lag(kafka: &saga_common::config::KafkaConfig, group: &str, topics: &[Topic]) -> anyhow::Result<i64> {
+pub async fn consumer_lag(
+    kafka: &saga_common::config::KafkaConfig,
+    group: &str,
+    topics: &[Topic],
+) -> anyhow::Result<i64> {
     let probe: StreamConsumer = kafka::consumer(kafka, group)?;
     let names: Vec<String> = topics.iter().map(|t| kafka.topic(*t)).collect();
     tokio::task::spawn_blocking(move || {
@@ -147,7 +169,12 @@ fn lines(items: &Value) -> Vec<(String, i64)> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|line| (line["sku"].as_str().unwrap_or_default().to_string(), line["quantity"].as_i64().unwrap_or(0)))
+        .map(|line| {
+            (
+                line["sku"].as_str().unwrap_or_default().to_string(),
+                line["quantity"].as_i64().unwrap_or(0),
+            )
+        })
         .collect()
 }
 
@@ -159,7 +186,10 @@ pub async fn snapshot(
     email_domain: &str,
     maildev_url: &str,
 ) -> anyhow::Result<SystemState> {
-    let mut state = SystemState { placed_orders: placed.to_vec(), ..SystemState::default() };
+    let mut state = SystemState {
+        placed_orders: placed.to_vec(),
+        ..SystemState::default()
+    };
     for row in sqlx::query(
         "SELECT order_id::text AS order_id, status, failure_reason, total_minor, customer_email, items FROM orders",
     )
@@ -195,11 +225,18 @@ pub async fn snapshot(
         );
     }
     let inventory = databases.pool("inventory-service")?;
-    for row in sqlx::query("SELECT order_id::text AS order_id, status, items FROM reservations").fetch_all(inventory).await? {
+    for row in sqlx::query("SELECT order_id::text AS order_id, status, items FROM reservations")
+        .fetch_all(inventory)
+        .await?
+    {
         let order_id: String = row.try_get("order_id")?;
         state.reservations.insert(
             order_id.clone(),
-            ReservationRecord { order_id, status: row.try_get("status")?, items: lines(&row.try_get::<Value, _>("items")?) },
+            ReservationRecord {
+                order_id,
+                status: row.try_get("status")?,
+                items: lines(&row.try_get::<Value, _>("items")?),
+            },
         );
     }
     for row in sqlx::query(
@@ -236,7 +273,10 @@ pub async fn snapshot(
     let (kafka, registry) = (cluster.kafka(), cluster.registry_config());
     for service in cluster.databases.keys() {
         let topic = kafka.dead_letter_topic(service);
-        for record in TopicReader::new(&kafka, &registry, &topic)?.read_raw_to_end(Duration::from_secs(60)).await? {
+        for record in TopicReader::new(&kafka, &registry, &topic)?
+            .read_raw_to_end(Duration::from_secs(60))
+            .await?
+        {
             let header = |name: &str| {
                 record
                     .headers

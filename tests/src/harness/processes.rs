@@ -26,9 +26,23 @@ pub struct ManagedProcess {
 
 impl ManagedProcess {
     /// Describes a process; nothing runs until [`ManagedProcess::start`].
-    pub fn new(name: &str, program: PathBuf, args: Vec<String>, env: BTreeMap<String, String>, working_dir: PathBuf) -> Self {
+    pub fn new(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        working_dir: PathBuf,
+    ) -> Self {
         let log = working_dir.join(format!("{name}.log"));
-        Self { name: name.to_string(), program, args, env, working_dir, log, child: None }
+        Self {
+            name: name.to_string(),
+            program,
+            args,
+            env,
+            working_dir,
+            log,
+            child: None,
+        }
     }
 
     /// Starts the process, appending its output to `<working dir>/<name>.log`.
@@ -65,7 +79,11 @@ impl ManagedProcess {
 
     async fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let Some(pid) = self.pid() else { return Ok(()) };
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().await?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
         anyhow::ensure!(status.success(), "kill -{signal} {pid} ({}) failed", self.name);
         Ok(())
     }

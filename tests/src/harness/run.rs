@@ -83,8 +83,13 @@ fn env_or(name: &str, default: &str) -> String {
 pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let started = Instant::now();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
-    let run_dir = config.output.clone().unwrap_or_else(|| target.join("harness").join(&run_id));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    let run_dir = config
+        .output
+        .clone()
+        .unwrap_or_else(|| target.join("harness").join(&run_id));
     let cache = std::env::var("SAGA_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env_or("HOME", "/root")).join(".cache/saga-platform"));
@@ -92,13 +97,21 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         run_id: run_id.clone(),
         run_dir: run_dir.clone(),
         bin_dir: target.join("debug"),
-        tansu: std::env::var("TANSU_BIN").map(PathBuf::from).unwrap_or_else(|_| cache.join("tansu-0.6.0/bin/tansu")),
+        tansu: std::env::var("TANSU_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| cache.join("tansu-0.6.0/bin/tansu")),
         postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres@127.0.0.1:5432"),
-        smtp: (env_or("SMTP_HOST", "127.0.0.1"), env_or("SMTP_PORT", "1025").parse().unwrap_or(1025)),
+        smtp: (
+            env_or("SMTP_HOST", "127.0.0.1"),
+            env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
+        ),
         saga_deadline_secs: config.saga_deadline_secs,
         partitions: 6,
     };
-    let maildev = env_or("MAILDEV_API_URL", &format!("http://127.0.0.1:{}", env_or("MAILDEV_WEB_PORT", "1080")));
+    let maildev = env_or(
+        "MAILDEV_API_URL",
+        &format!("http://127.0.0.1:{}", env_or("MAILDEV_WEB_PORT", "1080")),
+    );
     let mut cluster = Cluster::new(cluster_config)?;
     tracing::info!(run_id, dir = %run_dir.display(), "starting cluster");
     cluster.start_all().await?;
@@ -115,7 +128,12 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         (false, false) => config.faults.clone(),
     };
     let load_duration = Duration::from_secs_f64(config.orders as f64 / config.rate.max(0.1));
-    let faults = schedule(config.seed, &kinds, load_duration, config.fault_interval_secs.map(Duration::from_secs_f64));
+    let faults = schedule(
+        config.seed,
+        &kinds,
+        load_duration,
+        config.fault_interval_secs.map(Duration::from_secs_f64),
+    );
     let mut executor = FaultExecutor::new(cluster.clone(), config.seed).await?;
     let fault_log = executor.log.clone();
     let load_started = tokio::time::Instant::now();
@@ -127,7 +145,9 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let placed = placed?;
     let load_secs = load_started.elapsed().as_secs_f64();
 
-    let mut cluster = Arc::try_unwrap(cluster).map_err(|_| anyhow::anyhow!("cluster still shared"))?.into_inner();
+    let mut cluster = Arc::try_unwrap(cluster)
+        .map_err(|_| anyhow::anyhow!("cluster still shared"))?
+        .into_inner();
     cluster.heal().await?;
     let databases = Databases::connect(&cluster).await?;
     let quiescence = observe::wait_for_quiescence(
@@ -148,7 +168,11 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let quiescence_secs = match &quiescence {
         Ok(waited) => Some(waited.as_secs_f64()),
         Err(reasons) => {
-            notes.push(format!("did not quiesce within {} s: {}", config.quiescence_timeout_secs, reasons.join("; ")));
+            notes.push(format!(
+                "did not quiesce within {} s: {}",
+                config.quiescence_timeout_secs,
+                reasons.join("; ")
+            ));
             None
         }
     };
