@@ -289,6 +289,27 @@ impl Mailer {
         tracing::info!("mailer stopped");
     }
 
+    /// Marks a sent email as sent outside the claim's transaction, retrying with backoff.
+    async fn record_sent_until_it_sticks(&self, notification: &PendingNotification) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let recorded = async {
+                let mut connection = self.database.acquire().await?;
+                store::mark_sent(&mut connection, notification.order_id, &notification.outcome).await
+            }
+            .await;
+            match recorded {
+                Ok(()) => return,
+                Err(error) => {
+                    let delay = self.backoff.delay(attempt);
+                    tracing::warn!(%error, attempt, "recording a sent email failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
     /// Claims the next due email, sends it and records the result, all under the row lock.
     async fn send_next(&self) -> Result<Round> {
         let mut tx = self.database.begin().await?;
@@ -314,12 +335,18 @@ impl Mailer {
     ) -> Result<Round> {
         match self.sender.send(&notification).await {
             Ok(()) => {
-                store::mark_sent(&mut tx, notification.order_id, &notification.outcome).await?;
-                if let Err(error) = tx.commit().await {
-                    // The server has the mail but the row stays pending: it is sent again with
-                    // the same Message-ID, which the receiver drops.
-                    tracing::error!(%error, "email sent but not marked sent; it will be resent with the same Message-ID");
-                    return Err(error.into());
+                let recorded = async {
+                    store::mark_sent(&mut tx, notification.order_id, &notification.outcome).await?;
+                    tx.commit().await
+                }
+                .await;
+                if let Err(error) = recorded {
+                    // The server has the mail; only recording it failed (a dropped connection,
+                    // a database restart). Record it again until the database answers, so the
+                    // email is not sent twice. Only a crash before this succeeds leaves the row
+                    // pending, and then the resend carries the same Message-ID.
+                    tracing::warn!(%error, "email sent but not yet recorded as sent; retrying the record");
+                    self.record_sent_until_it_sticks(&notification).await;
                 }
                 tracing::info!("email sent");
                 Ok(Round::Sent)

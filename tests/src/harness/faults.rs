@@ -227,7 +227,10 @@ impl FaultExecutor {
             }
             FaultKind::RestartBroker => {
                 let mut cluster = self.cluster.lock().await;
-                cluster.broker.terminate(Duration::from_secs(10)).await?;
+                // SIGKILL, not SIGTERM: the local broker's graceful shutdown stops its storage
+                // before its connections and leaves storage it cannot read after the restart;
+                // a hard stop lets SQLite roll back to a consistent state, like a crash would.
+                cluster.broker.kill().await?;
                 tokio::time::sleep(amount).await;
                 cluster.start_broker().await?;
                 Ok(format!("restarted after {amount:?} down"))
