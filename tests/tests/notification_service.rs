@@ -53,6 +53,7 @@ async fn start_notification(env: &TestEnv, smtp_port: u16) -> anyhow::Result<Run
             poll_interval_ms: 200,
             retry_initial_ms: 200,
             retry_max_ms: 1_000,
+            ..MailerConfig::default()
         },
     };
     start(&config, CancellationToken::new())

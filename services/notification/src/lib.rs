@@ -76,7 +76,9 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let routes = http::routes(context.database.clone());
     let workload = Workload {
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
-        background: vec![Box::pin(mailer.run(context.shutdown.clone()))],
+        background: (0..config.mailer.concurrency.max(1))
+            .map(|_| Box::pin(mailer.clone().run(context.shutdown.clone())) as _)
+            .collect(),
     };
     let running = context.launch(listen, routes, workload).await?;
     Ok(Some(running))

@@ -101,6 +101,9 @@ impl fmt::Debug for SmtpConfig {
 /// When the mailer looks for work and how it backs off.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MailerConfig {
+    /// Emails sent at the same time (each by its own mailer task).
+    #[arg(long = "mailer-concurrency", env = "MAILER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
     /// How often an idle mailer looks for due emails it was not woken for (written by another
     /// instance, or postponed after a failure).
     #[arg(
@@ -124,6 +127,7 @@ pub struct MailerConfig {
 impl Default for MailerConfig {
     fn default() -> Self {
         Self {
+            concurrency: 4,
             poll_interval_ms: 1_000,
             retry_initial_ms: 1_000,
             retry_max_ms: 60_000,
@@ -210,7 +214,9 @@ enum Round {
     Idle,
 }
 
-/// Sends recorded emails until shutdown.
+/// Sends recorded emails until shutdown. Several mailers may run side by side (in one process or
+/// many): each claims a different row.
+#[derive(Clone)]
 pub struct Mailer {
     database: PgPool,
     sender: SmtpSender,
@@ -256,6 +262,8 @@ impl Mailer {
             let pause = match self.send_next().await {
                 Ok(Round::Sent) => {
                     failures = 0;
+                    // There may be more: let an idle sibling mailer help.
+                    self.wake.notify_one();
                     continue;
                 }
                 Ok(Round::Idle) => {
