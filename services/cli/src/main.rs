@@ -2,6 +2,7 @@
 //! schemas) and reports on it; every command is safe to run again.
 
 mod bench;
+mod dead_letters;
 mod demo;
 mod endpoints;
 
@@ -53,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// Dead letters of a service: list them, or redrive them to the topics they came from.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Readiness of every service.
     Status {
         #[command(flatten)]
@@ -79,6 +85,28 @@ enum Command {
         /// Seconds to wait for each order's outcome.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// Lists every dead letter with its origin and the reason it was dead-lettered.
+    List {
+        /// The consuming service, e.g. payment-service.
+        #[arg(long)]
+        service: String,
+    },
+    /// Re-produces dead letters to their origin topics, keys, values and original headers kept.
+    Redrive {
+        /// The consuming service, e.g. payment-service.
+        #[arg(long)]
+        service: String,
+        /// Only the dead letter at this partition of the dead-letter topic (with --offset).
+        #[arg(long, requires = "offset")]
+        partition: Option<i32>,
+        /// Only the dead letter at this offset (with --partition).
+        #[arg(long, requires = "partition")]
+        offset: Option<i64>,
     },
 }
 
@@ -123,6 +151,17 @@ async fn main() -> anyhow::Result<()> {
             command: SchemasCommand::Register,
         } => register_schemas(&cli.kafka, &cli.registry).await,
         Command::Status { endpoints } => status(&endpoints).await,
+        Command::DeadLetters {
+            command: DeadLettersCommand::List { service },
+        } => dead_letters::list(&cli.kafka, &service),
+        Command::DeadLetters {
+            command:
+                DeadLettersCommand::Redrive {
+                    service,
+                    partition,
+                    offset,
+                },
+        } => dead_letters::redrive(&cli.kafka, &service, partition.zip(offset)).await,
         Command::Demo {
             endpoints,
             timeout_secs,
