@@ -178,6 +178,7 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
             initial: Duration::from_millis(20),
             max: Duration::from_millis(100),
         },
+        rejoin_when_unassigned: None,
     };
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
 
@@ -248,6 +249,7 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(100),
             },
+            rejoin_when_unassigned: None,
         };
         let shutdown = CancellationToken::new();
         (

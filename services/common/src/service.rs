@@ -302,6 +302,25 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         .await
 }
 
+/// The body of every service's `main`: sets up telemetry, starts the service with a token
+/// cancelled on SIGTERM or Ctrl-C, and waits until it has stopped gracefully.
+pub async fn run_until_stopped<F, Fut>(
+    service: &'static str,
+    telemetry: &TelemetryConfig,
+    start: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<RunningService>>>,
+{
+    crate::telemetry::init(service, telemetry);
+    if let Some(running) = start(shutdown_on_signal()).await? {
+        running.wait().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
 /// A token cancelled on SIGTERM or Ctrl-C.
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();

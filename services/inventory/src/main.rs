@@ -2,15 +2,12 @@
 
 use clap::Parser;
 use inventory_service::{start, Config, SPEC};
-use saga_common::{service, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(SPEC.name, &config.service.telemetry);
-    if let Some(running) = start(&config, service::shutdown_on_signal()).await? {
-        running.wait().await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    saga_common::service::run_until_stopped(SPEC.name, &config.service.telemetry, |shutdown| {
+        start(&config, shutdown)
+    })
+    .await
 }
