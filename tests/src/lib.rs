@@ -222,39 +222,21 @@ impl TopicReader {
 
     /// Reads every record present on the topic now (up to each partition's high watermark).
     pub async fn read_to_end(&self, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
-        let topic = self
-            .consumer
-            .subscription()?
-            .elements()
-            .first()
-            .map(|e| e.topic().to_string())
-            .ok_or_else(|| anyhow::anyhow!("reader has no topic"))?;
-        let metadata = self.consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
-        let mut remaining: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-        for partition in 0..partitions {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
-            if high > low {
-                remaining.insert(partition, high);
-            }
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
         let mut records = Vec::new();
-        while !remaining.is_empty() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let message = match tokio::time::timeout(left, self.consumer.recv()).await {
-                Ok(message) => message?,
-                Err(_) => anyhow::bail!("timed out after {timeout:?} reading {topic} to its end"),
-            };
-            if remaining
-                .get(&message.partition())
-                .is_some_and(|high| message.offset() + 1 >= *high)
-            {
-                remaining.remove(&message.partition());
-            }
-            records.push(self.to_record(&message).await);
+        for raw in self.read_raw_to_end(timeout).await? {
+            records.push(ReadRecord {
+                event: self
+                    .codec
+                    .decode(raw.payload.as_deref())
+                    .await
+                    .map_err(|e| e.to_string()),
+                headers: raw
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+                key: raw.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            });
         }
         Ok(records)
     }
