@@ -40,7 +40,7 @@ pub struct KafkaConfig {
     #[arg(
         long = "kafka-rejoin-unassigned-secs",
         env = "KAFKA_REJOIN_UNASSIGNED_SECS",
-        default_value_t = 20
+        default_value_t = 12
     )]
     pub rejoin_unassigned_secs: u64,
     /// librdkafka debug contexts (e.g. `cgrp,topic`), for diagnosing group and fetch problems.
@@ -62,7 +62,7 @@ impl KafkaConfig {
             topic_partitions: 6,
             topic_replication_factor: 1,
             session_timeout_ms: 6000,
-            rejoin_unassigned_secs: 20,
+            rejoin_unassigned_secs: 12,
             debug: None,
         }
     }
