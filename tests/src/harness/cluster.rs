@@ -42,6 +42,17 @@ pub struct ClusterConfig {
     pub partitions: i32,
 }
 
+/// What observers need of the cluster, detached from the processes.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Broker settings.
+    pub kafka: KafkaConfig,
+    /// Registry settings.
+    pub registry: RegistryConfig,
+    /// Database URL of each service.
+    pub databases: BTreeMap<String, String>,
+}
+
 /// The running (or stopped) processes and their addresses.
 #[derive(Debug)]
 pub struct Cluster {
@@ -169,6 +180,28 @@ impl Cluster {
             http,
             databases,
         })
+    }
+
+    /// Addresses for observers.
+    pub fn view(&self) -> ClusterView {
+        ClusterView {
+            kafka: self.kafka(),
+            registry: self.registry_config(),
+            databases: self.databases.clone(),
+        }
+    }
+
+    /// Whether the broker answers a metadata request within `timeout` (a live process can
+    /// still be unable to serve anything).
+    pub async fn broker_answers(address: &str, timeout: Duration) -> bool {
+        let address = address.to_string();
+        tokio::task::spawn_blocking(move || {
+            let client: Result<rdkafka::consumer::BaseConsumer, _> =
+                rdkafka::ClientConfig::new().set("bootstrap.servers", &address).create();
+            client.is_ok_and(|client| rdkafka::consumer::Consumer::fetch_metadata(&client, None, timeout).is_ok())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Broker settings for the harness's own clients.

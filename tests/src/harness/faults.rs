@@ -354,6 +354,39 @@ impl FaultExecutor {
     }
 }
 
+/// Restarts the broker whenever its process runs but it has not answered for 6 s, like a
+/// liveness probe would; returns how many times it did. The local broker (Tansu 0.6.0) sometimes
+/// comes back from a restart unable to serve: its storage task panics on the first produce of
+/// a producer it knew before, and every request fails from then on.
+pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sync::CancellationToken) -> usize {
+    let mut recoveries = 0;
+    let mut silent_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return recoveries,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let (address, running) = {
+            let mut cluster = cluster.lock().await;
+            (cluster.broker_address.clone(), cluster.broker.is_running())
+        };
+        if !running || Cluster::broker_answers(&address, Duration::from_secs(3)).await {
+            silent_since = None;
+            continue;
+        }
+        let since = *silent_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < Duration::from_secs(6) {
+            continue;
+        }
+        tracing::warn!("the broker runs but does not answer; restarting it");
+        let mut cluster = cluster.lock().await;
+        if cluster.broker.kill().await.is_ok() && cluster.start_broker().await.is_ok() {
+            recoveries += 1;
+        }
+        silent_since = None;
+    }
+}
+
 /// Valid Avro for `topic` whose content no consumer can process: an order id that is not a UUID.
 fn invalid_event(topic: &str) -> SagaEvent {
     let event_id = uuid::Uuid::new_v4().to_string();

@@ -12,7 +12,7 @@ use saga_contracts::Topic;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
-use super::cluster::Cluster;
+use super::cluster::ClusterView;
 use super::state::{
     DeadLetterRecord, EmailRecord, OrderRecord, PaymentRecord, RecordPosition, ReservationRecord, StockRecord,
     SystemState,
@@ -34,7 +34,7 @@ pub struct Databases {
 
 impl Databases {
     /// Connects to every service database of `cluster`.
-    pub async fn connect(cluster: &Cluster) -> anyhow::Result<Self> {
+    pub async fn connect(cluster: &ClusterView) -> anyhow::Result<Self> {
         let mut pools = BTreeMap::new();
         for (service, url) in &cluster.databases {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -54,7 +54,7 @@ impl Databases {
 }
 
 /// What still keeps the system busy; empty when it is quiet.
-pub async fn busy(cluster: &Cluster, databases: &Databases, placed: &[String]) -> anyhow::Result<Vec<String>> {
+pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String]) -> anyhow::Result<Vec<String>> {
     let mut reasons = Vec::new();
     let orders = databases.pool("order-service")?;
     let decided: i64 =
@@ -89,7 +89,7 @@ pub async fn busy(cluster: &Cluster, databases: &Databases, placed: &[String]) -
     if unsent > 0 {
         reasons.push(format!("{unsent} emails not sent"));
     }
-    let kafka = cluster.kafka();
+    let kafka = cluster.kafka.clone();
     for service in cluster.databases.keys() {
         let lag = consumer_lag(&kafka, service, &consumed_topics(service)).await?;
         if lag > 0 {
@@ -134,7 +134,7 @@ pub async fn consumer_lag(
 /// Waits until [`busy`] reports nothing twice in a row, one second apart. Returns how long that
 /// took, or the last reasons if `timeout` passes first.
 pub async fn wait_for_quiescence(
-    cluster: &Cluster,
+    cluster: &ClusterView,
     databases: &Databases,
     placed: &[String],
     timeout: Duration,
@@ -180,7 +180,7 @@ fn lines(items: &Value) -> Vec<(String, i64)> {
 
 /// Reads everything the invariants need.
 pub async fn snapshot(
-    cluster: &Cluster,
+    cluster: &ClusterView,
     databases: &Databases,
     placed: &[String],
     email_domain: &str,
@@ -270,7 +270,7 @@ pub async fn snapshot(
             }
         }
     }
-    let (kafka, registry) = (cluster.kafka(), cluster.registry_config());
+    let (kafka, registry) = (cluster.kafka.clone(), cluster.registry.clone());
     for service in cluster.databases.keys() {
         let topic = kafka.dead_letter_topic(service);
         for record in TopicReader::new(&kafka, &registry, &topic)?

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Cluster, ClusterConfig};
+use super::faults::supervise_broker;
 use super::faults::{schedule, FaultExecutor, FaultKind};
 use super::invariants;
 use super::load;
@@ -135,35 +137,42 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         config.fault_interval_secs.map(Duration::from_secs_f64),
     );
     let mut executor = FaultExecutor::new(cluster.clone(), config.seed).await?;
+    let supervising = CancellationToken::new();
+    let supervisor = tokio::spawn(supervise_broker(cluster.clone(), supervising.clone()));
     let fault_log = executor.log.clone();
     let load_started = tokio::time::Instant::now();
     let (placed, ()) = tokio::join!(
         load::drive(&http, order_address, &plan, config.rate, config.concurrency),
         executor.run(faults, load_started),
     );
-    drop(executor);
     let placed = placed?;
     let load_secs = load_started.elapsed().as_secs_f64();
 
-    let mut cluster = Arc::try_unwrap(cluster)
-        .map_err(|_| anyhow::anyhow!("cluster still shared"))?
-        .into_inner();
-    cluster.heal().await?;
-    let databases = Databases::connect(&cluster).await?;
+    cluster.lock().await.heal().await?;
+    let view = cluster.lock().await.view();
+    let databases = Databases::connect(&view).await?;
     let quiescence = observe::wait_for_quiescence(
-        &cluster,
+        &view,
         &databases,
         &placed,
         Duration::from_secs(config.quiescence_timeout_secs),
     )
     .await;
-    let state = observe::snapshot(&cluster, &databases, &placed, "@harness.example.com", &maildev).await?;
+    let state = observe::snapshot(&view, &databases, &placed, "@harness.example.com", &maildev).await?;
+    supervising.cancel();
+    let broker_recoveries = supervisor.await.unwrap_or(0);
     let log = fault_log.lock().await.clone();
     let mut state = state;
     state.injected_poison = log.poison.clone();
     // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
     state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
     let mut notes = vec![format!("load placed {} orders in {load_secs:.1} s", placed.len())];
+    if broker_recoveries > 0 {
+        notes.push(format!(
+            "the broker stopped answering after a restart and was restarted again {broker_recoveries} time(s) \
+             (a fault of the local broker, see docs/failure-injection.md)"
+        ));
+    }
     notes.extend(log.lines.iter().cloned());
     let quiescence_secs = match &quiescence {
         Ok(waited) => Some(waited.as_secs_f64()),
@@ -188,6 +197,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     };
     report.write_json(&run_dir.join("report.json"))?;
     std::fs::write(run_dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
+    let mut cluster = cluster.lock().await;
     cluster.stop_all().await;
     if report.passed() && !config.keep_databases {
         cluster.drop_databases().await.ok();
