@@ -272,26 +272,22 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes sure every process runs again (after faults) and every service is ready.
-    pub async fn heal(&mut self) -> anyhow::Result<()> {
-        if !self.broker.is_running() {
-            self.start_broker().await?;
-        }
-        if !self.registry.is_running() {
-            self.start_registry().await?;
-        }
-        for name in SERVICES {
-            let process = self
-                .services
-                .get_mut(name)
-                .with_context(|| format!("no service {name}"))?;
-            process.resume().await.ok();
+    /// Starts every process that is not running and resumes paused ones, without waiting for
+    /// anything (so a caller holding the cluster's lock does not hold it for long).
+    pub fn restart_stopped(&mut self) -> anyhow::Result<()> {
+        self.broker.start()?;
+        self.registry.start()?;
+        for process in self.services.values_mut() {
             process.start()?;
         }
-        for name in SERVICES {
-            self.wait_ready(name, Duration::from_secs(120)).await?;
-        }
         Ok(())
+    }
+
+    /// Resumes every service (a no-op for those not paused).
+    pub async fn resume_all(&self) {
+        for process in self.services.values() {
+            process.resume().await.ok();
+        }
     }
 
     /// Stops everything gracefully.

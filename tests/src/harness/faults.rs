@@ -236,10 +236,16 @@ impl FaultExecutor {
                 Ok(format!("restarted after {amount:?} down"))
             }
             FaultKind::RestartRegistry => {
-                let mut cluster = self.cluster.lock().await;
-                cluster.registry.terminate(Duration::from_secs(10)).await?;
+                self.cluster
+                    .lock()
+                    .await
+                    .registry
+                    .terminate(Duration::from_secs(10))
+                    .await?;
                 tokio::time::sleep(amount).await;
-                cluster.start_registry().await?;
+                // Not waiting for it to answer while holding the cluster: it comes up once the
+                // broker can serve, and the broker supervisor may need the cluster meanwhile.
+                self.cluster.lock().await.registry.start()?;
                 Ok(format!("restarted after {amount:?} down"))
             }
             FaultKind::KillDatabaseConnections => {

@@ -148,8 +148,32 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let placed = placed?;
     let load_secs = load_started.elapsed().as_secs_f64();
 
-    cluster.lock().await.heal().await?;
-    let view = cluster.lock().await.view();
+    let mut notes = Vec::new();
+    {
+        let mut cluster = cluster.lock().await;
+        cluster.resume_all().await;
+        cluster.restart_stopped()?;
+    }
+    // Wait without holding the lock: the broker supervisor may need it meanwhile.
+    let (view, http_addresses) = {
+        let cluster = cluster.lock().await;
+        (cluster.view(), cluster.http.clone())
+    };
+    for (name, address) in &http_addresses {
+        let url = format!("http://{address}/health/ready");
+        let ready = crate::eventually(&format!("{name} ready"), Duration::from_secs(300), || async {
+            http.get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await;
+        if let Err(error) = ready {
+            notes.push(format!("after the faults: {error:#}"));
+        }
+    }
     let databases = Databases::connect(&view).await?;
     let quiescence = observe::wait_for_quiescence(
         &view,
@@ -166,7 +190,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     state.injected_poison = log.poison.clone();
     // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
     state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
-    let mut notes = vec![format!("load placed {} orders in {load_secs:.1} s", placed.len())];
+    notes.insert(0, format!("load placed {} orders in {load_secs:.1} s", placed.len()));
     if broker_recoveries > 0 {
         notes.push(format!(
             "the broker stopped answering after a restart and was restarted again {broker_recoveries} time(s) \
