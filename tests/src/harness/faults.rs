@@ -361,12 +361,14 @@ impl FaultExecutor {
 }
 
 /// Restarts the broker whenever its process runs but it has not answered for 6 s, like a
-/// liveness probe would; returns how many times it did. The local broker (Tansu 0.6.0) sometimes
+/// liveness probe would, and the services and registry too when it breaks again within a
+/// minute; returns how many times it restarted the broker. The local broker (Tansu 0.6.0) sometimes
 /// comes back from a restart unable to serve: its storage task panics on the first produce of
 /// a producer it knew before, and every request fails from then on.
 pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sync::CancellationToken) -> usize {
     let mut recoveries = 0;
     let mut silent_since: Option<tokio::time::Instant> = None;
+    let mut last_recovery: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return recoveries,
@@ -384,11 +386,27 @@ pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sy
         if since.elapsed() < Duration::from_secs(6) {
             continue;
         }
-        tracing::warn!("the broker runs but does not answer; restarting it");
+        // Broken again soon after the last recovery: the producers the broker no longer knows
+        // break it at once. Restarting the services gives them new producer ids.
+        let relapse = last_recovery.is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+        tracing::warn!(relapse, "the broker runs but does not answer; restarting it");
         let mut cluster = cluster.lock().await;
+        if relapse {
+            for process in cluster.services.values_mut() {
+                process.kill().await.ok();
+            }
+        }
         if cluster.broker.kill().await.is_ok() && cluster.start_broker().await.is_ok() {
             recoveries += 1;
         }
+        if relapse {
+            for process in cluster.services.values_mut() {
+                process.start().ok();
+            }
+            cluster.registry.terminate(Duration::from_secs(5)).await.ok();
+            cluster.registry.start().ok();
+        }
+        last_recovery = Some(tokio::time::Instant::now());
         silent_since = None;
     }
 }
