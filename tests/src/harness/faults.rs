@@ -360,9 +360,9 @@ impl FaultExecutor {
     }
 }
 
-/// Restarts the broker whenever its process runs but it has not answered for 6 s, like a
-/// liveness probe would, and the services and registry too when it breaks again within a
-/// minute; returns how many times it restarted the broker. The local broker (Tansu 0.6.0) sometimes
+/// Restarts the broker whenever its process runs but it has not answered for 30 s, like a
+/// liveness probe would, and the services and registry too when it breaks again within two
+/// minutes; returns how many times it restarted the broker. The local broker (Tansu 0.6.0) sometimes
 /// comes back from a restart unable to serve: its storage task panics on the first produce of
 /// a producer it knew before, and every request fails from then on.
 pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sync::CancellationToken) -> usize {
@@ -378,17 +378,18 @@ pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sy
             let mut cluster = cluster.lock().await;
             (cluster.broker_address.clone(), cluster.broker.is_running())
         };
-        if !running || Cluster::broker_answers(&address, Duration::from_secs(3)).await {
+        if !running || Cluster::broker_answers(&address, Duration::from_secs(10)).await {
             silent_since = None;
             continue;
         }
         let since = *silent_since.get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() < Duration::from_secs(6) {
+        // A loaded broker can be slow to answer; only a long silence counts as broken.
+        if since.elapsed() < Duration::from_secs(30) {
             continue;
         }
         // Broken again soon after the last recovery: the producers the broker no longer knows
         // break it at once. Restarting the services gives them new producer ids.
-        let relapse = last_recovery.is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+        let relapse = last_recovery.is_some_and(|at| at.elapsed() < Duration::from_secs(120));
         tracing::warn!(relapse, "the broker runs but does not answer; restarting it");
         let mut cluster = cluster.lock().await;
         if relapse {
