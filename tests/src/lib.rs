@@ -137,10 +137,7 @@ impl TestEnv {
             &format!("{service} outbox drained"),
             Duration::from_secs(30),
             || async {
-                let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
+                let pending = saga_common::outbox::pending(&pool).await.ok()?;
                 (pending == 0).then_some(())
             },
         )

@@ -6,8 +6,6 @@
 //! so older and newer versions of an event decode alike. Decode failures are classified:
 //! a registry outage is transient (retry), everything else is poison (dead-letter).
 
-use std::time::Duration;
-
 use apache_avro::types::Value;
 use saga_contracts::{EventType, SagaEvent};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -163,9 +161,6 @@ pub fn traceparent_for(order_id: &str) -> String {
     let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
     format!("00-{trace_id}-{span_id}-01")
 }
-
-/// How long to wait for the registry before a readiness probe calls it unreachable.
-pub const REGISTRY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

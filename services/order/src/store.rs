@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::placement::{OrderLineRequest, ValidOrder};
-use crate::saga::{decide, Decision, InventoryOutcome, OrderStatus, PaymentOutcome, SagaInput, SagaState};
+use crate::saga::{decide, Decision, InventoryOutcome, PaymentOutcome, SagaInput, SagaState};
 
 /// Name under which this service appears in timelines.
 pub const SOURCE: &str = "order-service";
@@ -280,9 +280,4 @@ pub async fn fetch_view(pool: &PgPool, order_id: Uuid) -> anyhow::Result<Option<
         decided_at: row.try_get("decided_at")?,
         timeline,
     }))
-}
-
-/// Whether the order service's own status says the order is decided.
-pub fn is_terminal(status: OrderStatus) -> bool {
-    status != OrderStatus::Pending
 }

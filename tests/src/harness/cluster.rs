@@ -194,14 +194,9 @@ impl Cluster {
     /// Whether the broker answers a metadata request within `timeout` (a live process can
     /// still be unable to serve anything).
     pub async fn broker_answers(address: &str, timeout: Duration) -> bool {
-        let address = address.to_string();
-        tokio::task::spawn_blocking(move || {
-            let client: Result<rdkafka::consumer::BaseConsumer, _> =
-                rdkafka::ClientConfig::new().set("bootstrap.servers", &address).create();
-            client.is_ok_and(|client| rdkafka::consumer::Consumer::fetch_metadata(&client, None, timeout).is_ok())
-        })
-        .await
-        .unwrap_or(false)
+        saga_common::kafka::probe_broker(&KafkaConfig::new(address), timeout)
+            .await
+            .is_ok()
     }
 
     /// Broker settings for the harness's own clients.

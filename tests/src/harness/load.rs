@@ -4,14 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::sync::RwLock;
 
 /// What an order is meant to exercise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,9 +123,6 @@ pub fn plan(seed: u64, run_id: &str, count: usize, saga_deadline: Duration) -> L
         .collect();
     LoadPlan { orders, stock }
 }
-
-/// Where the services listen; updated never (ports stay fixed across restarts).
-pub type Addresses = Arc<RwLock<BTreeMap<String, SocketAddr>>>;
 
 /// Puts the plan's stock in, retrying while the inventory service is unavailable. Each
 /// adjustment has a fixed id, so a retry never adds twice.

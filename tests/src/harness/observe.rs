@@ -70,9 +70,7 @@ pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String
         ));
     }
     for service in cluster.databases.keys() {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(databases.pool(service)?)
-            .await?;
+        let pending = saga_common::outbox::pending(databases.pool(service)?).await?;
         if pending > 0 {
             reasons.push(format!("{service}: {pending} events in the outbox"));
         }
