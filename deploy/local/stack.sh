@@ -69,6 +69,7 @@ check_prerequisites() {
 install_tansu() {
   if [[ -x "$TANSU_BIN" ]]; then return; fi
   step "Building the Tansu broker $TANSU_VERSION into $SAGA_CACHE_DIR (once; about 12-15 minutes on 2 cores)"
+  mkdir -p "$SAGA_CACHE_DIR"
   cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features libsql \
     --root "$SAGA_CACHE_DIR/tansu-$TANSU_VERSION" >"$SAGA_CACHE_DIR/tansu-build.log" 2>&1 \
     || fail "building Tansu failed; see $SAGA_CACHE_DIR/tansu-build.log (it needs crates.io access and a C compiler)"
