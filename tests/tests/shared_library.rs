@@ -11,7 +11,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use saga_common::codec::{EncodedEvent, EventCodec};
-use saga_common::consumer::{event_headers, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError};
+use saga_common::consumer::{
+    event_headers, ConsumedEvent, ConsumerFactory, ConsumerLoop, EventHandler, HandlerError, Rejoin,
+};
 use saga_common::kafka;
 use saga_common::retry::Backoff;
 use saga_contracts::{OrderCreated, OrderLine, SagaEvent, Topic};
@@ -178,7 +180,7 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
             initial: Duration::from_millis(20),
             max: Duration::from_millis(100),
         },
-        rejoin_when_unassigned: None,
+        rejoin: None,
     };
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
 
@@ -249,7 +251,7 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(100),
             },
-            rejoin_when_unassigned: None,
+            rejoin: None,
         };
         let shutdown = CancellationToken::new();
         (
@@ -277,6 +279,90 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
     .await?;
     assert_eq!(
         *succeeding.completed.lock().expect("lock"),
+        vec![event.event_id().to_string()]
+    );
+    shutdown.cancel();
+    running.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_left_without_partitions_is_replaced_by_a_new_member_that_consumes() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let codec = Arc::new(EventCodec::new(&env.registry, &env.kafka)?);
+    let producer = kafka::producer(&env.kafka)?;
+    let dead_letters = env.topic("rejoin.dead-letter", 1).await?;
+    let topic = env.topic("rejoin", 1).await?;
+    let group = env.group("rejoin");
+    let topics = vec![topic.clone()];
+
+    // Another member holds the topic's only partition, so the loop's member gets none.
+    let holder = Arc::new(kafka::subscribed_consumer(&env.kafka, &group, &topics)?);
+    let polling = tokio::spawn({
+        let holder = holder.clone();
+        async move { while holder.recv().await.is_ok() {} }
+    });
+    eventually(
+        "the holder is assigned the partition",
+        Duration::from_secs(60),
+        || async { (holder.assignment().ok()?.count() == 1).then_some(()) },
+    )
+    .await?;
+
+    let replacements = Arc::new(AtomicUsize::new(0));
+    let new_consumer: ConsumerFactory = {
+        let (kafka, group, topics, replacements) =
+            (env.kafka.clone(), group.clone(), topics.clone(), replacements.clone());
+        Arc::new(move || {
+            replacements.fetch_add(1, Ordering::SeqCst);
+            Ok(kafka::subscribed_consumer(&kafka, &group, &topics)?)
+        })
+    };
+    let handler = Arc::new(GatedHandler {
+        blocked_event_id: String::new(),
+        released: AtomicBool::new(true),
+        attempts_on_blocked: AtomicUsize::new(0),
+        completed: Mutex::new(Vec::new()),
+    });
+    let consumer_loop = ConsumerLoop {
+        consumer: kafka::subscribed_consumer(&env.kafka, &group, &topics)?,
+        codec: codec.clone(),
+        producer: producer.clone(),
+        dead_letter_topic: dead_letters,
+        group_id: group.clone(),
+        backoff: Backoff::default(),
+        rejoin: Some(Rejoin {
+            after: Duration::from_secs(3),
+            new_consumer,
+        }),
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
+    eventually("the idle member replaced", Duration::from_secs(60), || async {
+        (replacements.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await?;
+
+    // The holder leaves; the loop's current member takes the partition and consumes.
+    polling.abort();
+    let _ = polling.await;
+    let holder = Arc::into_inner(holder).expect("the polling task released the holder");
+    tokio::task::spawn_blocking(move || drop(holder)).await?;
+    let event = order_created(&uuid::Uuid::new_v4().to_string());
+    let encoded = codec.encode(&event).await?;
+    let record = FutureRecord::to(&topic).key(&encoded.key).payload(&encoded.payload);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| error)?;
+    eventually(
+        "the event consumed after the holder left",
+        Duration::from_secs(90),
+        || async { (!handler.completed.lock().expect("lock").is_empty()).then_some(()) },
+    )
+    .await?;
+    assert_eq!(
+        *handler.completed.lock().expect("lock"),
         vec![event.event_id().to_string()]
     );
     shutdown.cancel();

@@ -43,6 +43,16 @@ pub struct KafkaConfig {
         default_value_t = 12
     )]
     pub rejoin_unassigned_secs: u64,
+    /// Whether producers are idempotent (broker-side deduplication of retried batches). On by
+    /// default; off only for a broker that cannot bump a producer's epoch (the local broker, see
+    /// docs/local-stack.md), where retries may then duplicate a record but never reorder one.
+    #[arg(
+        long = "kafka-idempotent-producer",
+        env = "KAFKA_IDEMPOTENT_PRODUCER",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub idempotent_producer: bool,
     /// librdkafka debug contexts (e.g. `cgrp,topic`), for diagnosing group and fetch problems.
     #[arg(long = "kafka-debug", env = "KAFKA_DEBUG")]
     pub debug: Option<String>,
@@ -63,6 +73,7 @@ impl KafkaConfig {
             topic_replication_factor: 1,
             session_timeout_ms: 6000,
             rejoin_unassigned_secs: 12,
+            idempotent_producer: true,
             debug: None,
         }
     }

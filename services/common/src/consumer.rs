@@ -76,6 +76,18 @@ pub trait EventHandler: Send + Sync {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError>;
 }
 
+/// Builds a fresh, already subscribed consumer: a new client with a new group member id.
+pub type ConsumerFactory = Arc<dyn Fn() -> anyhow::Result<StreamConsumer> + Send + Sync>;
+
+/// When and how the loop replaces a consumer that holds no partition.
+#[derive(Clone)]
+pub struct Rejoin {
+    /// How long the consumer may hold no partition before it is replaced.
+    pub after: Duration,
+    /// Builds the replacement.
+    pub new_consumer: ConsumerFactory,
+}
+
 /// Everything the loop needs besides the handler.
 pub struct ConsumerLoop {
     /// Subscribed consumer (see [`crate::kafka::consumer`]).
@@ -90,8 +102,17 @@ pub struct ConsumerLoop {
     pub group_id: String,
     /// Backoff between retries of transient failures.
     pub backoff: Backoff,
-    /// Leave and rejoin the group after holding no partition this long (`None`: never).
-    pub rejoin_when_unassigned: Option<Duration>,
+    /// Replace the consumer after it has held no partition for a while (`None`: never).
+    pub rejoin: Option<Rejoin>,
+}
+
+/// Decodes, handles and dead-letters records; shared by every partition worker.
+struct RecordProcessor {
+    codec: Arc<EventCodec>,
+    producer: FutureProducer,
+    dead_letter_topic: String,
+    group_id: String,
+    backoff: Backoff,
 }
 
 /// What happened to one record.
@@ -99,6 +120,12 @@ enum Outcome {
     Processed,
     DeadLettered,
     Interrupted,
+}
+
+/// Why one consumer's session ended.
+enum SessionEnd {
+    Shutdown,
+    Unassigned,
 }
 
 /// How often the loop checks that it holds partitions.
@@ -112,24 +139,86 @@ impl ConsumerLoop {
     ///
     /// Records of one partition are handled one after another, in order, by that partition's
     /// worker; partitions proceed independently, so a slow record holds up only its partition.
+    ///
+    /// A group coordinator can leave a member without partitions for good: the local broker
+    /// keeps a SIGKILLed member as the group's leader, so its successor joins a generation whose
+    /// leader never assigns anything while heartbeats keep succeeding, and leaving and joining
+    /// again with the same client was seen to repeat that. So a consumer that has held no
+    /// partition for [`Rejoin::after`] is closed (it leaves the group) and replaced by a new
+    /// client, which joins as a new member. With more members than partitions an idle member is
+    /// normal; disable this there (`KAFKA_REJOIN_UNASSIGNED_SECS=0`).
     pub async fn run(self, handler: Arc<dyn EventHandler>, shutdown: CancellationToken) {
-        let this = Arc::new(self);
+        let ConsumerLoop {
+            consumer,
+            codec,
+            producer,
+            dead_letter_topic,
+            group_id,
+            backoff,
+            rejoin,
+        } = self;
+        let processor = Arc::new(RecordProcessor {
+            codec,
+            producer,
+            dead_letter_topic,
+            group_id,
+            backoff,
+        });
+        let mut consumer = Arc::new(consumer);
+        let rejoin_after = rejoin.as_ref().map(|rejoin| rejoin.after);
+        loop {
+            let end = processor
+                .clone()
+                .consume(consumer.clone(), handler.clone(), &shutdown, rejoin_after)
+                .await;
+            let (SessionEnd::Unassigned, Some(rejoin)) = (end, &rejoin) else {
+                break;
+            };
+            // Closing leaves the group; librdkafka's close blocks, so it runs off the runtime.
+            let old = consumer;
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            let fresh = retry_until_ok("creating a new consumer", backoff, &shutdown, || async {
+                (rejoin.new_consumer)()
+            })
+            .await;
+            match fresh {
+                Some(fresh) => consumer = Arc::new(fresh),
+                None => return,
+            }
+            tracing::info!(group = %processor.group_id, "new consumer joined the group");
+        }
+        tracing::info!(group = %processor.group_id, "consumer stopped");
+    }
+}
+
+impl RecordProcessor {
+    /// Feeds one consumer's records to per-partition workers until shutdown, or until the
+    /// consumer has held no partition for `rejoin_after`; then lets the workers finish and
+    /// commits the stored offsets.
+    async fn consume(
+        self: Arc<Self>,
+        consumer: Arc<StreamConsumer>,
+        handler: Arc<dyn EventHandler>,
+        shutdown: &CancellationToken,
+        rejoin_after: Option<Duration>,
+    ) -> SessionEnd {
+        // Workers stop with the session, so a replaced consumer is no longer in use.
+        let session = shutdown.child_token();
         let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut running = JoinSet::new();
-        let topics: Vec<String> = match this.consumer.subscription() {
-            Ok(list) => list.elements().iter().map(|e| e.topic().to_string()).collect(),
-            Err(_) => Vec::new(),
-        };
         let mut watchdog = tokio::time::interval(ASSIGNMENT_CHECK);
         let mut unassigned_since: Option<tokio::time::Instant> = None;
-        loop {
+        let end = loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
                 _ = watchdog.tick() => {
-                    this.watch_assignment(&topics, &mut unassigned_since);
+                    if unassigned_too_long(&consumer, rejoin_after, &mut unassigned_since) {
+                        tracing::warn!(group = %self.group_id, "no partitions assigned for too long; replacing the consumer");
+                        break SessionEnd::Unassigned;
+                    }
                     continue;
                 }
-                received = this.consumer.recv() => received,
+                received = consumer.recv() => received,
             };
             let message = match message {
                 Ok(message) => message.detach(),
@@ -142,69 +231,46 @@ impl ConsumerLoop {
             let key = (message.topic().to_string(), message.partition());
             let worker = workers.entry(key).or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
-                running.spawn(this.clone().work_partition(receiver, handler.clone(), shutdown.clone()));
+                running.spawn(self.clone().work_partition(
+                    consumer.clone(),
+                    receiver,
+                    handler.clone(),
+                    session.clone(),
+                ));
                 sender
             });
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                sent = worker.send(message) => if sent.is_err() { break },
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                sent = worker.send(message) => if sent.is_err() { break SessionEnd::Shutdown },
             }
+        };
+        if matches!(end, SessionEnd::Unassigned) {
+            session.cancel();
         }
         drop(workers);
         while running.join_next().await.is_some() {}
-        if let Err(error) = this.consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final offset commit had nothing to do or failed");
         }
-        tracing::info!(group = %this.group_id, "consumer stopped");
+        end
     }
 
-    /// Rejoins the group if this member has held no partition for too long.
-    ///
-    /// A group coordinator can leave a lone member without partitions: the local broker keeps a
-    /// SIGKILLed member as the group's leader, so the restarted member joins a generation whose
-    /// leader never assigns anything, and heartbeats keep succeeding. Leaving and rejoining makes
-    /// the coordinator form a new generation with the live members only. With more members than
-    /// partitions an idle member is normal; disable this there (`KAFKA_REJOIN_UNASSIGNED_SECS=0`).
-    fn watch_assignment(&self, topics: &[String], unassigned_since: &mut Option<tokio::time::Instant>) {
-        let Some(limit) = self.rejoin_when_unassigned else {
-            return;
-        };
-        let unassigned = self.consumer.assignment().map(|a| a.count() == 0).unwrap_or(false);
-        if !unassigned || topics.is_empty() {
-            *unassigned_since = None;
-            return;
-        }
-        let since = *unassigned_since.get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() < limit {
-            return;
-        }
-        tracing::warn!(group = %self.group_id, unassigned_secs = since.elapsed().as_secs(), "no partitions assigned; rejoining the group");
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.unsubscribe();
-        if let Err(error) = self.consumer.subscribe(&refs) {
-            tracing::error!(%error, "could not subscribe again");
-        }
-        *unassigned_since = None;
-    }
-
-    /// Handles one partition's records in order until the queue closes or shutdown.
+    /// Handles one partition's records in order until the queue closes or the session ends.
     async fn work_partition(
         self: Arc<Self>,
+        consumer: Arc<StreamConsumer>,
         mut queue: mpsc::Receiver<OwnedMessage>,
         handler: Arc<dyn EventHandler>,
-        shutdown: CancellationToken,
+        session: CancellationToken,
     ) {
         loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = session.cancelled() => break,
                 next = queue.recv() => match next { Some(message) => message, None => break },
             };
-            match self.process(&message, handler.as_ref(), &shutdown).await {
+            match self.process(&message, handler.as_ref(), &session).await {
                 Outcome::Processed | Outcome::DeadLettered => {
-                    if let Err(error) =
-                        self.consumer
-                            .store_offset(message.topic(), message.partition(), message.offset())
-                    {
+                    if let Err(error) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
                         // Only fails if the partition was revoked meanwhile; its new owner
                         // re-reads the record and the handler's idempotence absorbs it.
                         tracing::warn!(%error, "could not store offset");
@@ -320,6 +386,23 @@ impl ConsumerLoop {
             None => Outcome::Interrupted,
         }
     }
+}
+
+/// Whether `consumer` has held no partition for longer than `limit` (tracked in `since`).
+fn unassigned_too_long(
+    consumer: &StreamConsumer,
+    limit: Option<Duration>,
+    since: &mut Option<tokio::time::Instant>,
+) -> bool {
+    let Some(limit) = limit else {
+        return false;
+    };
+    let unassigned = consumer.assignment().map(|a| a.count() == 0).unwrap_or(false);
+    if !unassigned {
+        *since = None;
+        return false;
+    }
+    since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= limit
 }
 
 /// Reads a UTF-8 header value from a record.

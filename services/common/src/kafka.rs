@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -18,13 +18,18 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
 
-/// Builds the idempotent producer every service publishes with.
+/// Builds the producer every service publishes with: every record acknowledged by all
+/// replicas, retried until `message.timeout.ms`, in order.
+///
+/// Idempotent unless the configuration turns it off; then one request at a time keeps retried
+/// batches in order, and a retry may duplicate a record, which every consumer absorbs (inbox).
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
+    let in_flight = if config.idempotent_producer { "5" } else { "1" };
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", config.idempotent_producer.to_string())
         .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
+        .set("max.in.flight.requests.per.connection", in_flight)
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
         .create()?)
@@ -58,6 +63,14 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
         // latency low without busy polling.
         .set("fetch.wait.max.ms", "100")
         .create()?)
+}
+
+/// A [`consumer`] subscribed to `topics`.
+pub fn subscribed_consumer(config: &KafkaConfig, group_id: &str, topics: &[String]) -> Result<StreamConsumer> {
+    let consumer = consumer(config, group_id)?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    Ok(consumer)
 }
 
 /// Retention for a topic the platform creates.

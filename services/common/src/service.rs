@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::EventCodec;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
-use crate::consumer::{ConsumerLoop, EventHandler};
+use crate::consumer::{ConsumerFactory, ConsumerLoop, EventHandler, Rejoin};
 use crate::health;
 use crate::kafka::{self, Retention, TopicSpec};
 use crate::outbox::Relay;
@@ -228,18 +228,22 @@ impl ServiceContext {
         });
         if let Some((topics, handler)) = workload.consumer {
             let group_id = self.kafka.prefixed(self.spec.name);
-            let consumer = kafka::consumer(&self.kafka, &group_id)?;
             let names: Vec<String> = topics.iter().map(|t| self.kafka.topic(*t)).collect();
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            rdkafka::consumer::Consumer::subscribe(&consumer, &refs)?;
+            let new_consumer: ConsumerFactory = {
+                let (kafka, group_id, names) = (self.kafka.clone(), group_id.clone(), names.clone());
+                Arc::new(move || Ok(kafka::subscribed_consumer(&kafka, &group_id, &names)?))
+            };
             let consumer_loop = ConsumerLoop {
-                consumer,
+                consumer: kafka::subscribed_consumer(&self.kafka, &group_id, &names)?,
                 codec: self.codec.clone(),
                 producer: self.producer.clone(),
                 dead_letter_topic: self.dead_letter_topic(),
                 group_id,
                 backoff: Backoff::default(),
-                rejoin_when_unassigned: self.kafka.rejoin_when_unassigned(),
+                rejoin: self
+                    .kafka
+                    .rejoin_when_unassigned()
+                    .map(|after| Rejoin { after, new_consumer }),
             };
             work.spawn(consumer_loop.run(handler, self.shutdown.clone()));
         }

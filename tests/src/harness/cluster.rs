@@ -143,6 +143,8 @@ impl Cluster {
             );
             let mut env = BTreeMap::from([
                 ("KAFKA_BOOTSTRAP_SERVERS".to_string(), broker_address.clone()),
+                // The broker is restarted under load; see `Cluster::kafka`.
+                ("KAFKA_IDEMPOTENT_PRODUCER".to_string(), "false".to_string()),
                 ("SCHEMA_REGISTRY_URL".to_string(), registry_url.clone()),
                 ("DATABASE_URL".to_string(), database.clone()),
                 ("HTTP_LISTEN".to_string(), address.to_string()),
@@ -200,8 +202,15 @@ impl Cluster {
     }
 
     /// Broker settings for the harness's own clients.
+    ///
+    /// Producers are not idempotent: after a broker restart under load, librdkafka asks to bump
+    /// an idempotent producer's epoch (InitProducerId with its current id), which the local
+    /// broker does not implement; its request handler panics and it stops serving. Without
+    /// idempotence a retried batch may be stored twice, which the services' inboxes absorb.
     pub fn kafka(&self) -> KafkaConfig {
-        KafkaConfig::new(self.broker_address.clone())
+        let mut kafka = KafkaConfig::new(self.broker_address.clone());
+        kafka.idempotent_producer = false;
+        kafka
     }
 
     /// Registry settings for the harness's own clients.
