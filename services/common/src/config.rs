@@ -35,8 +35,8 @@ pub struct KafkaConfig {
         default_value_t = 6000
     )]
     pub session_timeout_ms: u32,
-    /// Leave and rejoin the consumer group after holding no partition for this many seconds
-    /// (0 disables; see the consumer loop for why).
+    /// Replace a consumer that has held no partition for this many seconds by a new group
+    /// member (0 disables; see the consumer loop for why).
     #[arg(
         long = "kafka-rejoin-unassigned-secs",
         env = "KAFKA_REJOIN_UNASSIGNED_SECS",
@@ -59,7 +59,7 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// How long a consumer may hold no partition before it rejoins its group.
+    /// How long a consumer may hold no partition before it is replaced.
     pub fn rejoin_when_unassigned(&self) -> Option<Duration> {
         (self.rejoin_unassigned_secs > 0).then(|| Duration::from_secs(self.rejoin_unassigned_secs))
     }
