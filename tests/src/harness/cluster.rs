@@ -13,6 +13,9 @@ use saga_common::config::{KafkaConfig, RegistryConfig};
 use super::processes::ManagedProcess;
 use crate::eventually;
 
+/// Emails the notification service sends at once; the invariant checks need it.
+pub const MAILER_CONCURRENCY: usize = 4;
+
 /// The four services, by binary name.
 pub const SERVICES: [&str; 4] = [
     "order-service",
@@ -160,6 +163,7 @@ impl Cluster {
                     env.insert("SAGA_DEADLINE_SECS".into(), config.saga_deadline_secs.to_string());
                 }
                 "notification-service" => {
+                    env.insert("MAILER_CONCURRENCY".into(), MAILER_CONCURRENCY.to_string());
                     env.insert("SMTP_HOST".into(), config.smtp.0.clone());
                     env.insert("SMTP_PORT".into(), config.smtp.1.to_string());
                 }

@@ -141,6 +141,8 @@ pub struct FaultLog {
     pub lines: Vec<String>,
     /// Every poison record produced.
     pub poison: Vec<InjectedPoison>,
+    /// SIGKILLs carried out, by service.
+    pub kills: BTreeMap<String, usize>,
 }
 
 /// Carries out a schedule against the cluster.
@@ -209,6 +211,7 @@ impl FaultExecutor {
                 let mut cluster = self.cluster.lock().await;
                 if let Some(process) = cluster.services.get_mut(&fault.target) {
                     process.kill().await?;
+                    *self.log.lock().await.kills.entry(fault.target.clone()).or_default() += 1;
                 }
                 drop(cluster);
                 tokio::time::sleep(amount).await;

@@ -11,9 +11,14 @@
 //! 4. per SKU (in the stock table or in any reservation): adjustments = available + reserved +
 //!    committed, nothing is reserved, no level is negative, committed is the sum over committed
 //!    reservations and reserved the sum over held ones (a held reservation fails this and 3);
-//! 5. each terminal order got exactly one email, received once, with the Message-ID of its outcome
+//! 5. each terminal order got exactly one email, with the Message-ID of its outcome
 //!    (`<{order_id}.{confirmed|failed}@…>`), sent to its customer; no email is for an unknown or
-//!    non-terminal order;
+//!    non-terminal order; and it was received once, except for the one window the platform
+//!    documents and cannot close (docs/notification.md): a SIGKILL of the notification service
+//!    after the SMTP server accepted a mail and before the commit resends that mail, with the same
+//!    Message-ID. So each kill may explain one extra copy of each mail it was sending: copies are
+//!    violations beyond one per kill per mail, or beyond kills × mailers in all; explained copies
+//!    are listed, never hidden;
 //! 6. every injected poison record is the origin of a dead letter, and every dead letter's origin
 //!    is an injected poison record.
 
@@ -47,6 +52,10 @@ pub struct InvariantResult {
     pub offending: Vec<String>,
     /// One human-readable line per problem.
     pub details: Vec<String>,
+    /// Departures from the letter of the invariant that the platform's documented guarantees
+    /// explain (resends after a crash); listed so they are seen, but not violations.
+    #[serde(default)]
+    pub explained: Vec<String>,
 }
 
 /// Checks the six invariants against `state`, in order (ids 1 to 6).
@@ -73,6 +82,7 @@ struct Findings {
     offending: Vec<String>,
     seen: BTreeSet<String>,
     details: Vec<String>,
+    explained: Vec<String>,
 }
 
 impl Findings {
@@ -83,6 +93,7 @@ impl Findings {
             offending: Vec::new(),
             seen: BTreeSet::new(),
             details: Vec::new(),
+            explained: Vec::new(),
         }
     }
 
@@ -100,6 +111,7 @@ impl Findings {
             passed: self.offending.is_empty() && self.details.is_empty(),
             offending: self.offending,
             details: self.details,
+            explained: self.explained,
         }
     }
 }
@@ -347,6 +359,8 @@ fn one_email_per_terminal_order(state: &SystemState) -> InvariantResult {
             Some(_) => {}
         }
     }
+    // (order id, Message-ID, copies beyond the first)
+    let mut resent: Vec<(&str, &str, usize)> = Vec::new();
     for (order_id, order) in &state.orders {
         let expected = match order.status.as_str() {
             CONFIRMED => "confirmed",
@@ -383,13 +397,7 @@ fn one_email_per_terminal_order(state: &SystemState) -> InvariantResult {
                 );
             }
             if receipts.len() > 1 {
-                findings.violation(
-                    order_id,
-                    format!(
-                        "email {message_id} for order {order_id} was received {} times (resent)",
-                        receipts.len()
-                    ),
-                );
+                resent.push((order_id, message_id, receipts.len() - 1));
             }
             for email in receipts {
                 if !email.to.trim().eq_ignore_ascii_case(order.customer_email.trim()) {
@@ -404,7 +412,35 @@ fn one_email_per_terminal_order(state: &SystemState) -> InvariantResult {
             }
         }
     }
+    judge_resends(
+        &mut findings,
+        &resent,
+        state.notification_kills,
+        state.mailer_concurrency,
+    );
     findings.finish()
+}
+
+/// Copies of one email beyond the first are explained only by kills of the notification service
+/// inside its documented window: at most one extra copy per kill of each email, and at most
+/// `kills × mailers` extra copies in all (a kill interrupts at most one send per mailer).
+fn judge_resends(findings: &mut Findings, resent: &[(&str, &str, usize)], kills: usize, mailers: usize) {
+    let extra_copies: usize = resent.iter().map(|(_, _, extra)| extra).sum();
+    let within_budget = extra_copies <= kills.saturating_mul(mailers);
+    for (order_id, message_id, extra) in resent {
+        let line = format!(
+            "email {message_id} for order {order_id} was received {} times (resent)",
+            extra + 1
+        );
+        if within_budget && *extra <= kills {
+            findings.explained.push(format!(
+                "{line}: explained by the {kills} kill(s) of the notification service ({extra_copies} extra copies in all, at most {} possible)",
+                kills.saturating_mul(mailers)
+            ));
+        } else {
+            findings.violation(order_id, line);
+        }
+    }
 }
 
 fn poison_and_only_poison_is_dead_lettered(state: &SystemState) -> InvariantResult {
@@ -832,6 +868,42 @@ mod tests {
         let results = assert_fails_exactly(&state, &[5]);
         assert_offending(&results, 5, &[CONFIRMED_ORDER]);
         assert!(has_detail(&results, 5, "got 2 different emails"));
+    }
+
+    #[test]
+    fn a_resend_after_a_kill_of_the_notification_service_is_explained_and_listed() {
+        let mut state = consistent();
+        state.emails.push(email(DECLINED_ORDER, "failed"));
+        state.notification_kills = 1;
+        state.mailer_concurrency = 4;
+        let results = check(&state);
+        assert!(failing(&results).is_empty(), "{results:#?}");
+        let explained = &result(&results, 5).explained;
+        assert_eq!(explained.len(), 1, "{explained:?}");
+        assert!(explained[0].contains(DECLINED_ORDER) && explained[0].contains("received 2 times"));
+    }
+
+    #[test]
+    fn three_copies_after_one_kill_break_invariant_5() {
+        let mut state = consistent();
+        state.emails.push(email(DECLINED_ORDER, "failed"));
+        state.emails.push(email(DECLINED_ORDER, "failed"));
+        state.notification_kills = 1;
+        state.mailer_concurrency = 4;
+        let results = assert_fails_exactly(&state, &[5]);
+        assert_offending(&results, 5, &[DECLINED_ORDER]);
+        assert!(has_detail(&results, 5, "received 3 times (resent)"));
+    }
+
+    #[test]
+    fn more_resent_emails_than_one_kill_could_interrupt_break_invariant_5() {
+        let mut state = consistent();
+        state.emails.push(email(DECLINED_ORDER, "failed"));
+        state.emails.push(email(CONFIRMED_ORDER, "confirmed"));
+        state.notification_kills = 1;
+        state.mailer_concurrency = 1;
+        let results = assert_fails_exactly(&state, &[5]);
+        assert_offending(&results, 5, &[CONFIRMED_ORDER, DECLINED_ORDER]);
     }
 
     #[test]

@@ -143,6 +143,10 @@ impl fmt::Display for Report {
                 writeln!(f, "      details ({}):", invariant.details.len())?;
                 write_capped(f, &invariant.details, "        - ")?;
             }
+            if !invariant.explained.is_empty() {
+                writeln!(f, "      explained, not violations ({}):", invariant.explained.len())?;
+                write_capped(f, &invariant.explained, "        - ")?;
+            }
         }
 
         if !self.notes.is_empty() {
@@ -196,6 +200,7 @@ mod tests {
             passed: offending.is_empty(),
             offending: offending.iter().map(|o| o.to_string()).collect(),
             details: offending.iter().map(|o| format!("{o} is broken")).collect(),
+            explained: Vec::new(),
         }
     }
 

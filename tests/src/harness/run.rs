@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::{Cluster, ClusterConfig};
+use super::cluster::{Cluster, ClusterConfig, MAILER_CONCURRENCY};
 use super::faults::supervise_broker;
 use super::faults::{schedule, FaultExecutor, FaultKind};
 use super::invariants;
@@ -188,6 +188,8 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let log = fault_log.lock().await.clone();
     let mut state = state;
     state.injected_poison = log.poison.clone();
+    state.notification_kills = log.kills.get("notification-service").copied().unwrap_or(0);
+    state.mailer_concurrency = MAILER_CONCURRENCY;
     // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
     state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
     notes.insert(0, format!("load placed {} orders in {load_secs:.1} s", placed.len()));

@@ -121,4 +121,11 @@ pub struct SystemState {
     pub dead_letters: Vec<DeadLetterRecord>,
     /// Every poison record the harness injected.
     pub injected_poison: Vec<InjectedPoison>,
+    /// How often the notification service was SIGKILLed. Each kill may resend the emails it was
+    /// sending: the one window the platform cannot close (docs/notification.md).
+    #[serde(default)]
+    pub notification_kills: usize,
+    /// How many emails the notification service sends at once (its mailers).
+    #[serde(default)]
+    pub mailer_concurrency: usize,
 }
