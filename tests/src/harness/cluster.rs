@@ -158,6 +158,12 @@ impl Cluster {
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
                 ),
             ]);
+            // Consumer settings a run may override from the harness's own environment.
+            for passed in ["KAFKA_REJOIN_UNASSIGNED_SECS", "KAFKA_SESSION_TIMEOUT_MS", "KAFKA_DEBUG"] {
+                if let Ok(value) = std::env::var(passed) {
+                    env.insert(passed.to_string(), value);
+                }
+            }
             match name {
                 "order-service" => {
                     env.insert("SAGA_DEADLINE_SECS".into(), config.saga_deadline_secs.to_string());

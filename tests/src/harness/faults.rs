@@ -17,6 +17,7 @@ use saga_contracts::{InventoryReserved, OrderCreated, OrderLine, PaymentSucceede
 use tokio::sync::Mutex;
 
 use super::cluster::{Cluster, SERVICES};
+use super::observe::{consumed_topics, group_position};
 use super::state::{InjectedPoison, RecordPosition};
 use crate::TopicReader;
 
@@ -363,56 +364,96 @@ impl FaultExecutor {
     }
 }
 
-/// Restarts the broker whenever its process runs but it has not answered for 30 s, like a
-/// liveness probe would, and the services and registry too when it breaks again within two
-/// minutes; returns how many times it restarted the broker. The local broker (Tansu 0.6.0) sometimes
-/// comes back from a restart unable to serve: its storage task panics on the first produce of
-/// a producer it knew before, and every request fails from then on.
-pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sync::CancellationToken) -> usize {
-    let mut recoveries = 0;
+/// What the broker supervisor did, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct SupervisorLog {
+    /// Restarts because the broker ran but did not answer.
+    pub unresponsive_restarts: usize,
+    /// Restarts because a consumer group stopped making progress, one line each.
+    pub stuck_group_restarts: Vec<String>,
+}
+
+/// A broker that has not answered a metadata probe for this long is broken, not just slow.
+const BROKER_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// A consumer group with lag whose committed offsets have not moved for this long is stuck.
+const GROUP_STALL_LIMIT: Duration = Duration::from_secs(60);
+/// How often the groups' progress is checked.
+const GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Watches the local broker like liveness probes would and restarts it (SIGKILL, same storage)
+/// when it runs but has not answered for 30 s, or when a service's consumer group has had
+/// records to read and committed nothing for 60 s.
+///
+/// Both are faults of the local broker (Tansu 0.6.0), not of the services: its group coordinator
+/// can keep a member that left the group as the leader of the next generation, so no member ever
+/// gets an assignment; a restart reloads the group from storage without it.
+pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sync::CancellationToken) -> SupervisorLog {
+    let mut log = SupervisorLog::default();
     let mut silent_since: Option<tokio::time::Instant> = None;
-    let mut last_recovery: Option<tokio::time::Instant> = None;
+    // per service: its group's committed offsets when last seen moving, and since when
+    let mut progress: BTreeMap<String, (i64, tokio::time::Instant)> = BTreeMap::new();
+    let mut last_group_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return recoveries,
+            _ = stop.cancelled() => return log,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        let (address, running) = {
+        let (address, running, kafka, services) = {
             let mut cluster = cluster.lock().await;
-            (cluster.broker_address.clone(), cluster.broker.is_running())
+            let services: Vec<String> = cluster.services.keys().cloned().collect();
+            (cluster.broker_address.clone(), cluster.broker.is_running(), cluster.kafka(), services)
         };
-        if !running || Cluster::broker_answers(&address, Duration::from_secs(10)).await {
+        if !running {
             silent_since = None;
             continue;
         }
-        let since = *silent_since.get_or_insert_with(tokio::time::Instant::now);
-        // A loaded broker can be slow to answer; only a long silence counts as broken.
-        if since.elapsed() < Duration::from_secs(30) {
+        if !Cluster::broker_answers(&address, Duration::from_secs(10)).await {
+            let since = *silent_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= BROKER_SILENCE_LIMIT {
+                tracing::warn!("the broker runs but does not answer; restarting it");
+                if restart_broker(&cluster).await {
+                    log.unresponsive_restarts += 1;
+                }
+                silent_since = None;
+                progress.clear();
+            }
             continue;
         }
-        // Broken again soon after the last recovery: the producers the broker no longer knows
-        // break it at once. Restarting the services gives them new producer ids.
-        let relapse = last_recovery.is_some_and(|at| at.elapsed() < Duration::from_secs(120));
-        tracing::warn!(relapse, "the broker runs but does not answer; restarting it");
-        let mut cluster = cluster.lock().await;
-        if relapse {
-            for process in cluster.services.values_mut() {
-                process.kill().await.ok();
-            }
-        }
-        if cluster.broker.kill().await.is_ok() && cluster.start_broker().await.is_ok() {
-            recoveries += 1;
-        }
-        if relapse {
-            for process in cluster.services.values_mut() {
-                process.start().ok();
-            }
-            cluster.registry.terminate(Duration::from_secs(5)).await.ok();
-            cluster.registry.start().ok();
-        }
-        last_recovery = Some(tokio::time::Instant::now());
         silent_since = None;
+        if last_group_check.elapsed() < GROUP_CHECK_INTERVAL {
+            continue;
+        }
+        last_group_check = tokio::time::Instant::now();
+        let mut stuck = Vec::new();
+        for service in services {
+            let Ok(position) = group_position(&kafka, &service, &consumed_topics(&service)).await else {
+                continue;
+            };
+            let now = tokio::time::Instant::now();
+            let seen = progress.entry(service.clone()).or_insert((position.committed, now));
+            if position.lag == 0 || position.committed != seen.0 {
+                *seen = (position.committed, now);
+            } else if seen.1.elapsed() >= GROUP_STALL_LIMIT {
+                stuck.push(format!(
+                    "{service} (lag {}, nothing committed for {} s)",
+                    position.lag,
+                    seen.1.elapsed().as_secs()
+                ));
+            }
+        }
+        if !stuck.is_empty() {
+            tracing::warn!(?stuck, "consumer groups make no progress; restarting the broker");
+            if restart_broker(&cluster).await {
+                log.stuck_group_restarts.push(stuck.join(", "));
+            }
+            progress.clear();
+        }
     }
+}
+
+async fn restart_broker(cluster: &Mutex<Cluster>) -> bool {
+    let mut cluster = cluster.lock().await;
+    cluster.broker.kill().await.is_ok() && cluster.start_broker().await.is_ok()
 }
 
 /// Valid Avro for `topic` whose content no consumer can process: an order id that is not a UUID.

@@ -89,7 +89,7 @@ pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String
     }
     let kafka = cluster.kafka.clone();
     for service in cluster.databases.keys() {
-        let lag = consumer_lag(&kafka, service, &consumed_topics(service)).await?;
+        let lag = group_position(&kafka, service, &consumed_topics(service)).await?.lag;
         if lag > 0 {
             reasons.push(format!("{service}: consumer lag {lag}"));
         }
@@ -97,16 +97,25 @@ pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String
     Ok(reasons)
 }
 
-/// Records of `topics` not yet committed by the consumer group `group`.
-pub async fn consumer_lag(
+/// Where a consumer group stands on its topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPosition {
+    /// Sum of the committed offsets over every partition (grows as the group makes progress).
+    pub committed: i64,
+    /// Records not yet committed.
+    pub lag: i64,
+}
+
+/// Where the consumer group `group` stands on `topics`.
+pub async fn group_position(
     kafka: &saga_common::config::KafkaConfig,
     group: &str,
     topics: &[Topic],
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<GroupPosition> {
     let probe: StreamConsumer = kafka::consumer(kafka, group)?;
     let names: Vec<String> = topics.iter().map(|t| kafka.topic(*t)).collect();
     tokio::task::spawn_blocking(move || {
-        let mut lag = 0;
+        let mut position = GroupPosition { committed: 0, lag: 0 };
         for topic in &names {
             let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
             let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
@@ -117,14 +126,15 @@ pub async fn consumer_lag(
             let committed = probe.committed_offsets(list, Duration::from_secs(10))?;
             for partition in 0..partitions {
                 let (low, high) = probe.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-                let position = match committed.find_partition(topic, partition).map(|p| p.offset()) {
+                let committed = match committed.find_partition(topic, partition).map(|p| p.offset()) {
                     Some(Offset::Offset(offset)) => offset,
                     _ => low,
                 };
-                lag += (high - position).max(0);
+                position.committed += committed;
+                position.lag += (high - committed).max(0);
             }
         }
-        Ok::<i64, anyhow::Error>(lag)
+        Ok::<GroupPosition, anyhow::Error>(position)
     })
     .await?
 }

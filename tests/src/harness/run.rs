@@ -184,7 +184,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     .await;
     let state = observe::snapshot(&view, &databases, &placed, "@harness.example.com", &maildev).await?;
     supervising.cancel();
-    let broker_recoveries = supervisor.await.unwrap_or(0);
+    let supervision = supervisor.await.unwrap_or_default();
     let log = fault_log.lock().await.clone();
     let mut state = state;
     state.injected_poison = log.poison.clone();
@@ -193,10 +193,17 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
     state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
     notes.insert(0, format!("load placed {} orders in {load_secs:.1} s", placed.len()));
-    if broker_recoveries > 0 {
+    if supervision.unresponsive_restarts > 0 {
         notes.push(format!(
-            "the broker stopped answering after a restart and was restarted again {broker_recoveries} time(s) \
-             (a fault of the local broker, see docs/failure-injection.md)"
+            "the broker ran but stopped answering and was restarted {} time(s) \
+             (a fault of the local broker, see docs/failure-injection.md)",
+            supervision.unresponsive_restarts
+        ));
+    }
+    for stuck in &supervision.stuck_group_restarts {
+        notes.push(format!(
+            "consumer groups stopped making progress, broker restarted to reload them: {stuck} \
+             (a fault of the local broker's group coordinator, see docs/failure-injection.md)"
         ));
     }
     notes.extend(log.lines.iter().cloned());
