@@ -159,7 +159,11 @@ impl Cluster {
                 ),
             ]);
             // Consumer settings a run may override from the harness's own environment.
-            for passed in ["KAFKA_REJOIN_UNASSIGNED_SECS", "KAFKA_SESSION_TIMEOUT_MS", "KAFKA_DEBUG"] {
+            for passed in [
+                "KAFKA_REJOIN_UNASSIGNED_SECS",
+                "KAFKA_SESSION_TIMEOUT_MS",
+                "KAFKA_DEBUG",
+            ] {
                 if let Ok(value) = std::env::var(passed) {
                     env.insert(passed.to_string(), value);
                 }
@@ -209,6 +213,11 @@ impl Cluster {
         saga_common::kafka::probe_broker(&KafkaConfig::new(address), timeout)
             .await
             .is_ok()
+    }
+
+    /// The broker's SQLite storage file.
+    pub fn broker_storage(&self) -> PathBuf {
+        self.config.run_dir.join("broker.db")
     }
 
     /// Broker settings for the harness's own clients.

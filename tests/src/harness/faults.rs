@@ -17,6 +17,7 @@ use saga_contracts::{InventoryReserved, OrderCreated, OrderLine, PaymentSucceede
 use tokio::sync::Mutex;
 
 use super::cluster::{Cluster, SERVICES};
+use super::group_repair::repair_stored_groups;
 use super::observe::{consumed_topics, group_position};
 use super::state::{InjectedPoison, RecordPosition};
 use crate::TopicReader;
@@ -371,23 +372,31 @@ pub struct SupervisorLog {
     pub unresponsive_restarts: usize,
     /// Restarts because a consumer group stopped making progress, one line each.
     pub stuck_group_restarts: Vec<String>,
+    /// Groups whose stored state was repaired during a restart (see [`super::group_repair`]).
+    pub repaired_groups: Vec<String>,
 }
 
 /// A broker that has not answered a metadata probe for this long is broken, not just slow.
 const BROKER_SILENCE_LIMIT: Duration = Duration::from_secs(30);
-/// A consumer group with lag whose committed offsets have not moved for this long is stuck.
-const GROUP_STALL_LIMIT: Duration = Duration::from_secs(60);
+/// A consumer group with lag whose committed offsets have not moved for this long is stuck
+/// (longer than a pause, a restart and a rebalance together).
+const GROUP_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// How often the groups' progress is checked.
 const GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Watches the local broker like liveness probes would and restarts it (SIGKILL, same storage)
 /// when it runs but has not answered for 30 s, or when a service's consumer group has had
-/// records to read and committed nothing for 60 s.
+/// records to read and committed nothing for 30 s. While it is stopped, groups led by a member
+/// that is no longer in them, and the stuck groups, are put back to forming
+/// ([`super::group_repair`]).
 ///
 /// Both are faults of the local broker (Tansu 0.6.0), not of the services: its group coordinator
-/// can keep a member that left the group as the leader of the next generation, so no member ever
-/// gets an assignment; a restart reloads the group from storage without it.
-pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sync::CancellationToken) -> SupervisorLog {
+/// can keep a member that left the group as the group's leader, and then no member ever gets an
+/// assignment.
+pub async fn supervise_broker(
+    cluster: Arc<Mutex<Cluster>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> SupervisorLog {
     let mut log = SupervisorLog::default();
     let mut silent_since: Option<tokio::time::Instant> = None;
     // per service: its group's committed offsets when last seen moving, and since when
@@ -401,7 +410,12 @@ pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sy
         let (address, running, kafka, services) = {
             let mut cluster = cluster.lock().await;
             let services: Vec<String> = cluster.services.keys().cloned().collect();
-            (cluster.broker_address.clone(), cluster.broker.is_running(), cluster.kafka(), services)
+            (
+                cluster.broker_address.clone(),
+                cluster.broker.is_running(),
+                cluster.kafka(),
+                services,
+            )
         };
         if !running {
             silent_since = None;
@@ -411,7 +425,7 @@ pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sy
             let since = *silent_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= BROKER_SILENCE_LIMIT {
                 tracing::warn!("the broker runs but does not answer; restarting it");
-                if restart_broker(&cluster).await {
+                if restart_broker(&cluster, &[], &mut log).await {
                     log.unresponsive_restarts += 1;
                 }
                 silent_since = None;
@@ -434,26 +448,37 @@ pub async fn supervise_broker(cluster: Arc<Mutex<Cluster>>, stop: tokio_util::sy
             if position.lag == 0 || position.committed != seen.0 {
                 *seen = (position.committed, now);
             } else if seen.1.elapsed() >= GROUP_STALL_LIMIT {
-                stuck.push(format!(
+                let line = format!(
                     "{service} (lag {}, nothing committed for {} s)",
                     position.lag,
                     seen.1.elapsed().as_secs()
-                ));
+                );
+                stuck.push((service.clone(), line));
             }
         }
         if !stuck.is_empty() {
             tracing::warn!(?stuck, "consumer groups make no progress; restarting the broker");
-            if restart_broker(&cluster).await {
-                log.stuck_group_restarts.push(stuck.join(", "));
+            let groups: Vec<String> = stuck.iter().map(|(group, _)| group.clone()).collect();
+            if restart_broker(&cluster, &groups, &mut log).await {
+                let lines: Vec<String> = stuck.into_iter().map(|(_, line)| line).collect();
+                log.stuck_group_restarts.push(lines.join(", "));
             }
             progress.clear();
         }
     }
 }
 
-async fn restart_broker(cluster: &Mutex<Cluster>) -> bool {
+/// Stops the broker, repairs its stored groups (forcing those in `stuck`), starts it again.
+async fn restart_broker(cluster: &Mutex<Cluster>, stuck: &[String], log: &mut SupervisorLog) -> bool {
     let mut cluster = cluster.lock().await;
-    cluster.broker.kill().await.is_ok() && cluster.start_broker().await.is_ok()
+    if cluster.broker.kill().await.is_err() {
+        return false;
+    }
+    match repair_stored_groups(&cluster.broker_storage(), stuck) {
+        Ok(groups) => log.repaired_groups.extend(groups),
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "could not repair the broker's groups"),
+    }
+    cluster.start_broker().await.is_ok()
 }
 
 /// Valid Avro for `topic` whose content no consumer can process: an order id that is not a UUID.

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod group_repair;
 pub mod invariants;
 pub mod load;
 pub mod observe;

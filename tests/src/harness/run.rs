@@ -200,6 +200,12 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
             supervision.unresponsive_restarts
         ));
     }
+    if !supervision.repaired_groups.is_empty() {
+        notes.push(format!(
+            "groups led by a member no longer in them, put back to forming while the broker was stopped: {}",
+            supervision.repaired_groups.join(", ")
+        ));
+    }
     for stuck in &supervision.stuck_group_restarts {
         notes.push(format!(
             "consumer groups stopped making progress, broker restarted to reload them: {stuck} \
