@@ -35,6 +35,15 @@ pub struct KafkaConfig {
         default_value_t = 6000
     )]
     pub session_timeout_ms: u32,
+    /// How often a consumer commits the offsets of the records it has finished, in milliseconds.
+    /// A crash re-delivers at most this much work, which the handlers' idempotence absorbs; a
+    /// short interval costs a group-coordinator write per consumer each time.
+    #[arg(
+        long = "kafka-commit-interval-ms",
+        env = "KAFKA_COMMIT_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    pub commit_interval_ms: u64,
     /// Replace a consumer that has held no partition for this many seconds by a new group
     /// member (0 disables; see the consumer loop for why).
     #[arg(
@@ -73,6 +82,7 @@ impl KafkaConfig {
             topic_replication_factor: 1,
             session_timeout_ms: 6000,
             rejoin_unassigned_secs: 12,
+            commit_interval_ms: 5000,
             idempotent_producer: true,
             debug: None,
         }

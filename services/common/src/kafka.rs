@@ -49,7 +49,7 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "500")
+        .set("auto.commit.interval.ms", config.commit_interval_ms.to_string())
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
