@@ -36,9 +36,11 @@ impl TestEnv {
         let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
         let registry = std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
         let env = Self {
-            // Tests watch commits happen; commit often so they need not wait long.
+            // Tests watch commits happen and saga steps complete; commit often and fetch often
+            // so they need not wait long.
             kafka: KafkaConfig {
                 commit_interval_ms: 500,
+                fetch_wait_max_ms: 100,
                 ..KafkaConfig::new(bootstrap).with_topic_prefix(prefix.clone())
             },
             registry: RegistryConfig::new(registry),

@@ -35,6 +35,16 @@ pub struct KafkaConfig {
         default_value_t = 6000
     )]
     pub session_timeout_ms: u32,
+    /// Longest time the broker may hold a consumer's fetch when there is nothing to return, in
+    /// milliseconds. Apache Kafka answers as soon as records arrive, so this costs no latency
+    /// there; the local broker always waits it out, so a lower value trades broker load (one
+    /// fetch per consumer per interval) for quicker saga steps.
+    #[arg(
+        long = "kafka-fetch-wait-max-ms",
+        env = "KAFKA_FETCH_WAIT_MAX_MS",
+        default_value_t = 500
+    )]
+    pub fetch_wait_max_ms: u64,
     /// How often a consumer commits the offsets of the records it has finished, in milliseconds.
     /// A crash re-delivers at most this much work, which the handlers' idempotence absorbs; a
     /// short interval costs a group-coordinator write per consumer each time.
@@ -83,6 +93,7 @@ impl KafkaConfig {
             session_timeout_ms: 6000,
             rejoin_unassigned_secs: 12,
             commit_interval_ms: 5000,
+            fetch_wait_max_ms: 500,
             idempotent_producer: true,
             debug: None,
         }

@@ -59,9 +59,7 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
             (config.session_timeout_ms / 3).max(100).to_string(),
         )
         .set("enable.partition.eof", "false")
-        // Each saga step is a hop through the broker; a short fetch wait keeps a step's
-        // latency low without busy polling.
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .create()?)
 }
 
