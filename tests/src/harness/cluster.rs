@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use saga_common::config::{KafkaConfig, RegistryConfig};
 
+use super::broker_storage::index_record_headers;
 use super::processes::ManagedProcess;
 use crate::eventually;
 
@@ -238,13 +239,22 @@ impl Cluster {
     }
 
     /// Starts the broker and waits for its port.
+    /// Starts the broker, waits for its port and adds the index its storage lacks
+    /// ([`super::broker_storage`]).
     pub async fn start_broker(&mut self) -> anyhow::Result<()> {
         self.broker.start()?;
         let address = self.broker_address.clone();
         eventually("broker listening", Duration::from_secs(30), || async {
             port_open(&address).await.then_some(())
         })
-        .await
+        .await?;
+        if let Err(error) = index_record_headers(&self.broker_storage()) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not index the broker's record headers"
+            );
+        }
+        Ok(())
     }
 
     /// Starts the registry and waits until it answers.

@@ -3,6 +3,7 @@
 //! broker and registry restarts, dropped database connections, duplicates, poison records),
 //! waits for the system to go quiet, and checks the invariants of DESIGN §6.
 
+pub mod broker_storage;
 pub mod cluster;
 pub mod faults;
 pub mod group_repair;
