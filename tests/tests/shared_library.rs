@@ -117,6 +117,18 @@ struct GatedHandler {
     completed: Mutex<Vec<String>>,
 }
 
+impl GatedHandler {
+    /// A handler that fails `blocked_event_id` transiently until `released`.
+    fn new(blocked_event_id: impl Into<String>, released: bool) -> Arc<Self> {
+        Arc::new(Self {
+            blocked_event_id: blocked_event_id.into(),
+            released: AtomicBool::new(released),
+            attempts_on_blocked: AtomicUsize::new(0),
+            completed: Mutex::new(Vec::new()),
+        })
+    }
+}
+
 #[async_trait]
 impl EventHandler for GatedHandler {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
@@ -160,12 +172,7 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
     let (partition, first_offset) = placed[0];
     let topic = env.kafka.topic(Topic::Orders);
 
-    let handler = Arc::new(GatedHandler {
-        blocked_event_id: events[1].event_id().to_string(),
-        released: AtomicBool::new(false),
-        attempts_on_blocked: AtomicUsize::new(0),
-        completed: Mutex::new(Vec::new()),
-    });
+    let handler = GatedHandler::new(events[1].event_id().to_string(), false);
     let group = env.group("offsets");
     let consumer = kafka::consumer(&env.kafka, &group)?;
     consumer.subscribe(&[&topic])?;
@@ -233,12 +240,7 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
     let topic = env.kafka.topic(Topic::Orders);
     let group = env.group("redeliver");
     let run_once = |released: bool| {
-        let handler = Arc::new(GatedHandler {
-            blocked_event_id: event.event_id().to_string(),
-            released: AtomicBool::new(released),
-            attempts_on_blocked: AtomicUsize::new(0),
-            completed: Mutex::new(Vec::new()),
-        });
+        let handler = GatedHandler::new(event.event_id().to_string(), released);
         let consumer = kafka::consumer(&env.kafka, &group).expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");
         let consumer_loop = ConsumerLoop {
@@ -315,15 +317,10 @@ async fn a_consumer_left_without_partitions_is_replaced_by_a_new_member_that_con
             (env.kafka.clone(), group.clone(), topics.clone(), replacements.clone());
         Arc::new(move || {
             replacements.fetch_add(1, Ordering::SeqCst);
-            Ok(kafka::subscribed_consumer(&kafka, &group, &topics)?)
+            kafka::subscribed_consumer(&kafka, &group, &topics)
         })
     };
-    let handler = Arc::new(GatedHandler {
-        blocked_event_id: String::new(),
-        released: AtomicBool::new(true),
-        attempts_on_blocked: AtomicUsize::new(0),
-        completed: Mutex::new(Vec::new()),
-    });
+    let handler = GatedHandler::new(String::new(), true);
     let consumer_loop = ConsumerLoop {
         consumer: kafka::subscribed_consumer(&env.kafka, &group, &topics)?,
         codec: codec.clone(),

@@ -77,7 +77,7 @@ pub trait EventHandler: Send + Sync {
 }
 
 /// Builds a fresh, already subscribed consumer: a new client with a new group member id.
-pub type ConsumerFactory = Arc<dyn Fn() -> anyhow::Result<StreamConsumer> + Send + Sync>;
+pub type ConsumerFactory = Arc<dyn Fn() -> crate::Result<StreamConsumer> + Send + Sync>;
 
 /// When and how the loop replaces a consumer that holds no partition.
 #[derive(Clone)]

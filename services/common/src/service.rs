@@ -230,11 +230,11 @@ impl ServiceContext {
             let group_id = self.kafka.prefixed(self.spec.name);
             let names: Vec<String> = topics.iter().map(|t| self.kafka.topic(*t)).collect();
             let new_consumer: ConsumerFactory = {
-                let (kafka, group_id, names) = (self.kafka.clone(), group_id.clone(), names.clone());
-                Arc::new(move || Ok(kafka::subscribed_consumer(&kafka, &group_id, &names)?))
+                let (kafka, group_id) = (self.kafka.clone(), group_id.clone());
+                Arc::new(move || kafka::subscribed_consumer(&kafka, &group_id, &names))
             };
             let consumer_loop = ConsumerLoop {
-                consumer: kafka::subscribed_consumer(&self.kafka, &group_id, &names)?,
+                consumer: new_consumer()?,
                 codec: self.codec.clone(),
                 producer: self.producer.clone(),
                 dead_letter_topic: self.dead_letter_topic(),

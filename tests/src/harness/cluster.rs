@@ -238,7 +238,6 @@ impl Cluster {
         RegistryConfig::new(self.registry_url.clone())
     }
 
-    /// Starts the broker and waits for its port.
     /// Starts the broker, waits for its port and adds the index its storage lacks
     /// ([`super::broker_storage`]).
     pub async fn start_broker(&mut self) -> anyhow::Result<()> {
