@@ -18,6 +18,15 @@ use saga_common::kafka::{self, Retention, TopicSpec};
 use saga_common::service::ServiceConfig;
 use saga_contracts::{SagaEvent, Topic};
 
+/// The replication factor tests create topics with: `TOPIC_REPLICATION_FACTOR` as the local
+/// stack sets it (3 on a three-node cluster), 1 when unset.
+fn env_replication_factor() -> i32 {
+    std::env::var("TOPIC_REPLICATION_FACTOR")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1)
+}
+
 /// A test's private slice of the shared stack.
 #[derive(Debug, Clone)]
 pub struct TestEnv {
@@ -36,11 +45,10 @@ impl TestEnv {
         let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
         let registry = std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into());
         let env = Self {
-            // Tests watch commits happen and saga steps complete; commit often and fetch often
-            // so they need not wait long.
+            // Tests watch commits happen; commit often so they need not wait long.
             kafka: KafkaConfig {
                 commit_interval_ms: 500,
-                fetch_wait_max_ms: 100,
+                topic_replication_factor: env_replication_factor(),
                 ..KafkaConfig::new(bootstrap).with_topic_prefix(prefix.clone())
             },
             registry: RegistryConfig::new(registry),

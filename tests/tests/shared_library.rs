@@ -11,9 +11,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use saga_common::codec::{EncodedEvent, EventCodec};
-use saga_common::consumer::{
-    event_headers, ConsumedEvent, ConsumerFactory, ConsumerLoop, EventHandler, HandlerError, Rejoin,
-};
+use saga_common::consumer::{event_headers, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError};
 use saga_common::kafka;
 use saga_common::retry::Backoff;
 use saga_contracts::{OrderCreated, OrderLine, SagaEvent, Topic};
@@ -187,7 +185,6 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
             initial: Duration::from_millis(20),
             max: Duration::from_millis(100),
         },
-        rejoin: None,
     };
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
 
@@ -253,7 +250,6 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
                 initial: Duration::from_millis(20),
                 max: Duration::from_millis(100),
             },
-            rejoin: None,
         };
         let shutdown = CancellationToken::new();
         (
@@ -289,13 +285,13 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
 }
 
 #[tokio::test]
-async fn a_consumer_left_without_partitions_is_replaced_by_a_new_member_that_consumes() -> anyhow::Result<()> {
+async fn an_idle_member_takes_over_the_partition_when_its_holder_leaves() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let codec = Arc::new(EventCodec::new(&env.registry, &env.kafka)?);
     let producer = kafka::producer(&env.kafka)?;
-    let dead_letters = env.topic("rejoin.dead-letter", 1).await?;
-    let topic = env.topic("rejoin", 1).await?;
-    let group = env.group("rejoin");
+    let dead_letters = env.topic("takeover.dead-letter", 1).await?;
+    let topic = env.topic("takeover", 1).await?;
+    let group = env.group("takeover");
     let topics = vec![topic.clone()];
 
     // Another member holds the topic's only partition, so the loop's member gets none.
@@ -311,15 +307,6 @@ async fn a_consumer_left_without_partitions_is_replaced_by_a_new_member_that_con
     )
     .await?;
 
-    let replacements = Arc::new(AtomicUsize::new(0));
-    let new_consumer: ConsumerFactory = {
-        let (kafka, group, topics, replacements) =
-            (env.kafka.clone(), group.clone(), topics.clone(), replacements.clone());
-        Arc::new(move || {
-            replacements.fetch_add(1, Ordering::SeqCst);
-            kafka::subscribed_consumer(&kafka, &group, &topics)
-        })
-    };
     let handler = GatedHandler::new(String::new(), true);
     let consumer_loop = ConsumerLoop {
         consumer: kafka::subscribed_consumer(&env.kafka, &group, &topics)?,
@@ -328,19 +315,14 @@ async fn a_consumer_left_without_partitions_is_replaced_by_a_new_member_that_con
         dead_letter_topic: dead_letters,
         group_id: group.clone(),
         backoff: Backoff::default(),
-        rejoin: Some(Rejoin {
-            after: Duration::from_secs(3),
-            new_consumer,
-        }),
     };
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
-    eventually("the idle member replaced", Duration::from_secs(60), || async {
-        (replacements.load(Ordering::SeqCst) >= 1).then_some(())
-    })
-    .await?;
+    // The loop's member joins and, with one partition and two members, stays idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(handler.completed.lock().expect("lock").is_empty());
 
-    // The holder leaves; the loop's current member takes the partition and consumes.
+    // The holder leaves; the group rebalances and the idle member takes the partition.
     polling.abort();
     let _ = polling.await;
     let holder = Arc::into_inner(holder).expect("the polling task released the holder");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use saga_contracts::Topic;
 
-/// How to reach the Kafka-API broker and how topics are laid out.
+/// How to reach the Kafka cluster and how topics are laid out.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaConfig {
     /// Comma-separated bootstrap servers.
@@ -21,7 +21,9 @@ pub struct KafkaConfig {
     /// Partitions of each topic when this service creates it.
     #[arg(long = "topic-partitions", env = "TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
-    /// Replication factor of each topic when this service creates it (1 on the local broker).
+    /// Replication factor of each topic when this service creates it: 1 on a one-node cluster,
+    /// 3 on a cluster of three or more. Topics get `min.insync.replicas` of one less (at least
+    /// 1), so with 3 replicas an `acks=all` write survives one broker down.
     #[arg(
         long = "topic-replication-factor",
         env = "TOPIC_REPLICATION_FACTOR",
@@ -35,16 +37,6 @@ pub struct KafkaConfig {
         default_value_t = 6000
     )]
     pub session_timeout_ms: u32,
-    /// Longest time the broker may hold a consumer's fetch when there is nothing to return, in
-    /// milliseconds. Apache Kafka answers as soon as records arrive, so this costs no latency
-    /// there; the local broker always waits it out, so a lower value trades broker load (one
-    /// fetch per consumer per interval) for quicker saga steps.
-    #[arg(
-        long = "kafka-fetch-wait-max-ms",
-        env = "KAFKA_FETCH_WAIT_MAX_MS",
-        default_value_t = 500
-    )]
-    pub fetch_wait_max_ms: u64,
     /// How often a consumer commits the offsets of the records it has finished, in milliseconds.
     /// A crash re-delivers at most this much work, which the handlers' idempotence absorbs; a
     /// short interval costs a group-coordinator write per consumer each time.
@@ -54,35 +46,12 @@ pub struct KafkaConfig {
         default_value_t = 5000
     )]
     pub commit_interval_ms: u64,
-    /// Replace a consumer that has held no partition for this many seconds by a new group
-    /// member (0 disables; see the consumer loop for why).
-    #[arg(
-        long = "kafka-rejoin-unassigned-secs",
-        env = "KAFKA_REJOIN_UNASSIGNED_SECS",
-        default_value_t = 12
-    )]
-    pub rejoin_unassigned_secs: u64,
-    /// Whether producers are idempotent (broker-side deduplication of retried batches). On by
-    /// default; off only for a broker that cannot bump a producer's epoch (the local broker, see
-    /// docs/local-stack.md), where retries may then duplicate a record but never reorder one.
-    #[arg(
-        long = "kafka-idempotent-producer",
-        env = "KAFKA_IDEMPOTENT_PRODUCER",
-        default_value_t = true,
-        action = clap::ArgAction::Set
-    )]
-    pub idempotent_producer: bool,
     /// librdkafka debug contexts (e.g. `cgrp,topic`), for diagnosing group and fetch problems.
     #[arg(long = "kafka-debug", env = "KAFKA_DEBUG")]
     pub debug: Option<String>,
 }
 
 impl KafkaConfig {
-    /// How long a consumer may hold no partition before it is replaced.
-    pub fn rejoin_when_unassigned(&self) -> Option<Duration> {
-        (self.rejoin_unassigned_secs > 0).then(|| Duration::from_secs(self.rejoin_unassigned_secs))
-    }
-
     /// A configuration for the given bootstrap servers with every other setting at its default.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
@@ -91,10 +60,7 @@ impl KafkaConfig {
             topic_partitions: 6,
             topic_replication_factor: 1,
             session_timeout_ms: 6000,
-            rejoin_unassigned_secs: 12,
             commit_interval_ms: 5000,
-            fetch_wait_max_ms: 500,
-            idempotent_producer: true,
             debug: None,
         }
     }

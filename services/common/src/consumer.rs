@@ -64,7 +64,8 @@ pub enum HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        HandlerError::Transient(error.into())
+        let hint = crate::database::connection_hint(&error);
+        HandlerError::Transient(anyhow::Error::new(error).context(format!("database{hint}")))
     }
 }
 
@@ -74,18 +75,6 @@ impl From<sqlx::Error> for HandlerError {
 pub trait EventHandler: Send + Sync {
     /// Applies the event and commits its effect.
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError>;
-}
-
-/// Builds a fresh, already subscribed consumer: a new client with a new group member id.
-pub type ConsumerFactory = Arc<dyn Fn() -> crate::Result<StreamConsumer> + Send + Sync>;
-
-/// When and how the loop replaces a consumer that holds no partition.
-#[derive(Clone)]
-pub struct Rejoin {
-    /// How long the consumer may hold no partition before it is replaced.
-    pub after: Duration,
-    /// Builds the replacement.
-    pub new_consumer: ConsumerFactory,
 }
 
 /// Everything the loop needs besides the handler.
@@ -102,8 +91,6 @@ pub struct ConsumerLoop {
     pub group_id: String,
     /// Backoff between retries of transient failures.
     pub backoff: Backoff,
-    /// Replace the consumer after it has held no partition for a while (`None`: never).
-    pub rejoin: Option<Rejoin>,
 }
 
 /// Decodes, handles and dead-letters records; shared by every partition worker.
@@ -122,15 +109,6 @@ enum Outcome {
     Interrupted,
 }
 
-/// Why one consumer's session ended.
-enum SessionEnd {
-    Shutdown,
-    Unassigned,
-}
-
-/// How often the loop checks that it holds partitions.
-const ASSIGNMENT_CHECK: Duration = Duration::from_secs(2);
-
 /// Records waiting for a partition's worker; when full, fetching pauses (back-pressure).
 const PARTITION_QUEUE: usize = 256;
 
@@ -139,14 +117,6 @@ impl ConsumerLoop {
     ///
     /// Records of one partition are handled one after another, in order, by that partition's
     /// worker; partitions proceed independently, so a slow record holds up only its partition.
-    ///
-    /// A group coordinator can leave a member without partitions for good: the local broker
-    /// keeps a SIGKILLed member as the group's leader, so its successor joins a generation whose
-    /// leader never assigns anything while heartbeats keep succeeding, and leaving and joining
-    /// again with the same client was seen to repeat that. So a consumer that has held no
-    /// partition for [`Rejoin::after`] is closed (it leaves the group) and replaced by a new
-    /// client, which joins as a new member. With more members than partitions an idle member is
-    /// normal; disable this there (`KAFKA_REJOIN_UNASSIGNED_SECS=0`).
     pub async fn run(self, handler: Arc<dyn EventHandler>, shutdown: CancellationToken) {
         let ConsumerLoop {
             consumer,
@@ -155,7 +125,6 @@ impl ConsumerLoop {
             dead_letter_topic,
             group_id,
             backoff,
-            rejoin,
         } = self;
         let processor = Arc::new(RecordProcessor {
             codec,
@@ -164,60 +133,25 @@ impl ConsumerLoop {
             group_id,
             backoff,
         });
-        let mut consumer = Arc::new(consumer);
-        let rejoin_after = rejoin.as_ref().map(|rejoin| rejoin.after);
-        loop {
-            let end = processor
-                .clone()
-                .consume(consumer.clone(), handler.clone(), &shutdown, rejoin_after)
-                .await;
-            let (SessionEnd::Unassigned, Some(rejoin)) = (end, &rejoin) else {
-                break;
-            };
-            // Closing leaves the group; librdkafka's close blocks, so it runs off the runtime.
-            let old = consumer;
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
-            let fresh = retry_until_ok("creating a new consumer", backoff, &shutdown, || async {
-                (rejoin.new_consumer)()
-            })
-            .await;
-            match fresh {
-                Some(fresh) => consumer = Arc::new(fresh),
-                None => return,
-            }
-            tracing::info!(group = %processor.group_id, "new consumer joined the group");
-        }
+        processor.clone().consume(Arc::new(consumer), handler, &shutdown).await;
         tracing::info!(group = %processor.group_id, "consumer stopped");
     }
 }
 
 impl RecordProcessor {
-    /// Feeds one consumer's records to per-partition workers until shutdown, or until the
-    /// consumer has held no partition for `rejoin_after`; then lets the workers finish and
-    /// commits the stored offsets.
+    /// Feeds the consumer's records to per-partition workers until shutdown; then lets the
+    /// workers finish the records in hand and commits the stored offsets.
     async fn consume(
         self: Arc<Self>,
         consumer: Arc<StreamConsumer>,
         handler: Arc<dyn EventHandler>,
         shutdown: &CancellationToken,
-        rejoin_after: Option<Duration>,
-    ) -> SessionEnd {
-        // Workers stop with the session, so a replaced consumer is no longer in use.
-        let session = shutdown.child_token();
+    ) {
         let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut running = JoinSet::new();
-        let mut watchdog = tokio::time::interval(ASSIGNMENT_CHECK);
-        let mut unassigned_since: Option<tokio::time::Instant> = None;
-        let end = loop {
+        loop {
             let message = tokio::select! {
-                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-                _ = watchdog.tick() => {
-                    if unassigned_too_long(&consumer, rejoin_after, &mut unassigned_since) {
-                        tracing::warn!(group = %self.group_id, "no partitions assigned for too long; replacing the consumer");
-                        break SessionEnd::Unassigned;
-                    }
-                    continue;
-                }
+                _ = shutdown.cancelled() => break,
                 received = consumer.recv() => received,
             };
             let message = match message {
@@ -235,40 +169,36 @@ impl RecordProcessor {
                     consumer.clone(),
                     receiver,
                     handler.clone(),
-                    session.clone(),
+                    shutdown.clone(),
                 ));
                 sender
             });
             tokio::select! {
-                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-                sent = worker.send(message) => if sent.is_err() { break SessionEnd::Shutdown },
+                _ = shutdown.cancelled() => break,
+                sent = worker.send(message) => if sent.is_err() { break },
             }
-        };
-        if matches!(end, SessionEnd::Unassigned) {
-            session.cancel();
         }
         drop(workers);
         while running.join_next().await.is_some() {}
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final offset commit had nothing to do or failed");
         }
-        end
     }
 
-    /// Handles one partition's records in order until the queue closes or the session ends.
+    /// Handles one partition's records in order until the queue closes or shutdown.
     async fn work_partition(
         self: Arc<Self>,
         consumer: Arc<StreamConsumer>,
         mut queue: mpsc::Receiver<OwnedMessage>,
         handler: Arc<dyn EventHandler>,
-        session: CancellationToken,
+        shutdown: CancellationToken,
     ) {
         loop {
             let message = tokio::select! {
-                _ = session.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 next = queue.recv() => match next { Some(message) => message, None => break },
             };
-            match self.process(&message, handler.as_ref(), &session).await {
+            match self.process(&message, handler.as_ref(), &shutdown).await {
                 Outcome::Processed | Outcome::DeadLettered => {
                     if let Err(error) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
                         // Only fails if the partition was revoked meanwhile; its new owner
@@ -386,23 +316,6 @@ impl RecordProcessor {
             None => Outcome::Interrupted,
         }
     }
-}
-
-/// Whether `consumer` has held no partition for longer than `limit` (tracked in `since`).
-fn unassigned_too_long(
-    consumer: &StreamConsumer,
-    limit: Option<Duration>,
-    since: &mut Option<tokio::time::Instant>,
-) -> bool {
-    let Some(limit) = limit else {
-        return false;
-    };
-    let unassigned = consumer.assignment().map(|a| a.count() == 0).unwrap_or(false);
-    if !unassigned {
-        *since = None;
-        return false;
-    }
-    since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= limit
 }
 
 /// Reads a UTF-8 header value from a record.

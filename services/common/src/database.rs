@@ -45,13 +45,40 @@ pub async fn create_database_if_missing(url: &str) -> Result<()> {
 }
 
 /// Connects a pool to `url`, creating the database if needed, and applies `migrator`.
+///
+/// The pool opens connections when work needs them (up to `max_connections`) and closes those
+/// idle for a minute, so a quiet service holds few of PostgreSQL's connection slots.
 pub async fn connect_and_migrate(url: &str, migrator: &Migrator, max_connections: u32) -> Result<PgPool> {
     create_database_if_missing(url).await?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(60))
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await?;
     migrator.run(&pool).await.map_err(Error::from)?;
     Ok(pool)
+}
+
+/// PostgreSQL's error code for "sorry, too many clients already".
+const TOO_MANY_CONNECTIONS: &str = "53300";
+
+/// What most likely caused a database error about connections, for the log line that reports
+/// it; empty for other errors. A pool gives up waiting for a connection either because all of
+/// its own are busy or because PostgreSQL refuses new ones (every slot of its
+/// `max_connections` taken by some client), and sqlx reports both as the same timeout.
+pub fn connection_hint(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::PoolTimedOut => {
+            " (no pooled connection became free in time: either every connection of this \
+             service's pool is busy, raise DATABASE_MAX_CONNECTIONS, or PostgreSQL refuses new \
+             connections because its max_connections are all in use by its clients)"
+        }
+        sqlx::Error::Database(database) if database.code().as_deref() == Some(TOO_MANY_CONNECTIONS) => {
+            " (PostgreSQL's max_connections are all in use by its clients: raise it, or lower \
+             DATABASE_MAX_CONNECTIONS of the processes sharing the server)"
+        }
+        _ => "",
+    }
 }

@@ -9,7 +9,7 @@ pub enum Error {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The database failed. Transient unless the statement itself is wrong: retry with backoff.
-    #[error("database: {0}")]
+    #[error("database: {0}{hint}", hint = crate::database::connection_hint(.0))]
     Database(#[from] sqlx::Error),
     /// Migrations could not be applied. Fatal at startup: fix the schema and restart.
     #[error("database migration: {0}")]

@@ -47,7 +47,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        ApiError::Unavailable(error.into())
+        ApiError::Unavailable(crate::Error::from(error).into())
     }
 }
 

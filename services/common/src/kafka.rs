@@ -18,18 +18,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
 
-/// Builds the producer every service publishes with: every record acknowledged by all
-/// replicas, retried until `message.timeout.ms`, in order.
-///
-/// Idempotent unless the configuration turns it off; then one request at a time keeps retried
-/// batches in order, and a retry may duplicate a record, which every consumer absorbs (inbox).
+/// Builds the producer every service publishes with: idempotent, every record acknowledged by
+/// all in-sync replicas, retried until `message.timeout.ms`, never duplicated or reordered
+/// within a partition (the broker deduplicates retried batches by producer id and sequence).
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
-    let in_flight = if config.idempotent_producer { "5" } else { "1" };
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("enable.idempotence", config.idempotent_producer.to_string())
+        .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", in_flight)
+        .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", "30000")
         .set("linger.ms", "5")
         .create()?)
@@ -59,7 +56,6 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
             (config.session_timeout_ms / 3).max(100).to_string(),
         )
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         .create()?)
 }
 
@@ -100,13 +96,15 @@ pub struct TopicSpec {
     pub retention: Retention,
 }
 
-/// Creates the topics that do not exist yet; existing topics are left as they are.
-/// The local broker does not auto-create topics, so every service calls this at startup.
+/// Creates the topics that do not exist yet, with the configured replication factor and
+/// `min.insync.replicas` one below it (at least 1); existing topics are left as they are.
+/// Brokers need not auto-create topics: every service calls this at startup.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .create()?;
     let retention: Vec<String> = topics.iter().map(|t| t.retention.as_retention_ms()).collect();
+    let min_insync_replicas = (config.topic_replication_factor - 1).max(1).to_string();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .zip(&retention)
@@ -117,6 +115,7 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
                 TopicReplication::Fixed(config.topic_replication_factor),
             )
             .set("retention.ms", retention_ms)
+            .set("min.insync.replicas", &min_insync_replicas)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -136,12 +135,36 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
 
 /// Asks the broker for cluster metadata; succeeds only if the broker answers within `timeout`.
 pub async fn probe_broker(config: &KafkaConfig, timeout: Duration) -> Result<()> {
+    cluster_brokers(config, timeout).await.map(|_| ())
+}
+
+/// A broker of the cluster as its metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// The broker's node id.
+    pub id: i32,
+    /// The address it advertises, `host:port`.
+    pub address: String,
+}
+
+/// The brokers the cluster's metadata lists (those registered and not fenced), by node id;
+/// an error if no broker answers within `timeout`.
+pub async fn cluster_brokers(config: &KafkaConfig, timeout: Duration) -> Result<Vec<BrokerInfo>> {
     let bootstrap = config.bootstrap_servers.clone();
     tokio::task::spawn_blocking(move || {
         let client: rdkafka::consumer::BaseConsumer =
             ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
-        rdkafka::consumer::Consumer::fetch_metadata(&client, None, timeout)?;
-        Ok::<_, Error>(())
+        let metadata = client.fetch_metadata(None, timeout)?;
+        let mut brokers: Vec<BrokerInfo> = metadata
+            .brokers()
+            .iter()
+            .map(|broker| BrokerInfo {
+                id: broker.id(),
+                address: format!("{}:{}", broker.host(), broker.port()),
+            })
+            .collect();
+        brokers.sort_by_key(|broker| broker.id);
+        Ok::<_, Error>(brokers)
     })
     .await
     .map_err(|join| Error::Config(format!("broker probe panicked: {join}")))?

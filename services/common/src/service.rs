@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::EventCodec;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
-use crate::consumer::{ConsumerFactory, ConsumerLoop, EventHandler, Rejoin};
+use crate::consumer::{ConsumerLoop, EventHandler};
 use crate::health;
 use crate::kafka::{self, Retention, TopicSpec};
 use crate::outbox::Relay;
@@ -44,11 +44,14 @@ pub struct ServiceConfig {
     /// Address the HTTP server listens on.
     #[arg(long = "http-listen", env = "HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
-    /// Largest number of pooled database connections.
+    /// Largest number of pooled database connections. A service's work is its partition
+    /// workers, the outbox relay and HTTP requests, each holding a connection only for one short
+    /// transaction; 8 keeps both cores busy, and four services then hold at most 32 of
+    /// PostgreSQL's connection slots. Connections idle for a minute are closed.
     #[arg(
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 20
+        default_value_t = 8
     )]
     pub database_max_connections: u32,
 }
@@ -229,21 +232,13 @@ impl ServiceContext {
         if let Some((topics, handler)) = workload.consumer {
             let group_id = self.kafka.prefixed(self.spec.name);
             let names: Vec<String> = topics.iter().map(|t| self.kafka.topic(*t)).collect();
-            let new_consumer: ConsumerFactory = {
-                let (kafka, group_id) = (self.kafka.clone(), group_id.clone());
-                Arc::new(move || kafka::subscribed_consumer(&kafka, &group_id, &names))
-            };
             let consumer_loop = ConsumerLoop {
-                consumer: new_consumer()?,
+                consumer: kafka::subscribed_consumer(&self.kafka, &group_id, &names)?,
                 codec: self.codec.clone(),
                 producer: self.producer.clone(),
                 dead_letter_topic: self.dead_letter_topic(),
                 group_id,
                 backoff: Backoff::default(),
-                rejoin: self
-                    .kafka
-                    .rejoin_when_unassigned()
-                    .map(|after| Rejoin { after, new_consumer }),
             };
             work.spawn(consumer_loop.run(handler, self.shutdown.clone()));
         }

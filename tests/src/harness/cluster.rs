@@ -222,15 +222,8 @@ impl Cluster {
     }
 
     /// Broker settings for the harness's own clients.
-    ///
-    /// Producers are not idempotent: after a broker restart under load, librdkafka asks to bump
-    /// an idempotent producer's epoch (InitProducerId with its current id), which the local
-    /// broker does not implement; its request handler panics and it stops serving. Without
-    /// idempotence a retried batch may be stored twice, which the services' inboxes absorb.
     pub fn kafka(&self) -> KafkaConfig {
-        let mut kafka = KafkaConfig::new(self.broker_address.clone());
-        kafka.idempotent_producer = false;
-        kafka
+        KafkaConfig::new(self.broker_address.clone())
     }
 
     /// Registry settings for the harness's own clients.
