@@ -16,12 +16,13 @@
 # Replication: with n nodes, topics and the internal topics get min(n, 3) replicas and
 # min.insync.replicas of one less (at least 1), so a three-node cluster survives one node down.
 #
-# Settings (environment): KAFKA_VERSION (required), SAGA_CACHE_DIR (default
+# Settings (environment): KAFKA_VERSION (default: the pinned version below), SAGA_CACHE_DIR (default
 # ~/.cache/saga-platform), KAFKA_HEAP (default 512m, per node), JAVA (default: java on PATH).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-: "${KAFKA_VERSION:?KAFKA_VERSION must be set (deploy/local/stack.env pins it)}"
+# The pinned Apache Kafka version; compose.kafka.yml and deploy/k8s use the same image tag.
+: "${KAFKA_VERSION:=4.1.1}"
 : "${SAGA_CACHE_DIR:=$HOME/.cache/saga-platform}"
 : "${KAFKA_HEAP:=512m}"
 : "${JAVA:=java}"
