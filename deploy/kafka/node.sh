@@ -3,6 +3,8 @@
 # Central jars with the machine's Java. The local stack and the failure-injection harness both
 # start their nodes through this script, so a node is configured in one place only.
 #
+#   deploy/kafka/node.sh version
+#       Prints the Apache Kafka version the script runs.
 #   deploy/kafka/node.sh fetch
 #       Fetches Kafka's jars once into $SAGA_CACHE_DIR/kafka-$KAFKA_VERSION/libs (Maven) and
 #       prints that folder.
@@ -128,7 +130,8 @@ run() { # cluster-dir node-id node-count base-port
 }
 
 case "${1:-}" in
+  version) echo "$KAFKA_VERSION" ;;
   fetch) fetch ;;
   run) shift; run "$@" ;;
-  *) die "usage: node.sh fetch | run <cluster-dir> <node-id> <node-count> <base-port>" ;;
+  *) die "usage: node.sh version | fetch | run <cluster-dir> <node-id> <node-count> <base-port>" ;;
 esac

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The local stack: a Kafka-API broker (Tansu, durable sqlite storage), the schema registry, an
-# SMTP catcher (maildev), one PostgreSQL database per service, and the four services, each as its
-# own process. Usage:
+# The local stack: Apache Kafka in KRaft mode (one node, or three with KAFKA_NODES=3), the schema
+# registry, an SMTP catcher (maildev), PostgreSQL with one database per service, and the four
+# services, each as its own process. Usage:
 #   deploy/local/stack.sh demo     up, then push orders through every saga branch and print them
 #   deploy/local/stack.sh up       start whatever is not running yet (idempotent)
-#   deploy/local/stack.sh infra    start only broker, registry and SMTP catcher (what tests need)
-#   deploy/local/stack.sh down     stop everything this script started
-#   deploy/local/stack.sh status   show what is running
+#   deploy/local/stack.sh infra    start only PostgreSQL, Kafka, registry and SMTP catcher (what tests need)
+#   deploy/local/stack.sh down     stop everything this script started (PostgreSQL keeps running)
+#   deploy/local/stack.sh status   show what is running, every Kafka node included
 # Logs: .local/logs/<component>.log. State: .local/data. Process ids: .local/pids.
 # Settings come from deploy/local/stack.env, overridable by environment variables.
 set -euo pipefail
@@ -20,7 +20,7 @@ STATE="$ROOT/.local"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 DATA="$STATE/data"
-TANSU_BIN="$SAGA_CACHE_DIR/tansu-$TANSU_VERSION/bin/tansu"
+KAFKA_NODE="$ROOT/deploy/kafka/node.sh"
 MAILDEV_BIN="$SAGA_CACHE_DIR/maildev-$MAILDEV_VERSION/node_modules/.bin/maildev"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/debug"
@@ -63,17 +63,68 @@ check_prerequisites() {
   step "Checking prerequisites"
   command -v cargo >/dev/null || fail "cargo not found. Install Rust from https://rustup.rs and retry."
   command -v curl >/dev/null || fail "curl not found. Install it (apt-get install curl) and retry."
-  port_open "$PG_HOST" "$PG_PORT" || fail "PostgreSQL is not reachable at $PG_HOST:$PG_PORT. Start it (e.g. pg_ctlcluster 15 main start) or set PG_HOST/PG_PORT in deploy/local/stack.env."
-  info "cargo, curl and PostgreSQL at $PG_HOST:$PG_PORT found"
+  command -v java >/dev/null || fail "java not found; Apache Kafka needs Java 17 or later (apt-get install openjdk-17-jre-headless)."
+  command -v mvn >/dev/null || fail "mvn not found; Apache Kafka's jars are fetched with Maven (apt-get install maven)."
+  info "cargo, curl, java and mvn found"
 }
 
-install_tansu() {
-  if [[ -x "$TANSU_BIN" ]]; then return; fi
-  step "Building the Tansu broker $TANSU_VERSION into $SAGA_CACHE_DIR (once; about 12-15 minutes on 2 cores)"
-  mkdir -p "$SAGA_CACHE_DIR"
-  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features libsql \
-    --root "$SAGA_CACHE_DIR/tansu-$TANSU_VERSION" >"$SAGA_CACHE_DIR/tansu-build.log" 2>&1 \
-    || fail "building Tansu failed; see $SAGA_CACHE_DIR/tansu-build.log (it needs crates.io access and a C compiler)"
+is_local_host() { [[ "$1" == 127.0.0.1 || "$1" == localhost || "$1" == ::1 ]]; }
+
+as_root_or_fail() { # what-needs-root
+  [[ $EUID -eq 0 ]] || fail "$1 needs root; run that step as root, or start PostgreSQL yourself and set PG_HOST/PG_PORT/PG_USER/PG_PASSWORD in deploy/local/stack.env."
+}
+
+# PostgreSQL: a server that answers is used as it is. Otherwise, on this machine, the stack owns
+# it: installs Debian's package if missing, creates a cluster on PG_PORT if there is none, sets
+# max_connections before starting it, and gives PG_USER the password PG_PASSWORD.
+ensure_postgres() {
+  if port_open "$PG_HOST" "$PG_PORT"; then
+    info "PostgreSQL answers at $PG_HOST:$PG_PORT; using it as it is"
+  else
+    is_local_host "$PG_HOST" || fail "PostgreSQL at $PG_HOST:$PG_PORT does not answer. Start it, or set PG_HOST/PG_PORT in deploy/local/stack.env."
+    start_owned_postgres
+  fi
+  psql -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1 \
+    || fail "PostgreSQL at $PG_HOST:$PG_PORT refuses user $PG_USER with the configured password. Set PG_USER/PG_PASSWORD in deploy/local/stack.env (or POSTGRES_SERVER_URL)."
+  local max_connections
+  max_connections=$(psql -d postgres -Atqc 'SHOW max_connections')
+  info "PostgreSQL at $PG_HOST:$PG_PORT: logged in as $PG_USER, max_connections $max_connections"
+  ((max_connections >= 100)) || warn "max_connections is $max_connections; the four services alone may open 32 connections, a harness run beside them as many again"
+}
+
+start_owned_postgres() {
+  if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    as_root_or_fail "Installing PostgreSQL (apt-get install postgresql)"
+    step "Installing PostgreSQL from Debian's packages (once; about a minute)"
+    mkdir -p "$LOGS"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; } >"$LOGS/postgresql-install.log" 2>&1 \
+      || fail "installing PostgreSQL failed; see $LOGS/postgresql-install.log"
+  fi
+  as_root_or_fail "Starting PostgreSQL (pg_ctlcluster)"
+  local version cluster
+  # pg_lsclusters -h: version, name, port, status, owner, data dir, log file
+  read -r version cluster < <(pg_lsclusters -h | awk -v port="$PG_PORT" '$3 == port {print $1, $2; exit}') || true
+  if [[ -z "${cluster:-}" ]]; then
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+    cluster=saga
+    step "Creating PostgreSQL cluster $version/$cluster on port $PG_PORT"
+    pg_createcluster -p "$PG_PORT" "$version" "$cluster" >/dev/null || fail "pg_createcluster failed"
+  fi
+  step "Starting PostgreSQL $version/$cluster on port $PG_PORT (max_connections $PG_MAX_CONNECTIONS)"
+  pg_conftool "$version" "$cluster" set max_connections "$PG_MAX_CONNECTIONS"
+  pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" start \
+    || fail "PostgreSQL $version/$cluster did not start; see /var/log/postgresql/postgresql-$version-$cluster.log"
+  wait_for_port 127.0.0.1 "$PG_PORT" postgresql 60
+  local password=${PG_PASSWORD//\'/\'\'}
+  runuser -u postgres -- psql -p "$PG_PORT" -qc "ALTER USER \"$PG_USER\" WITH PASSWORD '$password'" >/dev/null \
+    || fail "could not set the password of PostgreSQL user $PG_USER"
+}
+
+fetch_kafka() {
+  if [[ ! -f "$SAGA_CACHE_DIR/kafka-$("$KAFKA_NODE" version)/libs/.complete" ]]; then
+    step "Fetching Apache Kafka $("$KAFKA_NODE" version) with Maven into $SAGA_CACHE_DIR (once)"
+  fi
+  "$KAFKA_NODE" fetch >/dev/null || fail "could not fetch Apache Kafka"
 }
 
 install_maildev() {
@@ -91,30 +142,22 @@ build_platform() {
   (cd "$ROOT" && cargo build --bins --quiet) || fail "cargo build failed; see the compiler output above"
 }
 
-start_broker() {
-  if port_open 127.0.0.1 "$BROKER_PORT"; then info "broker already listening on 127.0.0.1:$BROKER_PORT"; return; fi
-  step "Starting the broker on 127.0.0.1:$BROKER_PORT (durable sqlite storage in .local/data/broker.db)"
-  mkdir -p "$DATA"
-  start_process broker "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine "sqlite://.local/data/broker.db" # the broker resolves this path from the working directory
-  wait_for_port 127.0.0.1 "$BROKER_PORT" broker 30
-  index_broker_headers
-}
+kafka_node_port() { echo $((KAFKA_BASE_PORT + 2 * ($1 - 1))); }
 
-# Tansu 0.6.0 looks up each fetched record's headers in a table without an index on them, so
-# fetching slows down with every record stored (docs/local-stack.md). Adding the index changes
-# no data; it needs python3's sqlite3 module, and the stack works without it, only slower.
-index_broker_headers() {
-  command -v python3 >/dev/null || { warn "python3 not found; the broker's record headers stay unindexed"; return 0; }
-  python3 - "$DATA/broker.db" <<'PY' || warn "could not index the broker's record headers"
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], timeout=10)
-if db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'header'").fetchone()[0]:
-    db.execute("CREATE INDEX IF NOT EXISTS header_by_record ON header (topition, offset_id)")
-db.commit()
-PY
+# Starts every Kafka node that is not running (a node restarted keeps its data), then waits until
+# the cluster's metadata lists every node.
+start_kafka() {
+  local id port
+  for ((id = 1; id <= KAFKA_NODES; id++)); do
+    port=$(kafka_node_port "$id")
+    if running "kafka-$id"; then info "Kafka node $id already running (127.0.0.1:$port)"; continue; fi
+    port_open 127.0.0.1 "$port" && fail "something else listens on 127.0.0.1:$port, where Kafka node $id belongs; stop it or set KAFKA_BASE_PORT"
+    step "Starting Kafka node $id of $KAFKA_NODES on 127.0.0.1:$port (data in .local/data/kafka/node-$id)"
+    start_process "kafka-$id" "$KAFKA_NODE" run "$DATA/kafka" "$id" "$KAFKA_NODES" "$KAFKA_BASE_PORT"
+  done
+  step "Waiting for the Kafka cluster: metadata listing all $KAFKA_NODES node(s)"
+  "$BIN/sagactl" kafka ready --brokers "$KAFKA_NODES" --timeout-secs 120 \
+    || fail "the Kafka cluster did not come up; see $LOGS/kafka-*.log"
 }
 
 start_registry() {
@@ -156,38 +199,58 @@ start_services() {
 
 up_infra() {
   check_prerequisites
-  install_tansu
+  ensure_postgres
+  fetch_kafka
   install_maildev
   build_platform
-  start_broker
+  start_kafka
   start_registry
   start_maildev
   prepare_topics_databases_schemas
 }
 
+stop_process() { # name: SIGTERM, then up to 30 s for a graceful stop before SIGKILL
+  local name=$1
+  running "$name" || { rm -f "$PIDS/$name.pid"; return 0; }
+  kill -TERM "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
+  for _ in $(seq 1 150); do running "$name" || break; sleep 0.2; done
+  running "$name" && kill -KILL "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
+  rm -f "$PIDS/$name.pid"
+  info "stopped $name"
+}
+
 stop_all() {
   step "Stopping the local stack"
-  local names=()
-  for entry in $SERVICES; do names+=("${entry%%:*}"); done
-  names+=(maildev schema-registry broker)
-  for name in "${names[@]}"; do
-    if running "$name"; then
-      kill -TERM "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
-      # graceful shutdown finishes in-flight work; give it up to 30 s before killing
-      for _ in $(seq 1 150); do running "$name" || break; sleep 0.2; done
-      running "$name" && kill -KILL "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
-      info "stopped $name"
-    fi
-    rm -f "$PIDS/$name.pid"
+  local entry id
+  for entry in $SERVICES; do stop_process "${entry%%:*}"; done
+  stop_process maildev
+  stop_process schema-registry
+  # Kafka nodes stop together: a node stopped after the others lost their quorum would wait
+  # for a controller that is gone.
+  for id in "$PIDS"/kafka-*.pid; do
+    [[ -f "$id" ]] || continue
+    kill -TERM "$(cat "$id")" 2>/dev/null || true
+  done
+  for id in "$PIDS"/kafka-*.pid; do
+    [[ -f "$id" ]] || continue
+    id=$(basename "$id" .pid)
+    stop_process "$id"
   done
 }
 
 show_status() {
-  local name port
-  for entry in broker:$BROKER_PORT schema-registry:$REGISTRY_PORT maildev:$SMTP_PORT $SERVICES; do
+  local entry name port id
+  for ((id = 1; id <= KAFKA_NODES; id++)); do
+    port=$(kafka_node_port "$id")
+    if running "kafka-$id" && port_open 127.0.0.1 "$port"; then echo "up    kafka-$id (127.0.0.1:$port, pid $(cat "$PIDS/kafka-$id.pid"))"
+    elif running "kafka-$id"; then echo "start kafka-$id (127.0.0.1:$port, pid $(cat "$PIDS/kafka-$id.pid"), not listening yet)"
+    else echo "down  kafka-$id (127.0.0.1:$port)"; fi
+  done
+  for entry in schema-registry:$REGISTRY_PORT maildev:$SMTP_PORT $SERVICES; do
     name=${entry%%:*}; port=${entry##*:}
     if port_open 127.0.0.1 "$port"; then echo "up    $name (127.0.0.1:$port)"; else echo "down  $name (127.0.0.1:$port)"; fi
   done
+  if port_open "$PG_HOST" "$PG_PORT"; then echo "up    postgresql ($PG_HOST:$PG_PORT)"; else echo "down  postgresql ($PG_HOST:$PG_PORT)"; fi
 }
 
 case "${1:-up}" in
@@ -197,7 +260,7 @@ case "${1:-up}" in
     step "Pushing orders through every branch of the saga"
     "$BIN/sagactl" demo
     step "The platform is up. Logs: $LOGS; stop it with deploy/local/stack.sh down" ;;
-  infra) up_infra; step "Broker, registry and SMTP catcher are up. Logs: $LOGS" ;;
+  infra) up_infra; step "PostgreSQL, Kafka, the registry and the SMTP catcher are up. Logs: $LOGS" ;;
   down) stop_all ;;
   status) show_status ;;
   *) echo "usage: $0 demo|up|infra|down|status" >&2; exit 2 ;;

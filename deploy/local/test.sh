@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace against the real local stack: starts the broker, the schema
-# registry and the SMTP catcher if they are not running (see stack.sh), installs the Python
-# client used for interoperability tests, then runs the tests. Extra arguments go to cargo test.
+# Runs every test of the workspace against the real local stack: starts PostgreSQL, Apache Kafka,
+# the schema registry and the SMTP catcher if they are not running (see stack.sh), installs the
+# Python client used for interoperability tests and nftables (the failure-injection harness cuts
+# a broker off with it), then runs the tests. Extra arguments go to cargo test.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -11,6 +12,13 @@ cd "$ROOT"
 printf '\033[1m==> %s\033[0m\n' "Installing the Python test clients (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt \
   || { echo "ERROR: pip could not install tests/requirements.txt" >&2; exit 1; }
+
+if ! command -v nft >/dev/null; then
+  [[ $EUID -eq 0 ]] || { echo "ERROR: nft not found; the failure-injection tests need it: apt-get install nftables" >&2; exit 1; }
+  printf '\033[1m==> %s\033[0m\n' "Installing nftables (the harness cuts a broker off with it)"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables; } >/dev/null \
+    || { echo "ERROR: apt-get could not install nftables" >&2; exit 1; }
+fi
 
 # shellcheck source=deploy/local/stack.env
 source "$ROOT/deploy/local/stack.env"

@@ -83,8 +83,8 @@ impl TestEnv {
 
     /// A database URL unique to this test and service (the service creates the database).
     pub fn database_url(&self, service: &str) -> String {
-        let server =
-            std::env::var("POSTGRES_SERVER_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let server = std::env::var("POSTGRES_SERVER_URL")
+            .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into());
         let name = format!("{}_{service}", self.prefix.trim_end_matches('.')).replace(['.', '-'], "_");
         format!("{server}/{name}")
     }

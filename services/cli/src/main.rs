@@ -39,6 +39,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The Kafka cluster.
+    Kafka {
+        #[command(subcommand)]
+        command: KafkaCommand,
+    },
     /// Topic administration.
     Topics {
         #[command(subcommand)]
@@ -111,6 +116,20 @@ enum DeadLettersCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum KafkaCommand {
+    /// Waits until the cluster's metadata lists the expected number of brokers, then lists
+    /// them; fails after the timeout naming what is missing.
+    Ready {
+        /// Brokers the cluster must have.
+        #[arg(long, default_value_t = 1)]
+        brokers: usize,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TopicsCommand {
     /// Creates the event topics and every service's dead-letter topic if missing.
     Create,
@@ -124,7 +143,7 @@ enum DatabasesCommand {
         #[arg(
             long,
             env = "POSTGRES_SERVER_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432"
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432"
         )]
         server_url: String,
     },
@@ -141,6 +160,9 @@ enum SchemasCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Kafka {
+            command: KafkaCommand::Ready { brokers, timeout_secs },
+        } => kafka_ready(&cli.kafka, brokers, Duration::from_secs(timeout_secs)).await,
         Command::Topics {
             command: TopicsCommand::Create,
         } => create_topics(&cli.kafka).await,
@@ -180,6 +202,44 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+    }
+}
+
+async fn kafka_ready(kafka: &KafkaConfig, expected: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let last = loop {
+        let seen = kafka::cluster_brokers(kafka, Duration::from_secs(5)).await;
+        match &seen {
+            Ok(brokers) if brokers.len() >= expected => {
+                for broker in brokers {
+                    println!("    broker {} at {}", broker.id, broker.address);
+                }
+                return Ok(());
+            }
+            _ if tokio::time::Instant::now() >= deadline => break seen,
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    match last {
+        Ok(brokers) => {
+            let ids: Vec<String> = brokers.iter().map(|broker| broker.id.to_string()).collect();
+            bail!(
+                "after {} s the cluster at {} lists {} of {expected} brokers (ids: {})",
+                timeout.as_secs(),
+                kafka.bootstrap_servers,
+                brokers.len(),
+                if ids.is_empty() {
+                    "none".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            )
+        }
+        Err(error) => bail!(
+            "after {} s no broker at {} answers a metadata request: {error}",
+            timeout.as_secs(),
+            kafka.bootstrap_servers
+        ),
     }
 }
 

@@ -72,7 +72,7 @@ impl ServiceConfig {
     pub fn database_url(&self, spec: &ServiceSpec) -> String {
         self.database_url
             .clone()
-            .unwrap_or_else(|| format!("postgres://postgres@127.0.0.1:5432/{}", spec.default_database))
+            .unwrap_or_else(|| format!("postgres://postgres:postgres@127.0.0.1:5432/{}", spec.default_database))
     }
 
     /// The HTTP address, or the local default for `spec`.
