@@ -1,6 +1,7 @@
 //! `saga-harness`: the failure-injection harness as a command. Prints the report, writes it as
 //! JSON into the run's folder, and exits non-zero on any invariant violation or if the system
-//! does not go quiet in time. Interrupted (Ctrl-C, SIGTERM), it stops the processes it started.
+//! does not go quiet in time. Interrupted (Ctrl-C, SIGTERM), it stops the processes it started
+//! and removes any firewall rule it added.
 
 use clap::Parser;
 use saga_tests::harness::run::{run, HarnessConfig};

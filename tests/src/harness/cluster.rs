@@ -1,6 +1,9 @@
-//! The system under test as OS processes: a broker (Tansu, durable sqlite storage in the run's
-//! folder) and a schema registry of the harness's own, and the four services from the built
-//! binaries, each with its own database. Every process logs to a file in the run's folder.
+//! The system under test as OS processes: an Apache Kafka cluster (three KRaft nodes by default,
+//! started through `deploy/kafka/node.sh` with their storage in the run's folder) and a schema
+//! registry of the harness's own, or a running cluster and registry it was pointed at; and the
+//! four services from the built binaries, each with its own database. Every topic and consumer
+//! group of a run carries the run's prefix, so runs never mix on a shared cluster. Every process
+//! logs to its own file in the run's folder.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use saga_common::config::{KafkaConfig, RegistryConfig};
 
-use super::broker_storage::index_record_headers;
+use super::isolation::NodeCgroup;
+use super::kafka_nodes::{self, KafkaNode};
 use super::processes::ManagedProcess;
 use crate::eventually;
 
@@ -25,17 +29,46 @@ pub const SERVICES: [&str; 4] = [
     "notification-service",
 ];
 
+/// How long a Kafka node may take to appear in the cluster's metadata after it starts (three
+/// JVMs starting at once on a loaded 2-core machine take 15-40 s).
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Where the Kafka cluster and the schema registry come from.
+#[derive(Debug, Clone)]
+pub enum KafkaSource {
+    /// The harness starts `nodes` Kafka nodes with `node_script` (`deploy/kafka/node.sh`) and a
+    /// schema registry of its own; every fault kind is available.
+    Own {
+        /// Number of nodes.
+        nodes: usize,
+        /// The node launcher.
+        node_script: PathBuf,
+    },
+    /// A running cluster and registry the harness did not start; it starts only the services,
+    /// and cannot inject broker or registry faults.
+    Existing {
+        /// Their comma-separated bootstrap list.
+        bootstrap_servers: String,
+        /// The registry's base URL.
+        registry_url: String,
+    },
+}
+
 /// Where things are and how the services are configured.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// Short unique id of the run; names its databases.
+    /// Short unique id of the run; names its databases, topic prefix and firewall table.
     pub run_id: String,
-    /// Folder for logs and the broker's storage.
+    /// Folder for logs and the Kafka nodes' storage.
     pub run_dir: PathBuf,
     /// Folder with the built service and registry binaries.
     pub bin_dir: PathBuf,
-    /// The Tansu binary.
-    pub tansu: PathBuf,
+    /// The cluster and registry.
+    pub kafka: KafkaSource,
+    /// Replicas of every topic the services create (min(nodes, 3)).
+    pub replication_factor: i32,
+    /// Prefix of the run's topics and consumer groups.
+    pub topic_prefix: String,
     /// PostgreSQL server URL without a database.
     pub postgres_server: String,
     /// SMTP server the notification service sends to.
@@ -49,7 +82,7 @@ pub struct ClusterConfig {
 /// What observers need of the cluster, detached from the processes.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
-    /// Broker settings.
+    /// Kafka settings (every node in the bootstrap list, the run's topic prefix).
     pub kafka: KafkaConfig,
     /// Registry settings.
     pub registry: RegistryConfig,
@@ -62,32 +95,27 @@ pub struct ClusterView {
 pub struct Cluster {
     /// The run's configuration.
     pub config: ClusterConfig,
-    /// The broker process.
-    pub broker: ManagedProcess,
-    /// The schema registry process.
-    pub registry: ManagedProcess,
+    /// The Kafka nodes the harness started (none on an existing cluster).
+    pub kafka_nodes: Vec<KafkaNode>,
+    /// The schema registry the harness started (none with an existing one).
+    pub registry: Option<ManagedProcess>,
     /// The services, by binary name.
     pub services: BTreeMap<String, ManagedProcess>,
-    /// Broker address, `127.0.0.1:port`.
-    pub broker_address: String,
     /// Registry base URL.
     pub registry_url: String,
     /// HTTP address of each service.
     pub http: BTreeMap<String, SocketAddr>,
     /// Database URL of each service.
     pub databases: BTreeMap<String, String>,
+    kafka: KafkaConfig,
 }
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn port_open(address: &str) -> bool {
-    tokio::net::TcpStream::connect(address).await.is_ok()
-}
-
 impl Cluster {
-    /// Lays out the processes (free ports, database names); starts nothing.
+    /// Lays out the processes (ports, database names); starts nothing.
     pub fn new(config: ClusterConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.run_dir)?;
         for binary in SERVICES.iter().copied().chain(["schema-registry"]) {
@@ -98,42 +126,68 @@ impl Cluster {
                 path.display()
             );
         }
-        anyhow::ensure!(
-            config.tansu.exists(),
-            "{} is missing: deploy/local/stack.sh infra builds it (or set TANSU_BIN)",
-            config.tansu.display()
-        );
-        let broker_address = format!("127.0.0.1:{}", free_port()?);
-        let listener = format!("tcp://{broker_address}");
-        let broker = ManagedProcess::new(
-            "broker",
-            config.tansu.clone(),
-            vec![
-                "broker".into(),
-                "--listener-url".into(),
-                listener.clone(),
-                "--advertised-listener-url".into(),
-                listener,
-                // resolved from the working directory: the run's folder
-                "--storage-engine".into(),
-                "sqlite://broker.db".into(),
-            ],
-            BTreeMap::new(),
-            config.run_dir.clone(),
-        );
-        let registry_port = free_port()?;
-        let registry_url = format!("http://127.0.0.1:{registry_port}");
-        let registry = ManagedProcess::new(
-            "schema-registry",
-            config.bin_dir.join("schema-registry"),
-            Vec::new(),
-            BTreeMap::from([
-                ("REGISTRY_LISTEN".to_string(), format!("127.0.0.1:{registry_port}")),
-                ("KAFKA_BOOTSTRAP_SERVERS".to_string(), broker_address.clone()),
-                ("RUST_LOG".to_string(), "info".to_string()),
-            ]),
-            config.run_dir.clone(),
-        );
+        let (kafka_nodes, registry, bootstrap_servers, registry_url) = match &config.kafka {
+            KafkaSource::Own { nodes, node_script } => {
+                anyhow::ensure!(*nodes >= 1, "a Kafka cluster needs at least one node");
+                anyhow::ensure!(
+                    node_script.exists(),
+                    "{} is missing: the harness starts its Kafka nodes with it",
+                    node_script.display()
+                );
+                let base_port = kafka_nodes::pick_base_port(*nodes)?;
+                let cluster_dir = config.run_dir.join("kafka");
+                let kafka_nodes: Vec<KafkaNode> = (1..=*nodes as i32)
+                    .map(|id| {
+                        let cgroup = NodeCgroup::create(&format!("saga-harness-{}-kafka-{id}", config.run_id));
+                        KafkaNode::new(
+                            node_script,
+                            &cluster_dir,
+                            &config.run_dir,
+                            id,
+                            *nodes,
+                            base_port,
+                            cgroup,
+                        )
+                    })
+                    .collect();
+                let bootstrap = kafka_nodes::bootstrap_servers(&kafka_nodes);
+                let registry_port = free_port()?;
+                let registry = ManagedProcess::new(
+                    "schema-registry",
+                    config.bin_dir.join("schema-registry"),
+                    Vec::new(),
+                    BTreeMap::from([
+                        ("REGISTRY_LISTEN".to_string(), format!("127.0.0.1:{registry_port}")),
+                        ("KAFKA_BOOTSTRAP_SERVERS".to_string(), bootstrap.clone()),
+                        (
+                            "REGISTRY_SCHEMAS_TOPIC_REPLICATION_FACTOR".to_string(),
+                            config.replication_factor.to_string(),
+                        ),
+                        ("RUST_LOG".to_string(), "info".to_string()),
+                    ]),
+                    config.run_dir.clone(),
+                );
+                (
+                    kafka_nodes,
+                    Some(registry),
+                    bootstrap,
+                    format!("http://127.0.0.1:{registry_port}"),
+                )
+            }
+            KafkaSource::Existing {
+                bootstrap_servers,
+                registry_url,
+            } => (
+                Vec::new(),
+                None,
+                bootstrap_servers.clone(),
+                registry_url.trim_end_matches('/').to_string(),
+            ),
+        };
+        let kafka = KafkaConfig {
+            topic_replication_factor: config.replication_factor,
+            ..KafkaConfig::new(bootstrap_servers.clone()).with_topic_prefix(config.topic_prefix.clone())
+        };
         let mut services = BTreeMap::new();
         let mut http = BTreeMap::new();
         let mut databases = BTreeMap::new();
@@ -146,9 +200,12 @@ impl Cluster {
                 name.trim_end_matches("-service")
             );
             let mut env = BTreeMap::from([
-                ("KAFKA_BOOTSTRAP_SERVERS".to_string(), broker_address.clone()),
-                // The broker is restarted under load; see `Cluster::kafka`.
-                ("KAFKA_IDEMPOTENT_PRODUCER".to_string(), "false".to_string()),
+                ("KAFKA_BOOTSTRAP_SERVERS".to_string(), bootstrap_servers.clone()),
+                ("TOPIC_PREFIX".to_string(), config.topic_prefix.clone()),
+                (
+                    "TOPIC_REPLICATION_FACTOR".to_string(),
+                    config.replication_factor.to_string(),
+                ),
                 ("SCHEMA_REGISTRY_URL".to_string(), registry_url.clone()),
                 ("DATABASE_URL".to_string(), database.clone()),
                 ("HTTP_LISTEN".to_string(), address.to_string()),
@@ -160,11 +217,7 @@ impl Cluster {
                 ),
             ]);
             // Consumer settings a run may override from the harness's own environment.
-            for passed in [
-                "KAFKA_REJOIN_UNASSIGNED_SECS",
-                "KAFKA_SESSION_TIMEOUT_MS",
-                "KAFKA_DEBUG",
-            ] {
+            for passed in ["KAFKA_SESSION_TIMEOUT_MS", "KAFKA_COMMIT_INTERVAL_MS", "KAFKA_DEBUG"] {
                 if let Ok(value) = std::env::var(passed) {
                     env.insert(passed.to_string(), value);
                 }
@@ -189,14 +242,19 @@ impl Cluster {
         }
         Ok(Self {
             config,
-            broker,
+            kafka_nodes,
             registry,
             services,
-            broker_address,
             registry_url,
             http,
             databases,
+            kafka,
         })
+    }
+
+    /// Whether the harness started the Kafka cluster and registry itself (and so may fault them).
+    pub fn owns_kafka(&self) -> bool {
+        !self.kafka_nodes.is_empty()
     }
 
     /// Addresses for observers.
@@ -208,22 +266,9 @@ impl Cluster {
         }
     }
 
-    /// Whether the broker answers a metadata request within `timeout` (a live process can
-    /// still be unable to serve anything).
-    pub async fn broker_answers(address: &str, timeout: Duration) -> bool {
-        saga_common::kafka::probe_broker(&KafkaConfig::new(address), timeout)
-            .await
-            .is_ok()
-    }
-
-    /// The broker's SQLite storage file.
-    pub fn broker_storage(&self) -> PathBuf {
-        self.config.run_dir.join("broker.db")
-    }
-
-    /// Broker settings for the harness's own clients.
+    /// Kafka settings for the harness's own clients: every node, the run's topic prefix.
     pub fn kafka(&self) -> KafkaConfig {
-        KafkaConfig::new(self.broker_address.clone())
+        self.kafka.clone()
     }
 
     /// Registry settings for the harness's own clients.
@@ -231,27 +276,50 @@ impl Cluster {
         RegistryConfig::new(self.registry_url.clone())
     }
 
-    /// Starts the broker, waits for its port and adds the index its storage lacks
-    /// ([`super::broker_storage`]).
-    pub async fn start_broker(&mut self) -> anyhow::Result<()> {
-        self.broker.start()?;
-        let address = self.broker_address.clone();
-        eventually("broker listening", Duration::from_secs(30), || async {
-            port_open(&address).await.then_some(())
-        })
-        .await?;
-        if let Err(error) = index_record_headers(&self.broker_storage()) {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "could not index the broker's record headers"
-            );
-        }
-        Ok(())
+    /// The node with id `id`.
+    pub fn node_mut(&mut self, id: i32) -> anyhow::Result<&mut KafkaNode> {
+        self.kafka_nodes
+            .iter_mut()
+            .find(|node| node.id == id)
+            .with_context(|| format!("no Kafka node {id}"))
     }
 
-    /// Starts the registry and waits until it answers.
+    /// Starts every Kafka node at once and waits until the cluster's metadata lists all of them.
+    /// A node whose process exits meanwhile fails the start with its log's location.
+    pub async fn start_kafka(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.kafka_nodes {
+            node.process.start()?;
+        }
+        let expected: Vec<i32> = self.kafka_nodes.iter().map(|node| node.id).collect();
+        let deadline = tokio::time::Instant::now() + NODE_START_TIMEOUT;
+        loop {
+            for node in &mut self.kafka_nodes {
+                anyhow::ensure!(
+                    node.process.is_running(),
+                    "Kafka node {} exited while starting; see {}",
+                    node.id,
+                    node.process.log_path().display()
+                );
+            }
+            let listed = kafka_nodes::listed_brokers(&self.kafka, Duration::from_secs(5))
+                .await
+                .unwrap_or_default();
+            if expected.iter().all(|id| listed.contains(id)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Names the nodes that did not come up.
+                return kafka_nodes::wait_for_brokers(&self.kafka, &expected, Duration::ZERO).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Starts the harness's registry (if it has one) and waits until it answers.
     pub async fn start_registry(&mut self) -> anyhow::Result<()> {
-        self.registry.start()?;
+        if let Some(registry) = &mut self.registry {
+            registry.start()?;
+        }
         let url = format!("{}/subjects", self.registry_url);
         eventually("schema registry answering", Duration::from_secs(60), || async {
             reqwest::get(&url)
@@ -286,7 +354,14 @@ impl Cluster {
 
     /// Starts everything and waits until every service is ready.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
-        self.start_broker().await?;
+        if self.owns_kafka() {
+            self.start_kafka().await?;
+        } else {
+            let brokers = kafka_nodes::listed_brokers(&self.kafka, Duration::from_secs(10))
+                .await
+                .with_context(|| format!("the Kafka cluster at {} does not answer", self.kafka.bootstrap_servers))?;
+            tracing::info!(?brokers, "using an existing Kafka cluster");
+        }
         self.start_registry().await?;
         for name in SERVICES {
             self.start_service(name)?;
@@ -299,29 +374,44 @@ impl Cluster {
 
     /// Starts every process that is not running and resumes paused ones, without waiting for
     /// anything (so a caller holding the cluster's lock does not hold it for long).
-    pub fn restart_stopped(&mut self) -> anyhow::Result<()> {
-        self.broker.start()?;
-        self.registry.start()?;
+    pub async fn restart_stopped(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.kafka_nodes {
+            node.process.resume().await.ok();
+            node.process.start()?;
+        }
+        if let Some(registry) = &mut self.registry {
+            registry.start()?;
+        }
         for process in self.services.values_mut() {
+            process.resume().await.ok();
             process.start()?;
         }
         Ok(())
     }
 
-    /// Resumes every service (a no-op for those not paused).
-    pub async fn resume_all(&self) {
-        for process in self.services.values() {
-            process.resume().await.ok();
-        }
-    }
-
-    /// Stops everything gracefully.
+    /// Stops everything: the services gracefully, then the registry, then every Kafka node at
+    /// once (SIGTERM, SIGKILL after 30 s).
     pub async fn stop_all(&mut self) {
         for process in self.services.values_mut() {
             process.terminate(Duration::from_secs(20)).await.ok();
         }
-        self.registry.terminate(Duration::from_secs(10)).await.ok();
-        self.broker.terminate(Duration::from_secs(10)).await.ok();
+        if let Some(registry) = &mut self.registry {
+            registry.terminate(Duration::from_secs(10)).await.ok();
+        }
+        futures::future::join_all(
+            self.kafka_nodes
+                .iter_mut()
+                .map(|node| node.process.terminate(Duration::from_secs(30))),
+        )
+        .await;
+    }
+
+    /// Deletes the Kafka nodes' storage (after a run that passed; their logs stay).
+    pub fn remove_kafka_storage(&self) -> std::io::Result<()> {
+        if self.owns_kafka() {
+            std::fs::remove_dir_all(self.config.run_dir.join("kafka"))?;
+        }
+        Ok(())
     }
 
     /// Drops the run's databases (after a run that passed).

@@ -1,6 +1,8 @@
 //! Fault injection: a schedule derived from the seed (every enabled kind at least once, plus
 //! optional faults at a fixed interval for long runs) and the executor that carries it out
-//! against the cluster while the load runs.
+//! against the cluster while the load runs. Broker faults hit the nodes of the harness's own
+//! Kafka cluster: a SIGKILL of the busiest partition leader, a pause longer than the broker's
+//! session, a rolling restart, and a network isolation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,12 +17,19 @@ use saga_common::codec::EventCodec;
 use saga_common::kafka;
 use saga_contracts::{InventoryReserved, OrderCreated, OrderLine, PaymentSucceeded, SagaEvent, StockLine, Topic};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
-use super::cluster::{Cluster, SERVICES};
-use super::group_repair::repair_stored_groups;
-use super::observe::{consumed_topics, group_position};
+use super::cluster::{Cluster, NODE_START_TIMEOUT, SERVICES};
+use super::isolation::IsolationRules;
+use super::kafka_nodes::{busiest_leader, listed_brokers, partitions, wait_for_brokers, wait_fully_replicated};
 use super::state::{InjectedPoison, RecordPosition};
 use crate::TopicReader;
+
+/// How long a restarted node may take to have every partition fully replicated again before a
+/// rolling restart goes on to the next node anyway (and says so).
+const REPLICATION_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node may take to shut down gracefully before it is killed.
+const NODE_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// The kinds of fault the harness injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -29,9 +38,15 @@ pub enum FaultKind {
     KillService,
     /// SIGSTOP a service longer than its session timeout, then SIGCONT.
     PauseService,
-    /// Restart the broker (durable storage survives).
-    RestartBroker,
-    /// Restart the schema registry (its schemas live in the broker).
+    /// SIGKILL the broker leading the most saga-topic partitions, restart it a few seconds later.
+    KillPartitionLeader,
+    /// SIGSTOP a broker longer than its KRaft session (9 s), then SIGCONT.
+    PauseBroker,
+    /// Restart every broker, one after another, each once the previous one is back in sync.
+    RollingRestart,
+    /// Cut a broker off the network (its ports, and what it sends) for some seconds.
+    IsolateBroker,
+    /// Restart the schema registry (its schemas live in Kafka).
     RestartRegistry,
     /// Terminate every connection of a service to its database.
     KillDatabaseConnections,
@@ -43,10 +58,13 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillService,
         FaultKind::PauseService,
-        FaultKind::RestartBroker,
+        FaultKind::KillPartitionLeader,
+        FaultKind::PauseBroker,
+        FaultKind::RollingRestart,
+        FaultKind::IsolateBroker,
         FaultKind::RestartRegistry,
         FaultKind::KillDatabaseConnections,
         FaultKind::Duplicates,
@@ -58,12 +76,28 @@ impl FaultKind {
         match self {
             FaultKind::KillService => "kill_service",
             FaultKind::PauseService => "pause_service",
-            FaultKind::RestartBroker => "restart_broker",
+            FaultKind::KillPartitionLeader => "kill_partition_leader",
+            FaultKind::PauseBroker => "pause_broker",
+            FaultKind::RollingRestart => "rolling_restart",
+            FaultKind::IsolateBroker => "isolate_broker",
             FaultKind::RestartRegistry => "restart_registry",
             FaultKind::KillDatabaseConnections => "kill_database_connections",
             FaultKind::Duplicates => "duplicates",
             FaultKind::Poison => "poison",
         }
+    }
+
+    /// Whether the kind needs the Kafka cluster and registry the harness started itself (it
+    /// signals their processes or firewalls their ports).
+    pub fn needs_own_cluster(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillPartitionLeader
+                | FaultKind::PauseBroker
+                | FaultKind::RollingRestart
+                | FaultKind::IsolateBroker
+                | FaultKind::RestartRegistry
+        )
     }
 }
 
@@ -74,20 +108,23 @@ pub struct ScheduledFault {
     pub at: Duration,
     /// What.
     pub kind: FaultKind,
-    /// The service it targets (for service and database faults) or the topic (for records).
+    /// What it targets: a service, a Kafka node (`kafka-<id>`), a topic (base name), or what the
+    /// executor picks when the time comes.
     pub target: String,
-    /// How long the target stays down or paused, in milliseconds; the sample size for duplicates.
+    /// How long the target stays down, paused or cut off, in milliseconds; the sample size for
+    /// duplicates.
     pub amount: u64,
 }
 
-/// Plans the faults of a load lasting `load_duration`: every kind in `kinds` once at a random
-/// point between 10% and 80% of the load, then, if `interval` is set, a random kind every
-/// `interval`. The same seed gives the same schedule.
+/// Plans the faults of a load lasting `load_duration` on a cluster of `kafka_nodes` nodes: every
+/// kind in `kinds` once at a random point between 10% and 80% of the load, then, if `interval` is
+/// set, a random kind every `interval`. The same seed gives the same schedule.
 pub fn schedule(
     seed: u64,
     kinds: &[FaultKind],
     load_duration: Duration,
     interval: Option<Duration>,
+    kafka_nodes: usize,
 ) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17);
     let mut faults = Vec::new();
@@ -97,13 +134,13 @@ pub fn schedule(
     let window = load_duration.as_millis().max(1000) as u64;
     for kind in kinds {
         let at = Duration::from_millis(rng.gen_range(window / 10..=window * 8 / 10));
-        faults.push(fault(&mut rng, *kind, at));
+        faults.push(fault(&mut rng, *kind, at, kafka_nodes));
     }
     if let Some(interval) = interval.filter(|i| !i.is_zero()) {
         let mut at = interval;
         while at < load_duration {
             let kind = kinds[rng.gen_range(0..kinds.len())];
-            faults.push(fault(&mut rng, kind, at));
+            faults.push(fault(&mut rng, kind, at, kafka_nodes));
             at += interval;
         }
     }
@@ -111,16 +148,19 @@ pub fn schedule(
     faults
 }
 
-fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration) -> ScheduledFault {
+fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration, kafka_nodes: usize) -> ScheduledFault {
     let service = SERVICES[rng.gen_range(0..SERVICES.len())].to_string();
-    let topic = [Topic::Orders, Topic::Payments, Topic::Inventory][rng.gen_range(0..3)]
-        .base_name()
-        .to_string();
+    let topic = Topic::ALL[rng.gen_range(0..Topic::ALL.len())].base_name().to_string();
+    let node = format!("kafka-{}", rng.gen_range(1..=kafka_nodes.max(1)));
     let (target, amount) = match kind {
         FaultKind::KillService => (service, rng.gen_range(500..4_000)),
         // longer than the 6 s session timeout: the paused member loses its partitions
         FaultKind::PauseService => (service, rng.gen_range(8_000..10_000)),
-        FaultKind::RestartBroker => ("broker".to_string(), rng.gen_range(500..3_000)),
+        FaultKind::KillPartitionLeader => ("busiest partition leader".to_string(), rng.gen_range(2_000..6_000)),
+        // longer than KRaft's broker.session.timeout.ms (9 s): the controller fences the broker
+        FaultKind::PauseBroker => (node, rng.gen_range(12_000..15_000)),
+        FaultKind::RollingRestart => ("every node".to_string(), 0),
+        FaultKind::IsolateBroker => (node, rng.gen_range(10_000..15_000)),
         FaultKind::RestartRegistry => ("schema-registry".to_string(), rng.gen_range(500..3_000)),
         FaultKind::KillDatabaseConnections => (service, 0),
         FaultKind::Duplicates => (topic, rng.gen_range(5..30)),
@@ -132,6 +172,14 @@ fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration) -> ScheduledFault {
         target,
         amount,
     }
+}
+
+/// The node id of a `kafka-<id>` target.
+fn node_id(target: &str) -> anyhow::Result<i32> {
+    target
+        .strip_prefix("kafka-")
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{target} is not a Kafka node"))
 }
 
 /// What the executor did, for the report and the invariant checks.
@@ -151,7 +199,7 @@ pub struct FaultLog {
 pub struct FaultExecutor {
     /// The processes.
     pub cluster: Arc<Mutex<Cluster>>,
-    /// Producer on the cluster's broker.
+    /// Producer on the cluster.
     pub producer: FutureProducer,
     /// Codec on the cluster's registry.
     pub codec: Arc<EventCodec>,
@@ -159,14 +207,20 @@ pub struct FaultExecutor {
     pub rng: StdRng,
     /// What happened so far.
     pub log: Arc<Mutex<FaultLog>>,
+    kafka: saga_common::config::KafkaConfig,
+    firewall_table: String,
 }
 
 impl FaultExecutor {
     /// An executor for `cluster`, seeded from `seed`.
     pub async fn new(cluster: Arc<Mutex<Cluster>>, seed: u64) -> anyhow::Result<Self> {
-        let (kafka, registry) = {
+        let (kafka, registry, run_id) = {
             let cluster = cluster.lock().await;
-            (cluster.kafka(), cluster.registry_config())
+            (
+                cluster.kafka(),
+                cluster.registry_config(),
+                cluster.config.run_id.clone(),
+            )
         };
         Ok(Self {
             producer: kafka::producer(&kafka)?,
@@ -174,25 +228,22 @@ impl FaultExecutor {
             cluster,
             rng: StdRng::seed_from_u64(seed ^ 0x0bad_cafe),
             log: Arc::new(Mutex::new(FaultLog::default())),
+            kafka,
+            firewall_table: format!("saga_harness_{run_id}"),
         })
     }
 
-    /// Runs the schedule, each fault at its time from `started`. A fault that fails is logged and
-    /// the schedule goes on.
-    pub async fn run(&mut self, schedule: Vec<ScheduledFault>, started: tokio::time::Instant) {
+    /// Runs the schedule, each fault at its time from `started` (or at once if the faults before
+    /// it ran late). A fault that fails is logged and the schedule goes on.
+    pub async fn run(&mut self, schedule: Vec<ScheduledFault>, started: Instant) {
         for fault in schedule {
             tokio::time::sleep_until(started + fault.at).await;
+            let began = started.elapsed().as_secs_f64();
             let outcome = self.inject(&fault).await;
             let line = match &outcome {
-                Ok(detail) => format!(
-                    "{:>7.1}s {} {}: {detail}",
-                    fault.at.as_secs_f64(),
-                    fault.kind.as_str(),
-                    fault.target
-                ),
+                Ok(detail) => format!("{began:>7.1}s {} {}: {detail}", fault.kind.as_str(), fault.target),
                 Err(error) => format!(
-                    "{:>7.1}s {} {}: FAILED {error:#}",
-                    fault.at.as_secs_f64(),
+                    "{began:>7.1}s {} {}: FAILED {error:#}",
                     fault.kind.as_str(),
                     fault.target
                 ),
@@ -230,27 +281,23 @@ impl FaultExecutor {
                 }
                 Ok(format!("paused for {amount:?}"))
             }
-            FaultKind::RestartBroker => {
-                let mut cluster = self.cluster.lock().await;
-                // SIGKILL, not SIGTERM: the local broker's graceful shutdown stops its storage
-                // before its connections and leaves storage it cannot read after the restart;
-                // a hard stop lets SQLite roll back to a consistent state, like a crash would.
-                cluster.broker.kill().await?;
-                tokio::time::sleep(amount).await;
-                cluster.start_broker().await?;
-                Ok(format!("restarted after {amount:?} down"))
-            }
+            FaultKind::KillPartitionLeader => self.kill_partition_leader(amount).await,
+            FaultKind::PauseBroker => self.pause_broker(node_id(&fault.target)?, amount).await,
+            FaultKind::RollingRestart => self.rolling_restart().await,
+            FaultKind::IsolateBroker => self.isolate_broker(node_id(&fault.target)?, amount).await,
             FaultKind::RestartRegistry => {
-                self.cluster
-                    .lock()
-                    .await
+                let mut cluster = self.cluster.lock().await;
+                let registry = cluster
                     .registry
-                    .terminate(Duration::from_secs(10))
-                    .await?;
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("the harness did not start the registry"))?;
+                registry.terminate(Duration::from_secs(10)).await?;
+                drop(cluster);
                 tokio::time::sleep(amount).await;
-                // Not waiting for it to answer while holding the cluster: it comes up once the
-                // broker can serve, and the broker supervisor may need the cluster meanwhile.
-                self.cluster.lock().await.registry.start()?;
+                // Not waiting for it to answer: it comes up once Kafka can serve.
+                if let Some(registry) = self.cluster.lock().await.registry.as_mut() {
+                    registry.start()?;
+                }
                 Ok(format!("restarted after {amount:?} down"))
             }
             FaultKind::KillDatabaseConnections => {
@@ -272,12 +319,132 @@ impl FaultExecutor {
         }
     }
 
-    async fn duplicate(&mut self, topic: &str, sample: usize) -> anyhow::Result<String> {
-        let (kafka, registry) = {
-            let cluster = self.cluster.lock().await;
-            (cluster.kafka(), cluster.registry_config())
+    /// Waits until node `id` is listed in the metadata again; returns how long that took.
+    async fn wait_back(&self, id: i32) -> anyhow::Result<Duration> {
+        let since = Instant::now();
+        wait_for_brokers(&self.kafka, &[id], NODE_START_TIMEOUT).await?;
+        Ok(since.elapsed())
+    }
+
+    /// Whether node `id` drops out of the metadata (is fenced) within `within`.
+    async fn fenced_within(&self, id: i32, within: Duration) -> Option<Duration> {
+        let since = Instant::now();
+        while since.elapsed() < within {
+            if let Ok(listed) = listed_brokers(&self.kafka, Duration::from_secs(2)).await {
+                if !listed.contains(&id) {
+                    return Some(since.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        None
+    }
+
+    async fn kill_partition_leader(&mut self, down: Duration) -> anyhow::Result<String> {
+        let topics: Vec<String> = Topic::ALL.iter().map(|topic| self.kafka.topic(*topic)).collect();
+        let partitions = partitions(&self.kafka, Duration::from_secs(10)).await?;
+        let total = partitions.iter().filter(|p| topics.contains(&p.topic)).count();
+        let (id, led) = busiest_leader(&partitions, &topics)
+            .ok_or_else(|| anyhow::anyhow!("no saga-topic partition has a leader"))?;
+        self.cluster.lock().await.node_mut(id)?.process.kill().await?;
+        tokio::time::sleep(down).await;
+        self.cluster.lock().await.node_mut(id)?.process.start()?;
+        let back = self.wait_back(id).await?;
+        Ok(format!(
+            "kafka-{id} led {led} of {total} saga partitions; SIGKILLed, restarted after {down:?}, in the metadata again {:.1} s later",
+            back.as_secs_f64()
+        ))
+    }
+
+    async fn pause_broker(&mut self, id: i32, pause: Duration) -> anyhow::Result<String> {
+        let paused_at = Instant::now();
+        self.cluster.lock().await.node_mut(id)?.process.pause().await?;
+        // Resumes the node whatever happens while it is paused.
+        let fenced = self.fenced_within(id, pause).await;
+        tokio::time::sleep(pause.saturating_sub(paused_at.elapsed())).await;
+        self.cluster.lock().await.node_mut(id)?.process.resume().await?;
+        let back = self.wait_back(id).await?;
+        Ok(format!(
+            "SIGSTOP for {pause:?}; {}; in the metadata again {:.1} s after SIGCONT",
+            fenced_text(fenced),
+            back.as_secs_f64()
+        ))
+    }
+
+    async fn rolling_restart(&mut self) -> anyhow::Result<String> {
+        let ids: Vec<i32> = self
+            .cluster
+            .lock()
+            .await
+            .kafka_nodes
+            .iter()
+            .map(|node| node.id)
+            .collect();
+        let mut steps = Vec::new();
+        for id in ids {
+            let stopping = Instant::now();
+            let exited = {
+                let mut cluster = self.cluster.lock().await;
+                let node = cluster.node_mut(id)?;
+                let exited = node.process.terminate(NODE_SHUTDOWN_GRACE).await?;
+                node.process.start()?;
+                exited
+            };
+            let down = stopping.elapsed();
+            let back = self.wait_back(id).await?;
+            let lagging = wait_fully_replicated(&self.kafka, REPLICATION_CATCH_UP_TIMEOUT).await;
+            steps.push(format!(
+                "kafka-{id} {} after {:.1} s, back in {:.1} s, {}",
+                if exited { "stopped" } else { "killed (no graceful exit)" },
+                down.as_secs_f64(),
+                back.as_secs_f64(),
+                if lagging.is_empty() {
+                    "fully replicated".to_string()
+                } else {
+                    format!(
+                        "{} partitions still under-replicated: {}",
+                        lagging.len(),
+                        lagging.join(", ")
+                    )
+                }
+            ));
+        }
+        Ok(steps.join("; "))
+    }
+
+    async fn isolate_broker(&mut self, id: i32, cut: Duration) -> anyhow::Result<String> {
+        let rules = {
+            let mut cluster = self.cluster.lock().await;
+            let node = cluster.node_mut(id)?;
+            IsolationRules::cut_off(
+                &self.firewall_table,
+                &[node.client_port, node.controller_port],
+                node.cgroup.as_ref(),
+            )?
         };
-        let records = TopicReader::new(&kafka, &registry, topic)?
+        let cut_at = Instant::now();
+        let own_sockets = self.cluster.lock().await.node_mut(id)?.cgroup.is_some();
+        let fenced = self.fenced_within(id, cut).await;
+        tokio::time::sleep(cut.saturating_sub(cut_at.elapsed())).await;
+        rules.lift()?;
+        let back = self.wait_back(id).await?;
+        Ok(format!(
+            "cut off for {cut:?} (table inet {}; {}); {}; in the metadata again {:.1} s after",
+            self.firewall_table,
+            if own_sockets {
+                "its ports and its own sockets"
+            } else {
+                "its ports only: no cgroup v2 for its sockets"
+            },
+            fenced_text(fenced),
+            back.as_secs_f64()
+        ))
+    }
+
+    async fn duplicate(&mut self, base_topic: &str, sample: usize) -> anyhow::Result<String> {
+        let registry = self.cluster.lock().await.registry_config();
+        let topic = self.kafka.prefixed(base_topic);
+        let records = TopicReader::new(&self.kafka, &registry, &topic)?
             .read_raw_to_end(Duration::from_secs(60))
             .await?;
         let injected: Vec<RecordPosition> = self
@@ -309,7 +476,7 @@ impl FaultExecutor {
                     value: Some(value),
                 });
             }
-            let mut copy = FutureRecord::to(topic).headers(headers);
+            let mut copy = FutureRecord::to(&topic).headers(headers);
             if let Some(key) = &record.key {
                 copy = copy.key(key);
             }
@@ -324,7 +491,8 @@ impl FaultExecutor {
         Ok(format!("re-produced {} of {} events", chosen.len(), candidates.len()))
     }
 
-    async fn poison(&mut self, topic: &str) -> anyhow::Result<String> {
+    async fn poison(&mut self, base_topic: &str) -> anyhow::Result<String> {
+        let topic = self.kafka.prefixed(base_topic);
         let key = uuid::Uuid::new_v4().to_string();
         // Not Confluent framing: the first byte is not the magic byte 0.
         let mut random_bytes = vec![0xFFu8];
@@ -332,14 +500,14 @@ impl FaultExecutor {
         // Confluent framing with a schema id the registry never issued.
         let mut unknown_schema = vec![0u8, 0x7F, 0xFF, 0xFF, 0xF0];
         unknown_schema.extend((0..16).map(|_| self.rng.gen::<u8>()));
-        let invalid = self.codec.encode(&invalid_event(topic)).await?.payload;
+        let invalid = self.codec.encode(&invalid_event(base_topic)).await?.payload;
         let mut produced = Vec::new();
         for (kind, payload) in [
             ("random_bytes", random_bytes),
             ("unknown_schema_id", unknown_schema),
             ("invalid_content", invalid),
         ] {
-            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
             let delivery = self
                 .producer
                 .send(record, Duration::from_secs(30))
@@ -349,7 +517,7 @@ impl FaultExecutor {
             produced.push(InjectedPoison {
                 kind: kind.to_string(),
                 position: RecordPosition {
-                    topic: topic.to_string(),
+                    topic: topic.clone(),
                     partition,
                     offset,
                 },
@@ -365,120 +533,11 @@ impl FaultExecutor {
     }
 }
 
-/// What the broker supervisor did, for the report.
-#[derive(Debug, Default, Clone)]
-pub struct SupervisorLog {
-    /// Restarts because the broker ran but did not answer.
-    pub unresponsive_restarts: usize,
-    /// Restarts because a consumer group stopped making progress, one line each.
-    pub stuck_group_restarts: Vec<String>,
-    /// Groups whose stored state was repaired during a restart (see [`super::group_repair`]).
-    pub repaired_groups: Vec<String>,
-}
-
-/// A broker that has not answered a metadata probe for this long is broken, not just slow.
-const BROKER_SILENCE_LIMIT: Duration = Duration::from_secs(30);
-/// A consumer group with lag whose committed offsets have not moved for this long is stuck
-/// (longer than a pause, a restart and a rebalance together).
-const GROUP_STALL_LIMIT: Duration = Duration::from_secs(30);
-/// How often the groups' progress is checked.
-const GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(15);
-
-/// Watches the local broker like liveness probes would and restarts it (SIGKILL, same storage)
-/// when it runs but has not answered for 30 s, or when a service's consumer group has had
-/// records to read and committed nothing for 30 s. While it is stopped, groups led by a member
-/// that is no longer in them, and the stuck groups, are put back to forming
-/// ([`super::group_repair`]).
-///
-/// Both are faults of the local broker (Tansu 0.6.0), not of the services: its group coordinator
-/// can keep a member that left the group as the group's leader, and then no member ever gets an
-/// assignment.
-pub async fn supervise_broker(
-    cluster: Arc<Mutex<Cluster>>,
-    stop: tokio_util::sync::CancellationToken,
-) -> SupervisorLog {
-    let mut log = SupervisorLog::default();
-    let mut silent_since: Option<tokio::time::Instant> = None;
-    // per service: its group's committed offsets when last seen moving, and since when
-    let mut progress: BTreeMap<String, (i64, tokio::time::Instant)> = BTreeMap::new();
-    let mut last_group_check = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return log,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        let (address, running, kafka, services) = {
-            let mut cluster = cluster.lock().await;
-            let services: Vec<String> = cluster.services.keys().cloned().collect();
-            (
-                cluster.broker_address.clone(),
-                cluster.broker.is_running(),
-                cluster.kafka(),
-                services,
-            )
-        };
-        if !running {
-            silent_since = None;
-            continue;
-        }
-        if !Cluster::broker_answers(&address, Duration::from_secs(10)).await {
-            let since = *silent_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= BROKER_SILENCE_LIMIT {
-                tracing::warn!("the broker runs but does not answer; restarting it");
-                if restart_broker(&cluster, &[], &mut log).await {
-                    log.unresponsive_restarts += 1;
-                }
-                silent_since = None;
-                progress.clear();
-            }
-            continue;
-        }
-        silent_since = None;
-        if last_group_check.elapsed() < GROUP_CHECK_INTERVAL {
-            continue;
-        }
-        last_group_check = tokio::time::Instant::now();
-        let mut stuck = Vec::new();
-        for service in services {
-            let Ok(position) = group_position(&kafka, &service, &consumed_topics(&service)).await else {
-                continue;
-            };
-            let now = tokio::time::Instant::now();
-            let seen = progress.entry(service.clone()).or_insert((position.committed, now));
-            if position.lag == 0 || position.committed != seen.0 {
-                *seen = (position.committed, now);
-            } else if seen.1.elapsed() >= GROUP_STALL_LIMIT {
-                let line = format!(
-                    "{service} (lag {}, nothing committed for {} s)",
-                    position.lag,
-                    seen.1.elapsed().as_secs()
-                );
-                stuck.push((service.clone(), line));
-            }
-        }
-        if !stuck.is_empty() {
-            tracing::warn!(?stuck, "consumer groups make no progress; restarting the broker");
-            let groups: Vec<String> = stuck.iter().map(|(group, _)| group.clone()).collect();
-            if restart_broker(&cluster, &groups, &mut log).await {
-                let lines: Vec<String> = stuck.into_iter().map(|(_, line)| line).collect();
-                log.stuck_group_restarts.push(lines.join(", "));
-            }
-            progress.clear();
-        }
+fn fenced_text(fenced: Option<Duration>) -> String {
+    match fenced {
+        Some(after) => format!("out of the metadata (fenced) after {:.1} s", after.as_secs_f64()),
+        None => "never out of the metadata".to_string(),
     }
-}
-
-/// Stops the broker, repairs its stored groups (forcing those in `stuck`), starts it again.
-async fn restart_broker(cluster: &Mutex<Cluster>, stuck: &[String], log: &mut SupervisorLog) -> bool {
-    let mut cluster = cluster.lock().await;
-    if cluster.broker.kill().await.is_err() {
-        return false;
-    }
-    match repair_stored_groups(&cluster.broker_storage(), stuck) {
-        Ok(groups) => log.repaired_groups.extend(groups),
-        Err(error) => tracing::warn!(error = format!("{error:#}"), "could not repair the broker's groups"),
-    }
-    cluster.start_broker().await.is_ok()
 }
 
 /// Valid Avro for `topic` whose content no consumer can process: an order id that is not a UUID.
@@ -533,7 +592,7 @@ mod tests {
     #[test]
     fn every_enabled_kind_is_scheduled_at_least_once_inside_the_load() {
         let load = Duration::from_secs(60);
-        let faults = schedule(5, &FaultKind::ALL, load, None);
+        let faults = schedule(5, &FaultKind::ALL, load, None, 3);
         for kind in FaultKind::ALL {
             assert!(faults.iter().any(|f| f.kind == kind), "{kind:?} missing");
         }
@@ -543,30 +602,17 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
-        let a = schedule(
-            5,
-            &FaultKind::ALL,
-            Duration::from_secs(60),
-            Some(Duration::from_secs(5)),
-        );
-        assert_eq!(
-            a,
+        let plan = |seed| {
             schedule(
-                5,
+                seed,
                 &FaultKind::ALL,
                 Duration::from_secs(60),
-                Some(Duration::from_secs(5))
+                Some(Duration::from_secs(5)),
+                3,
             )
-        );
-        assert_ne!(
-            a,
-            schedule(
-                6,
-                &FaultKind::ALL,
-                Duration::from_secs(60),
-                Some(Duration::from_secs(5))
-            )
-        );
+        };
+        assert_eq!(plan(5), plan(5));
+        assert_ne!(plan(5), plan(6));
     }
 
     #[test]
@@ -576,18 +622,59 @@ mod tests {
             &[FaultKind::KillService],
             Duration::from_secs(60),
             Some(Duration::from_secs(5)),
+            3,
         );
         assert_eq!(faults.len(), 1 + 11);
     }
 
     #[test]
-    fn pauses_outlast_the_session_timeout() {
+    fn pauses_outlast_the_session_timeouts() {
         let faults = schedule(
             8,
-            &[FaultKind::PauseService],
+            &[FaultKind::PauseService, FaultKind::PauseBroker],
             Duration::from_secs(600),
             Some(Duration::from_secs(3)),
+            3,
         );
-        assert!(faults.iter().all(|f| f.amount > 6_000));
+        for fault in &faults {
+            match fault.kind {
+                // the services' consumer session timeout is 6 s
+                FaultKind::PauseService => assert!(fault.amount > 6_000, "{fault:?}"),
+                // KRaft's broker.session.timeout.ms is 9 s
+                _ => assert!(fault.amount >= 12_000, "{fault:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn broker_faults_target_nodes_of_the_cluster() {
+        let faults = schedule(
+            9,
+            &[FaultKind::PauseBroker, FaultKind::IsolateBroker],
+            Duration::from_secs(600),
+            Some(Duration::from_secs(2)),
+            3,
+        );
+        let ids: std::collections::BTreeSet<i32> = faults.iter().map(|f| node_id(&f.target).unwrap()).collect();
+        assert_eq!(ids, [1, 2, 3].into_iter().collect());
+    }
+
+    #[test]
+    fn broker_and_registry_faults_need_the_harness_s_own_cluster() {
+        let own: Vec<&str> = FaultKind::ALL
+            .iter()
+            .filter(|kind| kind.needs_own_cluster())
+            .map(|kind| kind.as_str())
+            .collect();
+        assert_eq!(
+            own,
+            [
+                "kill_partition_leader",
+                "pause_broker",
+                "rolling_restart",
+                "isolate_broker",
+                "restart_registry"
+            ]
+        );
     }
 }

@@ -53,8 +53,17 @@ impl Databases {
     }
 }
 
-/// What still keeps the system busy; empty when it is quiet.
-pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String]) -> anyhow::Result<Vec<String>> {
+/// What keeps the system busy, and where every service's consumer group stands.
+#[derive(Debug, Clone, Default)]
+pub struct Busy {
+    /// Why the system is not quiet; empty when it is.
+    pub reasons: Vec<String>,
+    /// Each service's consumer group's position, by service.
+    pub groups: BTreeMap<String, GroupPosition>,
+}
+
+/// What still keeps the system busy; no reasons when it is quiet.
+pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String]) -> anyhow::Result<Busy> {
     let mut reasons = Vec::new();
     let orders = databases.pool("order-service")?;
     let decided: i64 =
@@ -88,22 +97,68 @@ pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String
         reasons.push(format!("{unsent} emails not sent"));
     }
     let kafka = cluster.kafka.clone();
+    let mut groups = BTreeMap::new();
     for service in cluster.databases.keys() {
-        let lag = group_position(&kafka, service, &consumed_topics(service)).await?.lag;
-        if lag > 0 {
-            reasons.push(format!("{service}: consumer lag {lag}"));
+        let position = group_position(&kafka, &kafka.prefixed(service), &consumed_topics(service)).await?;
+        if position.lag > 0 {
+            reasons.push(format!("{service}: consumer lag {}", position.lag));
         }
+        groups.insert(service.clone(), position);
     }
-    Ok(reasons)
+    Ok(Busy { reasons, groups })
+}
+
+/// Where a consumer group stands on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// The group's committed offset (the partition's start if it committed none).
+    pub committed: i64,
+    /// The partition's end (high watermark).
+    pub end: i64,
+}
+
+impl PartitionPosition {
+    /// Records the group has not committed yet.
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed).max(0)
+    }
 }
 
 /// Where a consumer group stands on its topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupPosition {
+    /// The group's id.
+    pub group: String,
     /// Sum of the committed offsets over every partition (grows as the group makes progress).
     pub committed: i64,
     /// Records not yet committed.
     pub lag: i64,
+    /// Every partition it reads.
+    pub partitions: Vec<PartitionPosition>,
+}
+
+impl GroupPosition {
+    /// The partitions with lag, as `topic[partition] lag n (committed c of end e)`.
+    pub fn lagging_partitions(&self) -> Vec<String> {
+        self.partitions
+            .iter()
+            .filter(|p| p.lag() > 0)
+            .map(|p| {
+                format!(
+                    "{}[{}] lag {} (committed {} of {})",
+                    p.topic,
+                    p.partition,
+                    p.lag(),
+                    p.committed,
+                    p.end
+                )
+            })
+            .collect()
+    }
 }
 
 /// Where the consumer group `group` stands on `topics`.
@@ -114,8 +169,12 @@ pub async fn group_position(
 ) -> anyhow::Result<GroupPosition> {
     let probe: StreamConsumer = kafka::consumer(kafka, group)?;
     let names: Vec<String> = topics.iter().map(|t| kafka.topic(*t)).collect();
+    let group = group.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut position = GroupPosition { committed: 0, lag: 0 };
+        let mut position = GroupPosition {
+            group,
+            ..GroupPosition::default()
+        };
         for topic in &names {
             let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
             let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
@@ -130,8 +189,15 @@ pub async fn group_position(
                     Some(Offset::Offset(offset)) => offset,
                     _ => low,
                 };
+                let partition = PartitionPosition {
+                    topic: topic.clone(),
+                    partition,
+                    committed,
+                    end: high,
+                };
                 position.committed += committed;
-                position.lag += (high - committed).max(0);
+                position.lag += partition.lag();
+                position.partitions.push(partition);
             }
         }
         Ok::<GroupPosition, anyhow::Error>(position)
@@ -139,28 +205,86 @@ pub async fn group_position(
     .await?
 }
 
+/// Why the system did not go quiet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotQuiet {
+    /// `timeout` passed; what was still busy at the last check.
+    TimedOut(Vec<String>),
+    /// Consumer groups had lag and committed nothing for the stall limit; one line per group.
+    Stalled(Vec<String>),
+}
+
+/// Watches consumer groups for a stall: lag, and committed offsets that do not move.
+#[derive(Debug)]
+pub struct StallWatch {
+    limit: Duration,
+    /// Per group: its committed offsets when they last moved (or it had no lag), and since when.
+    progress: BTreeMap<String, (i64, tokio::time::Instant)>,
+}
+
+impl StallWatch {
+    /// A watch that calls a group stalled after `limit` with lag and no commit.
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            progress: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in the groups' positions seen at `now`; returns a line per stalled group naming it,
+    /// its lag and its lagging partitions.
+    pub fn observe(&mut self, groups: &BTreeMap<String, GroupPosition>, now: tokio::time::Instant) -> Vec<String> {
+        let mut stalled = Vec::new();
+        for position in groups.values() {
+            let seen = self
+                .progress
+                .entry(position.group.clone())
+                .or_insert((position.committed, now));
+            if position.lag == 0 || position.committed != seen.0 {
+                *seen = (position.committed, now);
+            } else if now.duration_since(seen.1) >= self.limit {
+                stalled.push(format!(
+                    "consumer group {} stalled: lag {}, committed offsets unchanged for {} s: {}",
+                    position.group,
+                    position.lag,
+                    now.duration_since(seen.1).as_secs(),
+                    position.lagging_partitions().join(", ")
+                ));
+            }
+        }
+        stalled
+    }
+}
+
 /// Waits until [`busy`] reports nothing twice in a row, one second apart. Returns how long that
-/// took, or the last reasons if `timeout` passes first.
+/// took; or, if `timeout` passes first, the last reasons; or, as soon as a consumer group has had
+/// lag without committing anything for `stall_limit`, the stalled groups.
 pub async fn wait_for_quiescence(
     cluster: &ClusterView,
     databases: &Databases,
     placed: &[String],
     timeout: Duration,
-) -> Result<Duration, Vec<String>> {
+    stall_limit: Duration,
+) -> Result<Duration, NotQuiet> {
     let started = tokio::time::Instant::now();
     let mut quiet_checks = 0;
     let mut last = Vec::new();
+    let mut stalls = StallWatch::new(stall_limit);
     while started.elapsed() < timeout {
         match busy(cluster, databases, placed).await {
-            Ok(reasons) if reasons.is_empty() => {
+            Ok(busy) if busy.reasons.is_empty() => {
                 quiet_checks += 1;
                 if quiet_checks == 2 {
                     return Ok(started.elapsed());
                 }
             }
-            Ok(reasons) => {
+            Ok(busy) => {
                 quiet_checks = 0;
-                last = reasons;
+                let stalled = stalls.observe(&busy.groups, tokio::time::Instant::now());
+                if !stalled.is_empty() {
+                    return Err(NotQuiet::Stalled(stalled));
+                }
+                last = busy.reasons;
             }
             Err(error) => {
                 quiet_checks = 0;
@@ -169,7 +293,7 @@ pub async fn wait_for_quiescence(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Err(last)
+    Err(NotQuiet::TimedOut(last))
 }
 
 fn lines(items: &Value) -> Vec<(String, i64)> {
@@ -305,4 +429,70 @@ pub async fn snapshot(
         }
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(group: &str, committed: &[i64], end: &[i64]) -> GroupPosition {
+        let partitions: Vec<PartitionPosition> = committed
+            .iter()
+            .zip(end)
+            .enumerate()
+            .map(|(partition, (committed, end))| PartitionPosition {
+                topic: "h1.orders".into(),
+                partition: partition as i32,
+                committed: *committed,
+                end: *end,
+            })
+            .collect();
+        GroupPosition {
+            group: group.into(),
+            committed: partitions.iter().map(|p| p.committed).sum(),
+            lag: partitions.iter().map(PartitionPosition::lag).sum(),
+            partitions,
+        }
+    }
+
+    fn groups(positions: &[GroupPosition]) -> BTreeMap<String, GroupPosition> {
+        positions.iter().map(|p| (p.group.clone(), p.clone())).collect()
+    }
+
+    #[test]
+    fn a_group_with_lag_that_commits_nothing_for_the_limit_is_stalled_with_its_partitions() {
+        let start = tokio::time::Instant::now();
+        let mut watch = StallWatch::new(Duration::from_secs(60));
+        let stuck = groups(&[position("h1.payment-service", &[5, 7], &[5, 10])]);
+        assert!(watch.observe(&stuck, start).is_empty());
+        assert!(watch.observe(&stuck, start + Duration::from_secs(59)).is_empty());
+        let stalled = watch.observe(&stuck, start + Duration::from_secs(60));
+        assert_eq!(
+            stalled,
+            vec![
+                "consumer group h1.payment-service stalled: lag 3, committed offsets unchanged for 60 s: \
+                  h1.orders[1] lag 3 (committed 7 of 10)"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_that_commits_or_has_no_lag_is_not_stalled() {
+        let start = tokio::time::Instant::now();
+        let mut watch = StallWatch::new(Duration::from_secs(60));
+        watch.observe(
+            &groups(&[position("moving", &[1], &[9]), position("idle", &[4], &[4])]),
+            start,
+        );
+        let later = groups(&[position("moving", &[2], &[9]), position("idle", &[4], &[4])]);
+        assert!(watch.observe(&later, start + Duration::from_secs(61)).is_empty());
+        assert!(watch.observe(&later, start + Duration::from_secs(120)).is_empty());
+        let stalled = watch.observe(&later, start + Duration::from_secs(121));
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert!(
+            stalled[0].starts_with("consumer group moving stalled: lag 7"),
+            "{stalled:?}"
+        );
+    }
 }

@@ -73,8 +73,14 @@ impl ManagedProcess {
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The file its output goes to.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
     }
 
     async fn signal(&self, signal: &str) -> anyhow::Result<()> {
@@ -99,17 +105,20 @@ impl ManagedProcess {
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns whether it exited by
+    /// itself (false: it had to be killed).
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<bool> {
         self.signal("CONT").await.ok();
         self.signal("TERM").await.ok();
+        let mut exited = true;
         if let Some(child) = &mut self.child {
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                exited = false;
                 child.kill().await.ok();
             }
         }
         self.child = None;
-        Ok(())
+        Ok(exited)
     }
 
     /// SIGSTOP: the process freezes (no heartbeats, no work).

@@ -33,6 +33,10 @@ pub struct Report {
     pub invariants: Vec<InvariantResult>,
     /// Seconds until the system was quiet; `None` if it never was.
     pub quiescence_secs: Option<f64>,
+    /// Consumer groups that stopped making progress with records left to read, one line each
+    /// with the group, its lag and its lagging partitions; any fails the run.
+    #[serde(default)]
+    pub stalled_groups: Vec<String>,
     /// Seconds the whole run took.
     pub duration_secs: f64,
     /// Anything else worth knowing about the run.
@@ -65,10 +69,10 @@ pub fn outcomes_of(state: &SystemState) -> BTreeMap<String, usize> {
 }
 
 impl Report {
-    /// Whether the run passed: at least one invariant was checked, every one held, and the
-    /// system quiesced.
+    /// Whether the run passed: at least one invariant was checked, every one held, no consumer
+    /// group stalled, and the system quiesced.
     pub fn passed(&self) -> bool {
-        !self.invariants.is_empty() && self.invariants.iter().all(|i| i.passed) && self.quiescence_secs.is_some()
+        self.reasons_for_failure().is_empty()
     }
 
     /// The report as readable multi-line text (the same as its `Display`).
@@ -103,6 +107,9 @@ impl Report {
             1 => reasons.push(format!("invariant {} failed", failed.join(""))),
             _ => reasons.push(format!("invariants {} failed", failed.join(", "))),
         }
+        if !self.stalled_groups.is_empty() {
+            reasons.push(format!("{} consumer group(s) stalled", self.stalled_groups.len()));
+        }
         if self.quiescence_secs.is_none() {
             reasons.push("the system did not quiesce".to_string());
         }
@@ -126,6 +133,14 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(f, "Faults injected: {}", self.faults.values().sum::<usize>())?;
         write_counts(f, &self.faults, "no faults")?;
+
+        if !self.stalled_groups.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "Stalled consumer groups:")?;
+            for stalled in &self.stalled_groups {
+                writeln!(f, "  - {stalled}")?;
+            }
+        }
 
         writeln!(f)?;
         writeln!(f, "Invariants:")?;
@@ -216,6 +231,7 @@ mod tests {
             faults: BTreeMap::from([("kill_service".to_string(), 4), ("poison_record".to_string(), 2)]),
             invariants,
             quiescence_secs,
+            stalled_groups: Vec::new(),
             duration_secs: 61.25,
             notes: vec!["payment service restarted 4 times".to_string()],
         }
@@ -258,6 +274,22 @@ mod tests {
         let text = report.render_text();
         assert!(text.contains("Time to quiescence: did not quiesce"), "{text}");
         assert!(text.contains("Verdict: FAILED (the system did not quiesce)"), "{text}");
+    }
+
+    #[test]
+    fn a_report_with_a_stalled_consumer_group_is_not_passed_and_names_the_group() {
+        let mut report = report(all_passed(), None);
+        report.stalled_groups = vec!["consumer group h1.payment-service stalled: lag 3".to_string()];
+        assert!(!report.passed());
+        let text = report.render_text();
+        assert!(
+            text.contains("  - consumer group h1.payment-service stalled: lag 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Verdict: FAILED (1 consumer group(s) stalled; the system did not quiesce)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,20 +1,21 @@
-//! One harness run from start to verdict: start the cluster, stock up, drive the load while the
-//! fault schedule runs, heal whatever is still down, wait for quiescence, read the state, check
-//! the invariants, and write the report.
+//! One harness run from start to verdict: start the cluster (or join an existing one), stock up,
+//! drive the load while the fault schedule runs, heal whatever is still down, wait for
+//! quiescence (failing on a stalled consumer group), read the state, check the invariants, and
+//! write the report.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
-use super::cluster::{Cluster, ClusterConfig, MAILER_CONCURRENCY};
-use super::faults::supervise_broker;
+use super::cluster::{Cluster, ClusterConfig, KafkaSource, MAILER_CONCURRENCY};
 use super::faults::{schedule, FaultExecutor, FaultKind};
 use super::invariants;
+use super::isolation::require_nft;
+use super::kafka_nodes::{listed_brokers, replication_factor};
 use super::load;
-use super::observe::{self, Databases};
+use super::observe::{self, Databases, NotQuiet};
 use super::report::{outcomes_of, Report};
 
 /// Settings of a run.
@@ -41,16 +42,30 @@ pub struct HarnessConfig {
     /// Besides one of each kind, inject a random fault every this many seconds.
     #[arg(long, env = "HARNESS_FAULT_INTERVAL_SECS")]
     pub fault_interval_secs: Option<f64>,
+    /// Kafka nodes of the cluster the harness starts (KRaft, broker and controller each).
+    #[arg(long, env = "HARNESS_KAFKA_NODES", default_value_t = 3)]
+    pub kafka_nodes: usize,
+    /// Use this running Kafka cluster (comma-separated bootstrap list) instead of starting one;
+    /// broker and registry faults are then not available. Needs --registry-url.
+    #[arg(long, requires = "registry_url")]
+    pub bootstrap_servers: Option<String>,
+    /// The schema registry of the cluster given with --bootstrap-servers.
+    #[arg(long, requires = "bootstrap_servers")]
+    pub registry_url: Option<String>,
     /// Saga deadline of the order service, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub saga_deadline_secs: f64,
     /// How long the system may take to go quiet after the load; longer is a failure.
     #[arg(long, default_value_t = 300)]
     pub quiescence_timeout_secs: u64,
-    /// Folder for logs, broker storage and the report (default: target/harness/<run id>).
+    /// A consumer group with lag whose committed offsets do not move for this many seconds while
+    /// the harness waits for quiescence fails the run.
+    #[arg(long, default_value_t = 60)]
+    pub stall_timeout_secs: u64,
+    /// Folder for logs, Kafka storage and the report (default: target/harness/<run id>).
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Keep the run's databases after a passing run.
+    /// Keep the run's databases and Kafka storage after a passing run.
     #[arg(long)]
     pub keep_databases: bool,
 }
@@ -65,8 +80,12 @@ impl Default for HarnessConfig {
             faults: Vec::new(),
             no_faults: false,
             fault_interval_secs: None,
+            kafka_nodes: 3,
+            bootstrap_servers: None,
+            registry_url: None,
             saga_deadline_secs: 10.0,
             quiescence_timeout_secs: 300,
+            stall_timeout_secs: 60,
             output: None,
             keep_databases: false,
         }
@@ -81,6 +100,39 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// The fault kinds of a run: those asked for, or every kind the cluster allows. Asking for a
+/// broker or registry fault on a cluster the harness did not start is an error; by default they
+/// are left out with a note.
+fn fault_kinds(config: &HarnessConfig, owns_kafka: bool, notes: &mut Vec<String>) -> anyhow::Result<Vec<FaultKind>> {
+    if config.no_faults {
+        return Ok(Vec::new());
+    }
+    if !config.faults.is_empty() {
+        let unavailable: Vec<&str> = config
+            .faults
+            .iter()
+            .filter(|kind| kind.needs_own_cluster() && !owns_kafka)
+            .map(|kind| kind.as_str())
+            .collect();
+        anyhow::ensure!(
+            unavailable.is_empty(),
+            "{} need(s) the Kafka cluster and registry the harness starts itself, not an existing one (--bootstrap-servers)",
+            unavailable.join(", ")
+        );
+        return Ok(config.faults.clone());
+    }
+    let (kinds, left_out): (Vec<FaultKind>, Vec<FaultKind>) = FaultKind::ALL
+        .into_iter()
+        .partition(|kind| owns_kafka || !kind.needs_own_cluster());
+    if !left_out.is_empty() {
+        notes.push(format!(
+            "left out on a cluster the harness did not start: {}",
+            left_out.iter().map(|kind| kind.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(kinds)
+}
+
 /// Runs the harness and returns its report (also written as JSON next to the logs).
 pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let started = Instant::now();
@@ -92,16 +144,48 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         .output
         .clone()
         .unwrap_or_else(|| target.join("harness").join(&run_id));
-    let cache = std::env::var("SAGA_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env_or("HOME", "/root")).join(".cache/saga-platform"));
+    let mut notes = Vec::new();
+    let (kafka, replication) = match (&config.bootstrap_servers, &config.registry_url) {
+        (Some(bootstrap_servers), Some(registry_url)) => {
+            let brokers = listed_brokers(
+                &saga_common::config::KafkaConfig::new(bootstrap_servers.clone()),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|error| anyhow::anyhow!("the Kafka cluster at {bootstrap_servers} does not answer: {error:#}"))?;
+            notes.push(format!(
+                "on an existing cluster ({} broker(s) at {bootstrap_servers}, registry {registry_url})",
+                brokers.len()
+            ));
+            (
+                KafkaSource::Existing {
+                    bootstrap_servers: bootstrap_servers.clone(),
+                    registry_url: registry_url.clone(),
+                },
+                replication_factor(brokers.len()),
+            )
+        }
+        _ => (
+            KafkaSource::Own {
+                nodes: config.kafka_nodes,
+                node_script: workspace_root().join("deploy/kafka/node.sh"),
+            },
+            replication_factor(config.kafka_nodes),
+        ),
+    };
+    let owns_kafka = matches!(kafka, KafkaSource::Own { .. });
+    let kinds = fault_kinds(config, owns_kafka, &mut notes)?;
+    if kinds.contains(&FaultKind::IsolateBroker) {
+        require_nft()?;
+    }
     let cluster_config = ClusterConfig {
         run_id: run_id.clone(),
         run_dir: run_dir.clone(),
         bin_dir: target.join("debug"),
-        tansu: std::env::var("TANSU_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| cache.join("tansu-0.6.0/bin/tansu")),
+        kafka,
+        replication_factor: replication,
+        // The run's topics and groups never mix with another run's on a shared cluster.
+        topic_prefix: format!("h{run_id}."),
         postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres@127.0.0.1:5432"),
         smtp: (
             env_or("SMTP_HOST", "127.0.0.1"),
@@ -117,6 +201,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let mut cluster = Cluster::new(cluster_config)?;
     tracing::info!(run_id, dir = %run_dir.display(), "starting cluster");
     cluster.start_all().await?;
+    let kafka_nodes = cluster.kafka_nodes.len();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let saga_deadline = Duration::from_secs_f64(config.saga_deadline_secs);
     let plan = load::plan(config.seed, &run_id, config.orders, saga_deadline);
@@ -124,21 +209,15 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
 
     let order_address = cluster.http["order-service"];
     let cluster = Arc::new(Mutex::new(cluster));
-    let kinds: Vec<FaultKind> = match (config.no_faults, config.faults.is_empty()) {
-        (true, _) => Vec::new(),
-        (false, true) => FaultKind::ALL.to_vec(),
-        (false, false) => config.faults.clone(),
-    };
     let load_duration = Duration::from_secs_f64(config.orders as f64 / config.rate.max(0.1));
     let faults = schedule(
         config.seed,
         &kinds,
         load_duration,
         config.fault_interval_secs.map(Duration::from_secs_f64),
+        kafka_nodes,
     );
     let mut executor = FaultExecutor::new(cluster.clone(), config.seed).await?;
-    let supervising = CancellationToken::new();
-    let supervisor = tokio::spawn(supervise_broker(cluster.clone(), supervising.clone()));
     let fault_log = executor.log.clone();
     let load_started = tokio::time::Instant::now();
     let (placed, ()) = tokio::join!(
@@ -148,13 +227,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let placed = placed?;
     let load_secs = load_started.elapsed().as_secs_f64();
 
-    let mut notes = Vec::new();
-    {
-        let mut cluster = cluster.lock().await;
-        cluster.resume_all().await;
-        cluster.restart_stopped()?;
-    }
-    // Wait without holding the lock: the broker supervisor may need it meanwhile.
+    cluster.lock().await.restart_stopped().await?;
     let (view, http_addresses) = {
         let cluster = cluster.lock().await;
         (cluster.view(), cluster.http.clone())
@@ -180,11 +253,10 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         &databases,
         &placed,
         Duration::from_secs(config.quiescence_timeout_secs),
+        Duration::from_secs(config.stall_timeout_secs),
     )
     .await;
     let state = observe::snapshot(&view, &databases, &placed, "@harness.example.com", &maildev).await?;
-    supervising.cancel();
-    let supervision = supervisor.await.unwrap_or_default();
     let log = fault_log.lock().await.clone();
     let mut state = state;
     state.injected_poison = log.poison.clone();
@@ -193,34 +265,20 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
     state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
     notes.insert(0, format!("load placed {} orders in {load_secs:.1} s", placed.len()));
-    if supervision.unresponsive_restarts > 0 {
-        notes.push(format!(
-            "the broker ran but stopped answering and was restarted {} time(s) \
-             (a fault of the local broker, see docs/failure-injection.md)",
-            supervision.unresponsive_restarts
-        ));
-    }
-    if !supervision.repaired_groups.is_empty() {
-        notes.push(format!(
-            "groups led by a member no longer in them, put back to forming while the broker was stopped: {}",
-            supervision.repaired_groups.join(", ")
-        ));
-    }
-    for stuck in &supervision.stuck_group_restarts {
-        notes.push(format!(
-            "consumer groups stopped making progress, broker restarted to reload them: {stuck} \
-             (a fault of the local broker's group coordinator, see docs/failure-injection.md)"
-        ));
-    }
     notes.extend(log.lines.iter().cloned());
-    let quiescence_secs = match &quiescence {
+    let mut stalled_groups = Vec::new();
+    let quiescence_secs = match quiescence {
         Ok(waited) => Some(waited.as_secs_f64()),
-        Err(reasons) => {
+        Err(NotQuiet::TimedOut(reasons)) => {
             notes.push(format!(
                 "did not quiesce within {} s: {}",
                 config.quiescence_timeout_secs,
                 reasons.join("; ")
             ));
+            None
+        }
+        Err(NotQuiet::Stalled(groups)) => {
+            stalled_groups = groups;
             None
         }
     };
@@ -231,6 +289,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         faults: log.counts.clone(),
         invariants: invariants::check(&state),
         quiescence_secs,
+        stalled_groups,
         duration_secs: started.elapsed().as_secs_f64(),
         notes,
     };
@@ -240,6 +299,58 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     cluster.stop_all().await;
     if report.passed() && !config.keep_databases {
         cluster.drop_databases().await.ok();
+        cluster.remove_kafka_storage().ok();
     }
     Ok((report, run_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(faults: &[FaultKind]) -> HarnessConfig {
+        HarnessConfig {
+            faults: faults.to_vec(),
+            ..HarnessConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_kind_runs_by_default_on_the_harness_s_own_cluster() {
+        let mut notes = Vec::new();
+        assert_eq!(
+            fault_kinds(&config(&[]), true, &mut notes).unwrap(),
+            FaultKind::ALL.to_vec()
+        );
+        assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn on_an_existing_cluster_broker_faults_are_left_out_with_a_note() {
+        let mut notes = Vec::new();
+        let kinds = fault_kinds(&config(&[]), false, &mut notes).unwrap();
+        assert!(kinds.iter().all(|kind| !kind.needs_own_cluster()));
+        assert!(kinds.contains(&FaultKind::KillService));
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("kill_partition_leader"), "{notes:?}");
+    }
+
+    #[test]
+    fn asking_for_a_broker_fault_on_an_existing_cluster_is_an_error() {
+        let error = fault_kinds(&config(&[FaultKind::PauseBroker]), false, &mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("pause_broker"), "{error}");
+        assert_eq!(
+            fault_kinds(&config(&[FaultKind::Poison]), false, &mut Vec::new()).unwrap(),
+            vec![FaultKind::Poison]
+        );
+    }
+
+    #[test]
+    fn no_faults_means_none() {
+        let config = HarnessConfig {
+            no_faults: true,
+            ..HarnessConfig::default()
+        };
+        assert!(fault_kinds(&config, true, &mut Vec::new()).unwrap().is_empty());
+    }
 }
