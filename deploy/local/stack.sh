@@ -151,7 +151,9 @@ start_kafka() {
   for ((id = 1; id <= KAFKA_NODES; id++)); do
     port=$(kafka_node_port "$id")
     if running "kafka-$id"; then info "Kafka node $id already running (127.0.0.1:$port)"; continue; fi
-    port_open 127.0.0.1 "$port" && fail "something else listens on 127.0.0.1:$port, where Kafka node $id belongs; stop it or set KAFKA_BASE_PORT"
+    # Not started by this stack (another checkout's, say); the readiness check below tells
+    # whether it is the Kafka node it should be.
+    if port_open 127.0.0.1 "$port"; then info "something already listens on 127.0.0.1:$port, where Kafka node $id belongs; using it"; continue; fi
     step "Starting Kafka node $id of $KAFKA_NODES on 127.0.0.1:$port (data in .local/data/kafka/node-$id)"
     start_process "kafka-$id" "$KAFKA_NODE" run "$DATA/kafka" "$id" "$KAFKA_NODES" "$KAFKA_BASE_PORT"
   done
