@@ -25,9 +25,9 @@ source "$ROOT/deploy/local/stack.env"
 
 # Each test creates its own databases (t<12 hex>_<service>); drop those of earlier runs.
 if command -v psql >/dev/null; then
-  psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -Atc \
+  psql -h "$PG_HOST" -p "$PG_PORT" -d postgres -Atc \
     "SELECT datname FROM pg_database WHERE datname ~ '^t[0-9a-f]{12}_[a-z]+$'" 2>/dev/null |
-    while read -r name; do psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
+    while read -r name; do psql -h "$PG_HOST" -p "$PG_PORT" -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
 fi
 
 printf '\033[1m==> %s\033[0m\n' "Checking formatting and lints"

@@ -445,7 +445,7 @@ impl Generator {
     }
 
     /// Implements `crate::Envelope` for a top-level event record, after checking that it carries
-    /// the envelope every event must have (DESIGN §3).
+    /// the envelope every event must have (event id, order id, causation id, occurred-at).
     fn envelope(&mut self, file_name: &str, struct_name: &str, fields: &[FieldInfo]) -> Result<()> {
         let field = |name: &str| fields.iter().find(|f| f.name == name);
         let missing = |name: &str, expected: &str| {

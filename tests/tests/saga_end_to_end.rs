@@ -1,5 +1,5 @@
 //! The whole saga end to end: the four services running against the real broker, registry,
-//! PostgreSQL and SMTP server, driven through their HTTP APIs. Every branch of DESIGN §2 is
+//! PostgreSQL and SMTP server, driven through their HTTP APIs. Every branch of the saga is
 //! checked in all four services and in the mail the SMTP server received.
 
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //!
 //! - the Rust types are exactly the latest schemas (field names, types, nullability, docs); a
 //!   schema construct the generator does not understand fails the build instead of drifting;
-//! - every event carries the envelope of DESIGN §3 (event id, order id, causation id, occurred-at),
+//! - every event carries the common envelope (event id, order id, causation id, occurred-at),
 //!   checked at build time and exposed by [`SagaEvent`]'s accessors;
 //! - [`EventType`] lists exactly the event types under `schemas/` (checked at compile time), each
 //!   with its Kafka [`Topic`], record name and all of its schema versions;
