@@ -319,9 +319,14 @@ impl FaultExecutor {
         }
     }
 
-    /// Waits until node `id` is listed in the metadata again; returns how long that took.
+    /// Waits until node `id` answers on its own port and the cluster's metadata lists it again
+    /// (a node killed a moment ago is still listed until its session expires, so the listing
+    /// alone proves nothing); returns how long that took.
     async fn wait_back(&self, id: i32) -> anyhow::Result<Duration> {
         let since = Instant::now();
+        let address = self.cluster.lock().await.node_mut(id)?.address();
+        let itself = saga_common::config::KafkaConfig::new(address);
+        wait_for_brokers(&itself, &[id], NODE_START_TIMEOUT).await?;
         wait_for_brokers(&self.kafka, &[id], NODE_START_TIMEOUT).await?;
         Ok(since.elapsed())
     }

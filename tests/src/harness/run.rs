@@ -220,12 +220,13 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let mut executor = FaultExecutor::new(cluster.clone(), config.seed).await?;
     let fault_log = executor.log.clone();
     let load_started = tokio::time::Instant::now();
-    let (placed, ()) = tokio::join!(
-        load::drive(&http, order_address, &plan, config.rate, config.concurrency),
-        executor.run(faults, load_started),
-    );
+    let placing = async {
+        let placed = load::drive(&http, order_address, &plan, config.rate, config.concurrency).await;
+        (placed, load_started.elapsed().as_secs_f64())
+    };
+    let ((placed, load_secs), ()) = tokio::join!(placing, executor.run(faults, load_started));
     let placed = placed?;
-    let load_secs = load_started.elapsed().as_secs_f64();
+    let faults_secs = load_started.elapsed().as_secs_f64();
 
     cluster.lock().await.restart_stopped().await?;
     let (view, http_addresses) = {
@@ -264,7 +265,13 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     state.mailer_concurrency = MAILER_CONCURRENCY;
     // Mail of other runs shares the catcher; keep this run's (its addresses carry the run id).
     state.emails.retain(|mail| mail.to.contains(&format!(".{run_id}@")));
-    notes.insert(0, format!("load placed {} orders in {load_secs:.1} s", placed.len()));
+    notes.insert(
+        0,
+        format!(
+            "load placed {} orders in {load_secs:.1} s; the last fault ended {faults_secs:.1} s after the load began",
+            placed.len()
+        ),
+    );
     notes.extend(log.lines.iter().cloned());
     let mut stalled_groups = Vec::new();
     let quiescence_secs = match quiescence {
