@@ -116,8 +116,14 @@ start_owned_postgres() {
     || fail "PostgreSQL $version/$cluster did not start; see /var/log/postgresql/postgresql-$version-$cluster.log"
   wait_for_port 127.0.0.1 "$PG_PORT" postgresql 60
   local password=${PG_PASSWORD//\'/\'\'}
-  runuser -u postgres -- psql -p "$PG_PORT" -qc "ALTER USER \"$PG_USER\" WITH PASSWORD '$password'" >/dev/null \
-    || fail "could not set the password of PostgreSQL user $PG_USER"
+  # As the operating system's postgres user over the local socket (peer authentication).
+  env -u PGPASSWORD runuser -u postgres -- psql -h /var/run/postgresql -p "$PG_PORT" -U postgres -d postgres \
+    -v ON_ERROR_STOP=1 -q >/dev/null <<SQL || fail "could not give PostgreSQL user $PG_USER its password"
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN CREATE ROLE "$PG_USER"; END IF;
+END \$\$;
+ALTER ROLE "$PG_USER" WITH LOGIN CREATEDB PASSWORD '$password';
+SQL
 }
 
 fetch_kafka() {
