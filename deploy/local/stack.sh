@@ -101,9 +101,9 @@ start_owned_postgres() {
       || fail "installing PostgreSQL failed; see $LOGS/postgresql-install.log"
   fi
   as_root_or_fail "Starting PostgreSQL (pg_ctlcluster)"
-  local version cluster
+  local version cluster status
   # pg_lsclusters -h: version, name, port, status, owner, data dir, log file
-  read -r version cluster < <(pg_lsclusters -h | awk -v port="$PG_PORT" '$3 == port {print $1, $2; exit}') || true
+  read -r version cluster status < <(pg_lsclusters -h | awk -v port="$PG_PORT" '$3 == port {print $1, $2, $4; exit}') || true
   if [[ -z "${cluster:-}" ]]; then
     version=$(ls /usr/lib/postgresql | sort -V | tail -n1)
     cluster=saga
@@ -112,7 +112,8 @@ start_owned_postgres() {
   fi
   step "Starting PostgreSQL $version/$cluster on port $PG_PORT (max_connections $PG_MAX_CONNECTIONS)"
   pg_conftool "$version" "$cluster" set max_connections "$PG_MAX_CONNECTIONS"
-  pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" start \
+  # Installing the package may have started the cluster already; the new setting needs a restart.
+  pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" "$([[ ${status:-} == online ]] && echo restart || echo start)" \
     || fail "PostgreSQL $version/$cluster did not start; see /var/log/postgresql/postgresql-$version-$cluster.log"
   wait_for_port 127.0.0.1 "$PG_PORT" postgresql 60
   local password=${PG_PASSWORD//\'/\'\'}
