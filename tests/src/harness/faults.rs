@@ -449,9 +449,12 @@ impl FaultExecutor {
     async fn duplicate(&mut self, base_topic: &str, sample: usize) -> anyhow::Result<String> {
         let registry = self.cluster.lock().await.registry_config();
         let topic = self.kafka.prefixed(base_topic);
-        let records = TopicReader::new(&self.kafka, &registry, &topic)?
-            .read_raw_to_end(Duration::from_secs(60))
-            .await?;
+        let records = retry_transient("reading the topic", || async {
+            TopicReader::new(&self.kafka, &registry, &topic)?
+                .read_raw_to_end(Duration::from_secs(60))
+                .await
+        })
+        .await?;
         let injected: Vec<RecordPosition> = self
             .log
             .lock()
@@ -505,7 +508,12 @@ impl FaultExecutor {
         // Confluent framing with a schema id the registry never issued.
         let mut unknown_schema = vec![0u8, 0x7F, 0xFF, 0xFF, 0xF0];
         unknown_schema.extend((0..16).map(|_| self.rng.gen::<u8>()));
-        let invalid = self.codec.encode(&invalid_event(base_topic)).await?.payload;
+        // The registry may be restarting (an earlier fault): wait for it before producing anything.
+        let invalid = retry_transient("encoding the invalid event", || async {
+            self.codec.encode(&invalid_event(base_topic)).await.map_err(anyhow::Error::from)
+        })
+        .await?
+        .payload;
         let mut produced = Vec::new();
         for (kind, payload) in [
             ("random_bytes", random_bytes),
@@ -519,22 +527,45 @@ impl FaultExecutor {
                 .await
                 .map_err(|(error, _)| error)?;
             let (partition, offset) = (delivery.partition, delivery.offset);
-            produced.push(InjectedPoison {
+            let poison = InjectedPoison {
                 kind: kind.to_string(),
                 position: RecordPosition {
                     topic: topic.clone(),
                     partition,
                     offset,
                 },
-            });
+            };
+            // Logged at once: if a later send fails, the records already produced still count.
+            self.log.lock().await.poison.push(poison.clone());
+            produced.push(poison);
         }
-        let summary = produced
+        Ok(produced
             .iter()
             .map(|p| format!("{}@{}:{}", p.kind, p.position.partition, p.position.offset))
             .collect::<Vec<_>>()
-            .join(", ");
-        self.log.lock().await.poison.extend(produced);
-        Ok(summary)
+            .join(", "))
+    }
+}
+
+/// Retries `attempt` for up to a minute: record faults must land even while an earlier fault
+/// (a registry restart, a broker failover) is still settling.
+async fn retry_transient<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = format!("{error:#}"), "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+            Err(error) => return Err(error.context(format!("{what} kept failing for a minute"))),
+        }
     }
 }
 

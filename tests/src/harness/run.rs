@@ -96,6 +96,24 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The folder of the built service binaries: the one this program was built into (its own
+/// folder, or the parent of a test's `deps`), which holds them after `cargo build --bins`; else
+/// `<target>/debug`. A target folder shared by several checkouts makes the compile-time source
+/// path an unreliable guide, the running program's location is not.
+fn service_binaries(target: &std::path::Path) -> PathBuf {
+    let own_folder = std::env::current_exe().ok().and_then(|exe| {
+        let folder = exe.parent()?.to_path_buf();
+        Some(if folder.ends_with("deps") {
+            folder.parent()?.to_path_buf()
+        } else {
+            folder
+        })
+    });
+    own_folder
+        .filter(|folder| folder.join("order-service").exists())
+        .unwrap_or_else(|| target.join("debug"))
+}
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -140,6 +158,9 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
+    let bin_dir = service_binaries(&target);
+    // Runs go beside the binaries they run.
+    let target = bin_dir.parent().map(PathBuf::from).unwrap_or(target);
     let run_dir = config
         .output
         .clone()
@@ -181,7 +202,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let cluster_config = ClusterConfig {
         run_id: run_id.clone(),
         run_dir: run_dir.clone(),
-        bin_dir: target.join("debug"),
+        bin_dir,
         kafka,
         replication_factor: replication,
         // The run's topics and groups never mix with another run's on a shared cluster.
