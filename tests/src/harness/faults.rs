@@ -510,7 +510,10 @@ impl FaultExecutor {
         unknown_schema.extend((0..16).map(|_| self.rng.gen::<u8>()));
         // The registry may be restarting (an earlier fault): wait for it before producing anything.
         let invalid = retry_transient("encoding the invalid event", || async {
-            self.codec.encode(&invalid_event(base_topic)).await.map_err(anyhow::Error::from)
+            self.codec
+                .encode(&invalid_event(base_topic))
+                .await
+                .map_err(anyhow::Error::from)
         })
         .await?
         .payload;
