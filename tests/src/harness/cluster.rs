@@ -301,15 +301,15 @@ impl Cluster {
                     node.process.log_path().display()
                 );
             }
-            let listed = kafka_nodes::listed_brokers(&self.kafka, Duration::from_secs(5))
-                .await
-                .unwrap_or_default();
+            let (listed, error) = match kafka_nodes::listed_brokers(&self.kafka, Duration::from_secs(5)).await {
+                Ok(listed) => (listed, None),
+                Err(error) => (Default::default(), Some(format!("{error:#}"))),
+            };
             if expected.iter().all(|id| listed.contains(id)) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                // Names the nodes that did not come up.
-                return kafka_nodes::wait_for_brokers(&self.kafka, &expected, Duration::ZERO).await;
+                return Err(kafka_nodes::nodes_not_up(&expected, &listed, NODE_START_TIMEOUT, error));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -163,23 +163,34 @@ pub async fn wait_for_brokers(kafka: &KafkaConfig, expected: &[i32], timeout: Du
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_seen = BTreeSet::new();
     let mut last_error = None;
-    while tokio::time::Instant::now() < deadline {
+    loop {
         match listed_brokers(kafka, Duration::from_secs(5)).await {
             Ok(listed) if expected.iter().all(|id| listed.contains(id)) => return Ok(()),
             Ok(listed) => last_seen = listed,
             Err(error) => last_error = Some(format!("{error:#}")),
         }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(nodes_not_up(expected, &last_seen, timeout, last_error));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The error for nodes of `expected` that `listed` lacks after `timeout`.
+pub fn nodes_not_up(
+    expected: &[i32],
+    listed: &BTreeSet<i32>,
+    timeout: Duration,
+    last_error: Option<String>,
+) -> anyhow::Error {
     let missing: Vec<String> = expected
         .iter()
-        .filter(|id| !last_seen.contains(id))
+        .filter(|id| !listed.contains(id))
         .map(|id| format!("kafka-{id}"))
         .collect();
-    anyhow::bail!(
-        "Kafka node(s) {} did not come up within {timeout:?} (metadata listed {:?}{}); see their logs in the run's folder",
+    anyhow::anyhow!(
+        "Kafka node(s) {} did not come up within {timeout:?} (the metadata listed {listed:?}{}); see their logs in the run's folder",
         missing.join(", "),
-        last_seen,
         last_error.map(|e| format!(", last error: {e}")).unwrap_or_default()
     )
 }
@@ -319,6 +330,16 @@ mod tests {
             assert!(!reserved_by_local_stack(port));
         }
         assert!(reserved_by_local_stack(9097) && reserved_by_local_stack(8081));
+    }
+
+    #[test]
+    fn the_start_up_error_names_the_nodes_that_did_not_come_up() {
+        let listed: BTreeSet<i32> = [2].into_iter().collect();
+        let error = nodes_not_up(&[1, 2, 3], &listed, Duration::from_secs(180), None).to_string();
+        assert!(
+            error.starts_with("Kafka node(s) kafka-1, kafka-3 did not come up within 180s"),
+            "{error}"
+        );
     }
 
     #[test]
