@@ -319,3 +319,55 @@ async fn the_notifications_endpoint_rejects_bad_ids_and_reports_unknown_orders_a
     service.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_claimed_email_is_not_claimed_again_until_its_claim_ends_or_expires() -> anyhow::Result<()> {
+    use notification_service::store::{self, NewNotification};
+    let env = TestEnv::new().await?;
+    // Starting the service migrates its database; stopped, its own mailers stay out of the way.
+    start_notification(&env, local_smtp_port()).await?.stop().await;
+    let database = sqlx::PgPool::connect(&env.database_url("notification")).await?;
+    let order_id = uuid::Uuid::new_v4();
+    let mut connection = database.acquire().await?;
+    store::record_intent(
+        &mut connection,
+        &NewNotification {
+            order_id,
+            outcome: notification_service::email::Outcome::Confirmed,
+            recipient: unique_recipient(),
+            subject: "Your order is confirmed".into(),
+            body: "Thank you.".into(),
+            message_id: format!("<{order_id}.confirmed@test>"),
+            source_event_id: uuid::Uuid::new_v4(),
+        },
+    )
+    .await?;
+    drop(connection);
+
+    // The claim is committed by itself: while it holds, no other mailer gets the row, whatever
+    // became of the claimant's connection.
+    let claimed = store::claim_due(&database, Duration::from_secs(60)).await?;
+    assert_eq!(claimed.map(|n| n.order_id), Some(order_id));
+    let other_pool = sqlx::PgPool::connect(&env.database_url("notification")).await?;
+    assert!(store::claim_due(&other_pool, Duration::from_secs(60)).await?.is_none());
+
+    // A claimant that died leaves a claim that expires; then the email can be claimed again.
+    sqlx::query("UPDATE notifications SET claimed_until = now() - interval '1 second' WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&database)
+        .await?;
+    let reclaimed = store::claim_due(&other_pool, Duration::from_secs(60)).await?;
+    assert_eq!(reclaimed.map(|n| n.order_id), Some(order_id));
+
+    // Recording the email as sent ends the claim for good.
+    let mut connection = other_pool.acquire().await?;
+    store::mark_sent(&mut connection, order_id, "confirmed").await?;
+    let (status, claimed): (String, bool) =
+        sqlx::query_as("SELECT status, claimed_until IS NOT NULL FROM notifications WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&database)
+            .await?;
+    assert_eq!((status.as_str(), claimed), ("sent", false));
+    assert!(store::claim_due(&database, Duration::from_secs(60)).await?.is_none());
+    Ok(())
+}

@@ -1,14 +1,16 @@
 //! The mailer: a background task that sends the emails the handler recorded, over SMTP.
 //!
-//! It takes one due pending row at a time under a row lock (`FOR UPDATE SKIP LOCKED`, so several
-//! instances never send the same row concurrently), sends it, and marks it sent in the same
-//! transaction. A failed attempt is counted and the row is postponed with exponential backoff;
-//! it is never dropped. On startup every pending row is made due (a crash after the handler's
-//! commit but before sending), and idle, it looks again periodically as well as when woken.
+//! It claims one due pending row at a time for a lease (a committed `claimed_until`, so several
+//! mailers, in one instance or many, never send the same row concurrently, even when a database
+//! connection is lost mid-send), sends it, and marks it sent, which ends the claim. A failed
+//! attempt is counted and the row is postponed with exponential backoff; it is never dropped.
+//! On startup every pending row is made due (a crash after the handler's commit but before
+//! sending), and idle, it looks again periodically as well as when woken.
 //!
-//! The one window left: the SMTP server accepted a mail and the process died (or the database
-//! failed) before the row was marked sent. The email is then sent again with the same
-//! deterministic Message-ID, which receivers deduplicate on (docs/notification.md).
+//! The one window left: the SMTP server accepted a mail and the process died before the row was
+//! marked sent (a database outage alone does not open it: recording is retried until it
+//! sticks, within the claim). Once the dead mailer's claim has expired, the email is sent again
+//! with the same deterministic Message-ID, which receivers deduplicate on (docs/notification.md).
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use saga_common::retry::{retry_until_ok, Backoff};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +124,11 @@ pub struct MailerConfig {
     /// Longest delay between two attempts.
     #[arg(long = "mailer-retry-max-ms", env = "MAILER_RETRY_MAX_MS", default_value_t = 60_000)]
     pub retry_max_ms: u64,
+    /// How long a claimed email stays reserved for the mailer that claimed it. It must outlast a
+    /// whole SMTP exchange and the recording of its result; if the mailer dies meanwhile, the
+    /// email is sent again after this long.
+    #[arg(long = "mailer-claim-secs", env = "MAILER_CLAIM_SECS", default_value_t = 120)]
+    pub claim_secs: u64,
 }
 
 impl Default for MailerConfig {
@@ -131,6 +138,7 @@ impl Default for MailerConfig {
             poll_interval_ms: 1_000,
             retry_initial_ms: 1_000,
             retry_max_ms: 60_000,
+            claim_secs: 120,
         }
     }
 }
@@ -223,6 +231,7 @@ pub struct Mailer {
     wake: Arc<Notify>,
     poll_interval: Duration,
     backoff: Backoff,
+    claim: Duration,
 }
 
 impl Mailer {
@@ -235,6 +244,7 @@ impl Mailer {
             wake,
             poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
             backoff: config.backoff(),
+            claim: Duration::from_secs(config.claim_secs.max(1)),
         }
     }
 
@@ -297,7 +307,7 @@ impl Mailer {
         tracing::info!("mailer stopped");
     }
 
-    /// Marks a sent email as sent outside the claim's transaction, retrying with backoff.
+    /// Marks a sent email as sent, retrying with backoff until the database takes it.
     async fn record_sent_until_it_sticks(&self, notification: &PendingNotification) {
         let mut attempt = 0;
         loop {
@@ -318,13 +328,12 @@ impl Mailer {
         }
     }
 
-    /// Claims the next due email, sends it and records the result, all under the row lock.
+    /// Claims the next due email, sends it and records the result.
     async fn send_next(&self) -> Result<Round> {
-        let mut tx = self.database.begin().await?;
-        let Some(notification) = store::claim_due(&mut tx).await? else {
+        let Some(notification) = store::claim_due(&self.database, self.claim).await? else {
             return Ok(Round::Idle);
         };
-        self.deliver(tx, notification).await
+        self.deliver(notification).await
     }
 
     #[tracing::instrument(
@@ -336,26 +345,12 @@ impl Mailer {
             attempt = notification.attempts.saturating_add(1),
         )
     )]
-    async fn deliver(
-        &self,
-        mut tx: Transaction<'static, Postgres>,
-        notification: PendingNotification,
-    ) -> Result<Round> {
+    async fn deliver(&self, notification: PendingNotification) -> Result<Round> {
         match self.sender.send(&notification).await {
             Ok(()) => {
-                let recorded = async {
-                    store::mark_sent(&mut tx, notification.order_id, &notification.outcome).await?;
-                    tx.commit().await
-                }
-                .await;
-                if let Err(error) = recorded {
-                    // The server has the mail; only recording it failed (a dropped connection,
-                    // a database restart). Record it again until the database answers, so the
-                    // email is not sent twice. Only a crash before this succeeds leaves the row
-                    // pending, and then the resend carries the same Message-ID.
-                    tracing::warn!(%error, "email sent but not yet recorded as sent; retrying the record");
-                    self.record_sent_until_it_sticks(&notification).await;
-                }
+                // The server has the mail: record it until the database answers, within the
+                // claim, so the email is not sent twice.
+                self.record_sent_until_it_sticks(&notification).await;
                 tracing::info!("email sent");
                 Ok(Round::Sent)
             }
@@ -364,8 +359,16 @@ impl Mailer {
                 let retry_in = self.backoff.delay(attempts);
                 let reason = format!("{error:#}");
                 tracing::warn!(error = %reason, retry_in_ms = retry_in.as_millis() as u64, "sending email failed; will retry");
-                store::mark_failed(&mut tx, notification.order_id, &notification.outcome, &reason, retry_in).await?;
-                tx.commit().await?;
+                // If this fails too, the claim expires and the email is tried again then.
+                let mut connection = self.database.acquire().await?;
+                store::mark_failed(
+                    &mut connection,
+                    notification.order_id,
+                    &notification.outcome,
+                    &reason,
+                    retry_in,
+                )
+                .await?;
                 Ok(Round::Failed)
             }
         }

@@ -28,7 +28,7 @@ pub struct NewNotification {
     pub source_event_id: Uuid,
 }
 
-/// A pending email the mailer holds a row lock on while it sends it.
+/// A pending email a mailer has claimed and is sending.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingNotification {
     /// The order.
@@ -88,21 +88,29 @@ pub async fn record_intent(tx: &mut PgConnection, notification: &NewNotification
     Ok(inserted == 1)
 }
 
-/// Locks and returns the pending email that is due soonest, skipping rows another mailer holds.
-pub async fn claim_due(tx: &mut PgConnection) -> Result<Option<PendingNotification>, sqlx::Error> {
+/// Claims the pending email that is due soonest and not claimed by another mailer, for `lease`,
+/// and returns it. The claim is committed at once (one statement), so it holds even if this
+/// connection is lost while the email is being sent.
+pub async fn claim_due(pool: &PgPool, lease: Duration) -> Result<Option<PendingNotification>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT order_id, outcome, recipient, subject, body, message_id, attempts FROM notifications \
-         WHERE status = 'pending' AND next_attempt_at <= now() \
-         ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "UPDATE notifications SET claimed_until = now() + make_interval(secs => $1) \
+         WHERE (order_id, outcome) = ( \
+             SELECT order_id, outcome FROM notifications \
+             WHERE status = 'pending' AND next_attempt_at <= now() \
+               AND (claimed_until IS NULL OR claimed_until <= now()) \
+             ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         RETURNING order_id, outcome, recipient, subject, body, message_id, attempts",
     )
-    .fetch_optional(tx)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(pool)
     .await
 }
 
-/// Marks a claimed email as accepted by the SMTP server.
+/// Marks a claimed email as accepted by the SMTP server and ends the claim.
 pub async fn mark_sent(tx: &mut PgConnection, order_id: Uuid, outcome: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE notifications SET status = 'sent', sent_at = now(), attempts = attempts + 1, last_error = NULL \
+        "UPDATE notifications \
+         SET status = 'sent', sent_at = now(), attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
          WHERE order_id = $1 AND outcome = $2",
     )
     .bind(order_id)
@@ -112,7 +120,8 @@ pub async fn mark_sent(tx: &mut PgConnection, order_id: Uuid, outcome: &str) -> 
     Ok(())
 }
 
-/// Counts a failed attempt on a claimed email and schedules the next one after `retry_in`.
+/// Counts a failed attempt on a claimed email, ends the claim and schedules the next attempt
+/// after `retry_in`.
 pub async fn mark_failed(
     tx: &mut PgConnection,
     order_id: Uuid,
@@ -122,7 +131,8 @@ pub async fn mark_failed(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications \
-         SET attempts = attempts + 1, last_error = $3, next_attempt_at = now() + make_interval(secs => $4) \
+         SET attempts = attempts + 1, last_error = $3, next_attempt_at = now() + make_interval(secs => $4), \
+             claimed_until = NULL \
          WHERE order_id = $1 AND outcome = $2",
     )
     .bind(order_id)
@@ -135,7 +145,8 @@ pub async fn mark_failed(
 }
 
 /// Makes every pending email due now (on startup: whatever a previous run left unsent, or
-/// postponed, is tried at once). Returns how many are pending.
+/// postponed, is tried at once). Claims stay: another instance may be sending those emails, and
+/// a dead mailer's claims expire by themselves. Returns how many are pending.
 pub async fn make_all_pending_due(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(
         sqlx::query("UPDATE notifications SET next_attempt_at = now() WHERE status = 'pending'")
