@@ -184,8 +184,11 @@ async fn ensure_topic(config: &StorageConfig) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(&config.bootstrap_servers)
         .create()
         .map_err(Error::kafka("creating the admin client"))?;
-    let topic =
-        NewTopic::new(&config.topic, 1, TopicReplication::Fixed(config.replication_factor)).set("retention.ms", "-1");
+    // Like the saga's topics: with 3 replicas a write needs 2, so one broker may be down.
+    let min_insync_replicas = (config.replication_factor - 1).max(1).to_string();
+    let topic = NewTopic::new(&config.topic, 1, TopicReplication::Fixed(config.replication_factor))
+        .set("retention.ms", "-1")
+        .set("min.insync.replicas", &min_insync_replicas);
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let results = admin
         .create_topics([&topic], &options)
