@@ -1,6 +1,6 @@
 //! A CI-sized run of the failure-injection harness on a three-node Apache Kafka cluster of its
 //! own: a few hundred orders with every fault kind (broker faults included) injected at least
-//! once; every invariant of DESIGN §6 must hold afterwards and no consumer group may stall.
+//! once; every invariant of the saga must hold afterwards and no consumer group may stall.
 
 use saga_tests::harness::faults::FaultKind;
 use saga_tests::harness::run::{run, HarnessConfig};

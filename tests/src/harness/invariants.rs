@@ -1,4 +1,4 @@
-//! The six invariants of DESIGN §6, made precise over a [`SystemState`] and checked by one pure
+//! The six invariants of the saga (docs/failure-injection.md lists them), made precise over a [`SystemState`] and checked by one pure
 //! function (no I/O): every violation names what broke it, so a broken saga never passes silently.
 //!
 //! The precise definitions (statuses are compared exactly as the services store them):
@@ -41,9 +41,9 @@ const RELEASED: &str = "released";
 /// The verdict on one invariant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvariantResult {
-    /// Its number in DESIGN §6 (1 to 6).
+    /// Its number among the six (1 to 6).
     pub id: u8,
-    /// Its wording in DESIGN §6.
+    /// Its wording.
     pub name: String,
     /// Whether it holds.
     pub passed: bool,

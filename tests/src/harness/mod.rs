@@ -3,7 +3,7 @@
 //! registry, drives a seeded load of orders while injecting faults (service kills and pauses,
 //! broker kills, pauses, rolling restarts and network isolation, registry restarts, dropped
 //! database connections, duplicates, poison records), waits for the system to go quiet, and
-//! checks the invariants of DESIGN §6.
+//! checks the six invariants of the saga.
 
 pub mod cluster;
 pub mod faults;
