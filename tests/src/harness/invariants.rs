@@ -1,5 +1,6 @@
-//! The six invariants of the saga (docs/failure-injection.md lists them), made precise over a [`SystemState`] and checked by one pure
-//! function (no I/O): every violation names what broke it, so a broken saga never passes silently.
+//! The six invariants of the saga (docs/failure-injection.md lists them), made precise over a
+//! [`SystemState`] and checked by one pure function (no I/O): every violation names what broke
+//! it, so a broken saga never passes silently.
 //!
 //! The precise definitions (statuses are compared exactly as the services store them):
 //! 1. every placed order is in the order database, and every order there is CONFIRMED or FAILED;
