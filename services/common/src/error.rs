@@ -21,6 +21,9 @@ pub enum Error {
     /// An event could not be encoded for its schema. A programming error: reject the change.
     #[error("cannot encode event: {0}")]
     Encode(String),
+    /// Topics were created but the cluster's metadata does not list them yet. Transient: retry.
+    #[error("topics not yet in the cluster's metadata: {0}")]
+    TopicsNotListed(String),
     /// Configuration is invalid. Fatal at startup.
     #[error("configuration: {0}")]
     Config(String),

@@ -130,7 +130,51 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result
             }
         }
     }
-    Ok(())
+    let names: Vec<String> = topics.iter().map(|topic| topic.name.clone()).collect();
+    wait_until_listed(config, &names, TOPIC_PROPAGATION_TIMEOUT).await
+}
+
+/// How long a created topic may take to appear in the brokers' metadata.
+const TOPIC_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the cluster's metadata lists every topic in `names` with a leader for each of
+/// its partitions. A broker learns of a new topic from the controller a little after the
+/// creation is acknowledged; a consumer that subscribes before its broker knows the topic gets
+/// no partitions of it until its next periodic metadata refresh (minutes).
+async fn wait_until_listed(config: &KafkaConfig, names: &[String], timeout: Duration) -> Result<()> {
+    let bootstrap = config.bootstrap_servers.clone();
+    let names = names.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let metadata = client.fetch_metadata(None, Duration::from_secs(5))?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|name| {
+                    !metadata.topics().iter().any(|topic| {
+                        topic.name() == name.as_str()
+                            && topic.error().is_none()
+                            && !topic.partitions().is_empty()
+                            && topic.partitions().iter().all(|partition| partition.leader() >= 0)
+                    })
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::TopicsNotListed(format!(
+                    "{missing:?} after {} s",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .map_err(|join| Error::Config(format!("topic metadata wait panicked: {join}")))?
 }
 
 /// Asks the broker for cluster metadata; succeeds only if the broker answers within `timeout`.
