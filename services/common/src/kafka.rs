@@ -142,39 +142,27 @@ const TOPIC_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// creation is acknowledged; a consumer that subscribes before its broker knows the topic gets
 /// no partitions of it until its next periodic metadata refresh (minutes).
 async fn wait_until_listed(config: &KafkaConfig, names: &[String], timeout: Duration) -> Result<()> {
-    let bootstrap = config.bootstrap_servers.clone();
-    let names = names.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let client: rdkafka::consumer::BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let metadata = client.fetch_metadata(None, Duration::from_secs(5))?;
-            let missing: Vec<&String> = names
-                .iter()
-                .filter(|name| {
-                    !metadata.topics().iter().any(|topic| {
-                        topic.name() == name.as_str()
-                            && topic.error().is_none()
-                            && !topic.partitions().is_empty()
-                            && topic.partitions().iter().all(|partition| partition.leader() >= 0)
-                    })
-                })
-                .collect();
-            if missing.is_empty() {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::TopicsNotListed(format!(
-                    "{missing:?} after {} s",
-                    timeout.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let metadata = cluster_metadata(config, Duration::from_secs(5)).await?;
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                let mut partitions = metadata.partitions.iter().filter(|p| p.topic == **name).peekable();
+                partitions.peek().is_none() || partitions.any(|partition| partition.leader < 0)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
         }
-    })
-    .await
-    .map_err(|join| Error::Config(format!("topic metadata wait panicked: {join}")))?
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::TopicsNotListed(format!(
+                "{missing:?} after {} s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Asks the broker for cluster metadata; succeeds only if the broker answers within `timeout`.
@@ -191,9 +179,40 @@ pub struct BrokerInfo {
     pub address: String,
 }
 
-/// The brokers the cluster's metadata lists (those registered and not fenced), by node id;
-/// an error if no broker answers within `timeout`.
-pub async fn cluster_brokers(config: &KafkaConfig, timeout: Duration) -> Result<Vec<BrokerInfo>> {
+/// A partition as the cluster's metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Broker id of its leader (-1 if it has none).
+    pub leader: i32,
+    /// Broker ids of its replicas.
+    pub replicas: Vec<i32>,
+    /// Broker ids of its in-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+impl PartitionInfo {
+    /// Whether fewer replicas are in sync than it has.
+    pub fn under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
+/// What the cluster's metadata says now.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetadata {
+    /// The brokers it lists (registered and not fenced), by node id.
+    pub brokers: Vec<BrokerInfo>,
+    /// Every partition of every topic.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// Asks the cluster for its metadata with a client of its own; an error if no broker answers
+/// within `timeout`.
+pub async fn cluster_metadata(config: &KafkaConfig, timeout: Duration) -> Result<ClusterMetadata> {
     let bootstrap = config.bootstrap_servers.clone();
     tokio::task::spawn_blocking(move || {
         let client: rdkafka::consumer::BaseConsumer =
@@ -208,8 +227,27 @@ pub async fn cluster_brokers(config: &KafkaConfig, timeout: Duration) -> Result<
             })
             .collect();
         brokers.sort_by_key(|broker| broker.id);
-        Ok::<_, Error>(brokers)
+        let partitions = metadata
+            .topics()
+            .iter()
+            .flat_map(|topic| {
+                topic.partitions().iter().map(|partition| PartitionInfo {
+                    topic: topic.name().to_string(),
+                    partition: partition.id(),
+                    leader: partition.leader(),
+                    replicas: partition.replicas().to_vec(),
+                    isr: partition.isr().to_vec(),
+                })
+            })
+            .collect();
+        Ok::<_, Error>(ClusterMetadata { brokers, partitions })
     })
     .await
-    .map_err(|join| Error::Config(format!("broker probe panicked: {join}")))?
+    .map_err(|join| Error::Config(format!("cluster metadata request panicked: {join}")))?
+}
+
+/// The brokers the cluster's metadata lists (those registered and not fenced), by node id;
+/// an error if no broker answers within `timeout`.
+pub async fn cluster_brokers(config: &KafkaConfig, timeout: Duration) -> Result<Vec<BrokerInfo>> {
+    Ok(cluster_metadata(config, timeout).await?.brokers)
 }

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use saga_common::config::KafkaConfig;
 
 use super::isolation::NodeCgroup;
@@ -196,48 +194,11 @@ pub fn nodes_not_up(
 }
 
 /// One partition as the cluster's metadata describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionState {
-    /// Topic name.
-    pub topic: String,
-    /// Partition number.
-    pub partition: i32,
-    /// Broker id of its leader (-1 if it has none).
-    pub leader: i32,
-    /// Broker ids of its replicas.
-    pub replicas: Vec<i32>,
-    /// Broker ids of its in-sync replicas.
-    pub isr: Vec<i32>,
-}
-
-impl PartitionState {
-    /// Whether fewer replicas are in sync than it has.
-    pub fn under_replicated(&self) -> bool {
-        self.isr.len() < self.replicas.len()
-    }
-}
+pub use saga_common::kafka::PartitionInfo as PartitionState;
 
 /// Every partition of every topic, as the cluster's metadata describes it now.
 pub async fn partitions(kafka: &KafkaConfig, timeout: Duration) -> anyhow::Result<Vec<PartitionState>> {
-    let bootstrap = kafka.bootstrap_servers.clone();
-    tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
-        let metadata = client.fetch_metadata(None, timeout)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .flat_map(|topic| {
-                topic.partitions().iter().map(|partition| PartitionState {
-                    topic: topic.name().to_string(),
-                    partition: partition.id(),
-                    leader: partition.leader(),
-                    replicas: partition.replicas().to_vec(),
-                    isr: partition.isr().to_vec(),
-                })
-            })
-            .collect())
-    })
-    .await?
+    Ok(saga_common::kafka::cluster_metadata(kafka, timeout).await?.partitions)
 }
 
 /// The broker leading the most partitions of `topics`, with that count; ties go to the lowest
