@@ -144,9 +144,9 @@ install_maildev() {
     || fail "installing maildev failed; see $SAGA_CACHE_DIR/maildev-install.log"
 }
 
-build_platform() {
+build_platform() { # [cargo package flags]: all binaries by default
   step "Building the platform binaries (first build about 5 minutes on 2 cores)"
-  (cd "$ROOT" && cargo build --bins --quiet) || fail "cargo build failed; see the compiler output above"
+  (cd "$ROOT" && cargo build --bins --quiet "$@") || fail "cargo build failed; see the compiler output above"
 }
 
 kafka_node_port() { echo $((KAFKA_BASE_PORT + 2 * ($1 - 1))); }
@@ -192,6 +192,7 @@ prepare_topics_databases_schemas() {
 
 start_services() {
   local name port database
+  build_platform
   for entry in $SERVICES; do
     name=${entry%%:*}; port=${entry##*:}
     if running "$name" || port_open 127.0.0.1 "$port"; then info "$name already running on port $port"; continue; fi
@@ -211,7 +212,8 @@ up_infra() {
   ensure_postgres
   fetch_kafka
   install_maildev
-  build_platform
+  # The infrastructure needs only the operator CLI and the registry; `up` builds the rest.
+  build_platform -p sagactl -p schema-registry
   start_kafka
   start_registry
   start_maildev

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace against the real local stack: starts PostgreSQL, Apache Kafka,
+# Checks formatting and lints and runs the unit tests first (they need nothing running), then
+# runs every integration test of the workspace against the real local stack: starts PostgreSQL, Apache Kafka,
 # the schema registry and the SMTP catcher if they are not running (see stack.sh), installs the
 # Python client used for interoperability tests and nftables (the failure-injection harness cuts
 # a broker off with it), then runs the tests. Extra arguments go to cargo test.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
+
+printf '\033[1m==> %s\033[0m\n' "Checking formatting and lints"
+cargo fmt --all -- --check || { echo "ERROR: code is not formatted; run cargo fmt --all" >&2; exit 1; }
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+printf '\033[1m==> %s\033[0m\n' "Running the unit tests (no stack needed)"
+cargo test --workspace --no-fail-fast --quiet
 
 "$ROOT/deploy/local/stack.sh" infra
 
@@ -30,9 +38,7 @@ if command -v psql >/dev/null; then
     while read -r name; do psql -h "$PG_HOST" -p "$PG_PORT" -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
 fi
 
-printf '\033[1m==> %s\033[0m\n' "Checking formatting and lints"
-cargo fmt --all -- --check || { echo "ERROR: code is not formatted; run cargo fmt --all" >&2; exit 1; }
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-
-printf '\033[1m==> %s\033[0m\n' "Running the test suite"
-cargo test --workspace --no-fail-fast "$@"
+# The integration tests: every test target gated on the `integration` feature (tests/ and the
+# registry's tests), against the stack started above.
+printf '\033[1m==> %s\033[0m\n' "Running the integration tests"
+cargo test --workspace --no-fail-fast --features saga-tests/integration,schema-registry/integration "$@"

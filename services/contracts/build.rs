@@ -192,8 +192,12 @@ const RESERVED_TYPE_NAMES: &[&str] = &[
     "usize",
     "ContractError",
     "Envelope",
+    "Event",
+    "EventId",
     "EventSchemaInfo",
     "EventType",
+    "OrderId",
+    "PaymentId",
     "Result",
     "SagaEvent",
     "SchemaVersion",
@@ -241,6 +245,13 @@ struct FileScope<'a> {
 }
 
 const STRING: &str = "::std::string::String";
+
+/// The fields of the envelope every event carries; the generated struct holds them as one
+/// flattened `envelope: crate::Envelope` field.
+const ENVELOPE_FIELDS: [&str; 4] = ["event_id", "order_id", "causation_id", "occurred_at"];
+
+/// String fields that hold UUIDs of a known kind, and the typed id they become.
+const ID_FIELDS: &[(&str, &str)] = &[("payment_id", "crate::PaymentId")];
 
 impl Generator {
     /// Generates the latest version of one event type: its record, nested records, and the
@@ -296,6 +307,7 @@ impl Generator {
         let mut fields = Vec::new();
         let mut body = String::new();
         let mut seen = BTreeSet::new();
+        let top_level = context.is_empty();
         for field in fields_json {
             let name = field
                 .get("name")
@@ -309,7 +321,22 @@ impl Generator {
             let field_type = field
                 .get("type")
                 .ok_or_else(|| at(scope, &field_context, "the field has no \"type\""))?;
-            let rust_type = self.rust_type(field_type, &namespace, scope, &field_context)?;
+            let mut rust_type = self.rust_type(field_type, &namespace, scope, &field_context)?;
+            if top_level && ENVELOPE_FIELDS.contains(&name) {
+                // Checked and emitted as the flattened envelope by `envelope`.
+                fields.push(FieldInfo {
+                    name: name.to_owned(),
+                    rust_type,
+                    timestamp_millis: is_timestamp_millis(field_type),
+                });
+                continue;
+            }
+            if let Some((_, id_type)) = ID_FIELDS.iter().find(|(id_field, _)| *id_field == name) {
+                rust_type = match rust_type.as_str() {
+                    STRING => (*id_type).to_owned(),
+                    _ => return Err(at(scope, &field_context, "an id field must be a string")),
+                };
+            }
             if let Some(doc) = field.get("doc") {
                 let doc = doc
                     .as_str()
@@ -324,20 +351,18 @@ impl Generator {
             });
         }
         scope.in_progress.remove(&full_name);
-
-        let mut definition = object.clone();
-        definition.insert("namespace".into(), Value::String(namespace.clone()));
-        definition.insert("name".into(), Value::String(struct_name.clone()));
-        let definition = Value::Object(definition);
-        if let Some(existing) = self.structs.get(&struct_name) {
-            if existing.full_name == full_name && existing.definition == definition {
-                return Ok((struct_name, fields));
-            }
-            return Err(format!(
-                "the record name {struct_name} is defined differently in {} ({}) and {} ({full_name}); \
-                 a named record must have one definition across the latest schemas",
-                existing.file_name, existing.full_name, scope.file_name
-            ));
+        if top_level {
+            let order_type = envelope_order_type(scope.file_name, &fields)?;
+            body.insert_str(
+                0,
+                &format!(
+                    "    /// Event id, order id, causation id and occurred-at.\n    \
+                     #[serde(flatten)]\n    pub envelope: crate::Envelope<{order_type}>,\n"
+                ),
+            );
+        }
+        if self.already_defined(object, &namespace, &struct_name, &full_name, scope.file_name)? {
+            return Ok((struct_name, fields));
         }
 
         let mut code = String::new();
@@ -354,15 +379,140 @@ impl Generator {
         code.push_str("#[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize)]\n");
         writeln!(code, "pub struct {struct_name} {{\n{body}}}\n").expect("writing to a String");
         self.code.push_str(&code);
+        Ok((struct_name, fields))
+    }
+
+    /// Whether the named type was generated already from an identical definition (then it is
+    /// not generated again); an error if another schema defines the name differently. Otherwise
+    /// remembers this definition and returns `false`.
+    fn already_defined(
+        &mut self,
+        object: &Map<String, Value>,
+        namespace: &str,
+        type_name: &str,
+        full_name: &str,
+        file_name: &str,
+    ) -> Result<bool> {
+        let mut definition = object.clone();
+        definition.insert("namespace".into(), Value::String(namespace.to_owned()));
+        definition.insert("name".into(), Value::String(type_name.to_owned()));
+        let definition = Value::Object(definition);
+        if let Some(existing) = self.structs.get(type_name) {
+            if existing.full_name == full_name && existing.definition == definition {
+                return Ok(true);
+            }
+            return Err(format!(
+                "the name {type_name} is defined differently in {} ({}) and {file_name} ({full_name}); \
+                 a named type must have one definition across the latest schemas",
+                existing.file_name, existing.full_name
+            ));
+        }
         self.structs.insert(
-            struct_name.clone(),
+            type_name.to_owned(),
             Generated {
-                full_name,
+                full_name: full_name.to_owned(),
                 definition,
-                file_name: scope.file_name.to_owned(),
+                file_name: file_name.to_owned(),
             },
         );
-        Ok((struct_name, fields))
+        Ok(false)
+    }
+
+    /// Generates a Rust enum for an Avro enum (unless an identical one exists) and returns its
+    /// name. Variants are the symbols in UpperCamelCase; serde uses the symbols themselves.
+    fn enumeration(
+        &mut self,
+        object: &Map<String, Value>,
+        enclosing_namespace: &str,
+        scope: &mut FileScope<'_>,
+        context: &str,
+    ) -> Result<String> {
+        let schema = Value::Object(object.clone());
+        let full_name = full_name(&schema, enclosing_namespace).map_err(|e| at(scope, context, &e))?;
+        let (namespace, enum_name) = split_full_name(&full_name);
+        let (namespace, enum_name) = (namespace.to_owned(), enum_name.to_owned());
+        if RESERVED_TYPE_NAMES.contains(&enum_name.as_str()) || RUST_KEYWORDS.contains(&enum_name.as_str()) {
+            return Err(at(
+                scope,
+                context,
+                &format!("the enum name \"{enum_name}\" cannot be a Rust type name here"),
+            ));
+        }
+        if scope.names.insert(full_name.clone(), enum_name.clone()).is_some() {
+            return Err(at(
+                scope,
+                context,
+                &format!("{full_name} is defined twice in one schema"),
+            ));
+        }
+        let symbols: Vec<&str> = object
+            .get("symbols")
+            .and_then(Value::as_array)
+            .map(|symbols| symbols.iter().filter_map(Value::as_str).collect())
+            .filter(|symbols: &Vec<&str>| !symbols.is_empty())
+            .ok_or_else(|| {
+                at(
+                    scope,
+                    context,
+                    &format!("enum {full_name} needs a non-empty \"symbols\" array"),
+                )
+            })?;
+        if let Some(default) = object.get("default") {
+            if !default.as_str().is_some_and(|d| symbols.contains(&d)) {
+                return Err(at(
+                    scope,
+                    context,
+                    &format!("enum {full_name}: the default is not one of its symbols"),
+                ));
+            }
+        }
+        if self.already_defined(object, &namespace, &enum_name, &full_name, scope.file_name)? {
+            return Ok(enum_name);
+        }
+        let mut variants = String::new();
+        let mut names = String::new();
+        let mut all = String::new();
+        for symbol in &symbols {
+            let variant = upper_camel(symbol).map_err(|e| at(scope, context, &e))?;
+            writeln!(variants, "    #[serde(rename = {symbol:?})]\n    {variant},").expect("writing to a String");
+            writeln!(names, "            {enum_name}::{variant} => {symbol:?},").expect("writing to a String");
+            write!(all, "{enum_name}::{variant}, ").expect("writing to a String");
+        }
+        let mut code = String::new();
+        if let Some(doc) = object.get("doc").and_then(Value::as_str) {
+            doc_comment(&mut code, "", doc);
+            code.push_str("///\n");
+        }
+        writeln!(
+            code,
+            "/// Avro enum `{full_name}`, generated from `schemas/{file}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+pub enum {enum_name} {{
+{variants}}}
+
+impl {enum_name} {{
+    /// Every symbol, in schema order.
+    pub const ALL: [{enum_name}; {count}] = [{all}];
+
+    /// The Avro symbol.
+    pub fn as_str(self) -> &'static str {{
+        match self {{
+{names}        }}
+    }}
+}}
+
+impl ::std::fmt::Display for {enum_name} {{
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {{
+        f.write_str(self.as_str())
+    }}
+}}
+",
+            file = scope.file_name,
+            count = symbols.len(),
+        )
+        .expect("writing to a String");
+        self.code.push_str(&code);
+        Ok(enum_name)
     }
 
     /// The Rust type of an Avro type.
@@ -436,7 +586,8 @@ impl Generator {
                         let items = self.rust_type(items, namespace, scope, context)?;
                         Ok(format!("::std::vec::Vec<{items}>"))
                     }
-                    "enum" | "fixed" | "map" | "error" => Err(unsupported(scope, context, schema)),
+                    "enum" => self.enumeration(object, namespace, scope, context),
+                    "fixed" | "map" | "error" => Err(unsupported(scope, context, schema)),
                     primitive => self.rust_type(&Value::String(primitive.to_owned()), namespace, scope, context),
                 }
             }
@@ -444,47 +595,17 @@ impl Generator {
         }
     }
 
-    /// Implements `crate::Envelope` for a top-level event record, after checking that it carries
-    /// the envelope every event must have (event id, order id, causation id, occurred-at).
+    /// Implements `crate::Event` for a top-level event record (its envelope was checked by
+    /// [`envelope_order_type`] when the struct was generated).
     fn envelope(&mut self, file_name: &str, struct_name: &str, fields: &[FieldInfo]) -> Result<()> {
-        let field = |name: &str| fields.iter().find(|f| f.name == name);
-        let missing = |name: &str, expected: &str| {
-            format!("{file_name}: every event needs a field \"{name}\" of type {expected}")
-        };
-        let option_string = format!("::std::option::Option<{STRING}>");
-
-        let event_id = match field("event_id") {
-            Some(f) if f.rust_type == STRING => "&self.event_id",
-            _ => return Err(missing("event_id", "string")),
-        };
-        let order_id = match field("order_id") {
-            Some(f) if f.rust_type == STRING => "Some(&self.order_id)",
-            Some(f) if f.rust_type == option_string => "self.order_id.as_deref()",
-            _ => return Err(missing("order_id", "string or [\"null\", \"string\"]")),
-        };
-        let causation_id = match field("causation_id") {
-            Some(f) if f.rust_type == option_string => "self.causation_id.as_deref()",
-            Some(f) if f.rust_type == STRING => "Some(&self.causation_id)",
-            _ => return Err(missing("causation_id", "[\"null\", \"string\"]")),
-        };
-        match field("occurred_at") {
-            Some(f) if f.timestamp_millis => {}
-            _ => return Err(missing("occurred_at", "long with logicalType timestamp-millis")),
-        }
+        let order_type = envelope_order_type(file_name, fields)?;
         writeln!(
             self.code,
-            "impl crate::Envelope for {struct_name} {{
-    fn event_id(&self) -> &str {{
-        {event_id}
-    }}
-    fn order_id(&self) -> ::std::option::Option<&str> {{
-        {order_id}
-    }}
-    fn causation_id(&self) -> ::std::option::Option<&str> {{
-        {causation_id}
-    }}
-    fn occurred_at_millis(&self) -> i64 {{
-        self.occurred_at
+            "impl crate::Event for {struct_name} {{
+    type OrderRef = {order_type};
+
+    fn envelope(&self) -> &crate::Envelope<{order_type}> {{
+        &self.envelope
     }}
 }}
 "
@@ -492,6 +613,55 @@ impl Generator {
         .expect("writing to a String");
         Ok(())
     }
+}
+
+/// Checks that a top-level record carries the envelope every event must have (event id, order
+/// id, causation id, occurred-at) and returns the Rust type of its order reference:
+/// `crate::OrderId`, or an `Option` of it where the schema lets `order_id` be null.
+fn envelope_order_type(file_name: &str, fields: &[FieldInfo]) -> Result<&'static str> {
+    let field = |name: &str| fields.iter().find(|f| f.name == name);
+    let missing =
+        |name: &str, expected: &str| format!("{file_name}: every event needs a field \"{name}\" of type {expected}");
+    let option_string = format!("::std::option::Option<{STRING}>");
+    match field("event_id") {
+        Some(f) if f.rust_type == STRING => {}
+        _ => return Err(missing("event_id", "string")),
+    }
+    let order_type = match field("order_id") {
+        Some(f) if f.rust_type == STRING => "crate::OrderId",
+        Some(f) if f.rust_type == option_string => "::std::option::Option<crate::OrderId>",
+        _ => return Err(missing("order_id", "string or [\"null\", \"string\"]")),
+    };
+    match field("causation_id") {
+        Some(f) if f.rust_type == option_string => {}
+        _ => return Err(missing("causation_id", "[\"null\", \"string\"]")),
+    }
+    match field("occurred_at") {
+        Some(f) if f.timestamp_millis => {}
+        _ => return Err(missing("occurred_at", "long with logicalType timestamp-millis")),
+    }
+    Ok(order_type)
+}
+
+/// `payment_declined` or `PAYMENT_DECLINED` → `PaymentDeclined`.
+fn upper_camel(symbol: &str) -> Result<String> {
+    let valid = symbol.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("the enum symbol \"{symbol}\" cannot be a Rust variant name"));
+    }
+    Ok(symbol
+        .split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let lower = part.to_ascii_lowercase();
+            let mut chars = lower.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect())
 }
 
 fn is_timestamp_millis(schema: &Value) -> bool {
@@ -537,7 +707,7 @@ fn unsupported(scope: &FileScope<'_>, context: &str, schema: &Value) -> String {
         context,
         &format!(
             "unsupported Avro type {schema}; the generator supports string, long, int, boolean, \
-             double, long/timestamp-millis, [\"null\", T], arrays and records"
+             double, long/timestamp-millis, [\"null\", T], arrays, enums and records"
         ),
     )
 }

@@ -4,13 +4,16 @@
 //! The broker and registry are the real local stack (`deploy/local/stack.sh infra`), found through
 //! `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`.
 
+pub mod fixtures;
 pub mod harness;
+pub mod services;
 
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use saga_common::codec::EventCodec;
 use saga_common::config::{KafkaConfig, RegistryConfig, TelemetryConfig};
 use saga_common::consumer::event_headers;
@@ -100,6 +103,7 @@ impl TestEnv {
             database_url: Some(self.database_url(service)),
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             database_max_connections: 5,
+            unclassified_error_attempts: 3,
         }
     }
 
@@ -113,7 +117,7 @@ impl TestEnv {
         let encoded = self.codec()?.encode(event).await?;
         let headers = event_headers(
             encoded.event_type.as_str(),
-            &encoded.event_id,
+            &encoded.event_id.to_string(),
             &saga_common::codec::traceparent_for(&encoded.key),
         );
         let record = FutureRecord::to(&encoded.topic)
@@ -163,6 +167,51 @@ impl TestEnv {
     /// A consumer group id unique to this test.
     pub fn group(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// Whether consumer group `group` (full id) has consumed all of `topic` (full name) as it is
+    /// now: for every partition holding records, the group's committed offset reached the end.
+    /// An empty partition counts as consumed whatever the group committed for it (nothing, or
+    /// an offset from before a retention cut).
+    pub async fn group_caught_up(&self, group: &str, topic: &str) -> anyhow::Result<bool> {
+        let probe = kafka::consumer(&self.kafka, group)?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let wait = Duration::from_secs(10);
+            let metadata = probe.fetch_metadata(Some(&topic), wait)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+            let mut list = TopicPartitionList::new();
+            for partition in &partitions {
+                list.add_partition(&topic, *partition);
+            }
+            let committed = probe.committed_offsets(list, wait)?;
+            for partition in partitions {
+                let (low, high) = probe.fetch_watermarks(&topic, partition, wait)?;
+                if high == low {
+                    continue;
+                }
+                match committed.find_partition(&topic, partition).map(|entry| entry.offset()) {
+                    Some(Offset::Offset(offset)) if offset >= high => {}
+                    _ => return Ok(false),
+                }
+            }
+            Ok(true)
+        })
+        .await?
+    }
+
+    /// Waits until group `group` (full id) has consumed all of `topic` (full name); see
+    /// [`TestEnv::group_caught_up`].
+    pub async fn wait_until_consumed(&self, group: &str, topic: &str, timeout: Duration) -> anyhow::Result<()> {
+        eventually(&format!("group {group} consumed all of {topic}"), timeout, || async {
+            self.group_caught_up(group, topic).await.ok()?.then_some(())
+        })
+        .await
     }
 }
 

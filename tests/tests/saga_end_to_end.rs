@@ -302,7 +302,10 @@ async fn when_payment_and_stock_both_fail_the_order_fails_once_with_nothing_to_c
     let failed = orders
         .iter()
         .filter_map(|r| r.event.as_ref().ok())
-        .filter(|e| e.order_id() == Some(order_id.as_str()) && e.event_type().as_str() == "order.failed")
+        .filter(|e| {
+            e.order_id().map(|id| id.to_string()).as_deref() == Some(order_id.as_str())
+                && e.event_type().as_str() == "order.failed"
+        })
         .count();
     assert_eq!(failed, 1);
     platform.env.outbox_drained("payment").await?;
@@ -318,7 +321,7 @@ async fn when_payment_and_stock_both_fail_the_order_fails_once_with_nothing_to_c
             records
                 .into_iter()
                 .filter_map(|r| r.event.ok())
-                .filter(|e| e.order_id() == Some(order_id.as_str()))
+                .filter(|e| e.order_id().map(|id| id.to_string()).as_deref() == Some(order_id.as_str()))
                 .map(|e| e.event_type().as_str().to_string())
                 .filter(|t| t == "payment.refunded" || t == "inventory.released"),
         );

@@ -12,36 +12,23 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use saga_common::codec::{EncodedEvent, EventCodec};
 use saga_common::consumer::{event_headers, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError};
+use saga_common::health::HealthState;
 use saga_common::kafka;
-use saga_common::retry::Backoff;
-use saga_contracts::{OrderCreated, OrderLine, SagaEvent, Topic};
-use saga_tests::{eventually, TestEnv};
+use saga_common::retry::{Backoff, ErrorPolicy};
+use saga_common::ErrorClass;
+use saga_contracts::{EventId, OrderId, SagaEvent, Topic};
+use saga_tests::{eventually, fixtures, TestEnv};
 use tokio_util::sync::CancellationToken;
 
-fn order_created(order_id: &str) -> SagaEvent {
-    SagaEvent::OrderCreated(OrderCreated {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        order_id: order_id.to_string(),
-        causation_id: None,
-        occurred_at: 1_763_700_000_000,
-        customer_id: "c-1".into(),
-        customer_email: "a@example.com".into(),
-        payment_token: "tok_ok".into(),
-        total_minor: 3998,
-        currency: "USD".into(),
-        items: vec![OrderLine {
-            sku: "SKU-1".into(),
-            quantity: 2,
-            unit_price_minor: 1999,
-        }],
-        sales_channel: "api".into(),
-    })
+/// A new order.created of `order_id`.
+fn order_created(order_id: OrderId) -> SagaEvent {
+    fixtures::order_created_with(order_id, &[("SKU-1", 2)], fixtures::APPROVED_TOKEN).into()
 }
 
 async fn produce(producer: &FutureProducer, encoded: &EncodedEvent) -> (i32, i64) {
     let headers = event_headers(
         encoded.event_type.as_str(),
-        &encoded.event_id,
+        &encoded.event_id.to_string(),
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     );
     let record = FutureRecord::to(&encoded.topic)
@@ -57,18 +44,18 @@ async fn an_avro_event_keyed_by_order_id_is_consumed_back_and_decoded() -> anyho
     let env = TestEnv::new().await?;
     let codec = EventCodec::new(&env.registry, &env.kafka)?;
     let producer = kafka::producer(&env.kafka)?;
-    let order_id = uuid::Uuid::new_v4().to_string();
-    let sent = order_created(&order_id);
+    let order_id = OrderId::new();
+    let sent = order_created(order_id);
     let encoded = codec.encode(&sent).await?;
     assert_eq!(encoded.topic, env.kafka.topic(Topic::Orders));
-    assert_eq!(encoded.key, order_id);
+    assert_eq!(encoded.key, order_id.to_string());
     assert_eq!(encoded.payload[0], 0, "Confluent framing starts with magic byte 0");
     produce(&producer, &encoded).await;
 
     let consumer = kafka::consumer(&env.kafka, &env.group("roundtrip"))?;
     consumer.subscribe(&[&encoded.topic])?;
     let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
-    assert_eq!(message.key(), Some(order_id.as_bytes()));
+    assert_eq!(message.key(), Some(order_id.to_string().as_bytes()));
     let received = codec.decode(message.payload()).await?;
     assert_eq!(received, sent);
     assert_eq!(
@@ -83,13 +70,13 @@ async fn events_with_the_same_key_always_land_in_one_partition() -> anyhow::Resu
     let env = TestEnv::new().await?;
     let codec = EventCodec::new(&env.registry, &env.kafka)?;
     let producer = kafka::producer(&env.kafka)?;
-    let order_ids: Vec<String> = (0..24).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let mut partitions_by_key: HashMap<String, HashSet<i32>> = HashMap::new();
+    let order_ids: Vec<OrderId> = (0..24).map(|_| OrderId::new()).collect();
+    let mut partitions_by_key: HashMap<OrderId, HashSet<i32>> = HashMap::new();
     for round in 0..5 {
         for order_id in &order_ids {
-            let encoded = codec.encode(&order_created(order_id)).await?;
+            let encoded = codec.encode(&order_created(*order_id)).await?;
             let (partition, _) = produce(&producer, &encoded).await;
-            partitions_by_key.entry(order_id.clone()).or_default().insert(partition);
+            partitions_by_key.entry(*order_id).or_default().insert(partition);
             assert!(
                 (0..6).contains(&partition),
                 "round {round}: partition {partition} out of range"
@@ -107,39 +94,81 @@ async fn events_with_the_same_key_always_land_in_one_partition() -> anyhow::Resu
     Ok(())
 }
 
-/// Fails transiently on one chosen event until released, recording what it completed.
-struct GatedHandler {
-    blocked_event_id: String,
+/// Fails one chosen event with an error of a chosen class (a transient one only until
+/// released), recording the events it completed.
+struct FailingHandler {
+    failing_event_id: Option<EventId>,
+    class: ErrorClass,
     released: AtomicBool,
-    attempts_on_blocked: AtomicUsize,
-    completed: Mutex<Vec<String>>,
+    attempts_on_failing: AtomicUsize,
+    completed: Mutex<Vec<EventId>>,
 }
 
-impl GatedHandler {
-    /// A handler that fails `blocked_event_id` transiently until `released`.
-    fn new(blocked_event_id: impl Into<String>, released: bool) -> Arc<Self> {
+impl FailingHandler {
+    /// A handler that fails `failing_event_id` with an error of `class`.
+    fn new(failing_event_id: Option<EventId>, class: ErrorClass) -> Arc<Self> {
         Arc::new(Self {
-            blocked_event_id: blocked_event_id.into(),
-            released: AtomicBool::new(released),
-            attempts_on_blocked: AtomicUsize::new(0),
+            failing_event_id,
+            class,
+            released: AtomicBool::new(false),
+            attempts_on_failing: AtomicUsize::new(0),
             completed: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A handler that fails `failing_event_id` transiently until released.
+    fn transient(failing_event_id: EventId, released: bool) -> Arc<Self> {
+        let handler = Self::new(Some(failing_event_id), ErrorClass::Transient);
+        handler.released.store(released, Ordering::SeqCst);
+        handler
+    }
+
+    fn completed(&self) -> Vec<EventId> {
+        self.completed.lock().expect("lock").clone()
+    }
+
+    fn attempts(&self) -> usize {
+        self.attempts_on_failing.load(Ordering::SeqCst)
     }
 }
 
 #[async_trait]
-impl EventHandler for GatedHandler {
+impl EventHandler for FailingHandler {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
-        let event_id = event.event.event_id().to_string();
-        if event_id == self.blocked_event_id {
-            self.attempts_on_blocked.fetch_add(1, Ordering::SeqCst);
-            if !self.released.load(Ordering::SeqCst) {
-                return Err(HandlerError::Transient(anyhow::anyhow!("database down (simulated)")));
-            }
+        let event_id = event.event.event_id();
+        if Some(event_id) == self.failing_event_id && !self.released.load(Ordering::SeqCst) {
+            self.attempts_on_failing.fetch_add(1, Ordering::SeqCst);
+            return Err(match self.class {
+                ErrorClass::Transient => HandlerError::Transient(anyhow::anyhow!("database down (simulated)")),
+                ErrorClass::Permanent => HandlerError::permanent("a constraint rejects this event (simulated)"),
+                ErrorClass::Unclassified => HandlerError::Unclassified(anyhow::anyhow!("nobody knows (simulated)")),
+            });
         }
         self.completed.lock().expect("lock").push(event_id);
         Ok(())
     }
+}
+
+/// How many unclassified failures the loops in these tests allow before dead-lettering.
+const UNCLASSIFIED_ATTEMPTS: u32 = 3;
+
+/// A consumer loop of `group` on `topics`, dead-lettering to `dead_letters`, retrying fast.
+fn consumer_loop(env: &TestEnv, group: &str, topics: &[String], dead_letters: &str) -> anyhow::Result<ConsumerLoop> {
+    Ok(ConsumerLoop {
+        consumer: kafka::subscribed_consumer(&env.kafka, group, topics)?,
+        codec: Arc::new(EventCodec::new(&env.registry, &env.kafka)?),
+        producer: kafka::producer(&env.kafka)?,
+        dead_letter_topic: dead_letters.to_owned(),
+        group_id: group.to_owned(),
+        policy: ErrorPolicy {
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+            },
+            unclassified_attempts: UNCLASSIFIED_ATTEMPTS,
+        },
+        health: Arc::new(HealthState::default()),
+    })
 }
 
 async fn committed_offset(env: &TestEnv, group: &str, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
@@ -161,8 +190,8 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
     let producer = kafka::producer(&env.kafka)?;
     let dead_letters = env.topic("offsets.dead-letter", 1).await?;
     // Three events of one order: same partition, consumed in order.
-    let order_id = uuid::Uuid::new_v4().to_string();
-    let events: Vec<SagaEvent> = (0..3).map(|_| order_created(&order_id)).collect();
+    let order_id = OrderId::new();
+    let events: Vec<SagaEvent> = (0..3).map(|_| order_created(order_id)).collect();
     let mut placed = Vec::new();
     for event in &events {
         placed.push(produce(&producer, &codec.encode(event).await?).await);
@@ -170,28 +199,16 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
     let (partition, first_offset) = placed[0];
     let topic = env.kafka.topic(Topic::Orders);
 
-    let handler = GatedHandler::new(events[1].event_id().to_string(), false);
+    let handler = FailingHandler::transient(events[1].event_id(), false);
     let group = env.group("offsets");
-    let consumer = kafka::consumer(&env.kafka, &group)?;
-    consumer.subscribe(&[&topic])?;
+    let consumer_loop = consumer_loop(&env, &group, std::slice::from_ref(&topic), &dead_letters)?;
     let shutdown = CancellationToken::new();
-    let consumer_loop = ConsumerLoop {
-        consumer,
-        codec: codec.clone(),
-        producer: producer.clone(),
-        dead_letter_topic: dead_letters,
-        group_id: group.clone(),
-        backoff: Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-        },
-    };
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
 
     // The second event keeps failing: it is retried, never skipped, and the committed offset
     // stops right after the first event.
     eventually("retries of the failing event", Duration::from_secs(60), || async {
-        (handler.attempts_on_blocked.load(Ordering::SeqCst) >= 5).then_some(())
+        (handler.attempts() >= 5).then_some(())
     })
     .await?;
     eventually(
@@ -207,10 +224,7 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
         committed_offset(&env, &group, &topic, partition).await?,
         Some(first_offset + 1)
     );
-    assert_eq!(
-        *handler.completed.lock().expect("lock"),
-        vec![events[0].event_id().to_string()]
-    );
+    assert_eq!(handler.completed(), vec![events[0].event_id()]);
 
     // Once the handler succeeds, the remaining events are processed and their offsets stored.
     handler.released.store(true, Ordering::SeqCst);
@@ -218,9 +232,8 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
         (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 3)).then_some(())
     })
     .await?;
-    let completed: Vec<String> = handler.completed.lock().expect("lock").clone();
-    let expected: Vec<String> = events.iter().map(|e| e.event_id().to_string()).collect();
-    assert_eq!(completed, expected);
+    let expected: Vec<EventId> = events.iter().map(SagaEvent::event_id).collect();
+    assert_eq!(handler.completed(), expected);
     shutdown.cancel();
     running.await?;
     Ok(())
@@ -232,25 +245,14 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
     let codec = Arc::new(EventCodec::new(&env.registry, &env.kafka)?);
     let producer = kafka::producer(&env.kafka)?;
     let dead_letters = env.topic("redeliver.dead-letter", 1).await?;
-    let event = order_created(&uuid::Uuid::new_v4().to_string());
+    let event = order_created(OrderId::new());
     produce(&producer, &codec.encode(&event).await?).await;
     let topic = env.kafka.topic(Topic::Orders);
     let group = env.group("redeliver");
     let run_once = |released: bool| {
-        let handler = GatedHandler::new(event.event_id().to_string(), released);
-        let consumer = kafka::consumer(&env.kafka, &group).expect("consumer");
-        consumer.subscribe(&[&topic]).expect("subscribe");
-        let consumer_loop = ConsumerLoop {
-            consumer,
-            codec: codec.clone(),
-            producer: producer.clone(),
-            dead_letter_topic: dead_letters.clone(),
-            group_id: group.clone(),
-            backoff: Backoff {
-                initial: Duration::from_millis(20),
-                max: Duration::from_millis(100),
-            },
-        };
+        let handler = FailingHandler::transient(event.event_id(), released);
+        let consumer_loop =
+            consumer_loop(&env, &group, std::slice::from_ref(&topic), &dead_letters).expect("consumer loop");
         let shutdown = CancellationToken::new();
         (
             handler.clone(),
@@ -262,23 +264,20 @@ async fn a_consumer_stopped_before_its_handler_succeeds_redelivers_the_event() -
     // First consumer: the handler never succeeds; it is shut down mid-retry.
     let (failing, shutdown, running) = run_once(false);
     eventually("first attempts", Duration::from_secs(60), || async {
-        (failing.attempts_on_blocked.load(Ordering::SeqCst) >= 2).then_some(())
+        (failing.attempts() >= 2).then_some(())
     })
     .await?;
     shutdown.cancel();
     running.await?;
-    assert!(failing.completed.lock().expect("lock").is_empty());
+    assert!(failing.completed().is_empty());
 
     // Second consumer of the same group gets the same event again and completes it.
     let (succeeding, shutdown, running) = run_once(true);
     eventually("redelivery", Duration::from_secs(60), || async {
-        (!succeeding.completed.lock().expect("lock").is_empty()).then_some(())
+        (!succeeding.completed().is_empty()).then_some(())
     })
     .await?;
-    assert_eq!(
-        *succeeding.completed.lock().expect("lock"),
-        vec![event.event_id().to_string()]
-    );
+    assert_eq!(succeeding.completed(), vec![event.event_id()]);
     shutdown.cancel();
     running.await?;
     Ok(())
@@ -307,27 +306,20 @@ async fn an_idle_member_takes_over_the_partition_when_its_holder_leaves() -> any
     )
     .await?;
 
-    let handler = GatedHandler::new(String::new(), true);
-    let consumer_loop = ConsumerLoop {
-        consumer: kafka::subscribed_consumer(&env.kafka, &group, &topics)?,
-        codec: codec.clone(),
-        producer: producer.clone(),
-        dead_letter_topic: dead_letters,
-        group_id: group.clone(),
-        backoff: Backoff::default(),
-    };
+    let handler = FailingHandler::new(None, ErrorClass::Transient);
+    let consumer_loop = consumer_loop(&env, &group, &topics, &dead_letters)?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
     // The loop's member joins and, with one partition and two members, stays idle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(handler.completed.lock().expect("lock").is_empty());
+    assert!(handler.completed().is_empty());
 
     // The holder leaves; the group rebalances and the idle member takes the partition.
     polling.abort();
     let _ = polling.await;
     let holder = Arc::into_inner(holder).expect("the polling task released the holder");
     tokio::task::spawn_blocking(move || drop(holder)).await?;
-    let event = order_created(&uuid::Uuid::new_v4().to_string());
+    let event = order_created(OrderId::new());
     let encoded = codec.encode(&event).await?;
     let record = FutureRecord::to(&topic).key(&encoded.key).payload(&encoded.payload);
     producer
@@ -337,14 +329,208 @@ async fn an_idle_member_takes_over_the_partition_when_its_holder_leaves() -> any
     eventually(
         "the event consumed after the holder left",
         Duration::from_secs(90),
-        || async { (!handler.completed.lock().expect("lock").is_empty()).then_some(()) },
+        || async { (!handler.completed().is_empty()).then_some(()) },
     )
     .await?;
-    assert_eq!(
-        *handler.completed.lock().expect("lock"),
-        vec![event.event_id().to_string()]
-    );
+    assert_eq!(handler.completed(), vec![event.event_id()]);
     shutdown.cancel();
     running.await?;
+    Ok(())
+}
+
+/// Runs a consumer loop over three events of one order whose middle one fails with an error of
+/// `class` for good; returns the handler, the events, the records that reached the dead-letter
+/// topic, and the committed offset relative to the first event.
+async fn run_with_a_failing_middle_event(
+    class: ErrorClass,
+) -> anyhow::Result<(Arc<FailingHandler>, Vec<SagaEvent>, Vec<saga_tests::RawRecord>)> {
+    let env = TestEnv::new().await?;
+    let codec = EventCodec::new(&env.registry, &env.kafka)?;
+    let producer = kafka::producer(&env.kafka)?;
+    let dead_letters = env.topic(&format!("{class}.dead-letter"), 1).await?;
+    let order_id = OrderId::new();
+    let events: Vec<SagaEvent> = (0..3).map(|_| order_created(order_id)).collect();
+    let mut placed = Vec::new();
+    for event in &events {
+        placed.push(produce(&producer, &codec.encode(event).await?).await);
+    }
+    let (partition, first_offset) = placed[0];
+    let topic = env.kafka.topic(Topic::Orders);
+    let handler = FailingHandler::new(Some(events[1].event_id()), class);
+    let group = env.group(&format!("{class}-failure"));
+    let consumer_loop = consumer_loop(&env, &group, std::slice::from_ref(&topic), &dead_letters)?;
+    let health = consumer_loop.health.clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
+
+    // The partition goes on past the failing event: every offset is committed.
+    eventually("all offsets committed", Duration::from_secs(60), || async {
+        (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 3)).then_some(())
+    })
+    .await?;
+    let dead = env
+        .reader(&dead_letters)?
+        .read_raw_to_end(Duration::from_secs(20))
+        .await?;
+    assert_eq!(health.dead_lettered(), 1, "the dead letter is counted");
+    shutdown.cancel();
+    running.await?;
+    Ok((handler, events, dead))
+}
+
+fn header<'a>(record: &'a saga_tests::RawRecord, name: &str) -> Option<&'a str> {
+    record
+        .headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+}
+
+#[tokio::test]
+async fn a_permanent_handler_error_dead_letters_the_event_at_once_and_the_partition_goes_on() -> anyhow::Result<()> {
+    let (handler, events, dead) = run_with_a_failing_middle_event(ErrorClass::Permanent).await?;
+    assert_eq!(handler.attempts(), 1, "a permanent error is not retried");
+    assert_eq!(handler.completed(), vec![events[0].event_id(), events[2].event_id()]);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "event_id"),
+        Some(events[1].event_id().to_string().as_str())
+    );
+    let reason = header(&dead[0], "dlq.error").unwrap_or_default();
+    assert!(reason.starts_with("permanent error after 1 attempt(s)"), "{reason}");
+    assert!(reason.contains("a constraint rejects this event"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unclassified_handler_error_is_retried_within_the_budget_then_dead_lettered() -> anyhow::Result<()> {
+    let (handler, events, dead) = run_with_a_failing_middle_event(ErrorClass::Unclassified).await?;
+    assert_eq!(handler.attempts(), UNCLASSIFIED_ATTEMPTS as usize);
+    assert_eq!(handler.completed(), vec![events[0].event_id(), events[2].event_id()]);
+    assert_eq!(dead.len(), 1);
+    let reason = header(&dead[0], "dlq.error").unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!("unclassified error after {UNCLASSIFIED_ATTEMPTS} attempt(s)")),
+        "{reason}"
+    );
+    Ok(())
+}
+
+/// A database with only the shared library's tables (outbox, inbox, parked rows).
+async fn machinery_database(env: &TestEnv) -> anyhow::Result<sqlx::PgPool> {
+    let migrator = saga_common::database::migrator(&sqlx::migrate::Migrator::DEFAULT);
+    Ok(saga_common::database::connect_and_migrate(&env.database_url("machinery"), &migrator, 4).await?)
+}
+
+#[tokio::test]
+async fn an_outbox_row_that_can_never_be_published_is_parked_and_the_rows_behind_it_publish() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let database = machinery_database(&env).await?;
+    let health = Arc::new(HealthState::default());
+    let relay = saga_common::outbox::Relay::new(
+        database.clone(),
+        kafka::producer(&env.kafka)?,
+        Arc::new(env.codec()?),
+        ErrorPolicy::default(),
+        health.clone(),
+    );
+    // First in line: a row whose payload is no event of this build (as if written by a
+    // release with a contract this one lacks); behind it, a valid event.
+    let unpublishable = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, partition_key, payload, traceparent) \
+         VALUES ($1, 'order.teleported', 'k', '{\"type\": \"OrderTeleported\", \"event\": {}}', 'tp')",
+    )
+    .bind(unpublishable)
+    .execute(&database)
+    .await?;
+    let valid = order_created(OrderId::new());
+    let mut tx = database.begin().await?;
+    saga_common::outbox::enqueue(&mut tx, &valid, None).await?;
+    tx.commit().await?;
+
+    assert_eq!(relay.publish_batch().await?, 2, "both rows leave the outbox");
+    assert_eq!(saga_common::outbox::pending(&database).await?, 0);
+    let published = env
+        .reader(&env.kafka.topic(Topic::Orders))?
+        .read_until(Duration::from_secs(30), |records| !records.is_empty())
+        .await?;
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].event.as_ref().ok(), Some(&valid));
+
+    let parked = saga_common::outbox::list_parked(&database).await?;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event_id, unpublishable);
+    assert!(
+        parked[0].reason.starts_with("permanent error: cannot encode event"),
+        "{}",
+        parked[0].reason
+    );
+    assert_eq!(health.parked(), 1, "the parked row is counted");
+
+    // Redriven, it goes back to the end of the outbox; still unpublishable, it is parked again.
+    let redriven = saga_common::outbox::redrive_parked(&database, Some(&[unpublishable])).await?;
+    assert_eq!(redriven, vec![unpublishable]);
+    assert_eq!(saga_common::outbox::pending(&database).await?, 1);
+    assert_eq!(relay.publish_batch().await?, 1);
+    assert_eq!(saga_common::outbox::list_parked(&database).await?.len(), 1);
+    assert_eq!(health.parked(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_background_task_that_dies_makes_liveness_fail_and_names_it() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let spec = saga_common::service::ServiceSpec {
+        name: "liveness-probe",
+        default_database: "liveness_probe",
+        default_http_port: 0,
+        ready_without_broker: false,
+    };
+    let shutdown = CancellationToken::new();
+    let context = saga_common::service::ServiceContext::start(
+        spec,
+        &env.service_config("liveness"),
+        &sqlx::migrate::Migrator::DEFAULT,
+        shutdown.clone(),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("the service did not start"))?;
+    let crash = tokio::sync::Notify::new();
+    let crash = Arc::new(crash);
+    let trigger = crash.clone();
+    let workload = saga_common::service::Workload {
+        consumer: None,
+        background: vec![saga_common::service::BackgroundTask::new("exploder", async move {
+            trigger.notified().await;
+            panic!("simulated worker crash");
+        })],
+    };
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let running = context.launch(listen, axum::Router::new(), workload).await?;
+    let live_url = format!("http://{}/health/live", running.local_addr);
+
+    let live = reqwest::get(&live_url).await?;
+    assert_eq!(live.status(), 200);
+    let body: serde_json::Value = live.json().await?;
+    assert_eq!(body["tasks"]["exploder"], "running");
+    assert_eq!(body["tasks"]["outbox relay"], "running");
+    let ready = reqwest::get(format!("http://{}/health/ready", running.local_addr)).await?;
+    assert_eq!(ready.status(), 200, "ready needs database, broker and registry, all up");
+
+    crash.notify_one();
+    let body = eventually("liveness fails", Duration::from_secs(10), || async {
+        let live = reqwest::get(&live_url).await.ok()?;
+        (live.status() == 503).then_some(())?;
+        live.json::<serde_json::Value>().await.ok()
+    })
+    .await?;
+    assert_eq!(body["status"], "dead");
+    assert_eq!(body["tasks"]["exploder"], "died: panicked: simulated worker crash");
+    assert_eq!(
+        body["tasks"]["outbox relay"], "running",
+        "the rest of the service goes on"
+    );
+    running.stop().await;
     Ok(())
 }

@@ -43,4 +43,16 @@ impl Endpoints {
             ("notification-service", &self.notification),
         ]
     }
+
+    /// The base URL of `service` (`order-service` or just `order`).
+    pub(crate) fn of(&self, service: &str) -> anyhow::Result<&str> {
+        let wanted = service.trim_end_matches("-service");
+        self.all()
+            .into_iter()
+            .find(|(name, _)| name.trim_end_matches("-service") == wanted)
+            .map(|(_, url)| url.trim_end_matches('/'))
+            .ok_or_else(|| {
+                anyhow::anyhow!("unknown service {service:?}; one of order, payment, inventory, notification")
+            })
+    }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod dead_letters;
 mod demo;
 mod endpoints;
+mod outbox;
 
 use std::time::Duration;
 
@@ -64,6 +65,14 @@ enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// Outbox rows a service's relay parked because retrying could not publish them: list them,
+    /// or move them back to the outbox once the cause is fixed.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
+    },
     /// Readiness of every service.
     Status {
         #[command(flatten)]
@@ -112,6 +121,25 @@ enum DeadLettersCommand {
         /// Only the dead letter at this offset (with --partition).
         #[arg(long, requires = "partition")]
         offset: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Lists the parked rows with the reason each was parked.
+    Parked {
+        /// The service, e.g. order or order-service.
+        #[arg(long)]
+        service: String,
+    },
+    /// Moves parked rows back to the end of the outbox so the relay publishes them.
+    Redrive {
+        /// The service, e.g. order or order-service.
+        #[arg(long)]
+        service: String,
+        /// Only these events (repeatable); all parked rows when absent.
+        #[arg(long = "event-id")]
+        event_ids: Vec<uuid::Uuid>,
     },
 }
 
@@ -184,6 +212,14 @@ async fn main() -> anyhow::Result<()> {
                     offset,
                 },
         } => dead_letters::redrive(&cli.kafka, &service, partition.zip(offset)).await,
+        Command::Outbox {
+            command: OutboxCommand::Parked { service },
+            endpoints,
+        } => outbox::parked(&endpoints, &service).await,
+        Command::Outbox {
+            command: OutboxCommand::Redrive { service, event_ids },
+            endpoints,
+        } => outbox::redrive(&endpoints, &service, &event_ids).await,
         Command::Demo {
             endpoints,
             timeout_secs,

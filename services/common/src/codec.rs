@@ -35,7 +35,7 @@ pub struct EncodedEvent {
     /// The event's type, also sent as a header.
     pub event_type: EventType,
     /// The event's id, also sent as a header.
-    pub event_id: String,
+    pub event_id: saga_contracts::EventId,
 }
 
 /// Why a record could not be decoded.
@@ -96,7 +96,7 @@ impl EventCodec {
             key: partition_key(event),
             payload,
             event_type,
-            event_id: event.event_id().to_string(),
+            event_id: event.event_id(),
         })
     }
 
@@ -146,7 +146,7 @@ fn classify(error: SRCError) -> DecodeError {
 pub fn partition_key(event: &SagaEvent) -> String {
     match event {
         SagaEvent::StockAdjusted(adjustment) => adjustment.sku.clone(),
-        other => other.order_id().unwrap_or_default().to_string(),
+        other => other.order_id().map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 

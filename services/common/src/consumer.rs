@@ -2,11 +2,13 @@
 //!
 //! Each partition has a worker; for each record, in partition order: decode it, hand it to the service's handler, and only
 //! when the handler's effect is committed store the record's offset (the offset is committed to
-//! the broker in the background). A transient failure (registry, database, broker) retries the
-//! same record with backoff and never skips it. A poison record (undecodable bytes, an unknown
-//! schema, content the handler rejects) goes to the service's dead-letter topic with its origin
-//! and the reason in headers, and consumption goes on. On shutdown the loop stops fetching,
-//! lets the record in hand finish, and commits the stored offsets synchronously.
+//! the broker in the background). Handler failures follow the [`ErrorPolicy`]: a transient one
+//! (registry, database, broker) retries the same record with backoff and never skips it; a
+//! permanent one, or an unclassified one past the retry budget, and a poison record
+//! (undecodable bytes, an unknown schema) go to the service's dead-letter topic with their
+//! origin and the reason in headers, counted and logged at error level, and consumption of the
+//! partition goes on. On shutdown the loop stops fetching, lets the record in hand finish, and
+//! commits the stored offsets synchronously.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +25,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{DecodeError, EventCodec, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER};
-use crate::retry::{retry_until_ok, Backoff};
+use crate::error::{Classify, ErrorClass};
+use crate::health::HealthState;
+use crate::retry::{retry_until_ok, ErrorPolicy};
 
 /// Dead-letter header: topic the poison record came from.
 pub const DLQ_ORIGIN_TOPIC: &str = "dlq.origin.topic";
@@ -51,21 +55,62 @@ pub struct ConsumedEvent {
     pub traceparent: Option<String>,
 }
 
-/// What went wrong in a handler, which decides what the loop does next.
+/// What went wrong in a handler; its class decides what the loop does next (see
+/// [`ErrorPolicy`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// A dependency failed (database, broker, gateway). The loop retries the same event.
     #[error("transient: {0:#}")]
     Transient(anyhow::Error),
-    /// The event is valid Avro but its content can never be processed. Dead-lettered.
-    #[error("invalid event: {0}")]
-    Invalid(String),
+    /// The event can never be processed (its content is invalid, a constraint rejects its
+    /// effect, a row it needs does not exist). Dead-lettered at once.
+    #[error("permanent: {0:#}")]
+    Permanent(anyhow::Error),
+    /// Nobody judged this failure; retried within the budget, then dead-lettered.
+    #[error("unclassified: {0:#}")]
+    Unclassified(anyhow::Error),
+}
+
+impl HandlerError {
+    /// A permanent failure described by `message`.
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        HandlerError::Permanent(anyhow::anyhow!("{message}"))
+    }
+
+    /// Wraps `error` in the variant of its class.
+    pub fn classified<E>(error: E) -> Self
+    where
+        E: Classify + std::error::Error + Send + Sync + 'static,
+    {
+        let class = error.class();
+        let error = anyhow::Error::new(error);
+        match class {
+            ErrorClass::Transient => HandlerError::Transient(error),
+            ErrorClass::Permanent => HandlerError::Permanent(error),
+            ErrorClass::Unclassified => HandlerError::Unclassified(error),
+        }
+    }
+}
+
+impl Classify for HandlerError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            HandlerError::Transient(_) => ErrorClass::Transient,
+            HandlerError::Permanent(_) => ErrorClass::Permanent,
+            HandlerError::Unclassified(_) => ErrorClass::Unclassified,
+        }
+    }
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        let hint = crate::database::connection_hint(&error);
-        HandlerError::Transient(anyhow::Error::new(error).context(format!("database{hint}")))
+        HandlerError::classified(crate::Error::from(error))
+    }
+}
+
+impl From<crate::Error> for HandlerError {
+    fn from(error: crate::Error) -> Self {
+        HandlerError::classified(error)
     }
 }
 
@@ -89,8 +134,10 @@ pub struct ConsumerLoop {
     pub dead_letter_topic: String,
     /// Consumer group, recorded on dead letters.
     pub group_id: String,
-    /// Backoff between retries of transient failures.
-    pub backoff: Backoff,
+    /// What to do when a handler fails.
+    pub policy: ErrorPolicy,
+    /// Where dead letters are counted.
+    pub health: Arc<HealthState>,
 }
 
 /// Decodes, handles and dead-letters records; shared by every partition worker.
@@ -99,7 +146,8 @@ struct RecordProcessor {
     producer: FutureProducer,
     dead_letter_topic: String,
     group_id: String,
-    backoff: Backoff,
+    policy: ErrorPolicy,
+    health: Arc<HealthState>,
 }
 
 /// What happened to one record.
@@ -124,14 +172,16 @@ impl ConsumerLoop {
             producer,
             dead_letter_topic,
             group_id,
-            backoff,
+            policy,
+            health,
         } = self;
         let processor = Arc::new(RecordProcessor {
             codec,
             producer,
             dead_letter_topic,
             group_id,
-            backoff,
+            policy,
+            health,
         });
         processor.clone().consume(Arc::new(consumer), handler, &shutdown).await;
         tracing::info!(group = %processor.group_id, "consumer stopped");
@@ -217,7 +267,7 @@ impl RecordProcessor {
         handler: &dyn EventHandler,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        let decoded = retry_until_ok("schema lookup", self.backoff, shutdown, || async {
+        let decoded = retry_until_ok("schema lookup", self.policy.backoff, shutdown, || async {
             match self.codec.decode(message.payload()).await {
                 Err(DecodeError::Transient(reason)) => Err(reason),
                 other => Ok(other),
@@ -236,34 +286,32 @@ impl RecordProcessor {
             traceparent: header_value(message, TRACEPARENT_HEADER),
             event,
         };
-        let order_id = consumed.event.order_id().unwrap_or_default();
-        let event_id = consumed.event.event_id();
+        let order_id = consumed.event.order_id().map(|id| id.to_string()).unwrap_or_default();
+        let event_id = consumed.event.event_id().to_string();
         let event_type = consumed.event.event_type().as_str();
-        let handled = retry_until_ok("event handler", self.backoff, shutdown, || async {
-            match handler.handle(&consumed).await {
-                Err(HandlerError::Transient(error)) => Err(format!("{error:#}")),
-                other => Ok(other),
-            }
-        })
-        .await;
+        let handled = self
+            .policy
+            .run("event handler", shutdown, || handler.handle(&consumed))
+            .await;
         match handled {
             None => Outcome::Interrupted,
             Some(Ok(())) => {
                 tracing::debug!(order_id, event_id, event_type, "event processed");
                 Outcome::Processed
             }
-            Some(Err(error)) => {
-                tracing::warn!(order_id, event_id, event_type, %error, "event rejected");
-                self.dead_letter(message, &error.to_string(), shutdown).await
+            Some(Err(gave_up)) => {
+                tracing::error!(order_id, event_id, event_type, error = %gave_up, "event handler gave up");
+                self.dead_letter(message, &gave_up.to_string(), shutdown).await
             }
         }
     }
 
     async fn dead_letter(&self, message: &OwnedMessage, reason: &str, shutdown: &CancellationToken) -> Outcome {
-        tracing::warn!(
+        tracing::error!(
             topic = message.topic(),
             partition = message.partition(),
             offset = message.offset(),
+            dead_letter_topic = %self.dead_letter_topic,
             reason,
             "dead-lettering record"
         );
@@ -299,7 +347,7 @@ impl RecordProcessor {
                 key: DLQ_CONSUMER_GROUP,
                 value: Some(&self.group_id),
             });
-        let sent = retry_until_ok("dead-letter publish", self.backoff, shutdown, || {
+        let sent = retry_until_ok("dead-letter publish", self.policy.backoff, shutdown, || {
             let mut record = FutureRecord::to(&self.dead_letter_topic).headers(headers.clone());
             if let Some(key) = message.key() {
                 record = record.key(key);
@@ -312,7 +360,10 @@ impl RecordProcessor {
         })
         .await;
         match sent {
-            Some(_) => Outcome::DeadLettered,
+            Some(_) => {
+                self.health.count_dead_letter();
+                Outcome::DeadLettered
+            }
             None => Outcome::Interrupted,
         }
     }

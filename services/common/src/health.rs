@@ -1,54 +1,191 @@
-//! Liveness and readiness endpoints: `/health/live` answers while the process runs;
-//! `/health/ready` answers 200 only if the database, the broker and the schema registry are
-//! all reachable right now, and 503 naming the failing dependency otherwise.
+//! Health that tells the truth.
+//!
+//! - `/health/live` fails (503) when a task the service cannot work without (the consumer loop,
+//!   the outbox relay, a charger or mailer) has died, by panic or by returning before shutdown;
+//!   restarting the process is then the cure. Its body also counts what the error policy set
+//!   aside: records dead-lettered and outbox rows parked since start.
+//! - `/health/ready` answers 200 when the dependencies the service needs to take traffic answer
+//!   right now, 503 naming the failing one otherwise. The order service needs only its
+//!   database (the outbox holds accepted orders while the broker is away); the others need the
+//!   broker and the registry too. The probes reuse the service's clients.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::FutureExt;
+use rdkafka::producer::{FutureProducer, Producer};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaConfig, RegistryConfig};
-use crate::kafka::probe_broker;
+use crate::config::RegistryConfig;
 
-/// The dependencies a readiness probe checks.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a watched task is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Working.
+    Running,
+    /// Ended after shutdown was requested.
+    Stopped,
+    /// Ended while the service was meant to run; the text says how.
+    Died(String),
+}
+
+/// The service's liveness: its watched tasks and the count of work set aside.
+#[derive(Debug, Default)]
+pub struct HealthState {
+    tasks: Mutex<BTreeMap<&'static str, TaskState>>,
+    dead_lettered: AtomicU64,
+    parked: AtomicU64,
+}
+
+impl HealthState {
+    /// Runs `task` as `name`, recording when it ends: stopped if `shutdown` was cancelled by
+    /// then, died (with the panic message, if it panicked) otherwise. Panics are caught here so
+    /// the rest of the service keeps running and reports the death.
+    pub fn watch(
+        self: &Arc<Self>,
+        name: &'static str,
+        shutdown: CancellationToken,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.set(name, TaskState::Running);
+        let health = self.clone();
+        async move {
+            let ended = AssertUnwindSafe(task).catch_unwind().await;
+            let state = match ended {
+                Ok(()) if shutdown.is_cancelled() => TaskState::Stopped,
+                Ok(()) => TaskState::Died("returned while the service was running".into()),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".into());
+                    TaskState::Died(format!("panicked: {message}"))
+                }
+            };
+            if let TaskState::Died(how) = &state {
+                tracing::error!(task = name, how, "service task died; /health/live now fails");
+            }
+            health.set(name, state);
+        }
+    }
+
+    fn set(&self, name: &'static str, state: TaskState) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(name, state);
+    }
+
+    /// Each watched task and its state.
+    pub fn tasks(&self) -> BTreeMap<&'static str, TaskState> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts a record sent to the dead-letter topic.
+    pub fn count_dead_letter(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts outbox rows set aside in the parked table.
+    pub fn count_parked(&self, rows: u64) {
+        self.parked.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Records dead-lettered since start.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// Outbox rows parked since start.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+}
+
+/// What `/health/ready` checks.
 #[derive(Clone)]
 pub struct Dependencies {
-    /// The service's database.
+    /// The service's database; always needed.
     pub database: PgPool,
-    /// The broker.
-    pub kafka: KafkaConfig,
+    /// The service's producer, whose client answers the broker probe.
+    pub producer: FutureProducer,
     /// The schema registry.
     pub registry: RegistryConfig,
     /// Shared HTTP client for the registry probe.
     pub http: reqwest::Client,
+    /// Whether the service can take traffic while the broker or the registry is down.
+    pub ready_without_broker: bool,
 }
 
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+#[derive(Clone)]
+struct HealthRoutes {
+    dependencies: Dependencies,
+    state: Arc<HealthState>,
+}
 
 /// Routes `/health/live` and `/health/ready`.
-pub fn router(dependencies: Dependencies) -> Router {
+pub fn router(dependencies: Dependencies, state: Arc<HealthState>) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({"status": "live"})) }))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .with_state(dependencies)
+        .with_state(HealthRoutes { dependencies, state })
 }
 
-async fn ready(State(deps): State<Dependencies>) -> (StatusCode, Json<serde_json::Value>) {
+async fn live(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_json::Value>) {
+    let tasks = routes.state.tasks();
+    let dead: Vec<_> = tasks
+        .iter()
+        .filter(|(_, state)| matches!(state, TaskState::Died(_)))
+        .map(|(name, _)| *name)
+        .collect();
+    let described: serde_json::Map<String, serde_json::Value> = tasks
+        .iter()
+        .map(|(name, state)| {
+            let text = match state {
+                TaskState::Running => "running".to_owned(),
+                TaskState::Stopped => "stopped".to_owned(),
+                TaskState::Died(how) => format!("died: {how}"),
+            };
+            ((*name).to_owned(), text.into())
+        })
+        .collect();
+    let status = if dead.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if dead.is_empty() { "live" } else { "dead" },
+            "tasks": described,
+            "dead_lettered": routes.state.dead_lettered(),
+            "outbox_parked": routes.state.parked(),
+        })),
+    )
+}
+
+async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_json::Value>) {
+    let deps = &routes.dependencies;
     let (database, broker, registry) = tokio::join!(
         probe_database(&deps.database),
-        probe_broker(&deps.kafka, PROBE_TIMEOUT),
+        probe_broker(&deps.producer),
         probe_registry(&deps.http, &deps.registry),
     );
-    let checks = json!({
-        "database": describe(database.map_err(|e| e.to_string())),
-        "broker": describe(broker.map_err(|e| e.to_string())),
-        "schema_registry": describe(registry),
-    });
-    let all_up = checks.as_object().is_some_and(|c| c.values().all(|v| v == "up"));
+    let database = describe(database.map_err(|e| e.to_string()));
+    let broker = describe(broker);
+    let registry = describe(registry);
+    let all_up = database == "up" && (deps.ready_without_broker || (broker == "up" && registry == "up"));
     let status = if all_up {
         StatusCode::OK
     } else {
@@ -56,7 +193,11 @@ async fn ready(State(deps): State<Dependencies>) -> (StatusCode, Json<serde_json
     };
     (
         status,
-        Json(json!({"status": if all_up { "ready" } else { "not ready" }, "checks": checks})),
+        Json(json!({
+            "status": if all_up { "ready" } else { "not ready" },
+            "checks": {"database": database, "broker": broker, "schema_registry": registry},
+            "needs": if deps.ready_without_broker { json!(["database"]) } else { json!(["database", "broker", "schema_registry"]) },
+        })),
     )
 }
 
@@ -74,6 +215,25 @@ async fn probe_database(pool: &PgPool) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
+/// Asks the cluster for its broker list through the producer's own client (a blocking call,
+/// so on the blocking pool), instead of connecting a new client per probe.
+async fn probe_broker(producer: &FutureProducer) -> Result<(), String> {
+    let producer = producer.clone();
+    let fetched = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, PROBE_TIMEOUT)
+            .map(|metadata| metadata.brokers().len())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match fetched {
+        Ok(0) => Err("the cluster lists no brokers".into()),
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Checks the registry answers `GET /subjects` with a success status.
 pub async fn probe_registry(http: &reqwest::Client, registry: &RegistryConfig) -> Result<(), String> {
     let url = format!("{}/subjects", registry.url.trim_end_matches('/'));
@@ -87,5 +247,37 @@ pub async fn probe_registry(http: &reqwest::Client, registry: &RegistryConfig) -
         Ok(())
     } else {
         Err(format!("status {}", response.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_returns_early_is_dead_and_one_stopped_on_shutdown_is_not() {
+        let health = Arc::new(HealthState::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(health.watch("panicker", shutdown.clone(), async { panic!("boom") }))
+            .await
+            .expect("the watcher catches the panic");
+        health.watch("quitter", shutdown.clone(), async {}).await;
+        shutdown.cancel();
+        health.watch("graceful", shutdown.clone(), async {}).await;
+        let tasks = health.tasks();
+        assert_eq!(tasks["panicker"], TaskState::Died("panicked: boom".into()));
+        assert_eq!(
+            tasks["quitter"],
+            TaskState::Died("returned while the service was running".into())
+        );
+        assert_eq!(tasks["graceful"], TaskState::Stopped);
+    }
+
+    #[test]
+    fn set_aside_work_is_counted() {
+        let health = HealthState::default();
+        health.count_dead_letter();
+        health.count_parked(3);
+        assert_eq!((health.dead_lettered(), health.parked()), (1, 3));
     }
 }

@@ -165,11 +165,6 @@ async fn wait_until_listed(config: &KafkaConfig, names: &[String], timeout: Dura
     }
 }
 
-/// Asks the broker for cluster metadata; succeeds only if the broker answers within `timeout`.
-pub async fn probe_broker(config: &KafkaConfig, timeout: Duration) -> Result<()> {
-    cluster_brokers(config, timeout).await.map(|_| ())
-}
-
 /// A broker of the cluster as its metadata lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerInfo {

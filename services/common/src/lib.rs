@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about orders, payments or stock; the services build on it.
 
+pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod consumer;
@@ -17,4 +18,4 @@ pub mod retry;
 pub mod service;
 pub mod telemetry;
 
-pub use error::{Error, Result};
+pub use error::{Classify, Error, ErrorClass, Result};

@@ -4,21 +4,31 @@
 //! and deletes them once the broker acknowledged them; a crash in between publishes them again
 //! (consumers deduplicate by event id). A transaction-scoped advisory lock makes sure only one
 //! relay per database publishes at a time, which keeps the order per key.
+//!
+//! A row that can never be published (its event cannot be encoded, the registry refuses its
+//! schema, the broker refuses the record) does not block the rows behind it: following the
+//! [`ErrorPolicy`], it is moved to `outbox_parked` with the reason, counted and logged at error
+//! level, and later rows publish. [`list_parked`] and [`redrive_parked`] are what an operator
+//! uses (through `sagactl outbox`); a redriven row goes back to the end of the outbox.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use saga_contracts::SagaEvent;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::codec::{partition_key, traceparent_for, EventCodec};
+use crate::codec::{partition_key, traceparent_for, EncodedEvent, EventCodec};
 use crate::consumer::event_headers;
-use crate::retry::Backoff;
+use crate::error::{Classify, ErrorClass};
+use crate::health::HealthState;
+use crate::retry::ErrorPolicy;
 use crate::{Error, Result};
 
 /// Advisory lock key held by the relay while it publishes a batch.
@@ -32,7 +42,7 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 /// `traceparent` when given (the trace of the event that caused this one).
 pub async fn enqueue(tx: &mut PgConnection, event: &SagaEvent, traceparent: Option<&str>) -> Result<()> {
     let payload = serde_json::to_value(event).map_err(|e| Error::Encode(e.to_string()))?;
-    let event_id = Uuid::parse_str(event.event_id()).map_err(|e| Error::Encode(format!("event_id: {e}")))?;
+    let event_id = event.event_id().uuid();
     let key = partition_key(event);
     let trace = traceparent.map(str::to_string).unwrap_or_else(|| traceparent_for(&key));
     sqlx::query(
@@ -62,16 +72,45 @@ pub struct Relay {
     producer: FutureProducer,
     codec: Arc<EventCodec>,
     wake: Arc<Notify>,
+    policy: ErrorPolicy,
+    health: Arc<HealthState>,
+    /// Unclassified failures per outbox position, for the policy's retry budget.
+    unclassified_failures: Arc<Mutex<HashMap<i64, u32>>>,
+}
+
+/// One outbox row as the relay reads it.
+struct OutboxRow {
+    position: i64,
+    event_id: Uuid,
+    payload: serde_json::Value,
+    traceparent: String,
+}
+
+/// What became of one row in a batch.
+enum RowOutcome {
+    Published,
+    Park(String),
+    /// A transient failure (or an unclassified one within budget): the batch is retried.
+    Retry(Error),
 }
 
 impl Relay {
     /// A relay for the service's database.
-    pub fn new(pool: PgPool, producer: FutureProducer, codec: Arc<EventCodec>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        producer: FutureProducer,
+        codec: Arc<EventCodec>,
+        policy: ErrorPolicy,
+        health: Arc<HealthState>,
+    ) -> Self {
         Self {
             pool,
             producer,
             codec,
             wake: Arc::new(Notify::new()),
+            policy,
+            health,
+            unclassified_failures: Arc::default(),
         }
     }
 
@@ -82,7 +121,6 @@ impl Relay {
 
     /// Publishes until `shutdown` is cancelled; failures are retried with backoff.
     pub async fn run(self, shutdown: CancellationToken) {
-        let backoff = Backoff::default();
         let mut failures = 0;
         loop {
             match self.publish_batch().await {
@@ -99,8 +137,8 @@ impl Relay {
                 }
                 Err(error) => {
                     failures += 1;
-                    let delay = backoff.delay(failures);
-                    tracing::warn!(%error, attempt = failures, "outbox relay failed, retrying");
+                    let delay = self.policy.backoff.delay(failures);
+                    tracing::warn!(%error, class = %error.class(), attempt = failures, "outbox relay failed, retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -114,7 +152,10 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Publishes one batch; returns how many rows it published.
+    /// Publishes one batch; returns how many rows it took out of the outbox (published or
+    /// parked). Rows that fail permanently are parked and the rest of the batch is committed;
+    /// any other failure leaves the whole batch in place for the next attempt (rows already
+    /// sent are sent again then, and consumers deduplicate them).
     pub async fn publish_batch(&self) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -124,31 +165,39 @@ impl Relay {
         if !locked {
             return Ok(0);
         }
-        let rows = sqlx::query(
-            "SELECT position, event_id, partition_key, payload, traceparent FROM outbox ORDER BY position LIMIT $1",
-        )
-        .bind(BATCH_SIZE)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows =
+            sqlx::query("SELECT position, event_id, payload, traceparent FROM outbox ORDER BY position LIMIT $1")
+                .bind(BATCH_SIZE)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(OutboxRow {
+                        position: row.try_get("position")?,
+                        event_id: row.try_get("event_id")?,
+                        payload: row.try_get("payload")?,
+                        traceparent: row.try_get("traceparent")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut encoded = Vec::with_capacity(rows.len());
-        let mut positions = Vec::with_capacity(rows.len());
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let mut sends = Vec::new();
         for row in &rows {
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let event: SagaEvent = serde_json::from_value(payload)
-                .map_err(|e| Error::Encode(format!("outbox row {}: {e}", row.get::<i64, _>("position"))))?;
-            encoded.push((
-                self.codec.encode(&event).await?,
-                row.try_get::<String, _>("traceparent")?,
-            ));
-            positions.push(row.try_get::<i64, _>("position")?);
+            match self.encode_row(row).await {
+                Ok(encoded) => {
+                    outcomes.push(RowOutcome::Published);
+                    sends.push((outcomes.len() - 1, encoded, row));
+                }
+                Err(error) => outcomes.push(self.judge(row, error)),
+            }
         }
         // Sends are enqueued in position order; the idempotent producer keeps that order per
         // partition even with several requests in flight.
-        let deliveries = encoded.iter().map(|(event, traceparent)| {
-            let headers = event_headers(event.event_type.as_str(), &event.event_id, traceparent);
+        let deliveries = sends.iter().map(|(_, event, row)| {
+            let headers = event_headers(event.event_type.as_str(), &event.event_id.to_string(), &row.traceparent);
             let record = FutureRecord::to(&event.topic)
                 .key(&event.key)
                 .payload(&event.payload)
@@ -156,15 +205,136 @@ impl Relay {
             let send = self.producer.send(record, Duration::from_secs(30));
             async move { send.await.map_err(|(error, _)| Error::Kafka(error)) }
         });
-        try_join_all(deliveries).await?;
+        for ((index, _, row), delivered) in sends.iter().zip(join_all(deliveries).await) {
+            if let Err(error) = delivered {
+                outcomes[*index] = self.judge(row, error);
+            }
+        }
+        let mut published = Vec::new();
+        let mut parked = Vec::new();
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            match outcome {
+                RowOutcome::Published => published.push(row.position),
+                RowOutcome::Park(reason) => parked.push((row, reason)),
+                RowOutcome::Retry(error) => return Err(error),
+            }
+        }
+        for (row, reason) in &parked {
+            park(&mut tx, row.position, reason).await?;
+        }
         sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
-            .bind(&positions)
+            .bind(&published)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        for (event, _) in &encoded {
+        let mut failures = self.unclassified_failures.lock().unwrap_or_else(|e| e.into_inner());
+        for (row, reason) in &parked {
+            failures.remove(&row.position);
+            tracing::error!(event_id = %row.event_id, position = row.position, reason, "outbox row parked; later rows go on");
+        }
+        drop(failures);
+        self.health.count_parked(parked.len() as u64);
+        for (_, event, _) in &sends {
             tracing::debug!(event_id = %event.event_id, event_type = event.event_type.as_str(), order_id = %event.key, "published");
         }
-        Ok(positions.len())
+        Ok(rows.len())
     }
+
+    async fn encode_row(&self, row: &OutboxRow) -> Result<EncodedEvent> {
+        let event: SagaEvent = serde_json::from_value(row.payload.clone())
+            .map_err(|e| Error::Encode(format!("the outbox payload is not a saga event of this build: {e}")))?;
+        self.codec.encode(&event).await
+    }
+
+    /// Applies the error policy to a row's failure.
+    fn judge(&self, row: &OutboxRow, error: Error) -> RowOutcome {
+        match error.class() {
+            ErrorClass::Transient => RowOutcome::Retry(error),
+            ErrorClass::Permanent => RowOutcome::Park(format!("permanent error: {error}")),
+            ErrorClass::Unclassified => {
+                let mut failures = self.unclassified_failures.lock().unwrap_or_else(|e| e.into_inner());
+                let count = failures.entry(row.position).or_default();
+                *count += 1;
+                if *count >= self.policy.unclassified_attempts {
+                    RowOutcome::Park(format!("unclassified error after {count} attempt(s): {error}"))
+                } else {
+                    RowOutcome::Retry(error)
+                }
+            }
+        }
+    }
+}
+
+/// Moves the outbox row at `position` to `outbox_parked`, within the relay's transaction.
+async fn park(tx: &mut PgConnection, position: i64, reason: &str) -> Result<()> {
+    sqlx::query(
+        "WITH taken AS (DELETE FROM outbox WHERE position = $1 \
+             RETURNING position, event_id, event_type, partition_key, payload, traceparent, created_at) \
+         INSERT INTO outbox_parked (position, event_id, event_type, partition_key, payload, traceparent, created_at, reason) \
+         SELECT position, event_id, event_type, partition_key, payload, traceparent, created_at, $2 FROM taken",
+    )
+    .bind(position)
+    .bind(reason)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// An outbox row set aside, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedRow {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its type, e.g. `order.created`.
+    pub event_type: String,
+    /// Its record key (the order id).
+    pub partition_key: String,
+    /// Why it was parked.
+    pub reason: String,
+    /// When it was written to the outbox.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it was parked.
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+    /// The event as the outbox stored it.
+    pub payload: serde_json::Value,
+}
+
+/// Every parked row, oldest first.
+pub async fn list_parked(pool: &PgPool) -> Result<Vec<ParkedRow>> {
+    let rows = sqlx::query(
+        "SELECT event_id, event_type, partition_key, reason, created_at, parked_at, payload \
+         FROM outbox_parked ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ParkedRow {
+                event_id: row.try_get("event_id")?,
+                event_type: row.try_get("event_type")?,
+                partition_key: row.try_get("partition_key")?,
+                reason: row.try_get("reason")?,
+                created_at: row.try_get("created_at")?,
+                parked_at: row.try_get("parked_at")?,
+                payload: row.try_get("payload")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Error::from)
+}
+
+/// Moves parked rows back to the end of the outbox so the relay tries them again: the ones in
+/// `event_ids`, or all of them when it is `None`. Returns the ids moved.
+pub async fn redrive_parked(pool: &PgPool, event_ids: Option<&[Uuid]>) -> Result<Vec<Uuid>> {
+    let moved = sqlx::query_scalar(
+        "WITH taken AS (DELETE FROM outbox_parked WHERE $1::uuid[] IS NULL OR event_id = ANY($1) \
+             RETURNING position, event_id, event_type, partition_key, payload, traceparent, created_at) \
+         INSERT INTO outbox (event_id, event_type, partition_key, payload, traceparent, created_at) \
+         SELECT event_id, event_type, partition_key, payload, traceparent, created_at FROM taken ORDER BY position \
+         RETURNING event_id",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(moved)
 }

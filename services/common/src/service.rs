@@ -19,11 +19,11 @@ use tokio::task::JoinSet;
 use crate::codec::EventCodec;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
 use crate::consumer::{ConsumerLoop, EventHandler};
-use crate::health;
+use crate::health::{self, HealthState};
 use crate::kafka::{self, Retention, TopicSpec};
 use crate::outbox::Relay;
-use crate::retry::{retry_until_ok, Backoff};
-use crate::{database, Result};
+use crate::retry::{retry_until_ok, Backoff, ErrorPolicy};
+use crate::{admin, database, Result};
 
 /// Configuration every service accepts; defaults for the database and the port come from the
 /// service's [`ServiceSpec`].
@@ -54,6 +54,14 @@ pub struct ServiceConfig {
         default_value_t = 8
     )]
     pub database_max_connections: u32,
+    /// How many times an event handler or an outbox row failing with an error nobody
+    /// classified is tried before it is dead-lettered or parked like a permanent failure.
+    #[arg(
+        long = "unclassified-error-attempts",
+        env = "UNCLASSIFIED_ERROR_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub unclassified_error_attempts: u32,
 }
 
 /// What distinguishes one service binary from another at startup.
@@ -65,6 +73,10 @@ pub struct ServiceSpec {
     pub default_database: &'static str,
     /// Default HTTP port.
     pub default_http_port: u16,
+    /// Whether the service takes traffic while the broker or the registry is down (the order
+    /// service does: its outbox holds accepted orders). `/health/ready` then needs only the
+    /// database.
+    pub ready_without_broker: bool,
 }
 
 impl ServiceConfig {
@@ -101,6 +113,10 @@ pub struct ServiceContext {
     pub relay: Relay,
     /// Cancelled when the service should stop.
     pub shutdown: CancellationToken,
+    /// What workers do when an operation fails.
+    pub policy: ErrorPolicy,
+    /// Liveness of the service's tasks and the count of work set aside.
+    pub health: Arc<HealthState>,
 }
 
 impl ServiceContext {
@@ -149,26 +165,46 @@ impl ServiceContext {
         }
         let codec = Arc::new(EventCodec::new(&config.registry, &config.kafka)?);
         let producer = kafka::producer(&config.kafka)?;
+        let policy = ErrorPolicy {
+            unclassified_attempts: config.unclassified_error_attempts.max(1),
+            ..ErrorPolicy::default()
+        };
+        let health = Arc::new(HealthState::default());
         Ok(Some(Self {
             spec,
-            relay: Relay::new(pool.clone(), producer.clone(), codec.clone()),
+            relay: Relay::new(pool.clone(), producer.clone(), codec.clone(), policy, health.clone()),
             database: pool,
             kafka: config.kafka.clone(),
             registry: config.registry.clone(),
             codec,
             producer,
             shutdown,
+            policy,
+            health,
         }))
     }
 
-    /// The health routes for this service's dependencies.
+    /// The health routes for this service's dependencies and tasks.
     pub fn health_router(&self) -> Router {
-        health::router(health::Dependencies {
-            database: self.database.clone(),
-            kafka: self.kafka.clone(),
-            registry: self.registry.clone(),
-            http: reqwest::Client::new(),
-        })
+        health::router(
+            health::Dependencies {
+                database: self.database.clone(),
+                producer: self.producer.clone(),
+                registry: self.registry.clone(),
+                http: reqwest::Client::new(),
+                ready_without_broker: self.spec.ready_without_broker,
+            },
+            self.health.clone(),
+        )
+    }
+
+    /// Runs `task` as one of the service's watched tasks (see [`HealthState::watch`]).
+    pub fn watched(
+        &self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.health.watch(name, self.shutdown.clone(), task)
     }
 
     /// Full name of this service's dead-letter topic.
@@ -208,8 +244,27 @@ pub struct Workload {
     /// Topics the service consumes and the handler applying their events; `None` for a service
     /// that consumes nothing.
     pub consumer: Option<(Vec<Topic>, Arc<dyn EventHandler>)>,
-    /// Further background tasks (deadline scanners, senders); each must end on shutdown.
-    pub background: Vec<BoxFuture<'static, ()>>,
+    /// Further background tasks (deadline scanners, chargers, mailers); each must end on
+    /// shutdown, and one that ends before makes `/health/live` fail.
+    pub background: Vec<BackgroundTask>,
+}
+
+/// A named background task of a service.
+pub struct BackgroundTask {
+    /// How `/health/live` names it, e.g. `charger`.
+    pub name: &'static str,
+    /// The task; it runs until shutdown.
+    pub task: BoxFuture<'static, ()>,
+}
+
+impl BackgroundTask {
+    /// A task named `name`.
+    pub fn new(name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            name,
+            task: Box::pin(task),
+        }
+    }
 }
 
 impl ServiceContext {
@@ -222,7 +277,9 @@ impl ServiceContext {
         // Everything that can commit outbox rows runs in `work`; the relay runs beside it and,
         // once all of `work` has stopped, publishes what the last of it committed.
         let mut work = JoinSet::new();
-        let router = routes.merge(self.health_router());
+        let router = routes
+            .merge(self.health_router())
+            .merge(admin::router(self.database.clone()));
         let shutdown = self.shutdown.clone();
         work.spawn(async move {
             if let Err(error) = serve(listener, router, shutdown).await {
@@ -238,18 +295,20 @@ impl ServiceContext {
                 producer: self.producer.clone(),
                 dead_letter_topic: self.dead_letter_topic(),
                 group_id,
-                backoff: Backoff::default(),
+                policy: self.policy,
+                health: self.health.clone(),
             };
-            work.spawn(consumer_loop.run(handler, self.shutdown.clone()));
+            work.spawn(self.watched("consumer", consumer_loop.run(handler, self.shutdown.clone())));
         }
-        for task in workload.background {
-            work.spawn(task);
+        for background in workload.background {
+            work.spawn(self.watched(background.name, background.task));
         }
         let mut tasks = JoinSet::new();
         let relay = self.relay.clone();
         let shutdown = self.shutdown.clone();
+        let health = self.health.clone();
         tasks.spawn(async move {
-            let relaying = tokio::spawn(relay.clone().run(shutdown));
+            let relaying = tokio::spawn(health.watch("outbox relay", shutdown.clone(), relay.clone().run(shutdown)));
             while let Some(result) = work.join_next().await {
                 if let Err(error) = result {
                     tracing::error!(%error, "service task failed");

@@ -46,6 +46,18 @@ pub enum ContractError {
         /// What went wrong, from apache-avro.
         reason: String,
     },
+
+    /// A string that should be a UUID identifier (an id in a request, a command-line argument)
+    /// is not one. Reject the input that carried it.
+    #[error("{what} {value:?} is not a UUID: {reason}")]
+    InvalidId {
+        /// Which kind of id, e.g. `order id`.
+        what: &'static str,
+        /// The string that was given.
+        value: String,
+        /// Why it does not parse.
+        reason: String,
+    },
 }
 
 /// Result with [`ContractError`] as the default error.

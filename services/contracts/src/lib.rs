@@ -6,8 +6,10 @@
 //!
 //! - the Rust types are exactly the latest schemas (field names, types, nullability, docs); a
 //!   schema construct the generator does not understand fails the build instead of drifting;
-//! - every event carries the common envelope (event id, order id, causation id, occurred-at),
-//!   checked at build time and exposed by [`SagaEvent`]'s accessors;
+//! - every event carries the common [`Envelope`] (event id, order id, causation id,
+//!   occurred-at), checked at build time; ids are typed ([`EventId`], [`OrderId`],
+//!   [`PaymentId`]), and an envelope is only ever made by [`Envelope::caused_by`] or
+//!   [`Envelope::for_command`];
 //! - [`EventType`] lists exactly the event types under `schemas/` (checked at compile time), each
 //!   with its Kafka [`Topic`], record name and all of its schema versions;
 //! - [`SagaEvent::to_avro_value`] yields a value valid for [`EventType::schema`], and
@@ -26,9 +28,13 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 
 pub mod compatibility;
+mod envelope;
 mod error;
+mod ids;
 
+pub use envelope::{now_millis, Envelope, Event, OrderRef};
 pub use error::{ContractError, Result};
+pub use ids::{EventId, OrderId, PaymentId};
 
 /// The generated event and nested record structs, one per record of the latest schemas.
 #[allow(non_snake_case, non_camel_case_types)]
@@ -57,14 +63,6 @@ struct EventSchemaInfo {
     event_type: &'static str,
     record_name: &'static str,
     versions: &'static [SchemaVersion],
-}
-
-/// The envelope every event carries; implemented by the generated event structs.
-trait Envelope {
-    fn event_id(&self) -> &str;
-    fn order_id(&self) -> Option<&str>;
-    fn causation_id(&self) -> Option<&str>;
-    fn occurred_at_millis(&self) -> i64;
 }
 
 /// The Kafka topics events travel on. Each carries several event types.
@@ -150,9 +148,10 @@ macro_rules! saga_events {
                 }
             }
 
-            fn envelope(&self) -> &dyn Envelope {
+            /// The event's envelope, its order made optional.
+            pub fn envelope(&self) -> Envelope<Option<OrderId>> {
                 match self {
-                    $(SagaEvent::$variant(event) => event,)+
+                    $(SagaEvent::$variant(event) => event.envelope.with_optional_order(),)+
                 }
             }
 
@@ -270,25 +269,25 @@ impl FromStr for EventType {
 }
 
 impl SagaEvent {
-    /// The unique id of this event (a UUID); consumers deduplicate on it.
-    pub fn event_id(&self) -> &str {
-        self.envelope().event_id()
+    /// The unique id of this event; consumers deduplicate on it.
+    pub fn event_id(&self) -> EventId {
+        self.envelope().event_id
     }
 
     /// The order this event belongs to; `None` only for events that belong to no order
     /// ([`StockAdjusted`]).
-    pub fn order_id(&self) -> Option<&str> {
-        self.envelope().order_id()
+    pub fn order_id(&self) -> Option<OrderId> {
+        self.envelope().order_id
     }
 
     /// The `event_id` of the event that caused this one; `None` when a command caused it.
-    pub fn causation_id(&self) -> Option<&str> {
-        self.envelope().causation_id()
+    pub fn causation_id(&self) -> Option<EventId> {
+        self.envelope().causation_id
     }
 
     /// When the fact happened, milliseconds since the Unix epoch (UTC).
     pub fn occurred_at_millis(&self) -> i64 {
-        self.envelope().occurred_at_millis()
+        self.envelope().occurred_at
     }
 
     /// The event as an Avro value valid for [`EventType::schema`] of its type (logical types
@@ -322,18 +321,60 @@ impl SagaEvent {
     }
 }
 
+impl FailureReason {
+    /// The reason a v1 writer meant by its free-text `reason` (v1 had no enum): the reason's
+    /// own name, or a payment gateway's decline code, which is a declined payment.
+    pub fn from_v1_text(text: &str) -> FailureReason {
+        FailureReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+            .unwrap_or(match text {
+                "card_declined" | "invalid_token" | "insufficient_funds" => FailureReason::PaymentDeclined,
+                _ => FailureReason::Unknown,
+            })
+    }
+}
+
+/// Events that say why something failed: `failure_reason` from v2 on, the text of `reason`
+/// for data a v1 writer wrote.
+macro_rules! failure_reason_of {
+    ($($event:ident),+) => {$(
+        impl $event {
+            /// Why it failed; for v1 data (no `failure_reason`) read from the `reason` text.
+            pub fn reason(&self) -> FailureReason {
+                match self.failure_reason {
+                    FailureReason::Unknown => FailureReason::from_v1_text(&self.reason),
+                    known => known,
+                }
+            }
+        }
+    )+};
+}
+
+failure_reason_of!(OrderFailed, PaymentFailed, InventoryReservationFailed);
+
 #[cfg(test)]
 mod tests {
     use apache_avro::types::Value;
 
     use super::*;
 
+    const ORDER: &str = "0b9e4c2e-55c1-4f0e-9a51-3f6f1d7b1a01";
+    const EVENT: &str = "6f1c2d3e-0000-4000-8000-000000000001";
+    const CAUSE: &str = "6f1c2d3e-0000-4000-8000-000000000000";
+
+    fn id<T: FromStr<Err = ContractError>>(text: &str) -> T {
+        text.parse().expect("a UUID")
+    }
+
     fn order_created() -> OrderCreated {
         OrderCreated {
-            event_id: "e-1".into(),
-            order_id: "o-1".into(),
-            causation_id: None,
-            occurred_at: 1_700_000_000_123,
+            envelope: Envelope {
+                event_id: id(EVENT),
+                order_id: id(ORDER),
+                causation_id: None,
+                occurred_at: 1_700_000_000_123,
+            },
             customer_id: "c-1".into(),
             customer_email: "c@example.com".into(),
             payment_token: "tok".into(),
@@ -350,21 +391,25 @@ mod tests {
 
     fn stock_adjusted() -> StockAdjusted {
         StockAdjusted {
-            event_id: "e-2".into(),
-            order_id: None,
-            causation_id: Some("e-0".into()),
-            occurred_at: 42,
+            envelope: Envelope {
+                event_id: EventId::new(),
+                order_id: None,
+                causation_id: Some(id(CAUSE)),
+                occurred_at: 42,
+            },
             sku: "SKU-1".into(),
             delta: -3,
             reason: "count correction".into(),
         }
     }
 
+    /// A field of a record, or of the map serde makes of a struct with a flattened envelope.
     fn field<'a>(value: &'a Value, name: &str) -> &'a Value {
-        let Value::Record(fields) = value else {
-            panic!("not a record: {value:?}");
-        };
-        &fields.iter().find(|(n, _)| n == name).expect("field exists").1
+        match value {
+            Value::Record(fields) => &fields.iter().find(|(n, _)| n == name).expect("field exists").1,
+            Value::Map(entries) => entries.get(name).expect("field exists"),
+            other => panic!("not a record: {other:?}"),
+        }
     }
 
     #[test]
@@ -458,15 +503,84 @@ mod tests {
     fn saga_event_accessors_expose_the_envelope() {
         let event = SagaEvent::from(order_created());
         assert_eq!(event.event_type(), EventType::OrderCreated);
-        assert_eq!(event.event_id(), "e-1");
-        assert_eq!(event.order_id(), Some("o-1"));
+        assert_eq!(event.event_id(), id(EVENT));
+        assert_eq!(event.order_id(), Some(id(ORDER)));
         assert_eq!(event.causation_id(), None);
         assert_eq!(event.occurred_at_millis(), 1_700_000_000_123);
 
         let adjustment = SagaEvent::from(stock_adjusted());
         assert_eq!(adjustment.event_type(), EventType::StockAdjusted);
         assert_eq!(adjustment.order_id(), None);
-        assert_eq!(adjustment.causation_id(), Some("e-0"));
+        assert_eq!(adjustment.causation_id(), Some(id(CAUSE)));
+    }
+
+    #[test]
+    fn an_envelope_caused_by_an_event_continues_its_order_and_names_it_as_cause() {
+        let created = order_created();
+        let envelope = Envelope::caused_by(&created);
+        assert_eq!(envelope.order_id, created.envelope.order_id);
+        assert_eq!(envelope.causation_id, Some(created.envelope.event_id));
+        assert_ne!(envelope.event_id, created.envelope.event_id);
+        assert!(envelope.occurred_at >= created.envelope.occurred_at);
+
+        let command = Envelope::for_command(id(ORDER));
+        assert_eq!((command.order_id, command.causation_id), (id(ORDER), None));
+        assert_ne!(command.event_id, Envelope::for_command(id(ORDER)).event_id);
+        assert_eq!(command.at(7).occurred_at, 7);
+    }
+
+    #[test]
+    fn the_envelope_is_four_top_level_fields_in_json_as_before_it_was_a_struct() {
+        let json = serde_json::to_value(SagaEvent::from(order_created())).expect("json");
+        let event = &json["event"];
+        assert_eq!(event["event_id"], EVENT);
+        assert_eq!(event["order_id"], ORDER);
+        assert_eq!(event["causation_id"], serde_json::Value::Null);
+        assert_eq!(event["occurred_at"], 1_700_000_000_123_i64);
+        assert!(event.get("envelope").is_none());
+    }
+
+    #[test]
+    fn an_event_id_that_is_not_a_uuid_does_not_decode() {
+        let Value::Record(mut fields) = SagaEvent::from(order_created()).to_avro_value().expect("encodes") else {
+            panic!("not a record");
+        };
+        for (name, value) in &mut fields {
+            if name == "event_id" {
+                *value = Value::String("e-1".into());
+            }
+        }
+        let error =
+            SagaEvent::from_avro_value("saga.events.OrderCreated", Value::Record(fields)).expect_err("must not decode");
+        assert!(error.to_string().contains("not a UUID"), "{error}");
+    }
+
+    #[test]
+    fn a_failure_reason_comes_from_the_enum_or_for_v1_data_from_the_reason_text() {
+        let failed = |reason: &str, failure_reason| PaymentFailed {
+            envelope: Envelope::caused_by(&order_created()),
+            reason: reason.into(),
+            failure_reason,
+            amount_minor: 1,
+            currency: "EUR".into(),
+        };
+        assert_eq!(
+            failed("card_declined", FailureReason::PaymentDeclined).reason(),
+            FailureReason::PaymentDeclined
+        );
+        assert_eq!(
+            failed("card_declined", FailureReason::Unknown).reason(),
+            FailureReason::PaymentDeclined
+        );
+        assert_eq!(
+            failed("out_of_stock", FailureReason::Unknown).reason(),
+            FailureReason::OutOfStock
+        );
+        assert_eq!(
+            failed("gremlins", FailureReason::Unknown).reason(),
+            FailureReason::Unknown
+        );
+        assert_eq!(FailureReason::DeadlineExceeded.to_string(), "deadline_exceeded");
     }
 
     #[test]
@@ -478,7 +592,7 @@ mod tests {
         let value = SagaEvent::from(order_created()).to_avro_value().expect("encodes");
         assert_eq!(field(&value, "occurred_at"), &Value::TimestampMillis(1_700_000_000_123));
         let back: OrderCreated = apache_avro::from_value(&value).expect("deserializes");
-        assert_eq!(back.occurred_at, 1_700_000_000_123);
+        assert_eq!(back.envelope.occurred_at, 1_700_000_000_123);
     }
 
     #[test]
@@ -488,7 +602,7 @@ mod tests {
         assert_eq!(field(&value, "order_id"), &Value::Union(0, Box::new(Value::Null)));
         assert_eq!(
             field(&value, "causation_id"),
-            &Value::Union(1, Box::new(Value::String("e-0".into())))
+            &Value::Union(1, Box::new(Value::String(CAUSE.into())))
         );
     }
 
@@ -565,7 +679,7 @@ mod tests {
             panic!("wrong variant: {event:?}");
         };
         assert_eq!(order.sales_channel, "api");
-        assert_eq!(order.causation_id, None);
+        assert_eq!(order.envelope.causation_id, None);
         assert_eq!(order.items, order_created().items);
     }
 }

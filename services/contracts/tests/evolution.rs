@@ -101,12 +101,19 @@ fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
     record_fields(value).iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
+const V1_EVENT_ID: &str = "2d0f3b7a-6c1e-4e39-9d4b-5a8e1c2f0001";
+const V1_ORDER_ID: &str = "2d0f3b7a-6c1e-4e39-9d4b-5a8e1c2f0002";
+const V1_CAUSE_ID: &str = "2d0f3b7a-6c1e-4e39-9d4b-5a8e1c2f0003";
+
 /// A value of order.created v1, built by hand against the v1 schema (as an old producer would).
 fn order_created_v1_value(schema: &Schema) -> Value {
     let mut record = Record::new(schema).expect("record schema");
-    record.put("event_id", "e-1");
-    record.put("order_id", "o-1");
-    record.put("causation_id", Value::Union(1, Box::new(Value::String("cmd-1".into()))));
+    record.put("event_id", V1_EVENT_ID);
+    record.put("order_id", V1_ORDER_ID);
+    record.put(
+        "causation_id",
+        Value::Union(1, Box::new(Value::String(V1_CAUSE_ID.into()))),
+    );
     record.put("occurred_at", Value::TimestampMillis(1_700_000_000_000));
     record.put("customer_id", "c-1");
     record.put("customer_email", "c@example.com");
@@ -126,9 +133,9 @@ fn order_created_v1_value(schema: &Schema) -> Value {
 
 /// One sample event per event type, with nullable fields both set and unset across samples.
 fn sample(event_type: EventType) -> SagaEvent {
-    let event_id = format!("event-{event_type}");
-    let order_id = "order-1".to_owned();
-    let caused_by = Some("cause-1".to_owned());
+    let event_id = EventId::new();
+    let order_id = OrderId::new();
+    let caused_by = Some(EventId::new());
     let occurred_at = 1_700_000_000_000 + event_type as i64;
     let lines = vec![
         StockLine {
@@ -142,10 +149,12 @@ fn sample(event_type: EventType) -> SagaEvent {
     ];
     match event_type {
         EventType::OrderCreated => OrderCreated {
-            event_id,
-            order_id,
-            causation_id: None,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: None,
+                occurred_at,
+            },
             customer_id: "c-1".into(),
             customer_email: "c@example.com".into(),
             payment_token: "tok-1".into(),
@@ -167,96 +176,119 @@ fn sample(event_type: EventType) -> SagaEvent {
         }
         .into(),
         EventType::OrderConfirmed => OrderConfirmed {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
             customer_email: "c@example.com".into(),
             total_minor: 3_750,
             currency: "USD".into(),
         }
         .into(),
         EventType::OrderFailed => OrderFailed {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
-            reason: "payment_declined".into(),
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
+            reason: "card_declined".into(),
+            failure_reason: FailureReason::PaymentDeclined,
             customer_email: "c@example.com".into(),
             total_minor: 3_750,
             currency: "USD".into(),
         }
         .into(),
         EventType::PaymentSucceeded => PaymentSucceeded {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
-            payment_id: "pay-1".into(),
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
+            payment_id: PaymentId::new(),
             amount_minor: 3_750,
             currency: "USD".into(),
         }
         .into(),
         EventType::PaymentFailed => PaymentFailed {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
             reason: "card_declined".into(),
+            failure_reason: FailureReason::PaymentDeclined,
             amount_minor: 3_750,
             currency: "USD".into(),
         }
         .into(),
         EventType::PaymentRefunded => PaymentRefunded {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
-            payment_id: "pay-1".into(),
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
+            payment_id: PaymentId::new(),
             amount_minor: 3_750,
             currency: "USD".into(),
             reason: "order_failed".into(),
         }
         .into(),
         EventType::InventoryReserved => InventoryReserved {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
             items: lines,
         }
         .into(),
         EventType::InventoryReservationFailed => InventoryReservationFailed {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
             reason: "out_of_stock".into(),
+            failure_reason: FailureReason::OutOfStock,
             unavailable_skus: vec!["SKU-2".into()],
         }
         .into(),
         EventType::InventoryCommitted => InventoryCommitted {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
             items: lines,
         }
         .into(),
         EventType::InventoryReleased => InventoryReleased {
-            event_id,
-            order_id,
-            causation_id: caused_by,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id,
+                causation_id: caused_by,
+                occurred_at,
+            },
             items: vec![],
             reason: "order_failed".into(),
         }
         .into(),
         EventType::StockAdjusted => StockAdjusted {
-            event_id,
-            order_id: None,
-            causation_id: None,
-            occurred_at,
+            envelope: Envelope {
+                event_id,
+                order_id: None,
+                causation_id: None,
+                occurred_at,
+            },
             sku: "SKU-1".into(),
             delta: -3,
             reason: "count correction".into(),
@@ -416,10 +448,12 @@ fn order_created_v1_data_decodes_into_the_latest_struct_through_saga_event() {
         .expect("a v1 event is a valid OrderCreated");
 
     let expected = OrderCreated {
-        event_id: "e-1".into(),
-        order_id: "o-1".into(),
-        causation_id: Some("cmd-1".into()),
-        occurred_at: 1_700_000_000_000,
+        envelope: Envelope {
+            event_id: V1_EVENT_ID.parse().expect("uuid"),
+            order_id: V1_ORDER_ID.parse().expect("uuid"),
+            causation_id: Some(V1_CAUSE_ID.parse().expect("uuid")),
+            occurred_at: 1_700_000_000_000,
+        },
         customer_id: "c-1".into(),
         customer_email: "c@example.com".into(),
         payment_token: "tok-1".into(),
@@ -541,4 +575,96 @@ fn data_of_one_event_presented_as_another_is_rejected_not_misread() {
             record_name: "saga.events.PaymentExploded".into()
         }
     );
+}
+
+/// The three failure events as a v1 writer wrote them (free-text reason only), read by this
+/// build: the reason text survives, and `reason()` gives the enum it names.
+#[test]
+fn v1_failure_events_read_with_the_v2_schema_and_their_reason_text_names_the_failure_reason() {
+    let cases = [
+        (
+            EventType::OrderFailed,
+            "payment_declined",
+            FailureReason::PaymentDeclined,
+        ),
+        (
+            EventType::OrderFailed,
+            "deadline_exceeded",
+            FailureReason::DeadlineExceeded,
+        ),
+        (
+            EventType::PaymentFailed,
+            "card_declined",
+            FailureReason::PaymentDeclined,
+        ),
+        (
+            EventType::InventoryReservationFailed,
+            "out_of_stock",
+            FailureReason::OutOfStock,
+        ),
+        (
+            EventType::InventoryReservationFailed,
+            "order_already_failed",
+            FailureReason::OrderAlreadyFailed,
+        ),
+    ];
+    for (event_type, text, expected) in cases {
+        let v1 = Schema::parse_str(event_type.versions()[0].json).expect("v1 parses");
+        // The latest sample as a v1 writer would have written it: without failure_reason.
+        let latest = sample(event_type).to_avro_value().expect("encodes");
+        let mut record = Record::new(&v1).expect("record schema");
+        for (name, value) in record_fields(&latest) {
+            if name == "reason" {
+                record.put(name, Value::String(text.into()));
+            } else if name != "failure_reason" {
+                record.put(name, value.clone());
+            }
+        }
+        let bytes = write_datum(&v1, record.into());
+        let writer_value = read_datum(&v1, &bytes, None).expect("decodes as v1");
+        let event = SagaEvent::from_avro_value(event_type.record_name(), writer_value).expect("v1 data reads");
+        let (reason_text, failure_reason, reason) = match &event {
+            SagaEvent::OrderFailed(e) => (e.reason.clone(), e.failure_reason, e.reason()),
+            SagaEvent::PaymentFailed(e) => (e.reason.clone(), e.failure_reason, e.reason()),
+            SagaEvent::InventoryReservationFailed(e) => (e.reason.clone(), e.failure_reason, e.reason()),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(reason_text, text, "{event_type}");
+        assert_eq!(failure_reason, FailureReason::Unknown, "{event_type}: v1 has no enum");
+        assert_eq!(reason, expected, "{event_type} {text}");
+    }
+}
+
+/// A v3 writer may add a failure reason this build does not know; it reads as unknown (the
+/// enum's default) instead of making the event undecodable.
+#[test]
+fn a_failure_reason_symbol_this_build_does_not_know_reads_as_unknown() {
+    let latest: serde_json::Value = serde_json::from_str(EventType::PaymentFailed.schema_json()).expect("json");
+    let mut v3 = latest.clone();
+    for field in v3["fields"].as_array_mut().expect("fields") {
+        if field["name"] == "failure_reason" {
+            field["type"]["symbols"]
+                .as_array_mut()
+                .expect("symbols")
+                .push("fraud_suspected".into());
+        }
+    }
+    let v3 = Schema::parse_str(&v3.to_string()).expect("v3 parses");
+    let Value::Record(mut fields) = sample(EventType::PaymentFailed).to_avro_value().expect("encodes") else {
+        panic!("not a record");
+    };
+    for (name, value) in &mut fields {
+        if name == "failure_reason" {
+            *value = Value::Enum(5, "fraud_suspected".into());
+        }
+    }
+    let bytes = write_datum(&v3, Value::Record(fields));
+    let reader = EventType::PaymentFailed.schema();
+    let read = read_datum(&v3, &bytes, Some(reader)).expect("the default stands in for the unknown symbol");
+    let SagaEvent::PaymentFailed(failed) =
+        SagaEvent::from_avro_value(EventType::PaymentFailed.record_name(), read).expect("decodes")
+    else {
+        panic!("wrong variant");
+    };
+    assert_eq!(failed.failure_reason, FailureReason::Unknown);
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apache_avro::types::Value;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -15,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use saga_common::codec::EventCodec;
 use saga_common::kafka;
-use saga_contracts::{InventoryReserved, OrderCreated, OrderLine, PaymentSucceeded, SagaEvent, StockLine, Topic};
+use saga_contracts::{EventType, OrderId, SagaEvent, Topic};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -23,7 +24,7 @@ use super::cluster::{Cluster, NODE_START_TIMEOUT, SERVICES};
 use super::isolation::IsolationRules;
 use super::kafka_nodes::{busiest_leader, listed_brokers, partitions, wait_for_brokers, wait_fully_replicated};
 use super::state::{InjectedPoison, RecordPosition};
-use crate::TopicReader;
+use crate::{fixtures, TopicReader};
 
 /// How long a restarted node may take to have every partition fully replicated again before a
 /// rolling restart goes on to the next node anyway (and says so).
@@ -509,14 +510,14 @@ impl FaultExecutor {
         let mut unknown_schema = vec![0u8, 0x7F, 0xFF, 0xFF, 0xF0];
         unknown_schema.extend((0..16).map(|_| self.rng.gen::<u8>()));
         // The registry may be restarting (an earlier fault): wait for it before producing anything.
+        let (invalid_type, invalid_value) = invalid_event(base_topic)?;
         let invalid = retry_transient("encoding the invalid event", || async {
             self.codec
-                .encode(&invalid_event(base_topic))
+                .encode_value(invalid_type, invalid_value.clone())
                 .await
                 .map_err(anyhow::Error::from)
         })
-        .await?
-        .payload;
+        .await?;
         let mut produced = Vec::new();
         for (kind, payload) in [
             ("random_bytes", random_bytes),
@@ -579,49 +580,24 @@ fn fenced_text(fenced: Option<Duration>) -> String {
     }
 }
 
-/// Valid Avro for `topic` whose content no consumer can process: an order id that is not a UUID.
-fn invalid_event(topic: &str) -> SagaEvent {
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let order_id = format!("poison-{}", &event_id[..8]);
-    let occurred_at = chrono::Utc::now().timestamp_millis();
-    match topic {
-        "payments" => SagaEvent::PaymentSucceeded(PaymentSucceeded {
-            event_id,
-            order_id,
-            causation_id: None,
-            occurred_at,
-            payment_id: uuid::Uuid::new_v4().to_string(),
-            amount_minor: 100,
-            currency: "EUR".into(),
-        }),
-        "inventory" => SagaEvent::InventoryReserved(InventoryReserved {
-            event_id,
-            order_id,
-            causation_id: None,
-            occurred_at,
-            items: vec![StockLine {
-                sku: "H-PLENTY-A".into(),
-                quantity: 1,
-            }],
-        }),
-        _ => SagaEvent::OrderCreated(OrderCreated {
-            event_id,
-            order_id,
-            causation_id: None,
-            occurred_at,
-            customer_id: "poison".into(),
-            customer_email: "poison@harness.example.com".into(),
-            payment_token: "tok_ok".into(),
-            total_minor: 100,
-            currency: "EUR".into(),
-            items: vec![OrderLine {
-                sku: "H-PLENTY-A".into(),
-                quantity: 1,
-                unit_price_minor: 100,
-            }],
-            sales_channel: "api".into(),
-        }),
+/// Valid Avro for `topic`'s schema whose content this build cannot accept: an order id that is
+/// not a UUID. Written as a raw Avro value, since the typed contracts cannot even hold it.
+fn invalid_event(topic: &str) -> anyhow::Result<(EventType, Value)> {
+    let order = fixtures::order_created_with(OrderId::new(), &[("H-PLENTY-A", 1)], "tok_ok");
+    let event: SagaEvent = match topic {
+        "payments" => fixtures::payment_succeeded(&order).into(),
+        "inventory" => fixtures::inventory_reserved(&order).into(),
+        _ => order.into(),
+    };
+    let Value::Record(mut fields) = event.to_avro_value()? else {
+        anyhow::bail!("{} is not an Avro record", event.event_type());
+    };
+    for (name, value) in &mut fields {
+        if name == "order_id" {
+            *value = Value::String(format!("poison-{}", &event.event_id().to_string()[..8]));
+        }
     }
+    Ok((event.event_type(), Value::Record(fields)))
 }
 
 #[cfg(test)]

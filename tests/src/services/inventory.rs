@@ -1,0 +1,1 @@
+//! Starting the inventory service for a test.

@@ -1,0 +1,1 @@
+//! Starting the notification service for a test.

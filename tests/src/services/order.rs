@@ -1,0 +1,1 @@
+//! Starting the order service for a test.

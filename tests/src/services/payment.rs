@@ -1,0 +1,1 @@
+//! Starting the payment service for a test.
