@@ -115,3 +115,11 @@ pub fn stock_lines(order: &OrderCreated) -> Vec<StockLine> {
         })
         .collect()
 }
+
+/// The inventory service's commit of `order`'s reserved lines (it follows order.confirmed).
+pub fn inventory_committed(order: &OrderCreated) -> saga_contracts::InventoryCommitted {
+    saga_contracts::InventoryCommitted {
+        envelope: Envelope::caused_by(order),
+        items: stock_lines(order),
+    }
+}

@@ -267,6 +267,26 @@ pub struct ReadRecord {
     pub key: Option<String>,
 }
 
+impl RawRecord {
+    /// The value of header `name`, if it is there and UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+}
+
+impl ReadRecord {
+    /// The value of header `name`, if it is there.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 impl TopicReader {
     /// A reader of everything on `topic` (full name) from the beginning, in a consumer group of
     /// its own.

@@ -1,13 +1,15 @@
-//! `sagactl dead-letters` against a running service: a poison record is listed with its origin
-//! and reason, and redriving it re-produces the same bytes to the topic it came from.
+//! What the error policy sets aside, as an operator handles it with sagactl: a poison record
+//! in a dead-letter topic is listed with its origin and reason, and redriving it re-produces the
+//! same bytes to the topic it came from; an outbox row parked by the relay is listed with its
+//! reason and redriven back into the outbox.
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use saga_contracts::Topic;
-use saga_tests::TestEnv;
-use tokio_util::sync::CancellationToken;
+use saga_tests::{services, TestEnv};
 
 fn sagactl(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
     let target = std::env::var("CARGO_TARGET_DIR")
@@ -36,13 +38,7 @@ fn sagactl(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
 #[tokio::test]
 async fn a_dead_letter_is_listed_and_redriven_to_its_origin_topic() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let config = payment_service::Config {
-        service: env.service_config("payment"),
-        gateway: payment_service::gateway::GatewayConfig::default(),
-    };
-    let service = payment_service::start(&config, CancellationToken::new())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("payment service did not start"))?;
+    let service = services::payment::start(&env).await?;
     let poison = b"\xFFnot an event".to_vec();
     env.produce_raw(Topic::Orders, "poison-key", &poison).await?;
     let dead_letters = env.kafka.dead_letter_topic("payment-service");
@@ -90,5 +86,62 @@ async fn a_dead_letter_is_listed_and_redriven_to_its_origin_topic() -> anyhow::R
     assert_eq!(origin_offsets.len(), 2);
     assert_ne!(origin_offsets[0], origin_offsets[1]);
     service.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn parked_outbox_rows_are_listed_and_redriven_with_sagactl() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let migrator = saga_common::database::migrator(&sqlx::migrate::Migrator::DEFAULT);
+    let database = saga_common::database::connect_and_migrate(&env.database_url("parked"), &migrator, 2).await?;
+    let parked_id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox_parked (event_id, position, event_type, partition_key, payload, traceparent, created_at, reason) \
+         VALUES ($1, 7, 'order.created', 'order-7', '{}', 'tp', now(), 'permanent error: simulated')",
+    )
+    .bind(parked_id)
+    .execute(&database)
+    .await?;
+    // The admin routes every service serves, over this database.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server = tokio::spawn(axum::serve(listener, saga_common::admin::router(database.clone())).into_future());
+    let order_url = format!("http://{address}");
+
+    let listing = sagactl(
+        &env,
+        &["outbox", "parked", "--service", "order", "--order-url", &order_url],
+    )?;
+    assert!(listing.contains(&parked_id.to_string()), "{listing}");
+    assert!(listing.contains("reason: permanent error: simulated"), "{listing}");
+    assert!(listing.contains("1 parked outbox row(s) in order"), "{listing}");
+
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let refused = sagactl(
+        &env,
+        &[
+            "outbox",
+            "redrive",
+            "--service",
+            "order",
+            "--order-url",
+            &order_url,
+            "--event-id",
+            &unknown,
+        ],
+    );
+    assert!(refused.is_err(), "redriving an event that is not parked fails");
+
+    let redrive = sagactl(
+        &env,
+        &["outbox", "redrive", "--service", "order", "--order-url", &order_url],
+    )?;
+    assert!(redrive.contains(&format!("redriven {parked_id}")), "{redrive}");
+    assert!(saga_common::outbox::list_parked(&database).await?.is_empty());
+    let back: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox")
+        .fetch_all(&database)
+        .await?;
+    assert_eq!(back, vec![parked_id], "the row is back in the outbox");
+    server.abort();
     Ok(())
 }

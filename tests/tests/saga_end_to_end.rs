@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use saga_common::service::RunningService;
 use saga_contracts::Topic;
-use saga_tests::{eventually, TestEnv};
+use saga_tests::{eventually, services, TestEnv};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 /// The four services of one test.
 struct Platform {
@@ -23,36 +22,11 @@ struct Platform {
 impl Platform {
     async fn start(saga_deadline_secs: f64) -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
-        let shutdown = CancellationToken::new();
-        let started = |what: &str, running: Option<RunningService>| {
-            running.ok_or_else(|| anyhow::anyhow!("{what} did not start"))
-        };
-        let order = order_service::Config {
-            service: env.service_config("order"),
-            saga_deadline_secs,
-        };
-        let payment = payment_service::Config {
-            service: env.service_config("payment"),
-            gateway: payment_service::gateway::GatewayConfig::default(),
-        };
-        let inventory = inventory_service::Config {
-            service: env.service_config("inventory"),
-        };
-        let notification = notification_service::Config::new(env.service_config("notification"));
         Ok(Self {
-            order: started("order", order_service::start(&order, shutdown.child_token()).await?)?,
-            payment: started(
-                "payment",
-                payment_service::start(&payment, shutdown.child_token()).await?,
-            )?,
-            inventory: started(
-                "inventory",
-                inventory_service::start(&inventory, shutdown.child_token()).await?,
-            )?,
-            notification: started(
-                "notification",
-                notification_service::start(&notification, shutdown.child_token()).await?,
-            )?,
+            order: services::order::start(&env, saga_deadline_secs).await?,
+            payment: services::payment::start(&env).await?,
+            inventory: services::inventory::Inventory::start(&env).await?.running,
+            notification: services::notification::start(&env, services::notification::maildev_smtp()).await?,
             env,
             http: reqwest::Client::new(),
         })

@@ -378,14 +378,6 @@ async fn run_with_a_failing_middle_event(
     Ok((handler, events, dead))
 }
 
-fn header<'a>(record: &'a saga_tests::RawRecord, name: &str) -> Option<&'a str> {
-    record
-        .headers
-        .iter()
-        .find(|(key, _)| key == name)
-        .and_then(|(_, value)| std::str::from_utf8(value).ok())
-}
-
 #[tokio::test]
 async fn a_permanent_handler_error_dead_letters_the_event_at_once_and_the_partition_goes_on() -> anyhow::Result<()> {
     let (handler, events, dead) = run_with_a_failing_middle_event(ErrorClass::Permanent).await?;
@@ -393,10 +385,10 @@ async fn a_permanent_handler_error_dead_letters_the_event_at_once_and_the_partit
     assert_eq!(handler.completed(), vec![events[0].event_id(), events[2].event_id()]);
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        header(&dead[0], "event_id"),
+        dead[0].header("event_id"),
         Some(events[1].event_id().to_string().as_str())
     );
-    let reason = header(&dead[0], "dlq.error").unwrap_or_default();
+    let reason = dead[0].header("dlq.error").unwrap_or_default();
     assert!(reason.starts_with("permanent error after 1 attempt(s)"), "{reason}");
     assert!(reason.contains("a constraint rejects this event"), "{reason}");
     Ok(())
@@ -408,7 +400,7 @@ async fn an_unclassified_handler_error_is_retried_within_the_budget_then_dead_le
     assert_eq!(handler.attempts(), UNCLASSIFIED_ATTEMPTS as usize);
     assert_eq!(handler.completed(), vec![events[0].event_id(), events[2].event_id()]);
     assert_eq!(dead.len(), 1);
-    let reason = header(&dead[0], "dlq.error").unwrap_or_default();
+    let reason = dead[0].header("dlq.error").unwrap_or_default();
     assert!(
         reason.starts_with(&format!("unclassified error after {UNCLASSIFIED_ATTEMPTS} attempt(s)")),
         "{reason}"

@@ -70,8 +70,6 @@ enum Command {
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
-        #[command(flatten)]
-        endpoints: endpoints::Endpoints,
     },
     /// Readiness of every service.
     Status {
@@ -131,6 +129,8 @@ enum OutboxCommand {
         /// The service, e.g. order or order-service.
         #[arg(long)]
         service: String,
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
     },
     /// Moves parked rows back to the end of the outbox so the relay publishes them.
     Redrive {
@@ -140,6 +140,8 @@ enum OutboxCommand {
         /// Only these events (repeatable); all parked rows when absent.
         #[arg(long = "event-id")]
         event_ids: Vec<uuid::Uuid>,
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
     },
 }
 
@@ -213,12 +215,15 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => dead_letters::redrive(&cli.kafka, &service, partition.zip(offset)).await,
         Command::Outbox {
-            command: OutboxCommand::Parked { service },
-            endpoints,
+            command: OutboxCommand::Parked { service, endpoints },
         } => outbox::parked(&endpoints, &service).await,
         Command::Outbox {
-            command: OutboxCommand::Redrive { service, event_ids },
-            endpoints,
+            command:
+                OutboxCommand::Redrive {
+                    service,
+                    event_ids,
+                    endpoints,
+                },
         } => outbox::redrive(&endpoints, &service, &event_ids).await,
         Command::Demo {
             endpoints,

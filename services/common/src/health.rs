@@ -4,8 +4,8 @@
 //!   the outbox relay, a charger or mailer) has died, by panic or by returning before shutdown;
 //!   restarting the process is then the cure. Its body also counts what the error policy set
 //!   aside: records dead-lettered and outbox rows parked since start.
-//! - `/health/ready` answers 200 when the dependencies the service needs to take traffic answer
-//!   right now, 503 naming the failing one otherwise. The order service needs only its
+//! - `/health/ready` answers 200 when no watched task died and the dependencies the service
+//!   needs to take traffic answer right now, 503 naming the failing one otherwise. The order service needs only its
 //!   database (the outbox holds accepted orders while the broker is away); the others need the
 //!   broker and the registry too. The probes reuse the service's clients.
 
@@ -185,7 +185,17 @@ async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_js
     let database = describe(database.map_err(|e| e.to_string()));
     let broker = describe(broker);
     let registry = describe(registry);
-    let all_up = database == "up" && (deps.ready_without_broker || (broker == "up" && registry == "up"));
+    // A service with a dead task is not fit for traffic either, whatever its dependencies say.
+    let dead_tasks: Vec<&str> = routes
+        .state
+        .tasks()
+        .into_iter()
+        .filter(|(_, state)| matches!(state, TaskState::Died(_)))
+        .map(|(name, _)| name)
+        .collect();
+    let all_up = dead_tasks.is_empty()
+        && database == "up"
+        && (deps.ready_without_broker || (broker == "up" && registry == "up"));
     let status = if all_up {
         StatusCode::OK
     } else {
@@ -197,6 +207,7 @@ async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_js
             "status": if all_up { "ready" } else { "not ready" },
             "checks": {"database": database, "broker": broker, "schema_registry": registry},
             "needs": if deps.ready_without_broker { json!(["database"]) } else { json!(["database", "broker", "schema_registry"]) },
+            "dead_tasks": dead_tasks,
         })),
     )
 }

@@ -10,6 +10,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::error::{Classify, ErrorClass};
+
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,9 +32,12 @@ pub enum ApiError {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
-    /// A dependency failed (503); the detail is logged, not returned.
+    /// A dependency failed (503): retrying later can help. The detail is logged, not returned.
     #[error("service unavailable: {0:#}")]
     Unavailable(anyhow::Error),
+    /// The request met an error retrying cannot fix (500). The detail is logged, not returned.
+    #[error("internal error: {0:#}")]
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -45,15 +50,29 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A failed dependency or operation, answered by its class: 503 (retry later) when it is
+    /// transient, 500 otherwise.
+    pub fn classified<E>(error: E) -> Self
+    where
+        E: Classify + std::error::Error + Send + Sync + 'static,
+    {
+        match error.class() {
+            ErrorClass::Transient => ApiError::Unavailable(error.into()),
+            ErrorClass::Permanent | ErrorClass::Unclassified => ApiError::Internal(error.into()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        ApiError::Unavailable(crate::Error::from(error).into())
+        ApiError::classified(crate::Error::from(error))
     }
 }
 
 impl From<crate::Error> for ApiError {
     fn from(error: crate::Error) -> Self {
-        ApiError::Unavailable(error.into())
+        ApiError::classified(error)
     }
 }
 
@@ -72,6 +91,13 @@ impl IntoResponse for ApiError {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": "temporarily unavailable, retry later"}),
+                )
+            }
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed for good");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "the request cannot be completed; the service logged why"}),
                 )
             }
         };

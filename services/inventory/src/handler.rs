@@ -3,27 +3,22 @@
 //!
 //! Each event is applied exactly once: its id goes into the inbox in the same transaction as
 //! its effect and the events it causes (outbox), and every reservation transition is guarded in
-//! SQL, so a redelivered event, or the same fact under a new event id, changes nothing.
+//! SQL, so a redelivered event, or the same fact under a new event id, changes nothing. What to
+//! do is decided in [`crate::domain`]; failures are classed by [`crate::error::Error`].
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{
-    InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved, OrderConfirmed, OrderCreated,
-    OrderFailed, SagaEvent,
+    Envelope, FailureReason, InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved,
+    OrderConfirmed, OrderCreated, OrderFailed, OrderId, SagaEvent,
 };
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use uuid::Uuid;
 
-use crate::reservation::{self, Decision};
-use crate::store::{self, Movement, NewReservation, ReservationStatus};
-
-/// Reason of an inventory.reservation_failed when stock is short.
-pub const OUT_OF_STOCK: &str = "out_of_stock";
-/// Reason of an inventory.reservation_failed when the order had already failed before its
-/// order.created was seen.
-pub const ORDER_ALREADY_FAILED: &str = "order_already_failed";
+use crate::domain::{self, Decision, OnConfirmed, OnCreated, OnFailed, ReservationStatus};
+use crate::error::{Error, Result};
+use crate::store::{self, Movement, NewReservation};
 
 /// Applies `orders` events to the stock.
 pub(crate) struct OrderEventHandler {
@@ -34,218 +29,25 @@ pub(crate) struct OrderEventHandler {
 #[async_trait]
 impl EventHandler for OrderEventHandler {
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        match &consumed.event {
-            SagaEvent::OrderCreated(created) => self.on_order_created(consumed, created).await,
-            SagaEvent::OrderConfirmed(confirmed) => self.on_order_confirmed(consumed, confirmed).await,
-            SagaEvent::OrderFailed(failed) => self.on_order_failed(consumed, failed).await,
-            _ => Ok(()),
+        let Some(mut tx) = self.begin_once(consumed).await? else {
+            return Ok(());
+        };
+        let caused = match &consumed.event {
+            SagaEvent::OrderCreated(created) => on_order_created(&mut tx, created).await?,
+            SagaEvent::OrderConfirmed(confirmed) => on_order_confirmed(&mut tx, confirmed).await?,
+            SagaEvent::OrderFailed(failed) => on_order_failed(&mut tx, failed).await?,
+            _ => None,
+        };
+        if let Some(event) = caused {
+            outbox::enqueue(&mut tx, &event, consumed.traceparent.as_deref()).await?;
         }
+        tx.commit().await?;
+        self.relay.notify();
+        Ok(())
     }
 }
 
 impl OrderEventHandler {
-    /// Reserves every line of the order or none.
-    #[tracing::instrument(skip_all, fields(order_id = %created.order_id, event_id = %created.event_id))]
-    async fn on_order_created(&self, consumed: &ConsumedEvent, created: &OrderCreated) -> Result<(), HandlerError> {
-        let order_id = parse_uuid("order_id", &created.order_id)?;
-        let event_id = parse_uuid("event_id", &created.event_id)?;
-        let demand = reservation::demand(&created.items).map_err(|error| HandlerError::Invalid(error.to_string()))?;
-        let Some(mut tx) = self.begin_once(consumed).await? else {
-            return Ok(());
-        };
-        if let Some(existing) = store::lock_reservation(&mut tx, order_id)
-            .await
-            .map_err(HandlerError::Transient)?
-        {
-            if existing.created_event_id.is_none() && store::claim_tombstone(&mut tx, order_id, event_id).await? {
-                tracing::info!("order failed before it was created: reserving nothing");
-                let failed = InventoryReservationFailed {
-                    event_id: new_event_id(),
-                    order_id: created.order_id.clone(),
-                    causation_id: Some(created.event_id.clone()),
-                    occurred_at: now_millis(),
-                    reason: ORDER_ALREADY_FAILED.into(),
-                    unavailable_skus: Vec::new(),
-                };
-                enqueue(&mut tx, failed.into(), consumed).await?;
-            } else {
-                tracing::warn!(
-                    status = existing.status.as_str(),
-                    "order.created for an order already decided; ignored"
-                );
-            }
-            return self.commit(tx).await;
-        }
-
-        let skus: Vec<String> = demand.iter().map(|line| line.sku.clone()).collect();
-        let available = store::lock_available(&mut tx, &skus).await?;
-        let (status, reason, caused): (_, _, SagaEvent) = match reservation::decide(&demand, &available) {
-            Decision::Reserve(items) => {
-                store::move_units(&mut tx, &items, Movement::Reserve)
-                    .await
-                    .map_err(HandlerError::Transient)?;
-                tracing::info!(lines = items.len(), "order reserved");
-                let reserved = InventoryReserved {
-                    event_id: new_event_id(),
-                    order_id: created.order_id.clone(),
-                    causation_id: Some(created.event_id.clone()),
-                    occurred_at: now_millis(),
-                    items,
-                };
-                (ReservationStatus::Reserved, None, reserved.into())
-            }
-            Decision::Reject { unavailable_skus } => {
-                tracing::info!(?unavailable_skus, "order rejected: out of stock");
-                let failed = InventoryReservationFailed {
-                    event_id: new_event_id(),
-                    order_id: created.order_id.clone(),
-                    causation_id: Some(created.event_id.clone()),
-                    occurred_at: now_millis(),
-                    reason: OUT_OF_STOCK.into(),
-                    unavailable_skus,
-                };
-                (ReservationStatus::Rejected, Some(OUT_OF_STOCK), failed.into())
-            }
-        };
-        let decision = NewReservation {
-            order_id,
-            status,
-            items: &demand,
-            created_event_id: Some(event_id),
-            reason,
-        };
-        if !store::insert_reservation(&mut tx, decision).await? {
-            // Another instance decided this order between our read and our insert; roll back
-            // (stock included) and let the retry see its decision.
-            return Err(HandlerError::Transient(anyhow::anyhow!(
-                "reservation of order {order_id} was decided concurrently"
-            )));
-        }
-        enqueue(&mut tx, caused, consumed).await?;
-        self.commit(tx).await
-    }
-
-    /// Turns a held reservation into a sale.
-    #[tracing::instrument(skip_all, fields(order_id = %confirmed.order_id, event_id = %confirmed.event_id))]
-    async fn on_order_confirmed(
-        &self,
-        consumed: &ConsumedEvent,
-        confirmed: &OrderConfirmed,
-    ) -> Result<(), HandlerError> {
-        let order_id = parse_uuid("order_id", &confirmed.order_id)?;
-        let Some(mut tx) = self.begin_once(consumed).await? else {
-            return Ok(());
-        };
-        match store::lock_reservation(&mut tx, order_id)
-            .await
-            .map_err(HandlerError::Transient)?
-        {
-            Some(held) if held.status == ReservationStatus::Reserved => {
-                if !store::transition(
-                    &mut tx,
-                    order_id,
-                    ReservationStatus::Reserved,
-                    ReservationStatus::Committed,
-                    None,
-                )
-                .await?
-                {
-                    return Err(HandlerError::Transient(anyhow::anyhow!(
-                        "reservation of order {order_id} changed under its lock"
-                    )));
-                }
-                store::move_units(&mut tx, &held.items, Movement::Commit)
-                    .await
-                    .map_err(HandlerError::Transient)?;
-                tracing::info!(lines = held.items.len(), "reservation committed");
-                let committed = InventoryCommitted {
-                    event_id: new_event_id(),
-                    order_id: confirmed.order_id.clone(),
-                    causation_id: Some(confirmed.event_id.clone()),
-                    occurred_at: now_millis(),
-                    items: held.items,
-                };
-                enqueue(&mut tx, committed.into(), consumed).await?;
-            }
-            Some(other) if other.status == ReservationStatus::Committed => {
-                tracing::info!("reservation already committed; nothing to do");
-            }
-            Some(other) => {
-                tracing::error!(
-                    status = other.status.as_str(),
-                    "order confirmed without a held reservation; nothing to commit"
-                );
-            }
-            None => tracing::error!("order confirmed but never reserved; nothing to commit"),
-        }
-        self.commit(tx).await
-    }
-
-    /// Gives a failed order's held units back.
-    #[tracing::instrument(skip_all, fields(order_id = %failed.order_id, event_id = %failed.event_id))]
-    async fn on_order_failed(&self, consumed: &ConsumedEvent, failed: &OrderFailed) -> Result<(), HandlerError> {
-        let order_id = parse_uuid("order_id", &failed.order_id)?;
-        let Some(mut tx) = self.begin_once(consumed).await? else {
-            return Ok(());
-        };
-        match store::lock_reservation(&mut tx, order_id)
-            .await
-            .map_err(HandlerError::Transient)?
-        {
-            Some(held) if held.status == ReservationStatus::Reserved => {
-                let reason = Some(failed.reason.as_str());
-                if !store::transition(
-                    &mut tx,
-                    order_id,
-                    ReservationStatus::Reserved,
-                    ReservationStatus::Released,
-                    reason,
-                )
-                .await?
-                {
-                    return Err(HandlerError::Transient(anyhow::anyhow!(
-                        "reservation of order {order_id} changed under its lock"
-                    )));
-                }
-                store::move_units(&mut tx, &held.items, Movement::Release)
-                    .await
-                    .map_err(HandlerError::Transient)?;
-                tracing::info!(lines = held.items.len(), reason = %failed.reason, "reservation released");
-                let released = InventoryReleased {
-                    event_id: new_event_id(),
-                    order_id: failed.order_id.clone(),
-                    causation_id: Some(failed.event_id.clone()),
-                    occurred_at: now_millis(),
-                    items: held.items,
-                    reason: failed.reason.clone(),
-                };
-                enqueue(&mut tx, released.into(), consumed).await?;
-            }
-            Some(other) if other.status == ReservationStatus::Committed => {
-                tracing::error!("order failed after its reservation was committed; the stock stays sold");
-            }
-            Some(other) => {
-                tracing::info!(status = other.status.as_str(), "nothing held for the failed order");
-            }
-            None => {
-                let tombstone = NewReservation {
-                    order_id,
-                    status: ReservationStatus::Released,
-                    items: &[],
-                    created_event_id: None,
-                    reason: Some(failed.reason.as_str()),
-                };
-                if !store::insert_reservation(&mut tx, tombstone).await? {
-                    return Err(HandlerError::Transient(anyhow::anyhow!(
-                        "reservation of order {order_id} was decided concurrently"
-                    )));
-                }
-                tracing::warn!("order failed before its order.created was seen; recorded a tombstone");
-            }
-        }
-        self.commit(tx).await
-    }
-
     /// Starts the event's transaction and records it in the inbox; `None` if it was processed
     /// before (nothing else may happen then).
     async fn begin_once(
@@ -258,28 +60,155 @@ impl OrderEventHandler {
         }
         Ok(Some(tx))
     }
+}
 
-    async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<(), HandlerError> {
-        tx.commit().await?;
-        self.relay.notify();
-        Ok(())
+/// Reserves every line of the order or none; returns the event that says which.
+#[tracing::instrument(skip_all, fields(order_id = %created.envelope.order_id, event_id = %created.envelope.event_id))]
+async fn on_order_created(tx: &mut PgConnection, created: &OrderCreated) -> Result<Option<SagaEvent>> {
+    let order_id = created.envelope.order_id;
+    let demand = domain::demand(&created.items)?;
+    match domain::on_created(store::lock_reservation(tx, order_id).await?) {
+        OnCreated::AlreadyDecided(status) => {
+            tracing::warn!(%status, "order.created for an order already decided; ignored");
+            return Ok(None);
+        }
+        OnCreated::AlreadyFailed => {
+            if !store::claim_tombstone(tx, order_id, created.envelope.event_id).await? {
+                return Err(Error::DecidedConcurrently { order_id });
+            }
+            tracing::info!("order failed before it was created: reserving nothing");
+            return Ok(Some(reservation_failed(
+                created,
+                FailureReason::OrderAlreadyFailed,
+                Vec::new(),
+            )));
+        }
+        OnCreated::Decide => {}
+    }
+
+    let skus: Vec<String> = demand.iter().map(|line| line.sku.clone()).collect();
+    let available = store::lock_available(tx, &skus).await?;
+    let (status, reason, caused) = match domain::decide(&demand, &available) {
+        Decision::Reserve(items) => {
+            store::move_units(tx, order_id, &items, Movement::Reserve).await?;
+            tracing::info!(lines = items.len(), "order reserved");
+            let reserved = InventoryReserved {
+                envelope: Envelope::caused_by(created),
+                items,
+            };
+            (ReservationStatus::Reserved, None, reserved.into())
+        }
+        Decision::Reject { unavailable_skus } => {
+            tracing::info!(?unavailable_skus, "order rejected: out of stock");
+            let reason = FailureReason::OutOfStock;
+            let failed = reservation_failed(created, reason, unavailable_skus);
+            (ReservationStatus::Rejected, Some(reason.as_str()), failed)
+        }
+    };
+    let decision = NewReservation {
+        order_id,
+        status,
+        items: &demand,
+        created_event_id: Some(created.envelope.event_id),
+        reason,
+    };
+    if !store::insert_reservation(tx, decision).await? {
+        // Another instance decided this order between our read and our insert; the retry rolls
+        // back (stock included) and sees its decision.
+        return Err(Error::DecidedConcurrently { order_id });
+    }
+    Ok(Some(caused))
+}
+
+/// Turns a held reservation into a sale; returns inventory.committed if it did.
+#[tracing::instrument(skip_all, fields(order_id = %confirmed.envelope.order_id, event_id = %confirmed.envelope.event_id))]
+async fn on_order_confirmed(tx: &mut PgConnection, confirmed: &OrderConfirmed) -> Result<Option<SagaEvent>> {
+    let order_id = confirmed.envelope.order_id;
+    match domain::on_confirmed(store::lock_reservation(tx, order_id).await?) {
+        OnConfirmed::Commit(items) => {
+            transition(tx, order_id, ReservationStatus::Committed, None).await?;
+            store::move_units(tx, order_id, &items, Movement::Commit).await?;
+            tracing::info!(lines = items.len(), "reservation committed");
+            let committed = InventoryCommitted {
+                envelope: Envelope::caused_by(confirmed),
+                items,
+            };
+            Ok(Some(committed.into()))
+        }
+        OnConfirmed::AlreadyCommitted => {
+            tracing::info!("reservation already committed; nothing to do");
+            Ok(None)
+        }
+        OnConfirmed::NothingHeld(status) => {
+            tracing::error!(%status, "order confirmed without a held reservation; nothing to commit");
+            Ok(None)
+        }
+        OnConfirmed::NeverReserved => Err(Error::NeverReserved { order_id }),
     }
 }
 
-async fn enqueue(tx: &mut PgConnection, event: SagaEvent, cause: &ConsumedEvent) -> Result<(), HandlerError> {
-    outbox::enqueue(tx, &event, cause.traceparent.as_deref())
-        .await
-        .map_err(|error| HandlerError::Transient(error.into()))
+/// Gives a failed order's held units back; returns inventory.released if it did.
+#[tracing::instrument(skip_all, fields(order_id = %failed.envelope.order_id, event_id = %failed.envelope.event_id))]
+async fn on_order_failed(tx: &mut PgConnection, failed: &OrderFailed) -> Result<Option<SagaEvent>> {
+    let order_id = failed.envelope.order_id;
+    let reason = failed.reason();
+    match domain::on_failed(store::lock_reservation(tx, order_id).await?) {
+        OnFailed::Release(items) => {
+            transition(tx, order_id, ReservationStatus::Released, Some(reason.as_str())).await?;
+            store::move_units(tx, order_id, &items, Movement::Release).await?;
+            tracing::info!(lines = items.len(), %reason, "reservation released");
+            let released = InventoryReleased {
+                envelope: Envelope::caused_by(failed),
+                items,
+                reason: reason.to_string(),
+            };
+            Ok(Some(released.into()))
+        }
+        OnFailed::AlreadySold => {
+            tracing::error!("order failed after its reservation was committed; the stock stays sold");
+            Ok(None)
+        }
+        OnFailed::NothingHeld(status) => {
+            tracing::info!(%status, "nothing held for the failed order");
+            Ok(None)
+        }
+        OnFailed::LeaveTombstone => {
+            let tombstone = NewReservation {
+                order_id,
+                status: ReservationStatus::Released,
+                items: &[],
+                created_event_id: None,
+                reason: Some(reason.as_str()),
+            };
+            if !store::insert_reservation(tx, tombstone).await? {
+                return Err(Error::DecidedConcurrently { order_id });
+            }
+            tracing::warn!("order failed before its order.created was seen; recorded a tombstone");
+            Ok(None)
+        }
+    }
 }
 
-fn parse_uuid(field: &str, value: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(value).map_err(|error| HandlerError::Invalid(format!("{field} {value:?} is not a UUID: {error}")))
+/// Moves the order's held reservation (locked by the caller) to `to`.
+async fn transition(
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    to: ReservationStatus,
+    reason: Option<&str>,
+) -> Result<()> {
+    if !store::transition(tx, order_id, ReservationStatus::Reserved, to, reason).await? {
+        return Err(Error::DecidedConcurrently { order_id });
+    }
+    Ok(())
 }
 
-fn new_event_id() -> String {
-    Uuid::new_v4().to_string()
-}
-
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// inventory.reservation_failed for `created`: nothing was reserved, for `reason`.
+fn reservation_failed(created: &OrderCreated, reason: FailureReason, unavailable_skus: Vec<String>) -> SagaEvent {
+    InventoryReservationFailed {
+        envelope: Envelope::caused_by(created),
+        reason: reason.to_string(),
+        failure_reason: reason,
+        unavailable_skus,
+    }
+    .into()
 }

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_common::http::{ApiError, JsonBody};
 use saga_common::outbox::{self, Relay};
-use saga_contracts::{SagaEvent, StockAdjusted};
+use saga_contracts::{Envelope, SagaEvent, StockAdjusted};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -133,12 +133,13 @@ async fn post_adjustment(
         )));
     }
     let levels_after = store::add_available(&mut tx, &sku, i64::from(delta)).await?;
+    let envelope = Envelope::for_command_without_order();
     let adjustment = Adjustment {
         adjustment_id,
         sku: sku.clone(),
         delta: i64::from(delta),
         reason: reason.to_string(),
-        event_id: Uuid::new_v4(),
+        event_id: envelope.event_id,
         levels_after,
     };
     if !store::insert_adjustment(&mut tx, &adjustment).await? {
@@ -153,10 +154,7 @@ async fn post_adjustment(
         return replay(&earlier, &sku, i64::from(delta), reason);
     }
     let event = SagaEvent::StockAdjusted(StockAdjusted {
-        event_id: adjustment.event_id.to_string(),
-        order_id: None,
-        causation_id: None,
-        occurred_at: chrono::Utc::now().timestamp_millis(),
+        envelope,
         sku: sku.clone(),
         delta,
         reason: adjustment.reason.clone(),

@@ -13,14 +13,13 @@ use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
+pub mod domain;
 pub mod error;
 mod handler;
 mod http;
-pub mod reservation;
 mod store;
 
-pub use error::InvalidOrder;
-pub use handler::{ORDER_ALREADY_FAILED, OUT_OF_STOCK};
+pub use error::{Error, InvalidOrder};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
@@ -29,6 +28,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     name: "inventory-service",
     default_database: "saga_inventory",
     default_http_port: 8083,
+    ready_without_broker: false,
 };
 
 /// Configuration of the inventory service.

@@ -7,10 +7,13 @@
 
 use std::collections::HashMap;
 
-use saga_contracts::StockLine;
+use saga_contracts::{EventId, OrderId, StockLine};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
+
+use crate::domain::{Reservation, ReservationStatus};
+use crate::error::{Error, Result};
 
 /// Stock levels of one SKU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,90 +46,53 @@ impl Movement {
 
 /// Locks the stock rows of `skus` in sku order and returns their available units. SKUs
 /// without a row are absent from the map (nothing available).
-pub(crate) async fn lock_available(tx: &mut PgConnection, skus: &[String]) -> sqlx::Result<HashMap<String, i64>> {
+pub(crate) async fn lock_available(tx: &mut PgConnection, skus: &[String]) -> Result<HashMap<String, i64>> {
     let rows = sqlx::query("SELECT sku, available FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
         .bind(skus)
         .fetch_all(tx)
         .await?;
-    rows.iter()
+    let available = rows
+        .iter()
         .map(|row| Ok((row.try_get("sku")?, row.try_get("available")?)))
-        .collect()
+        .collect::<sqlx::Result<_>>()?;
+    Ok(available)
 }
 
-/// Moves the quantities of `lines` between stock columns, locking the rows in sku order first.
-/// Fails if a row is missing (the reservation and the stock disagree) or a column would go
-/// below zero (the CHECK constraints).
-pub(crate) async fn move_units(tx: &mut PgConnection, lines: &[StockLine], movement: Movement) -> anyhow::Result<()> {
+/// Moves the quantities of `order_id`'s reservation `lines` between stock columns, locking the
+/// rows in sku order first. A missing row is [`Error::StockRowsMissing`]; a column that would go
+/// below zero violates a CHECK constraint (a permanent database error).
+pub(crate) async fn move_units(
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    lines: &[StockLine],
+    movement: Movement,
+) -> Result<()> {
     let mut skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
     skus.sort();
     let locked = lock_available(tx, &skus).await?;
-    let quantities: Vec<i64> = lines.iter().map(|line| i64::from(line.quantity)).collect();
+    let missing: Vec<String> = skus.iter().filter(|sku| !locked.contains_key(*sku)).cloned().collect();
+    if !missing.is_empty() {
+        return Err(Error::StockRowsMissing {
+            order_id,
+            skus: missing,
+        });
+    }
     let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|line| i64::from(line.quantity)).collect();
     let statement = format!(
         "UPDATE stock SET {} FROM unnest($1::text[], $2::bigint[]) AS d(sku, quantity) WHERE stock.sku = d.sku",
         movement.assignments()
     );
-    let updated = sqlx::query(&statement)
+    sqlx::query(&statement)
         .bind(&skus)
         .bind(&quantities)
         .execute(tx)
-        .await?
-        .rows_affected();
-    if locked.len() != lines.len() || updated != lines.len() as u64 {
-        anyhow::bail!(
-            "stock rows missing for a {movement:?}: expected {} skus, found {} (skus {skus:?})",
-            lines.len(),
-            locked.len()
-        );
-    }
+        .await?;
     Ok(())
 }
 
-/// A reservation as stored.
-#[derive(Debug, Clone)]
-pub(crate) struct Reservation {
-    pub(crate) status: ReservationStatus,
-    pub(crate) items: Vec<StockLine>,
-    /// The order.created that decided it; `None` for a tombstone left by an early order.failed.
-    pub(crate) created_event_id: Option<Uuid>,
-}
-
-/// The life cycle of a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReservationStatus {
-    /// Units are held for the order.
-    Reserved,
-    /// The order could not be reserved; nothing is held.
-    Rejected,
-    /// The held units were sold.
-    Committed,
-    /// The held units were given back (or nothing was ever held: a tombstone).
-    Released,
-}
-
-impl ReservationStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ReservationStatus::Reserved => "reserved",
-            ReservationStatus::Rejected => "rejected",
-            ReservationStatus::Committed => "committed",
-            ReservationStatus::Released => "released",
-        }
-    }
-
-    fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(match text {
-            "reserved" => ReservationStatus::Reserved,
-            "rejected" => ReservationStatus::Rejected,
-            "committed" => ReservationStatus::Committed,
-            "released" => ReservationStatus::Released,
-            other => anyhow::bail!("unknown reservation status {other:?}"),
-        })
-    }
-}
-
 /// Reads and locks the reservation of `order_id`, if any.
-pub(crate) async fn lock_reservation(tx: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Option<Reservation>> {
+pub(crate) async fn lock_reservation(tx: &mut PgConnection, order_id: OrderId) -> Result<Option<Reservation>> {
     let row = sqlx::query("SELECT status, items, created_event_id FROM reservations WHERE order_id = $1 FOR UPDATE")
         .bind(order_id)
         .fetch_optional(tx)
@@ -136,7 +102,10 @@ pub(crate) async fn lock_reservation(tx: &mut PgConnection, order_id: Uuid) -> a
     };
     let Json(items): Json<Vec<StockLine>> = row.try_get("items")?;
     Ok(Some(Reservation {
-        status: ReservationStatus::parse(row.try_get("status")?)?,
+        status: row
+            .try_get::<&str, _>("status")?
+            .parse()
+            .map_err(Error::UnknownStatus)?,
         items,
         created_event_id: row.try_get("created_event_id")?,
     }))
@@ -144,15 +113,15 @@ pub(crate) async fn lock_reservation(tx: &mut PgConnection, order_id: Uuid) -> a
 
 /// A reservation decision to insert.
 pub(crate) struct NewReservation<'a> {
-    pub(crate) order_id: Uuid,
+    pub(crate) order_id: OrderId,
     pub(crate) status: ReservationStatus,
     pub(crate) items: &'a [StockLine],
-    pub(crate) created_event_id: Option<Uuid>,
+    pub(crate) created_event_id: Option<EventId>,
     pub(crate) reason: Option<&'a str>,
 }
 
 /// Inserts a reservation unless the order already has one; returns whether it was inserted.
-pub(crate) async fn insert_reservation(tx: &mut PgConnection, new: NewReservation<'_>) -> sqlx::Result<bool> {
+pub(crate) async fn insert_reservation(tx: &mut PgConnection, new: NewReservation<'_>) -> Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO reservations (order_id, status, items, created_event_id, reason) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (order_id) DO NOTHING",
@@ -171,11 +140,11 @@ pub(crate) async fn insert_reservation(tx: &mut PgConnection, new: NewReservatio
 /// Moves a reservation from `from` to `to`; returns whether it was in `from` (and now is `to`).
 pub(crate) async fn transition(
     tx: &mut PgConnection,
-    order_id: Uuid,
+    order_id: OrderId,
     from: ReservationStatus,
     to: ReservationStatus,
     reason: Option<&str>,
-) -> sqlx::Result<bool> {
+) -> Result<bool> {
     let updated = sqlx::query(
         "UPDATE reservations SET status = $3, reason = COALESCE($4, reason), updated_at = now() \
          WHERE order_id = $1 AND status = $2",
@@ -192,7 +161,7 @@ pub(crate) async fn transition(
 
 /// Records that the order.created `event_id` found the tombstone of `order_id`; returns whether
 /// the tombstone was still unclaimed.
-pub(crate) async fn claim_tombstone(tx: &mut PgConnection, order_id: Uuid, event_id: Uuid) -> sqlx::Result<bool> {
+pub(crate) async fn claim_tombstone(tx: &mut PgConnection, order_id: OrderId, event_id: EventId) -> Result<bool> {
     let updated = sqlx::query(
         "UPDATE reservations SET created_event_id = $2, updated_at = now() \
          WHERE order_id = $1 AND status = 'released' AND created_event_id IS NULL",
@@ -206,7 +175,7 @@ pub(crate) async fn claim_tombstone(tx: &mut PgConnection, order_id: Uuid, event
 }
 
 /// The stock levels of `sku`, if it was ever stocked.
-pub(crate) async fn stock_levels(tx: &mut PgConnection, sku: &str) -> sqlx::Result<Option<StockLevels>> {
+pub(crate) async fn stock_levels(tx: &mut PgConnection, sku: &str) -> Result<Option<StockLevels>> {
     let row = sqlx::query("SELECT available, reserved, committed FROM stock WHERE sku = $1")
         .bind(sku)
         .fetch_optional(tx)
@@ -215,7 +184,7 @@ pub(crate) async fn stock_levels(tx: &mut PgConnection, sku: &str) -> sqlx::Resu
 }
 
 /// Locks the stock row of `sku`, creating an empty one first if the SKU is new.
-pub(crate) async fn lock_or_create_stock(tx: &mut PgConnection, sku: &str) -> sqlx::Result<StockLevels> {
+pub(crate) async fn lock_or_create_stock(tx: &mut PgConnection, sku: &str) -> Result<StockLevels> {
     sqlx::query("INSERT INTO stock (sku) VALUES ($1) ON CONFLICT (sku) DO NOTHING")
         .bind(sku)
         .execute(&mut *tx)
@@ -228,7 +197,7 @@ pub(crate) async fn lock_or_create_stock(tx: &mut PgConnection, sku: &str) -> sq
 }
 
 /// Adds `delta` to the available units of the locked row of `sku`.
-pub(crate) async fn add_available(tx: &mut PgConnection, sku: &str, delta: i64) -> sqlx::Result<StockLevels> {
+pub(crate) async fn add_available(tx: &mut PgConnection, sku: &str, delta: i64) -> Result<StockLevels> {
     let row = sqlx::query(
         "UPDATE stock SET available = available + $2 WHERE sku = $1 RETURNING available, reserved, committed",
     )
@@ -239,7 +208,7 @@ pub(crate) async fn add_available(tx: &mut PgConnection, sku: &str, delta: i64) 
     levels_from(&row)
 }
 
-fn levels_from(row: &sqlx::postgres::PgRow) -> sqlx::Result<StockLevels> {
+fn levels_from(row: &sqlx::postgres::PgRow) -> Result<StockLevels> {
     Ok(StockLevels {
         available: row.try_get("available")?,
         reserved: row.try_get("reserved")?,
@@ -254,12 +223,12 @@ pub(crate) struct Adjustment {
     pub(crate) sku: String,
     pub(crate) delta: i64,
     pub(crate) reason: String,
-    pub(crate) event_id: Uuid,
+    pub(crate) event_id: EventId,
     pub(crate) levels_after: StockLevels,
 }
 
 /// The adjustment recorded under `adjustment_id`, if any.
-pub(crate) async fn find_adjustment(tx: &mut PgConnection, adjustment_id: Uuid) -> sqlx::Result<Option<Adjustment>> {
+pub(crate) async fn find_adjustment(tx: &mut PgConnection, adjustment_id: Uuid) -> Result<Option<Adjustment>> {
     let row = sqlx::query(
         "SELECT adjustment_id, sku, delta, reason, event_id, available_after, reserved_after, committed_after \
          FROM stock_adjustments WHERE adjustment_id = $1",
@@ -267,7 +236,7 @@ pub(crate) async fn find_adjustment(tx: &mut PgConnection, adjustment_id: Uuid) 
     .bind(adjustment_id)
     .fetch_optional(tx)
     .await?;
-    row.map(|row| {
+    row.map(|row| -> Result<Adjustment> {
         Ok(Adjustment {
             adjustment_id: row.try_get("adjustment_id")?,
             sku: row.try_get("sku")?,
@@ -286,7 +255,7 @@ pub(crate) async fn find_adjustment(tx: &mut PgConnection, adjustment_id: Uuid) 
 
 /// Records an applied adjustment; returns `false` if its id was taken meanwhile (a concurrent
 /// retry of the same request won), in which case the caller must roll back.
-pub(crate) async fn insert_adjustment(tx: &mut PgConnection, adjustment: &Adjustment) -> sqlx::Result<bool> {
+pub(crate) async fn insert_adjustment(tx: &mut PgConnection, adjustment: &Adjustment) -> Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO stock_adjustments \
          (adjustment_id, sku, delta, reason, event_id, available_after, reserved_after, committed_after) \

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use saga_contracts::{FailureReason, OrderId};
+
 /// Domain of every Message-ID this service generates.
 pub const MESSAGE_ID_DOMAIN: &str = "saga-platform.local";
 
@@ -35,25 +37,25 @@ impl fmt::Display for Outcome {
 /// The facts of an order that its outcome email mentions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderOutcome<'a> {
-    /// The order id (a UUID).
-    pub order_id: &'a str,
+    /// The order.
+    pub order_id: OrderId,
     /// Order total in minor units of `currency`.
     pub total_minor: i64,
     /// ISO 4217 code.
     pub currency: &'a str,
-    /// What happened; failures carry the saga's reason code.
-    pub result: OutcomeDetail<'a>,
+    /// What happened; failures carry the saga's reason.
+    pub result: OutcomeDetail,
 }
 
-/// Outcome plus, for failures, the saga's reason code.
+/// Outcome plus, for failures, the saga's reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutcomeDetail<'a> {
+pub enum OutcomeDetail {
     /// Confirmed.
     Confirmed,
-    /// Failed for `reason` (e.g. `payment_declined`).
+    /// Failed for `reason`.
     Failed {
-        /// The saga's reason code.
-        reason: &'a str,
+        /// Why the saga failed the order.
+        reason: FailureReason,
     },
 }
 
@@ -82,7 +84,8 @@ impl OrderOutcome<'_> {
 
     /// Subject and body of this outcome's email.
     pub fn render(&self) -> RenderedEmail {
-        let short = short_order_id(self.order_id);
+        let order_id = self.order_id.to_string();
+        let short = short_order_id(&order_id);
         let total = format_money(self.total_minor, self.currency);
         match self.result {
             OutcomeDetail::Confirmed => RenderedEmail {
@@ -92,7 +95,6 @@ impl OrderOutcome<'_> {
                      your order {order_id} is confirmed.\n\
                      Total charged: {total}.\n\n\
                      Thank you for your order.\n",
-                    order_id = self.order_id,
                 ),
             },
             OutcomeDetail::Failed { reason } => RenderedEmail {
@@ -101,7 +103,6 @@ impl OrderOutcome<'_> {
                     "Hello,\n\n\
                      we are sorry: your order {order_id} could not be completed because {why}.\n\
                      Order total: {total}. Nothing has been charged for it; any amount taken is refunded.\n",
-                    order_id = self.order_id,
                     why = reason_in_words(reason),
                 ),
             },
@@ -110,8 +111,9 @@ impl OrderOutcome<'_> {
 }
 
 /// `<{order_id}.{outcome}@saga-platform.local>`: one Message-ID per order outcome, the same on
-/// every attempt, so a receiver that sees it twice can drop the second copy.
-pub fn message_id(order_id: &str, outcome: Outcome) -> String {
+/// every attempt, so a receiver that sees it twice can drop the second copy. The id is written
+/// in its canonical (lowercase) form whatever its spelling in the event.
+pub fn message_id(order_id: OrderId, outcome: Outcome) -> String {
     format!("<{order_id}.{outcome}@{MESSAGE_ID_DOMAIN}>")
 }
 
@@ -124,12 +126,13 @@ pub fn short_order_id(order_id: &str) -> &str {
 }
 
 /// A saga failure reason as a customer reads it, completing "could not be completed because …".
-pub fn reason_in_words(reason: &str) -> String {
+pub fn reason_in_words(reason: FailureReason) -> &'static str {
     match reason {
-        "payment_declined" => "your payment was declined".to_string(),
-        "out_of_stock" => "an item is out of stock".to_string(),
-        "deadline_exceeded" => "we could not complete it in time".to_string(),
-        other => format!("of an unexpected problem ({})", other.replace('_', " ")),
+        FailureReason::PaymentDeclined => "your payment was declined",
+        FailureReason::OutOfStock => "an item is out of stock",
+        FailureReason::DeadlineExceeded => "we could not complete it in time",
+        FailureReason::OrderAlreadyFailed => "it had already been stopped",
+        FailureReason::Unknown => "of an unexpected problem",
     }
 }
 
@@ -165,41 +168,50 @@ mod tests {
 
     const ORDER_ID: &str = "0f8e2c4a-1b2c-4d5e-8f90-123456789abc";
 
-    fn confirmed() -> OrderOutcome<'static> {
+    fn order_id() -> OrderId {
+        ORDER_ID.parse().expect("a UUID")
+    }
+
+    fn outcome(result: OutcomeDetail) -> OrderOutcome<'static> {
         OrderOutcome {
-            order_id: ORDER_ID,
+            order_id: order_id(),
             total_minor: 3998,
             currency: "USD",
-            result: OutcomeDetail::Confirmed,
+            result,
         }
     }
 
-    fn failed(reason: &'static str) -> OrderOutcome<'static> {
-        OrderOutcome {
-            order_id: ORDER_ID,
-            total_minor: 3998,
-            currency: "USD",
-            result: OutcomeDetail::Failed { reason },
-        }
+    fn failed(reason: FailureReason) -> OrderOutcome<'static> {
+        outcome(OutcomeDetail::Failed { reason })
     }
 
     #[test]
     fn the_message_id_is_derived_from_order_and_outcome_only() {
         assert_eq!(
-            message_id(ORDER_ID, Outcome::Confirmed),
+            message_id(order_id(), Outcome::Confirmed),
             format!("<{ORDER_ID}.confirmed@saga-platform.local>")
         );
         assert_eq!(
-            message_id(ORDER_ID, Outcome::Failed),
+            message_id(order_id(), Outcome::Failed),
             format!("<{ORDER_ID}.failed@saga-platform.local>")
         );
-        assert_eq!(confirmed().message_id(), confirmed().message_id());
-        assert_ne!(confirmed().message_id(), failed("out_of_stock").message_id());
+        let confirmed = outcome(OutcomeDetail::Confirmed);
+        assert_eq!(confirmed.message_id(), confirmed.clone().message_id());
+        assert_ne!(confirmed.message_id(), failed(FailureReason::OutOfStock).message_id());
+    }
+
+    #[test]
+    fn the_message_id_does_not_depend_on_how_the_event_spelled_the_order_id() {
+        let shouted: OrderId = ORDER_ID.to_uppercase().parse().expect("a UUID");
+        assert_eq!(
+            message_id(shouted, Outcome::Confirmed),
+            message_id(order_id(), Outcome::Confirmed)
+        );
     }
 
     #[test]
     fn a_confirmation_names_the_short_order_id_the_full_id_and_the_total() {
-        let email = confirmed().render();
+        let email = outcome(OutcomeDetail::Confirmed).render();
         assert_eq!(email.subject, "Order 0f8e2c4a confirmed");
         assert!(email.body.contains(ORDER_ID), "{}", email.body);
         assert!(email.body.contains("39.98 USD"), "{}", email.body);
@@ -207,13 +219,16 @@ mod tests {
 
     #[test]
     fn a_failure_email_says_why_in_words() {
-        let email = failed("payment_declined").render();
+        let email = failed(FailureReason::PaymentDeclined).render();
         assert_eq!(email.subject, "Order 0f8e2c4a failed");
         assert!(email.body.contains("your payment was declined"), "{}", email.body);
         assert!(email.body.contains(ORDER_ID), "{}", email.body);
         assert!(email.body.contains("39.98 USD"), "{}", email.body);
-        assert!(failed("out_of_stock").render().body.contains("an item is out of stock"));
-        assert!(failed("deadline_exceeded")
+        assert!(failed(FailureReason::OutOfStock)
+            .render()
+            .body
+            .contains("an item is out of stock"));
+        assert!(failed(FailureReason::DeadlineExceeded)
             .render()
             .body
             .contains("we could not complete it in time"));
@@ -221,10 +236,8 @@ mod tests {
 
     #[test]
     fn an_unknown_failure_reason_is_still_explained() {
-        assert_eq!(
-            reason_in_words("fraud_suspected"),
-            "of an unexpected problem (fraud suspected)"
-        );
+        let body = failed(FailureReason::Unknown).render().body;
+        assert!(body.contains("because of an unexpected problem."), "{body}");
     }
 
     #[test]

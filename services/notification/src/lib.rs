@@ -1,20 +1,24 @@
 //! Notification service: emails each order's outcome to its customer exactly once.
 //!
-//! The `orders` consumer ([`handler`]) only records the intent to send, in one transaction with
-//! its inbox entry; the [`mailer`] sends recorded emails over SMTP afterwards, retrying failures
-//! with backoff and never dropping one. Each email carries a deterministic Message-ID per order
-//! outcome, so the one resend a crash can cause (after the SMTP server accepted the mail, before
-//! it was marked sent) is recognisable by the receiver. See docs/notification.md.
+//! This file wires the parts together. The `orders` consumer ([`handler`]) only records the
+//! intent to send ([`domain`] decides which email an event asks for, [`email`] renders it), in
+//! one transaction with its inbox entry; the [`mailer`] sends recorded emails over SMTP
+//! afterwards, retrying what may pass and setting aside, for operators ([`http`]), what
+//! retrying cannot deliver; never dropping one. All SQL is in [`store`], the error policy in
+//! [`error`]. Each email carries a deterministic Message-ID per order outcome, so the one resend
+//! a crash can cause (after the SMTP server accepted the mail, before it was marked sent) is
+//! recognisable by the receiver. See docs/notification.md.
 
 use std::sync::Arc;
 
 use clap::Parser;
-use saga_common::service::{RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
+use saga_common::service::{BackgroundTask, RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
 use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub mod domain;
 pub mod email;
 pub mod error;
 pub mod handler;
@@ -33,6 +37,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     name: "notification-service",
     default_database: "saga_notification",
     default_http_port: 8084,
+    ready_without_broker: false,
 };
 
 /// Configuration of the notification service.
@@ -71,13 +76,19 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     tracing::info!(smtp = ?config.smtp, "emails go to this SMTP server");
     let listen = config.service.http_listen(&SPEC);
     let mailer_wake = Arc::new(Notify::new());
-    let mailer = Mailer::new(context.database.clone(), sender, mailer_wake.clone(), &config.mailer);
+    let mailer = Mailer::new(
+        context.database.clone(),
+        sender,
+        mailer_wake.clone(),
+        &config.mailer,
+        context.policy,
+    );
     let handler = OrderOutcomeHandler::new(context.database.clone(), mailer_wake);
     let routes = http::routes(context.database.clone());
     let workload = Workload {
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
         background: (0..config.mailer.concurrency.max(1))
-            .map(|_| Box::pin(mailer.clone().run(context.shutdown.clone())) as _)
+            .map(|_| BackgroundTask::new("mailer", mailer.clone().run(context.shutdown.clone())))
             .collect(),
     };
     let running = context.launch(listen, routes, workload).await?;

@@ -3,7 +3,12 @@
 //! It claims one due pending row at a time for a lease (a committed `claimed_until`, so several
 //! mailers, in one instance or many, never send the same row concurrently, even when a database
 //! connection is lost mid-send), sends it, and marks it sent, which ends the claim. A failed
-//! attempt is counted and the row is postponed with exponential backoff; it is never dropped.
+//! attempt is counted and the shared error policy decides what follows (see
+//! [`crate::error::smtp_class`] and [`crate::domain::after_failed_send`]): a failure that may
+//! pass (connection refused, a 4xx reply) postpones the row with exponential backoff, forever;
+//! one retrying cannot fix (a 5xx such as an unknown recipient) sets the row aside as `failed`,
+//! with its error, where operators list and redrive it, and the next email goes out. The
+//! mailer's own database work is retried in place by the same policy.
 //! On startup every pending row is made due (a crash after the handler's commit but before
 //! sending), and idle, it looks again periodically as well as when woken.
 //!
@@ -20,11 +25,13 @@ use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use saga_common::retry::{retry_until_ok, Backoff};
+use saga_common::retry::{Backoff, ErrorPolicy, GaveUp};
+use saga_common::{Classify, ErrorClass};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::{self, AfterFailedSend};
 use crate::error::{Error, Result};
 use crate::store::{self, PendingNotification};
 
@@ -212,14 +219,14 @@ impl SmtpSender {
     }
 }
 
-/// What one round of the mailer did.
-enum Round {
-    /// An email was accepted by the SMTP server and marked sent.
+/// What became of the email a mailer claimed.
+enum Delivery {
+    /// The SMTP server accepted it and it is marked sent.
     Sent,
-    /// An attempt failed; the email was postponed.
-    Failed,
-    /// Nothing is due.
-    Idle,
+    /// Retrying cannot deliver it: it is set aside as failed.
+    SetAside,
+    /// The attempt failed in a way that may pass: it stays pending, postponed.
+    Postponed,
 }
 
 /// Sends recorded emails until shutdown. Several mailers may run side by side (in one process or
@@ -230,112 +237,104 @@ pub struct Mailer {
     sender: SmtpSender,
     wake: Arc<Notify>,
     poll_interval: Duration,
-    backoff: Backoff,
+    /// For the mailer's own database work: retried in place.
+    database_policy: ErrorPolicy,
+    /// For sending an email: carried out over its attempts through the table (see
+    /// [`domain::after_failed_send`]), so a failing email never holds up the others.
+    email_policy: ErrorPolicy,
     claim: Duration,
 }
 
 impl Mailer {
     /// A mailer over `database`, sending with `sender`, woken through `wake` when the handler
-    /// recorded an email.
-    pub fn new(database: PgPool, sender: SmtpSender, wake: Arc<Notify>, config: &MailerConfig) -> Self {
+    /// recorded an email, following the service's error `policy`.
+    pub fn new(
+        database: PgPool,
+        sender: SmtpSender,
+        wake: Arc<Notify>,
+        config: &MailerConfig,
+        policy: ErrorPolicy,
+    ) -> Self {
         Self {
             database,
             sender,
             wake,
             poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
-            backoff: config.backoff(),
+            database_policy: policy,
+            email_policy: ErrorPolicy {
+                backoff: config.backoff(),
+                ..policy
+            },
             claim: Duration::from_secs(config.claim_secs.max(1)),
         }
     }
 
     /// Runs until `shutdown` is cancelled. An attempt in progress finishes (bounded by the SMTP
-    /// timeout) and is recorded before the task ends.
+    /// timeout) and is recorded before the task ends. Returns early only when its own database
+    /// work fails in a way retrying cannot fix; `/health/live` then reports the mailer dead.
     pub async fn run(self, shutdown: CancellationToken) {
-        let database_backoff = Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(5),
-        };
-        let Some(pending) = retry_until_ok("mailer startup sweep", database_backoff, &shutdown, || {
-            store::make_all_pending_due(&self.database)
-        })
-        .await
+        match self.send_until_shutdown(&shutdown).await {
+            Ok(()) => tracing::info!("mailer stopped"),
+            Err(gave_up) => tracing::error!(error = %gave_up, "mailer stopped: its database work keeps failing"),
+        }
+    }
+
+    async fn send_until_shutdown(&self, shutdown: &CancellationToken) -> Result<(), GaveUp> {
+        let database = &self.database;
+        let Some(pending) = self
+            .database_policy
+            .run("mailer startup sweep", shutdown, || {
+                store::make_all_pending_due(database)
+            })
+            .await
+            .transpose()?
         else {
-            return;
+            return Ok(());
         };
         if pending > 0 {
             tracing::info!(pending, "sending emails left pending by an earlier run");
         }
-        // Consecutive failures; after each one the whole mailer pauses with backoff, so an SMTP
-        // outage costs one attempt per pause, not one per pending row.
-        let mut failures = 0u32;
+        // Consecutive postponed attempts; after each one the whole mailer pauses with backoff,
+        // so an SMTP outage costs one attempt per pause, not one per pending row.
+        let mut postponed = 0u32;
         while !shutdown.is_cancelled() {
-            let pause = match self.send_next().await {
-                Ok(Round::Sent) => {
-                    failures = 0;
+            let Some(claimed) = self
+                .database_policy
+                .run("claiming the next email", shutdown, || {
+                    store::claim_due(database, self.claim)
+                })
+                .await
+                .transpose()?
+            else {
+                break;
+            };
+            let Some(notification) = claimed else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                }
+                continue;
+            };
+            match self.deliver(notification, shutdown).await? {
+                Delivery::Sent | Delivery::SetAside => {
+                    postponed = 0;
                     // There may be more: let an idle sibling mailer help.
                     self.wake.notify_one();
-                    continue;
                 }
-                Ok(Round::Idle) => {
+                Delivery::Postponed => {
+                    postponed = postponed.saturating_add(1);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.poll_interval) => {}
+                        _ = tokio::time::sleep(self.email_policy.backoff.delay(postponed)) => {}
                     }
-                    continue;
-                }
-                Ok(Round::Failed) => {
-                    failures = failures.saturating_add(1);
-                    self.backoff.delay(failures)
-                }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let pause = database_backoff.delay(failures);
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        attempt = failures,
-                        "mailer database access failed, retrying"
-                    );
-                    pause
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-        tracing::info!("mailer stopped");
-    }
-
-    /// Marks a sent email as sent, retrying with backoff until the database takes it.
-    async fn record_sent_until_it_sticks(&self, notification: &PendingNotification) {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let recorded = async {
-                let mut connection = self.database.acquire().await?;
-                store::mark_sent(&mut connection, notification.order_id, &notification.outcome).await
-            }
-            .await;
-            match recorded {
-                Ok(()) => return,
-                Err(error) => {
-                    let delay = self.backoff.delay(attempt);
-                    tracing::warn!(%error, attempt, "recording a sent email failed; retrying");
-                    tokio::time::sleep(delay).await;
                 }
             }
         }
+        Ok(())
     }
 
-    /// Claims the next due email, sends it and records the result.
-    async fn send_next(&self) -> Result<Round> {
-        let Some(notification) = store::claim_due(&self.database, self.claim).await? else {
-            return Ok(Round::Idle);
-        };
-        self.deliver(notification).await
-    }
-
+    /// Sends a claimed email and records what became of it.
     #[tracing::instrument(
         skip_all,
         fields(
@@ -345,33 +344,64 @@ impl Mailer {
             attempt = notification.attempts.saturating_add(1),
         )
     )]
-    async fn deliver(&self, notification: PendingNotification) -> Result<Round> {
-        match self.sender.send(&notification).await {
+    async fn deliver(
+        &self,
+        notification: PendingNotification,
+        shutdown: &CancellationToken,
+    ) -> Result<Delivery, GaveUp> {
+        let order_id = notification.order_id;
+        let outcome = notification.outcome.as_str();
+        let database = &self.database;
+        let error = match self.sender.send(&notification).await {
             Ok(()) => {
-                // The server has the mail: record it until the database answers, within the
-                // claim, so the email is not sent twice.
-                self.record_sent_until_it_sticks(&notification).await;
+                // The server has the mail: record it until the database takes it, shutdown or
+                // not (within the claim), so that no other attempt sends it again.
+                let keep_trying = CancellationToken::new();
+                self.database_policy
+                    .run("recording a sent email", &keep_trying, || {
+                        store::mark_sent(database, order_id, outcome)
+                    })
+                    .await
+                    .transpose()?;
                 tracing::info!("email sent");
-                Ok(Round::Sent)
+                return Ok(Delivery::Sent);
             }
-            Err(error) => {
-                let attempts = u32::try_from(notification.attempts.saturating_add(1)).unwrap_or(u32::MAX);
-                let retry_in = self.backoff.delay(attempts);
-                let reason = format!("{error:#}");
-                tracing::warn!(error = %reason, retry_in_ms = retry_in.as_millis() as u64, "sending email failed; will retry");
-                // If this fails too, the claim expires and the email is tried again then.
-                let mut connection = self.database.acquire().await?;
-                store::mark_failed(
-                    &mut connection,
-                    notification.order_id,
-                    &notification.outcome,
-                    &reason,
-                    retry_in,
-                )
-                .await?;
-                Ok(Round::Failed)
+            Err(error) => error,
+        };
+        let class = error.class();
+        let reason = format!("{error:#}");
+        let earlier = |count: i32| u32::try_from(count).unwrap_or(0);
+        // If recording the failure is interrupted by shutdown, the claim expires and the email
+        // is tried again then.
+        let delivery = match domain::after_failed_send(
+            &self.email_policy,
+            class,
+            earlier(notification.attempts),
+            earlier(notification.unclassified_failures),
+        ) {
+            AfterFailedSend::RetryAfter(delay) => {
+                tracing::warn!(error = %reason, %class, retry_in_ms = delay.as_millis() as u64, "sending email failed; will retry");
+                let unclassified = class == ErrorClass::Unclassified;
+                self.database_policy
+                    .run("postponing an email", shutdown, || {
+                        store::postpone(database, order_id, outcome, &reason, unclassified, delay)
+                    })
+                    .await
+                    .transpose()?;
+                Delivery::Postponed
             }
-        }
+            AfterFailedSend::SetAside => {
+                tracing::error!(error = %reason, %class, "email cannot be delivered; set aside as failed");
+                self.database_policy
+                    .run("setting an email aside", shutdown, || {
+                        store::set_aside(database, order_id, outcome, &reason)
+                    })
+                    .await
+                    .transpose()?;
+                Delivery::SetAside
+            }
+        };
+        Ok(delivery)
     }
 }
 
@@ -407,5 +437,46 @@ mod tests {
             ..SmtpConfig::default()
         };
         assert!(matches!(SmtpSender::new(&config), Err(Error::Config(_))));
+    }
+
+    fn pending_to(recipient: &str) -> PendingNotification {
+        PendingNotification {
+            order_id: saga_contracts::OrderId::new(),
+            outcome: "confirmed".into(),
+            recipient: recipient.into(),
+            subject: "Order confirmed".into(),
+            body: "Thank you.".into(),
+            message_id: "<test.confirmed@saga-platform.local>".into(),
+            attempts: 0,
+            unclassified_failures: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_smtp_server_nobody_listens_on_is_a_transient_error() -> anyhow::Result<()> {
+        // Bound once, then released: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let sender = SmtpSender::new(&SmtpConfig {
+            port,
+            command_timeout_ms: 2_000,
+            ..SmtpConfig::default()
+        })?;
+        let outcome = sender.send(&pending_to("ada@example.com")).await;
+        assert!(
+            matches!(&outcome, Err(error) if error.class() == ErrorClass::Transient),
+            "{outcome:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_recipient_that_does_not_parse_can_never_be_sent_to() -> anyhow::Result<()> {
+        let sender = SmtpSender::new(&SmtpConfig::default())?;
+        let outcome = sender.send(&pending_to("not an address")).await;
+        assert!(
+            matches!(&outcome, Err(error @ Error::Message(_)) if error.class() == ErrorClass::Permanent),
+            "{outcome:?}"
+        );
+        Ok(())
     }
 }

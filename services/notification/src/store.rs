@@ -1,38 +1,20 @@
-//! The `notifications` table: one row per order outcome, written by the event handler as the
-//! intent to send and updated by the mailer as attempts happen. All SQL of the service lives here.
+//! The `notifications` table, all SQL of the service: one row per order outcome, written by the
+//! handler as the intent to send and moved by the mailer from `pending` to `sent`, or to
+//! `failed` when retrying cannot deliver it.
 
 use std::time::Duration;
 
+use saga_contracts::OrderId;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
-use crate::email::Outcome;
-
-/// An email to send, as the handler records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewNotification {
-    /// The order.
-    pub order_id: Uuid,
-    /// Which outcome the email reports.
-    pub outcome: Outcome,
-    /// The customer's address.
-    pub recipient: String,
-    /// Rendered subject.
-    pub subject: String,
-    /// Rendered plain-text body.
-    pub body: String,
-    /// Deterministic Message-ID.
-    pub message_id: String,
-    /// The event that asked for the email.
-    pub source_event_id: Uuid,
-}
+use crate::domain::NewNotification;
 
 /// A pending email a mailer has claimed and is sending.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingNotification {
     /// The order.
-    pub order_id: Uuid,
+    pub order_id: OrderId,
     /// `confirmed` or `failed`.
     pub outcome: String,
     /// The customer's address.
@@ -43,13 +25,17 @@ pub struct PendingNotification {
     pub body: String,
     /// Deterministic Message-ID.
     pub message_id: String,
-    /// Attempts before this one.
+    /// Attempts before this one (all failed, or it would not be pending).
     pub attempts: i32,
+    /// How many of those failed with an unclassified error.
+    pub unclassified_failures: i32,
 }
 
 /// What an operator (or a test) sees of one email.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct NotificationView {
+    /// The order.
+    pub order_id: OrderId,
     /// `confirmed` or `failed`.
     pub outcome: String,
     /// The customer's address.
@@ -58,13 +44,20 @@ pub struct NotificationView {
     pub subject: String,
     /// Deterministic Message-ID.
     pub message_id: String,
-    /// `pending` or `sent`.
+    /// `pending`, `sent`, or `failed` (set aside: retrying cannot deliver it).
     pub status: String,
     /// SMTP attempts so far.
     pub attempts: i32,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
     /// When the SMTP server accepted it, if it did.
     pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it was set aside, if it was.
+    pub failed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+const VIEW_COLUMNS: &str =
+    "order_id, outcome, recipient, subject, message_id, status, attempts, last_error, sent_at, failed_at";
 
 /// Records the intent to send within the caller's transaction. Returns `false` if an email for
 /// this order outcome was recorded before (by another event with the same meaning).
@@ -99,7 +92,7 @@ pub async fn claim_due(pool: &PgPool, lease: Duration) -> Result<Option<PendingN
              WHERE status = 'pending' AND next_attempt_at <= now() \
                AND (claimed_until IS NULL OR claimed_until <= now()) \
              ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING order_id, outcome, recipient, subject, body, message_id, attempts",
+         RETURNING order_id, outcome, recipient, subject, body, message_id, attempts, unclassified_failures",
     )
     .bind(lease.as_secs_f64())
     .fetch_optional(pool)
@@ -107,7 +100,7 @@ pub async fn claim_due(pool: &PgPool, lease: Duration) -> Result<Option<PendingN
 }
 
 /// Marks a claimed email as accepted by the SMTP server and ends the claim.
-pub async fn mark_sent(tx: &mut PgConnection, order_id: Uuid, outcome: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_sent(pool: &PgPool, order_id: OrderId, outcome: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications \
          SET status = 'sent', sent_at = now(), attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
@@ -115,31 +108,49 @@ pub async fn mark_sent(tx: &mut PgConnection, order_id: Uuid, outcome: &str) -> 
     )
     .bind(order_id)
     .bind(outcome)
-    .execute(tx)
+    .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Counts a failed attempt on a claimed email, ends the claim and schedules the next attempt
-/// after `retry_in`.
-pub async fn mark_failed(
-    tx: &mut PgConnection,
-    order_id: Uuid,
+/// Counts a failed attempt on a claimed email (and whether nobody classified its error), ends
+/// the claim and schedules the next attempt after `retry_in`.
+pub async fn postpone(
+    pool: &PgPool,
+    order_id: OrderId,
     outcome: &str,
     error: &str,
+    unclassified: bool,
     retry_in: Duration,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications \
-         SET attempts = attempts + 1, last_error = $3, next_attempt_at = now() + make_interval(secs => $4), \
-             claimed_until = NULL \
+         SET attempts = attempts + 1, unclassified_failures = unclassified_failures + $4::int, \
+             last_error = $3, next_attempt_at = now() + make_interval(secs => $5), claimed_until = NULL \
          WHERE order_id = $1 AND outcome = $2",
     )
     .bind(order_id)
     .bind(outcome)
     .bind(error)
+    .bind(i32::from(unclassified))
     .bind(retry_in.as_secs_f64())
-    .execute(tx)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Counts a failed attempt on a claimed email, ends the claim and sets the email aside as
+/// `failed` with `error`: no mailer takes it again until it is redriven.
+pub async fn set_aside(pool: &PgPool, order_id: OrderId, outcome: &str, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications \
+         SET status = 'failed', failed_at = now(), attempts = attempts + 1, last_error = $3, claimed_until = NULL \
+         WHERE order_id = $1 AND outcome = $2",
+    )
+    .bind(order_id)
+    .bind(outcome)
+    .bind(error)
+    .execute(pool)
     .await?;
     Ok(())
 }
@@ -157,12 +168,34 @@ pub async fn make_all_pending_due(pool: &PgPool) -> Result<u64, sqlx::Error> {
 }
 
 /// Every email recorded for an order, oldest first.
-pub async fn list_for_order(pool: &PgPool, order_id: Uuid) -> Result<Vec<NotificationView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT outcome, recipient, subject, message_id, status, attempts, sent_at FROM notifications \
-         WHERE order_id = $1 ORDER BY created_at, outcome",
-    )
+pub async fn list_for_order(pool: &PgPool, order_id: OrderId) -> Result<Vec<NotificationView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM notifications WHERE order_id = $1 ORDER BY created_at, outcome"
+    ))
     .bind(order_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every email set aside as `failed`, in the order they were set aside.
+pub async fn list_failed(pool: &PgPool) -> Result<Vec<NotificationView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {VIEW_COLUMNS} FROM notifications WHERE status = 'failed' ORDER BY failed_at, order_id, outcome"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// Makes failed emails pending and due again, with a fresh unclassified budget: those of the
+/// orders in `order_ids`, or all of them when it is `None`. Returns the Message-IDs redriven.
+pub async fn redrive_failed(pool: &PgPool, order_ids: Option<&[OrderId]>) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE notifications \
+         SET status = 'pending', failed_at = NULL, unclassified_failures = 0, next_attempt_at = now() \
+         WHERE status = 'failed' AND ($1::uuid[] IS NULL OR order_id = ANY($1)) \
+         RETURNING message_id",
+    )
+    .bind(order_ids)
     .fetch_all(pool)
     .await
 }

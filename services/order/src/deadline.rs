@@ -1,14 +1,17 @@
-//! The saga deadline: orders still pending when their deadline passes fail with
-//! `deadline_exceeded`, and their participants compensate whatever they did.
+//! The deadline scanner: orders still pending when their deadline passes fail with
+//! `deadline_exceeded`, and their participants compensate whatever they did. A scan that fails
+//! follows the service's error policy; one given up on is tried again at the next scan.
 
 use std::time::Duration;
 
 use saga_common::outbox::Relay;
+use saga_common::retry::ErrorPolicy;
+use saga_contracts::Envelope;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::saga::SagaInput;
+use crate::domain::SagaInput;
+use crate::error::Result;
 use crate::store;
 
 /// How often overdue orders are looked for.
@@ -16,41 +19,52 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// Most orders failed per transaction.
 const BATCH: i64 = 100;
 
-/// Fails overdue orders until `shutdown`.
-pub async fn run(database: PgPool, relay: Relay, shutdown: CancellationToken) {
-    loop {
-        match fail_overdue(&database).await {
-            Ok(0) => {}
-            Ok(failed) => {
-                relay.notify();
-                tracing::info!(failed, "failed orders past their deadline");
-                continue;
-            }
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "deadline scan failed, retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
-        }
-    }
+/// Fails orders past their deadline.
+pub struct DeadlineScanner {
+    /// The order database.
+    pub database: PgPool,
+    /// Woken after order.failed events are committed.
+    pub relay: Relay,
+    /// What to do when a scan fails.
+    pub policy: ErrorPolicy,
 }
 
-/// Fails one batch of overdue orders; returns how many.
-pub async fn fail_overdue(database: &PgPool) -> anyhow::Result<usize> {
-    let mut tx = database.begin().await?;
-    // SKIP LOCKED: orders being decided by an outcome right now are left to that transaction.
-    let overdue: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT order_id FROM orders WHERE status = 'PENDING' AND deadline_at <= now() \
-         ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    for order_id in &overdue {
-        if let Some(order) = store::lock_order(&mut tx, *order_id).await? {
-            store::apply_fact(&mut tx, &order, SagaInput::DeadlinePassed, None, None).await?;
+impl DeadlineScanner {
+    /// Fails overdue orders until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self
+                .policy
+                .run("deadline scan", &shutdown, || self.fail_overdue())
+                .await
+            {
+                None => break,
+                Some(Ok(0)) => {}
+                Some(Ok(failed)) => {
+                    self.relay.notify();
+                    tracing::info!(failed, "failed orders past their deadline");
+                    continue; // there may be more than one batch
+                }
+                Some(Err(gave_up)) => {
+                    tracing::error!(error = %gave_up, "deadline scan gave up; trying again at the next scan");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+            }
         }
     }
-    tx.commit().await?;
-    Ok(overdue.len())
+
+    /// Fails one batch of overdue orders in one transaction; returns how many.
+    pub async fn fail_overdue(&self) -> Result<usize> {
+        let mut tx = self.database.begin().await?;
+        let overdue = store::lock_overdue(&mut tx, BATCH).await?;
+        for order in &overdue {
+            let (state, decided) = order.apply(SagaInput::DeadlinePassed, Envelope::for_command(order.order_id));
+            store::save_decision(&mut tx, order.order_id, &state, decided.as_ref(), None).await?;
+        }
+        tx.commit().await?;
+        Ok(overdue.len())
+    }
 }

@@ -1,18 +1,21 @@
 //! Order service: accepts orders over HTTP, emits order.created, and decides each order's fate
 //! from the payment and inventory outcomes (or its deadline), exactly once.
+//!
+//! The wiring lives here; `domain` decides, `handler` applies consumed events, `store` holds the
+//! SQL, `http` the routes, `error` the error policy, and `deadline` fails overdue orders.
 
-pub mod api;
 pub mod deadline;
-pub mod outcomes;
-pub mod placement;
-pub mod saga;
+pub mod domain;
+pub mod error;
+pub mod handler;
+pub mod http;
 pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use saga_common::service::{RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
+use saga_common::service::{BackgroundTask, RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
 use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +27,8 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     name: "order-service",
     default_database: "saga_order",
     default_http_port: 8080,
+    // Accepted orders wait in the outbox while the broker or the registry is down.
+    ready_without_broker: true,
 };
 
 /// Configuration of the order service.
@@ -46,24 +51,27 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
-    let routes = api::router(api::ApiState {
+    let routes = http::router(http::HttpState {
         database: context.database.clone(),
         relay: context.relay.clone(),
         saga_deadline,
     });
-    let handler = outcomes::OutcomeHandler {
+    let handler = handler::OutcomeHandler {
         database: context.database.clone(),
         relay: context.relay.clone(),
     };
-    let deadline_scanner = deadline::run(
-        context.database.clone(),
-        context.relay.clone(),
-        context.shutdown.clone(),
-    );
+    let deadline_scanner = deadline::DeadlineScanner {
+        database: context.database.clone(),
+        relay: context.relay.clone(),
+        policy: context.policy,
+    };
     let listen = config.service.http_listen(&SPEC);
     let workload = Workload {
         consumer: Some((vec![Topic::Payments, Topic::Inventory], Arc::new(handler))),
-        background: vec![Box::pin(deadline_scanner)],
+        background: vec![BackgroundTask::new(
+            "deadline scanner",
+            deadline_scanner.run(context.shutdown.clone()),
+        )],
     };
     Ok(Some(context.launch(listen, routes, workload).await?))
 }

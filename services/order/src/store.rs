@@ -1,50 +1,31 @@
 //! The order database: orders with their saga state, their timeline, and idempotency keys.
-//! Every function takes the caller's transaction, so a state change, its timeline entries and
-//! the events it emits (outbox) commit together.
+//! Every write takes the caller's transaction, so a state change, its timeline entries and the
+//! events it emits (outbox) commit together.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use saga_common::outbox;
-use saga_contracts::{OrderConfirmed, OrderCreated, OrderFailed, OrderLine, SagaEvent};
+use saga_contracts::{EventId, FailureReason, OrderId, SagaEvent};
 use serde::Serialize;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
-use uuid::Uuid;
 
-use crate::placement::{OrderLineRequest, ValidOrder};
-use crate::saga::{decide, Decision, InventoryOutcome, PaymentOutcome, SagaInput, SagaState};
+use crate::domain::{InventoryOutcome, Order, OrderLineRequest, OrderStatus, PaymentOutcome, SagaState, ValidOrder};
+use crate::error::{Error, Result};
 
 /// Name under which this service appears in timelines.
 pub const SOURCE: &str = "order-service";
 
-/// What the saga needs of a stored order.
-#[derive(Debug, Clone)]
-pub struct StoredOrder {
-    /// The order's id.
-    pub order_id: Uuid,
-    /// Recipient of the outcome email.
-    pub customer_email: String,
-    /// Order total in minor units.
-    pub total_minor: i64,
-    /// Currency of the total.
-    pub currency: String,
-    /// Saga state.
-    pub state: SagaState,
-}
-
-fn millis_to_time(millis: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(millis).single().unwrap_or_else(Utc::now)
-}
-
-/// Inserts a new order with its order.created event (timeline and outbox). Returns the event.
+/// Inserts a new pending order that must be decided by `deadline_at`.
 pub async fn insert_order(
     tx: &mut PgConnection,
-    order_id: Uuid,
+    order_id: OrderId,
     order: &ValidOrder,
     deadline_at: DateTime<Utc>,
-) -> anyhow::Result<SagaEvent> {
+) -> Result<()> {
     let request = &order.request;
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, customer_email, currency, total_minor, payment_token, items, status, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(order_id)
     .bind(&request.customer_id)
@@ -53,159 +34,185 @@ pub async fn insert_order(
     .bind(order.total_minor)
     .bind(&request.payment_token)
     .bind(serde_json::to_value(&request.items)?)
+    .bind(OrderStatus::Pending.as_str())
     .bind(deadline_at)
-    .execute(&mut *tx)
-    .await?;
-    let created = SagaEvent::OrderCreated(OrderCreated {
-        event_id: Uuid::new_v4().to_string(),
-        order_id: order_id.to_string(),
-        causation_id: None,
-        occurred_at: Utc::now().timestamp_millis(),
-        customer_id: request.customer_id.clone(),
-        customer_email: request.customer_email.clone(),
-        payment_token: request.payment_token.clone(),
-        total_minor: order.total_minor,
-        currency: request.currency.clone(),
-        items: request
-            .items
-            .iter()
-            .map(|line| OrderLine {
-                sku: line.sku.clone(),
-                // validated to be at most 1,000,000
-                quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
-                unit_price_minor: line.unit_price_minor,
-            })
-            .collect(),
-        sales_channel: "api".into(),
-    });
-    emit(tx, &created, None).await?;
-    Ok(created)
-}
-
-/// Writes `event` to the outbox and the order's timeline.
-pub async fn emit(tx: &mut PgConnection, event: &SagaEvent, traceparent: Option<&str>) -> anyhow::Result<()> {
-    outbox::enqueue(tx, event, traceparent).await?;
-    record_timeline(tx, event, SOURCE).await
-}
-
-/// Adds an event to its order's timeline (once per event id). Events of unknown orders are
-/// ignored.
-pub async fn record_timeline(tx: &mut PgConnection, event: &SagaEvent, source: &str) -> anyhow::Result<()> {
-    let Some(order_id) = event.order_id().and_then(|id| Uuid::parse_str(id).ok()) else {
-        return Ok(());
-    };
-    sqlx::query(
-        "INSERT INTO order_timeline (event_id, order_id, event_type, source, occurred_at) \
-         SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM orders WHERE order_id = $2) \
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(Uuid::parse_str(event.event_id())?)
-    .bind(order_id)
-    .bind(event.event_type().as_str())
-    .bind(source)
-    .bind(millis_to_time(event.occurred_at_millis()))
     .execute(tx)
     .await?;
     Ok(())
 }
 
-/// Loads an order and locks it for the rest of the transaction.
-pub async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Option<StoredOrder>> {
-    let row = sqlx::query(
-        "SELECT order_id, customer_email, total_minor, currency, status, failure_reason, payment_outcome, inventory_outcome \
-         FROM orders WHERE order_id = $1 FOR UPDATE",
+/// Writes `event`, emitted by this service, to the outbox and to its order's timeline.
+pub async fn emit(tx: &mut PgConnection, event: &SagaEvent, traceparent: Option<&str>) -> Result<()> {
+    outbox::enqueue(tx, event, traceparent).await?;
+    record_timeline(tx, event, SOURCE).await
+}
+
+/// Adds an event to its order's timeline (once per event id). Events of no order, or of an
+/// order not stored here, are left out.
+pub async fn record_timeline(tx: &mut PgConnection, event: &SagaEvent, source: &str) -> Result<()> {
+    let Some(order_id) = event.order_id() else {
+        return Ok(());
+    };
+    let occurred_at = DateTime::from_timestamp_millis(event.occurred_at_millis()).unwrap_or_else(Utc::now);
+    sqlx::query(
+        "INSERT INTO order_timeline (event_id, order_id, event_type, source, occurred_at) \
+         SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM orders WHERE order_id = $2) \
+         ON CONFLICT (event_id) DO NOTHING",
     )
+    .bind(event.event_id())
+    .bind(order_id)
+    .bind(event.event_type().as_str())
+    .bind(source)
+    .bind(occurred_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+const ORDER_COLUMNS: &str =
+    "order_id, customer_email, total_minor, currency, status, failure_reason, payment_outcome, inventory_outcome";
+
+/// Loads an order and locks it for the rest of the transaction.
+pub async fn lock_order(tx: &mut PgConnection, order_id: OrderId) -> Result<Option<Order>> {
+    sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE"
+    ))
     .bind(order_id)
     .fetch_optional(tx)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
+    .await?
+    .map(|row| order_from(&row))
+    .transpose()
+}
+
+/// Locks up to `limit` pending orders whose deadline has passed, oldest deadline first. Orders
+/// another transaction holds (an outcome deciding them right now) are skipped: that
+/// transaction decides them.
+pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<Order>> {
+    sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = $1 AND deadline_at <= now() \
+         ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(OrderStatus::Pending.as_str())
+    .bind(limit)
+    .fetch_all(tx)
+    .await?
+    .iter()
+    .map(order_from)
+    .collect()
+}
+
+fn order_from(row: &PgRow) -> Result<Order> {
+    let order_id: OrderId = row.try_get("order_id")?;
+    let known = |column: &'static str, value: String| Error::UnknownStoredValue {
+        order_id,
+        column,
+        value,
+    };
     let status: String = row.try_get("status")?;
     let failure_reason: Option<String> = row.try_get("failure_reason")?;
     let payment: Option<String> = row.try_get("payment_outcome")?;
     let inventory: Option<String> = row.try_get("inventory_outcome")?;
-    Ok(Some(StoredOrder {
-        order_id: row.try_get("order_id")?,
+    Ok(Order {
+        order_id,
         customer_email: row.try_get("customer_email")?,
         total_minor: row.try_get("total_minor")?,
         currency: row.try_get("currency")?,
         state: SagaState {
-            status: status.parse().map_err(anyhow::Error::msg)?,
-            failure_reason: failure_reason.as_deref().and_then(parse_reason),
-            payment: payment.as_deref().and_then(PaymentOutcome::parse),
-            inventory: inventory.as_deref().and_then(InventoryOutcome::parse),
+            status: OrderStatus::parse(&status).ok_or_else(|| known("status", status.clone()))?,
+            failure_reason: failure_reason
+                .map(|text| {
+                    FailureReason::ALL
+                        .into_iter()
+                        .find(|reason| reason.as_str() == text)
+                        .ok_or_else(|| known("failure_reason", text.clone()))
+                })
+                .transpose()?,
+            payment: payment
+                .map(|text| PaymentOutcome::parse(&text).ok_or_else(|| known("payment_outcome", text.clone())))
+                .transpose()?,
+            inventory: inventory
+                .map(|text| InventoryOutcome::parse(&text).ok_or_else(|| known("inventory_outcome", text.clone())))
+                .transpose()?,
         },
-    }))
+    })
 }
 
-fn parse_reason(text: &str) -> Option<crate::saga::FailureReason> {
-    use crate::saga::FailureReason::*;
-    [PaymentDeclined, OutOfStock, DeadlineExceeded]
-        .into_iter()
-        .find(|r| r.as_str() == text)
-}
-
-/// Applies a fact to a locked order: stores the new state and, if the order is decided now,
-/// emits order.confirmed or order.failed caused by `causation_id`.
-pub async fn apply_fact(
+/// Stores what applying a fact to a locked order gave: its new `state`, and the event that
+/// decided it, if it was decided now (outbox and timeline).
+pub async fn save_decision(
     tx: &mut PgConnection,
-    order: &StoredOrder,
-    input: SagaInput,
-    causation_id: Option<&str>,
+    order_id: OrderId,
+    state: &SagaState,
+    decided: Option<&SagaEvent>,
     traceparent: Option<&str>,
-) -> anyhow::Result<Decision> {
-    let (next, decision) = decide(order.state, input);
+) -> Result<()> {
     sqlx::query(
         "UPDATE orders SET status = $2, failure_reason = $3, payment_outcome = $4, inventory_outcome = $5, \
          decided_at = CASE WHEN $2 <> 'PENDING' AND decided_at IS NULL THEN now() ELSE decided_at END \
          WHERE order_id = $1",
     )
-    .bind(order.order_id)
-    .bind(next.status.as_str())
-    .bind(next.failure_reason.map(|r| r.as_str()))
-    .bind(next.payment.map(|p| p.as_str()))
-    .bind(next.inventory.map(|i| i.as_str()))
+    .bind(order_id)
+    .bind(state.status.as_str())
+    .bind(state.failure_reason.map(FailureReason::as_str))
+    .bind(state.payment.map(PaymentOutcome::as_str))
+    .bind(state.inventory.map(InventoryOutcome::as_str))
     .execute(&mut *tx)
     .await?;
-    let common = (
-        Uuid::new_v4().to_string(),
-        order.order_id.to_string(),
-        causation_id.map(str::to_string),
-        Utc::now().timestamp_millis(),
-    );
-    let event = match decision {
-        Decision::Wait => None,
-        Decision::Confirm => Some(SagaEvent::OrderConfirmed(OrderConfirmed {
-            event_id: common.0,
-            order_id: common.1,
-            causation_id: common.2,
-            occurred_at: common.3,
-            customer_email: order.customer_email.clone(),
-            total_minor: order.total_minor,
-            currency: order.currency.clone(),
-        })),
-        Decision::Fail(reason) => Some(SagaEvent::OrderFailed(OrderFailed {
-            event_id: common.0,
-            order_id: common.1,
-            causation_id: common.2,
-            occurred_at: common.3,
-            reason: reason.as_str().to_string(),
-            customer_email: order.customer_email.clone(),
-            total_minor: order.total_minor,
-            currency: order.currency.clone(),
-        })),
-    };
-    if let Some(event) = event {
-        emit(tx, &event, traceparent).await?;
-        tracing::info!(order_id = %order.order_id, event_id = event.event_id(), decision = ?decision, "order decided");
+    if let Some(event) = decided {
+        emit(tx, event, traceparent).await?;
+        tracing::info!(%order_id, event_id = %event.event_id(), event_type = %event.event_type(), "order decided");
     }
-    Ok(decision)
+    Ok(())
+}
+
+/// An idempotency key already used, and what it was used for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedKey {
+    /// Fingerprint of the request that first used the key.
+    pub request_hash: String,
+    /// The order that request placed.
+    pub order_id: OrderId,
+}
+
+/// Looks up an idempotency key, first making concurrent requests with the same key wait for
+/// each other until this transaction ends.
+pub async fn lock_idempotency_key(tx: &mut PgConnection, key: &str) -> Result<Option<UsedKey>> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query("SELECT request_hash, order_id FROM idempotency_keys WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(UsedKey {
+        request_hash: row.try_get("request_hash")?,
+        order_id: row.try_get("order_id")?,
+    }))
+}
+
+/// Records that `key` placed `order_id` for the request with fingerprint `request_hash`.
+pub async fn remember_idempotency_key(
+    tx: &mut PgConnection,
+    key: &str,
+    request_hash: &str,
+    order_id: OrderId,
+) -> Result<()> {
+    sqlx::query("INSERT INTO idempotency_keys (idempotency_key, request_hash, order_id) VALUES ($1, $2, $3)")
+        .bind(key)
+        .bind(request_hash)
+        .bind(order_id)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// One entry of an order's timeline.
 #[derive(Debug, Serialize)]
 pub struct TimelineEntry {
     /// The event's id.
-    pub event_id: Uuid,
+    pub event_id: EventId,
     /// Its type, e.g. `payment.success`.
     pub event_type: String,
     /// The service that emitted it.
@@ -218,7 +225,7 @@ pub struct TimelineEntry {
 #[derive(Debug, Serialize)]
 pub struct OrderView {
     /// The order's id.
-    pub order_id: Uuid,
+    pub order_id: OrderId,
     /// PENDING, CONFIRMED or FAILED.
     pub status: String,
     /// Why it failed, if it did.
@@ -242,7 +249,7 @@ pub struct OrderView {
 }
 
 /// Reads an order with its timeline.
-pub async fn fetch_view(pool: &PgPool, order_id: Uuid) -> anyhow::Result<Option<OrderView>> {
+pub async fn fetch_view(pool: &PgPool, order_id: OrderId) -> Result<Option<OrderView>> {
     let row = sqlx::query(
         "SELECT order_id, status, failure_reason, customer_id, customer_email, total_minor, currency, items, created_at, decided_at \
          FROM orders WHERE order_id = $1",

@@ -77,7 +77,7 @@ pub enum GatewayError {
     Transient(String),
     /// The gateway refuses the request as malformed, and always will: the idempotency key was
     /// used before with other parameters, or a refund names no captured charge or exceeds it.
-    /// Do not retry: dead-letter the event for an operator to look at.
+    /// Permanent: the charger leaves the payment stalled for an operator to look at.
     #[error("payment gateway rejected the request: {0}")]
     Rejected(String),
 }
@@ -124,8 +124,8 @@ pub struct GatewayConfig {
         value_parser = parse_probability
     )]
     pub transient_error_rate: f64,
-    /// How many charges run at once: each holds one slot while it calls the gateway and records
-    /// the outcome, so a slow charge delays no other one unless all slots are taken.
+    /// How many gateway calls (charges and refunds) run at once: each holds one slot while the
+    /// gateway works on it, so a slow charge delays no other one unless all slots are taken.
     #[arg(
         long = "payment-charge-concurrency",
         env = "PAYMENT_CHARGE_CONCURRENCY",

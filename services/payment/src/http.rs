@@ -5,18 +5,20 @@
 //!
 //! A payment's `status` is `pending` from the moment order.created is recorded until the charge
 //! settles (the gateway may take seconds; a charge interrupted by a restart stays `pending` until
-//! it is resumed), then `captured` or `declined`, and `refunded` once a capture was given back
-//! because the order failed. A pending payment has `refunded_minor` 0 and no `decline_reason`.
+//! it is resumed), then `captured` or `declined`; a capture whose order failed is `refunding`
+//! until the gateway gave it back, then `refunded`. `refunded_minor` is 0 until then, and
+//! `decline_reason` is `null` unless declined.
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use saga_common::http::ApiError;
+use saga_contracts::{OrderId, PaymentId};
 use serde::Serialize;
 use sqlx::PgPool;
-use uuid::Uuid;
 
-use crate::payments::{self, Payment};
+use crate::domain::{Payment, PaymentStatus};
+use crate::store;
 
 /// The routes of the payment API.
 pub fn routes(database: PgPool) -> Router {
@@ -29,10 +31,10 @@ pub fn routes(database: PgPool) -> Router {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PaymentView {
     /// The order paid for.
-    pub order_id: Uuid,
+    pub order_id: OrderId,
     /// The payment's id.
-    pub payment_id: Uuid,
-    /// `pending` (being charged), `captured`, `declined` or `refunded`.
+    pub payment_id: PaymentId,
+    /// `pending`, `captured`, `declined`, `refunding` or `refunded`.
     pub status: &'static str,
     /// The amount charged (or attempted), in minor units.
     pub amount_minor: i64,
@@ -46,14 +48,18 @@ pub struct PaymentView {
 
 impl From<Payment> for PaymentView {
     fn from(payment: Payment) -> Self {
+        let decline_reason = match &payment.status {
+            PaymentStatus::Declined { reason } => Some(reason.clone()),
+            _ => None,
+        };
         Self {
             order_id: payment.order_id,
             payment_id: payment.payment_id,
             status: payment.status.as_str(),
             amount_minor: payment.amount_minor,
-            refunded_minor: payment.refunded_minor,
+            refunded_minor: payment.refunded_minor(),
             currency: payment.currency,
-            decline_reason: payment.decline_reason,
+            decline_reason,
         }
     }
 }
@@ -62,9 +68,10 @@ async fn get_payment(
     State(database): State<PgPool>,
     Path(order_id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
-    let order_id =
-        Uuid::parse_str(&order_id).map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
-    let payment = payments::find(&database, order_id)
+    let order_id: OrderId = order_id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;
+    let payment = store::find(&database, order_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;
     Ok(Json(payment.into()))

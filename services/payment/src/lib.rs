@@ -1,28 +1,35 @@
 //! Payment service: charges orders through the payment gateway and refunds the charges of
 //! failed orders.
 //!
-//! It consumes `orders`: order.created records a pending payment that the [`charger`] charges in
-//! the background, many orders at once (payment.success or payment.failed), so a slow charge
-//! holds up no other order; order.failed has its capture refunded (payment.refunded), also when
-//! the capture completes only after the failure; order.confirmed changes nothing. Every order is
-//! charged at most once and refunded at most once, across redeliveries, crashes, restarts and
-//! instances sharing a database (see [`handler`] and [`charger`]); the gateway is idempotent by
-//! key (see [`gateway`]).
+//! It consumes `orders`. Each order's payment is one state machine ([`domain`]): order.created
+//! makes a pending payment, which the [`charger`] charges in the background, many orders at once
+//! (payment.success or payment.failed), so a slow charge holds up no other order; order.failed
+//! moves a capture to refunding (or, while the charge is still pending, has the capture given
+//! back as soon as it completes), and the charger refunds it (payment.refunded); order.confirmed
+//! changes nothing. Every order is charged at most once and refunded at most once, across
+//! redeliveries, crashes, restarts and instances sharing a database (see [`handler`], [`store`]
+//! and [`charger`]); the gateway is idempotent by key (see [`gateway`]).
+//!
+//! Layout: [`domain`] decides (pure), [`handler`] applies consumed events, [`charger`] makes the
+//! gateway calls, [`store`] holds the SQL, [`http`] serves payments, [`error`] classifies what
+//! goes wrong.
 
 use std::sync::Arc;
 
 use clap::Parser;
-use saga_common::service::{RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
+use saga_common::service::{BackgroundTask, RunningService, ServiceConfig, ServiceContext, ServiceSpec, Workload};
 use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub mod charger;
+pub mod domain;
+pub mod error;
 pub mod gateway;
 pub mod handler;
 pub mod http;
-pub mod payments;
+pub mod store;
 
 use charger::Charger;
 use gateway::{GatewayConfig, PaymentGateway};
@@ -35,6 +42,7 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     name: "payment-service",
     default_database: "saga_payment",
     default_http_port: 8082,
+    ready_without_broker: false,
 };
 
 /// Configuration of the payment service.
@@ -73,16 +81,17 @@ pub async fn start_with_gateway(
     let concurrency = usize::try_from(config.gateway.charge_concurrency).unwrap_or(usize::MAX);
     let (charges, charger) = Charger::new(
         context.database.clone(),
-        gateway.clone(),
+        gateway,
         context.relay.clone(),
+        context.policy,
         concurrency,
     );
-    let handler = PaymentHandler::new(context.database.clone(), gateway, context.relay.clone(), charges);
+    let handler = PaymentHandler::new(context.database.clone(), context.relay.clone(), charges);
     let listen = config.service.http_listen(&SPEC);
     let routes = http::routes(context.database.clone());
     let workload = Workload {
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
-        background: vec![Box::pin(charger.run(context.shutdown.clone()))],
+        background: vec![BackgroundTask::new("charger", charger.run(context.shutdown.clone()))],
     };
     let running = context.launch(listen, routes, workload).await?;
     Ok(Some(running))

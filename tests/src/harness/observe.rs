@@ -84,17 +84,19 @@ pub async fn busy(cluster: &ClusterView, databases: &Databases, placed: &[String
             reasons.push(format!("{service}: {pending} events in the outbox"));
         }
     }
-    let charging: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
+    let charging: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status IN ('pending', 'refunding')")
         .fetch_one(databases.pool("payment-service")?)
         .await?;
     if charging > 0 {
-        reasons.push(format!("{charging} payments still being charged"));
+        reasons.push(format!("{charging} payments still being charged or refunded"));
     }
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status <> 'sent'")
+    // Emails set aside as failed (a recipient rejected for good) are settled, not in progress;
+    // the invariants judge them.
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE status = 'pending'")
         .fetch_one(databases.pool("notification-service")?)
         .await?;
     if unsent > 0 {
-        reasons.push(format!("{unsent} emails not sent"));
+        reasons.push(format!("{unsent} emails not sent yet"));
     }
     let kafka = cluster.kafka.clone();
     let mut groups = BTreeMap::new();

@@ -1,0 +1,652 @@
+//! The order service's decisions, as pure functions without I/O: whether a request is a valid
+//! order (and its total), the order.created that announces it, and the saga decision: given
+//! what is known about an order and one new fact (a payment or inventory outcome, or the
+//! deadline passing), the new state and whether the order is now confirmed, failed, or still
+//! waiting. An order is decided once; facts arriving after the decision are recorded but decide
+//! nothing (participants compensate on order.failed, which they always see after order.created
+//! of the same order).
+
+use saga_contracts::{
+    Envelope, FailureReason, OrderConfirmed, OrderCreated, OrderFailed, OrderId, OrderLine, SagaEvent,
+};
+use serde::{Deserialize, Serialize};
+
+// ---- Placing an order: a request either becomes a valid order with its total computed in
+// minor units, or is rejected naming the offending field.
+
+/// Body of `POST /orders`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlaceOrderRequest {
+    /// The customer's id.
+    pub customer_id: String,
+    /// Where the outcome email goes.
+    pub customer_email: String,
+    /// ISO 4217 code, three upper-case letters.
+    pub currency: String,
+    /// Opaque token for the payment gateway.
+    pub payment_token: String,
+    /// At least one line.
+    pub items: Vec<OrderLineRequest>,
+}
+
+/// One requested line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderLineRequest {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units, at least 1.
+    pub quantity: i64,
+    /// Price of one unit in minor units, not negative.
+    pub unit_price_minor: i64,
+}
+
+/// A request that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidOrder {
+    /// The request as given.
+    pub request: PlaceOrderRequest,
+    /// Sum of quantity × unit price, in minor units.
+    pub total_minor: i64,
+}
+
+/// A rejected field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn reject(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+const MAX_QUANTITY: i64 = 1_000_000;
+const MAX_TEXT: usize = 256;
+
+/// Validates a request and computes its total.
+pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
+    if request.customer_id.trim().is_empty() || request.customer_id.len() > MAX_TEXT {
+        return Err(reject("customer_id", "must be 1 to 256 characters"));
+    }
+    if !is_plausible_email(&request.customer_email) {
+        return Err(reject(
+            "customer_email",
+            "must be an email address like name@example.com",
+        ));
+    }
+    if request.currency.len() != 3 || !request.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(reject(
+            "currency",
+            "must be an ISO 4217 code of three upper-case letters, e.g. USD",
+        ));
+    }
+    if request.payment_token.trim().is_empty() || request.payment_token.len() > MAX_TEXT {
+        return Err(reject("payment_token", "must be 1 to 256 characters"));
+    }
+    if request.items.is_empty() {
+        return Err(reject("items", "must contain at least one line"));
+    }
+    let mut total: i64 = 0;
+    for (index, line) in request.items.iter().enumerate() {
+        let valid_sku = !line.sku.is_empty()
+            && line.sku.len() <= 64
+            && line
+                .sku
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_sku {
+            return Err(reject(
+                format!("items[{index}].sku"),
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+        if line.quantity < 1 || line.quantity > MAX_QUANTITY {
+            return Err(reject(
+                format!("items[{index}].quantity"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if line.unit_price_minor < 0 {
+            return Err(reject(
+                format!("items[{index}].unit_price_minor"),
+                "must not be negative",
+            ));
+        }
+        total = line
+            .quantity
+            .checked_mul(line.unit_price_minor)
+            .and_then(|amount| total.checked_add(amount))
+            .ok_or_else(|| reject(format!("items[{index}].unit_price_minor"), "order total is too large"))?;
+    }
+    Ok(ValidOrder {
+        request,
+        total_minor: total,
+    })
+}
+
+impl ValidOrder {
+    /// The order.created event announcing this order, with `envelope` (for the placing
+    /// request's command).
+    pub fn created_event(&self, envelope: Envelope) -> OrderCreated {
+        let request = &self.request;
+        OrderCreated {
+            envelope,
+            customer_id: request.customer_id.clone(),
+            customer_email: request.customer_email.clone(),
+            payment_token: request.payment_token.clone(),
+            total_minor: self.total_minor,
+            currency: request.currency.clone(),
+            items: request
+                .items
+                .iter()
+                .map(|line| OrderLine {
+                    sku: line.sku.clone(),
+                    // validated to be at most MAX_QUANTITY, well inside i32
+                    quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
+                    unit_price_minor: line.unit_price_minor,
+                })
+                .collect(),
+            sales_channel: "api".into(),
+        }
+    }
+}
+
+fn is_plausible_email(text: &str) -> bool {
+    let Some((local, domain)) = text.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && text.len() <= MAX_TEXT
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+// ---- The saga decision.
+
+/// Lifecycle status of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    /// Waiting for payment and inventory outcomes.
+    Pending,
+    /// Paid and reserved; terminal.
+    Confirmed,
+    /// Failed for a reason; terminal.
+    Failed,
+}
+
+impl OrderStatus {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::Failed => "FAILED",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "PENDING" => Some(OrderStatus::Pending),
+            "CONFIRMED" => Some(OrderStatus::Confirmed),
+            "FAILED" => Some(OrderStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What the payment service reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// The total was captured.
+    Captured,
+    /// The charge was declined.
+    Declined,
+}
+
+impl PaymentOutcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentOutcome::Captured => "captured",
+            PaymentOutcome::Declined => "declined",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "captured" => Some(PaymentOutcome::Captured),
+            "declined" => Some(PaymentOutcome::Declined),
+            _ => None,
+        }
+    }
+}
+
+/// What the inventory service reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InventoryOutcome {
+    /// Every line was reserved.
+    Reserved,
+    /// Not every line could be reserved; nothing was.
+    Unavailable,
+}
+
+impl InventoryOutcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InventoryOutcome::Reserved => "reserved",
+            InventoryOutcome::Unavailable => "unavailable",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "reserved" => Some(InventoryOutcome::Reserved),
+            "unavailable" => Some(InventoryOutcome::Unavailable),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the decision depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SagaState {
+    /// Current status.
+    pub status: OrderStatus,
+    /// Why it failed, once failed.
+    pub failure_reason: Option<FailureReason>,
+    /// The payment outcome, once reported.
+    pub payment: Option<PaymentOutcome>,
+    /// The inventory outcome, once reported.
+    pub inventory: Option<InventoryOutcome>,
+}
+
+impl SagaState {
+    /// A new order waiting for both outcomes.
+    pub fn pending() -> Self {
+        Self {
+            status: OrderStatus::Pending,
+            failure_reason: None,
+            payment: None,
+            inventory: None,
+        }
+    }
+}
+
+/// A new fact about an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaInput {
+    /// payment.success
+    Payment(PaymentOutcome),
+    /// inventory.reserved or inventory.reservation_failed
+    Inventory(InventoryOutcome),
+    /// The saga deadline passed.
+    DeadlinePassed,
+}
+
+/// What the order service must do after applying a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to emit (still waiting, or already decided).
+    Wait,
+    /// Emit order.confirmed.
+    Confirm,
+    /// Emit order.failed with the reason.
+    Fail(FailureReason),
+}
+
+/// Applies one fact. Pure: no I/O, same answer for the same inputs.
+pub fn decide(state: SagaState, input: SagaInput) -> (SagaState, Decision) {
+    let mut next = state;
+    match input {
+        SagaInput::Payment(outcome) => next.payment = next.payment.or(Some(outcome)),
+        SagaInput::Inventory(outcome) => next.inventory = next.inventory.or(Some(outcome)),
+        SagaInput::DeadlinePassed => {}
+    }
+    if state.status != OrderStatus::Pending {
+        return (next, Decision::Wait);
+    }
+    // While pending no failure has been recorded yet, so at most one of these is new.
+    let failure = if next.payment == Some(PaymentOutcome::Declined) {
+        Some(FailureReason::PaymentDeclined)
+    } else if next.inventory == Some(InventoryOutcome::Unavailable) {
+        Some(FailureReason::OutOfStock)
+    } else if input == SagaInput::DeadlinePassed {
+        Some(FailureReason::DeadlineExceeded)
+    } else {
+        None
+    };
+    if let Some(reason) = failure {
+        next.status = OrderStatus::Failed;
+        next.failure_reason = Some(reason);
+        return (next, Decision::Fail(reason));
+    }
+    if next.payment == Some(PaymentOutcome::Captured) && next.inventory == Some(InventoryOutcome::Reserved) {
+        next.status = OrderStatus::Confirmed;
+        return (next, Decision::Confirm);
+    }
+    (next, Decision::Wait)
+}
+
+/// An order as the saga sees it: its decision state, and what its order.confirmed or
+/// order.failed carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// The order's id.
+    pub order_id: OrderId,
+    /// Recipient of the outcome email.
+    pub customer_email: String,
+    /// Order total in minor units.
+    pub total_minor: i64,
+    /// Currency of the total.
+    pub currency: String,
+    /// Saga state.
+    pub state: SagaState,
+}
+
+impl Order {
+    /// Applies one fact ([`decide`]): the order's new state, and the event to emit if the fact
+    /// decided the order, with `envelope` (made by the caller: caused by the outcome event, or
+    /// for the deadline command). Pure.
+    pub fn apply(&self, input: SagaInput, envelope: Envelope) -> (SagaState, Option<SagaEvent>) {
+        let (next, decision) = decide(self.state, input);
+        let event = match decision {
+            Decision::Wait => None,
+            Decision::Confirm => Some(SagaEvent::OrderConfirmed(OrderConfirmed {
+                envelope,
+                customer_email: self.customer_email.clone(),
+                total_minor: self.total_minor,
+                currency: self.currency.clone(),
+            })),
+            Decision::Fail(reason) => Some(SagaEvent::OrderFailed(OrderFailed {
+                envelope,
+                // The order service's own failures have no more specific cause than the reason.
+                reason: reason.to_string(),
+                failure_reason: reason,
+                customer_email: self.customer_email.clone(),
+                total_minor: self.total_minor,
+                currency: self.currency.clone(),
+            })),
+        };
+        (next, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    mod placing {
+        use super::super::*;
+
+        fn request() -> PlaceOrderRequest {
+            PlaceOrderRequest {
+                customer_id: "c-1".into(),
+                customer_email: "a@example.com".into(),
+                currency: "USD".into(),
+                payment_token: "tok_ok".into(),
+                items: vec![
+                    OrderLineRequest {
+                        sku: "SKU-1".into(),
+                        quantity: 2,
+                        unit_price_minor: 1999,
+                    },
+                    OrderLineRequest {
+                        sku: "SKU-2".into(),
+                        quantity: 1,
+                        unit_price_minor: 500,
+                    },
+                ],
+            }
+        }
+
+        fn field_of(request: PlaceOrderRequest) -> String {
+            validate(request).expect_err("should be rejected").field
+        }
+
+        #[test]
+        fn a_valid_order_gets_its_total_in_minor_units() {
+            assert_eq!(validate(request()).expect("valid").total_minor, 2 * 1999 + 500);
+        }
+
+        #[test]
+        fn a_zero_quantity_is_rejected_naming_the_line() {
+            let mut bad = request();
+            bad.items[1].quantity = 0;
+            assert_eq!(field_of(bad), "items[1].quantity");
+        }
+
+        #[test]
+        fn a_negative_price_is_rejected() {
+            let mut bad = request();
+            bad.items[0].unit_price_minor = -1;
+            assert_eq!(field_of(bad), "items[0].unit_price_minor");
+        }
+
+        #[test]
+        fn a_free_item_is_allowed() {
+            let mut free = request();
+            free.items[0].unit_price_minor = 0;
+            assert_eq!(validate(free).expect("valid").total_minor, 500);
+        }
+
+        #[test]
+        fn currencies_must_be_three_upper_case_letters() {
+            for bad_currency in ["usd", "US", "USDT", "U$D", ""] {
+                let mut bad = request();
+                bad.currency = bad_currency.into();
+                assert_eq!(field_of(bad), "currency", "{bad_currency:?}");
+            }
+        }
+
+        #[test]
+        fn empty_items_are_rejected() {
+            let mut bad = request();
+            bad.items.clear();
+            assert_eq!(field_of(bad), "items");
+        }
+
+        #[test]
+        fn implausible_emails_are_rejected() {
+            for bad_email in [
+                "",
+                "a",
+                "a@",
+                "@example.com",
+                "a@b",
+                "a b@example.com",
+                "a@@example.com",
+                "a@example.",
+            ] {
+                let mut bad = request();
+                bad.customer_email = bad_email.into();
+                assert_eq!(field_of(bad), "customer_email", "{bad_email:?}");
+            }
+        }
+
+        #[test]
+        fn a_total_that_overflows_is_rejected_not_wrapped() {
+            let mut bad = request();
+            bad.items[0].quantity = MAX_QUANTITY;
+            bad.items[0].unit_price_minor = i64::MAX / 2;
+            assert_eq!(field_of(bad), "items[0].unit_price_minor");
+        }
+
+        #[test]
+        fn blank_customer_and_token_are_rejected() {
+            let mut bad = request();
+            bad.customer_id = "  ".into();
+            assert_eq!(field_of(bad), "customer_id");
+            let mut bad = request();
+            bad.payment_token = String::new();
+            assert_eq!(field_of(bad), "payment_token");
+        }
+
+        #[test]
+        fn the_created_event_carries_the_lines_total_and_the_given_envelope() {
+            let order = validate(request()).expect("valid");
+            let envelope = Envelope::for_command(OrderId::new());
+            let created = order.created_event(envelope);
+            assert_eq!(created.envelope, envelope);
+            assert_eq!(created.total_minor, 2 * 1999 + 500);
+            assert_eq!(created.currency, "USD");
+            let lines: Vec<(&str, i32, i64)> = created
+                .items
+                .iter()
+                .map(|line| (line.sku.as_str(), line.quantity, line.unit_price_minor))
+                .collect();
+            assert_eq!(lines, vec![("SKU-1", 2, 1999), ("SKU-2", 1, 500)]);
+        }
+    }
+
+    mod deciding {
+        use super::super::*;
+
+        use FailureReason::*;
+        use InventoryOutcome::*;
+        use PaymentOutcome::*;
+
+        fn given(facts: &[SagaInput]) -> SagaState {
+            facts
+                .iter()
+                .fold(SagaState::pending(), |state, fact| decide(state, *fact).0)
+        }
+
+        #[test]
+        fn a_captured_payment_alone_waits_for_inventory() {
+            let (state, decision) = decide(SagaState::pending(), SagaInput::Payment(Captured));
+            assert_eq!(decision, Decision::Wait);
+            assert_eq!(state.status, OrderStatus::Pending);
+        }
+
+        #[test]
+        fn payment_then_reservation_confirms() {
+            let state = given(&[SagaInput::Payment(Captured)]);
+            let (state, decision) = decide(state, SagaInput::Inventory(Reserved));
+            assert_eq!(decision, Decision::Confirm);
+            assert_eq!(state.status, OrderStatus::Confirmed);
+        }
+
+        #[test]
+        fn reservation_then_payment_confirms() {
+            let state = given(&[SagaInput::Inventory(Reserved)]);
+            assert_eq!(decide(state, SagaInput::Payment(Captured)).1, Decision::Confirm);
+        }
+
+        #[test]
+        fn a_decline_fails_at_once_even_before_inventory_answers() {
+            let (state, decision) = decide(SagaState::pending(), SagaInput::Payment(Declined));
+            assert_eq!(decision, Decision::Fail(PaymentDeclined));
+            assert_eq!(state.status, OrderStatus::Failed);
+            assert_eq!(state.failure_reason, Some(PaymentDeclined));
+        }
+
+        #[test]
+        fn out_of_stock_after_a_capture_fails_with_out_of_stock() {
+            let state = given(&[SagaInput::Payment(Captured)]);
+            assert_eq!(
+                decide(state, SagaInput::Inventory(Unavailable)).1,
+                Decision::Fail(OutOfStock)
+            );
+        }
+
+        #[test]
+        fn when_both_fail_only_the_first_failure_emits() {
+            let state = given(&[SagaInput::Payment(Declined)]);
+            let (state, decision) = decide(state, SagaInput::Inventory(Unavailable));
+            assert_eq!(decision, Decision::Wait);
+            assert_eq!(state.failure_reason, Some(PaymentDeclined));
+            assert_eq!(state.inventory, Some(Unavailable), "the late fact is still recorded");
+        }
+
+        #[test]
+        fn the_deadline_fails_a_pending_order() {
+            let state = given(&[SagaInput::Payment(Captured)]);
+            let (state, decision) = decide(state, SagaInput::DeadlinePassed);
+            assert_eq!(decision, Decision::Fail(DeadlineExceeded));
+            assert_eq!(state.status, OrderStatus::Failed);
+        }
+
+        #[test]
+        fn the_deadline_does_nothing_to_a_decided_order() {
+            let state = given(&[SagaInput::Payment(Captured), SagaInput::Inventory(Reserved)]);
+            assert_eq!(decide(state, SagaInput::DeadlinePassed), (state, Decision::Wait));
+        }
+
+        #[test]
+        fn a_late_success_after_the_deadline_decides_nothing() {
+            let state = given(&[SagaInput::DeadlinePassed, SagaInput::Inventory(Reserved)]);
+            let (state, decision) = decide(state, SagaInput::Payment(Captured));
+            assert_eq!(decision, Decision::Wait);
+            assert_eq!(state.status, OrderStatus::Failed);
+            assert_eq!(state.failure_reason, Some(DeadlineExceeded));
+        }
+
+        #[test]
+        fn a_repeated_outcome_never_decides_twice() {
+            let state = given(&[SagaInput::Payment(Captured), SagaInput::Inventory(Reserved)]);
+            assert_eq!(decide(state, SagaInput::Inventory(Reserved)).1, Decision::Wait);
+            assert_eq!(decide(state, SagaInput::Payment(Captured)).1, Decision::Wait);
+        }
+
+        #[test]
+        fn the_first_reported_outcome_sticks() {
+            let state = given(&[SagaInput::Payment(Captured)]);
+            let (state, decision) = decide(state, SagaInput::Payment(Declined));
+            assert_eq!(state.payment, Some(Captured));
+            assert_eq!(decision, Decision::Wait);
+            assert_eq!(state.status, OrderStatus::Pending);
+        }
+
+        fn order(state: SagaState) -> Order {
+            Order {
+                order_id: OrderId::new(),
+                customer_email: "a@example.com".into(),
+                total_minor: 3_998,
+                currency: "USD".into(),
+                state,
+            }
+        }
+
+        #[test]
+        fn a_confirming_fact_emits_order_confirmed_with_the_given_envelope() {
+            let order = order(given(&[SagaInput::Payment(Captured)]));
+            let envelope = Envelope::for_command(order.order_id);
+            let (state, event) = order.apply(SagaInput::Inventory(Reserved), envelope);
+            assert_eq!(state.status, OrderStatus::Confirmed);
+            let Some(SagaEvent::OrderConfirmed(confirmed)) = event else {
+                panic!("expected order.confirmed: {event:?}");
+            };
+            assert_eq!(confirmed.envelope, envelope);
+            assert_eq!((confirmed.total_minor, confirmed.currency.as_str()), (3_998, "USD"));
+        }
+
+        #[test]
+        fn a_failing_fact_emits_order_failed_with_the_reason_as_enum_and_as_text() {
+            let order = order(SagaState::pending());
+            let (_, event) = order.apply(SagaInput::Inventory(Unavailable), Envelope::for_command(order.order_id));
+            let Some(SagaEvent::OrderFailed(failed)) = event else {
+                panic!("expected order.failed: {event:?}");
+            };
+            assert_eq!(failed.failure_reason, OutOfStock);
+            assert_eq!(failed.reason, "out_of_stock");
+            assert_eq!(failed.reason(), OutOfStock);
+        }
+
+        #[test]
+        fn a_fact_that_decides_nothing_emits_nothing() {
+            let order = order(SagaState::pending());
+            let (state, event) = order.apply(SagaInput::Payment(Captured), Envelope::for_command(order.order_id));
+            assert_eq!((state.status, event), (OrderStatus::Pending, None));
+        }
+    }
+}

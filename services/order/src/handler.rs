@@ -1,0 +1,140 @@
+//! The events the order service consumes: payment and inventory outcomes feed the saga decision;
+//! compensations and commits only extend the order's timeline. Each event is applied once
+//! (inbox) in the same transaction as its effect and the event it causes.
+
+use async_trait::async_trait;
+use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
+use saga_common::inbox;
+use saga_common::outbox::Relay;
+use saga_contracts::{Envelope, SagaEvent, Topic};
+use sqlx::PgPool;
+
+use crate::domain::{InventoryOutcome, PaymentOutcome, SagaInput};
+use crate::error::Error;
+use crate::store;
+
+/// Consumes the payments and inventory topics.
+pub struct OutcomeHandler {
+    /// The order database.
+    pub database: PgPool,
+    /// Woken after events are committed.
+    pub relay: Relay,
+}
+
+/// The saga fact an event reports, with the envelope of the order.confirmed or order.failed it
+/// may cause; `None` for events that decide nothing.
+fn saga_input(event: &SagaEvent) -> Option<(SagaInput, Envelope)> {
+    use InventoryOutcome::{Reserved, Unavailable};
+    use PaymentOutcome::{Captured, Declined};
+    match event {
+        SagaEvent::PaymentSucceeded(e) => Some((SagaInput::Payment(Captured), Envelope::caused_by(e))),
+        SagaEvent::PaymentFailed(e) => Some((SagaInput::Payment(Declined), Envelope::caused_by(e))),
+        SagaEvent::InventoryReserved(e) => Some((SagaInput::Inventory(Reserved), Envelope::caused_by(e))),
+        SagaEvent::InventoryReservationFailed(e) => Some((SagaInput::Inventory(Unavailable), Envelope::caused_by(e))),
+        _ => None,
+    }
+}
+
+/// The service an event came from, as the timeline names it.
+fn source_of(event: &SagaEvent) -> &'static str {
+    match event.event_type().topic() {
+        Topic::Payments => "payment-service",
+        Topic::Inventory => "inventory-service",
+        Topic::Orders => store::SOURCE,
+    }
+}
+
+#[async_trait]
+impl EventHandler for OutcomeHandler {
+    #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]
+    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
+        let event = &consumed.event;
+        let Some(order_id) = event.order_id() else {
+            return Ok(()); // stock adjustments belong to no order
+        };
+        let mut tx = self.database.begin().await?;
+        if !inbox::record(&mut tx, consumed).await? {
+            return Ok(());
+        }
+        let order = store::lock_order(&mut tx, order_id)
+            .await?
+            .ok_or_else(|| Error::UnknownOrder {
+                order_id,
+                event_type: event.event_type(),
+                event_id: event.event_id(),
+            })?;
+        store::record_timeline(&mut tx, event, source_of(event)).await?;
+        if let Some((input, envelope)) = saga_input(event) {
+            let (state, decided) = order.apply(input, envelope);
+            store::save_decision(
+                &mut tx,
+                order_id,
+                &state,
+                decided.as_ref(),
+                consumed.traceparent.as_deref(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.relay.notify();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_contracts::{
+        FailureReason, InventoryReleased, OrderId, PaymentFailed, PaymentSucceeded, SagaEvent, StockLine,
+    };
+
+    use super::*;
+
+    fn payment_succeeded() -> PaymentSucceeded {
+        PaymentSucceeded {
+            envelope: Envelope::for_command(OrderId::new()),
+            payment_id: saga_contracts::PaymentId::new(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+        }
+    }
+
+    #[test]
+    fn an_outcome_is_a_saga_fact_whose_decision_is_caused_by_it() {
+        let success = payment_succeeded();
+        let (input, envelope) = saga_input(&SagaEvent::PaymentSucceeded(success.clone())).expect("a fact");
+        assert_eq!(input, SagaInput::Payment(PaymentOutcome::Captured));
+        assert_eq!(envelope.order_id, success.envelope.order_id);
+        assert_eq!(envelope.causation_id, Some(success.envelope.event_id));
+        assert_ne!(envelope.event_id, success.envelope.event_id);
+
+        let declined = SagaEvent::PaymentFailed(PaymentFailed {
+            envelope: Envelope::for_command(OrderId::new()),
+            reason: "card_declined".into(),
+            failure_reason: FailureReason::PaymentDeclined,
+            amount_minor: 100,
+            currency: "EUR".into(),
+        });
+        assert_eq!(
+            saga_input(&declined).map(|(input, _)| input),
+            Some(SagaInput::Payment(PaymentOutcome::Declined))
+        );
+    }
+
+    #[test]
+    fn a_compensation_decides_nothing_and_is_attributed_to_its_service() {
+        let released = SagaEvent::InventoryReleased(InventoryReleased {
+            envelope: Envelope::for_command(OrderId::new()),
+            items: vec![StockLine {
+                sku: "SKU-1".into(),
+                quantity: 1,
+            }],
+            reason: "order_failed".into(),
+        });
+        assert!(saga_input(&released).is_none());
+        assert_eq!(source_of(&released), "inventory-service");
+        assert_eq!(
+            source_of(&SagaEvent::PaymentSucceeded(payment_succeeded())),
+            "payment-service"
+        );
+    }
+}
