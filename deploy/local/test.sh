@@ -38,6 +38,10 @@ if command -v psql >/dev/null; then
     while read -r name; do psql -h "$PG_HOST" -p "$PG_PORT" -d postgres -qc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true; done
 fi
 
+# The failure-injection test runs the service binaries and the operator tests run sagactl.
+printf '\033[1m==> %s\033[0m\n' "Building the platform binaries"
+cargo build --bins --quiet
+
 # The integration tests: every test target gated on the `integration` feature (tests/ and the
 # registry's tests), against the stack started above.
 printf '\033[1m==> %s\033[0m\n' "Running the integration tests"

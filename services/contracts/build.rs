@@ -365,17 +365,7 @@ impl Generator {
             return Ok((struct_name, fields));
         }
 
-        let mut code = String::new();
-        if let Some(doc) = object.get("doc").and_then(Value::as_str) {
-            doc_comment(&mut code, "", doc);
-            code.push_str("///\n");
-        }
-        writeln!(
-            code,
-            "/// Avro record `{full_name}`, generated from `schemas/{}`.",
-            scope.file_name
-        )
-        .expect("writing to a String");
+        let mut code = type_doc(object, "record", &full_name, scope.file_name);
         code.push_str("#[derive(Debug, Clone, PartialEq, ::serde::Serialize, ::serde::Deserialize)]\n");
         writeln!(code, "pub struct {struct_name} {{\n{body}}}\n").expect("writing to a String");
         self.code.push_str(&code);
@@ -478,15 +468,10 @@ impl Generator {
             writeln!(names, "            {enum_name}::{variant} => {symbol:?},").expect("writing to a String");
             write!(all, "{enum_name}::{variant}, ").expect("writing to a String");
         }
-        let mut code = String::new();
-        if let Some(doc) = object.get("doc").and_then(Value::as_str) {
-            doc_comment(&mut code, "", doc);
-            code.push_str("///\n");
-        }
+        let mut code = type_doc(object, "enum", &full_name, scope.file_name);
         writeln!(
             code,
-            "/// Avro enum `{full_name}`, generated from `schemas/{file}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+            "#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
 pub enum {enum_name} {{
 {variants}}}
 
@@ -507,7 +492,6 @@ impl ::std::fmt::Display for {enum_name} {{
     }}
 }}
 ",
-            file = scope.file_name,
             count = symbols.len(),
         )
         .expect("writing to a String");
@@ -680,6 +664,21 @@ fn field_identifier(name: &str) -> Result<String> {
     } else {
         name.to_owned()
     })
+}
+
+/// The doc comment of a generated type: the schema's `doc`, then where it came from.
+fn type_doc(object: &Map<String, Value>, kind: &str, full_name: &str, file_name: &str) -> String {
+    let mut code = String::new();
+    if let Some(doc) = object.get("doc").and_then(Value::as_str) {
+        doc_comment(&mut code, "", doc);
+        code.push_str("///\n");
+    }
+    writeln!(
+        code,
+        "/// Avro {kind} `{full_name}`, generated from `schemas/{file_name}`."
+    )
+    .expect("writing to a String");
+    code
 }
 
 fn doc_comment(out: &mut String, indent: &str, doc: &str) {

@@ -114,20 +114,30 @@ impl TestEnv {
 
     /// Produces `event` to its topic, keyed as the services key it, with the usual headers.
     pub async fn produce(&self, event: &SagaEvent) -> anyhow::Result<()> {
-        let encoded = self.codec()?.encode(event).await?;
-        let headers = event_headers(
-            encoded.event_type.as_str(),
-            &encoded.event_id.to_string(),
-            &saga_common::codec::traceparent_for(&encoded.key),
-        );
-        let record = FutureRecord::to(&encoded.topic)
-            .key(&encoded.key)
-            .payload(&encoded.payload)
-            .headers(headers);
-        kafka::producer(&self.kafka)?
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
+        self.produce_all(std::slice::from_ref(event)).await
+    }
+
+    /// Produces `events` in this order through one producer, each to its topic, keyed as the
+    /// services key it, with the usual headers.
+    pub async fn produce_all(&self, events: &[SagaEvent]) -> anyhow::Result<()> {
+        let codec = self.codec()?;
+        let producer = kafka::producer(&self.kafka)?;
+        for event in events {
+            let encoded = codec.encode(event).await?;
+            let headers = event_headers(
+                encoded.event_type.as_str(),
+                &encoded.event_id.to_string(),
+                &saga_common::codec::traceparent_for(&encoded.key),
+            );
+            let record = FutureRecord::to(&encoded.topic)
+                .key(&encoded.key)
+                .payload(&encoded.payload)
+                .headers(headers);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
+        }
         Ok(())
     }
 

@@ -89,7 +89,8 @@ async fn a_dead_letter_is_listed_and_redriven_to_its_origin_topic() -> anyhow::R
     Ok(())
 }
 
-#[tokio::test]
+// Multi-threaded: sagactl runs as a blocking child process while this test serves its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_outbox_rows_are_listed_and_redriven_with_sagactl() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let migrator = saga_common::database::migrator(&sqlx::migrate::Migrator::DEFAULT);

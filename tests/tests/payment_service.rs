@@ -14,12 +14,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use payment_service::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway, RefundRequest, SimulatedGateway};
-use rdkafka::producer::FutureRecord;
 use reqwest::StatusCode;
-use saga_common::consumer::{
-    event_headers, DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC,
-};
-use saga_common::kafka;
+use saga_common::consumer::{DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC};
 use saga_common::service::RunningService;
 use saga_contracts::{FailureReason, OrderCreated, OrderId, SagaEvent, Topic};
 use saga_tests::fixtures::{self, order_confirmed, order_failed, APPROVED_TOKEN, CURRENCY};
@@ -61,28 +57,9 @@ impl Test {
         })
     }
 
-    /// Produces `events` in this order through one producer (quicker than [`TestEnv::produce`]
-    /// per event, for the tests that time what follows).
+    /// Produces `events` in this order through one producer.
     async fn produce(&self, events: &[SagaEvent]) -> anyhow::Result<()> {
-        let codec = self.env.codec()?;
-        let producer = kafka::producer(&self.env.kafka)?;
-        for event in events {
-            let encoded = codec.encode(event).await?;
-            let headers = event_headers(
-                encoded.event_type.as_str(),
-                &encoded.event_id.to_string(),
-                &saga_common::codec::traceparent_for(&encoded.key),
-            );
-            let record = FutureRecord::to(&encoded.topic)
-                .key(&encoded.key)
-                .payload(&encoded.payload)
-                .headers(headers);
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .map_err(|(error, _)| anyhow::anyhow!("produce failed: {error}"))?;
-        }
-        Ok(())
+        self.env.produce_all(events).await
     }
 
     /// Reads the payments topic until `count` more events were read, then checks that nothing

@@ -183,20 +183,43 @@ async fn committed_offset(env: &TestEnv, group: &str, topic: &str, partition: i3
     })
 }
 
-#[tokio::test]
-async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    let codec = Arc::new(EventCodec::new(&env.registry, &env.kafka)?);
+/// Waits until `group` has committed `offset` on `topic`'s `partition`.
+async fn wait_for_committed(
+    env: &TestEnv,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<()> {
+    eventually(
+        &format!("offset {offset} committed"),
+        Duration::from_secs(60),
+        || async { (committed_offset(env, group, topic, partition).await.ok()? == Some(offset)).then_some(()) },
+    )
+    .await
+}
+
+/// Produces `count` order.created events of one order (so to one partition, in order);
+/// returns them with their partition and the offset of the first.
+async fn produce_events_of_one_order(env: &TestEnv, count: usize) -> anyhow::Result<(Vec<SagaEvent>, i32, i64)> {
+    let codec = EventCodec::new(&env.registry, &env.kafka)?;
     let producer = kafka::producer(&env.kafka)?;
-    let dead_letters = env.topic("offsets.dead-letter", 1).await?;
-    // Three events of one order: same partition, consumed in order.
     let order_id = OrderId::new();
-    let events: Vec<SagaEvent> = (0..3).map(|_| order_created(order_id)).collect();
+    let events: Vec<SagaEvent> = (0..count).map(|_| order_created(order_id)).collect();
     let mut placed = Vec::new();
     for event in &events {
         placed.push(produce(&producer, &codec.encode(event).await?).await);
     }
     let (partition, first_offset) = placed[0];
+    Ok((events, partition, first_offset))
+}
+
+#[tokio::test]
+async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let dead_letters = env.topic("offsets.dead-letter", 1).await?;
+    // Three events of one order: same partition, consumed in order.
+    let (events, partition, first_offset) = produce_events_of_one_order(&env, 3).await?;
     let topic = env.kafka.topic(Topic::Orders);
 
     let handler = FailingHandler::transient(events[1].event_id(), false);
@@ -211,14 +234,7 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
         (handler.attempts() >= 5).then_some(())
     })
     .await?;
-    eventually(
-        "offset of the first event committed",
-        Duration::from_secs(20),
-        || async {
-            (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 1)).then_some(())
-        },
-    )
-    .await?;
+    wait_for_committed(&env, &group, &topic, partition, first_offset + 1).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await; // two auto-commit intervals
     assert_eq!(
         committed_offset(&env, &group, &topic, partition).await?,
@@ -228,10 +244,7 @@ async fn a_consumer_stores_its_offset_only_after_its_handler_succeeds() -> anyho
 
     // Once the handler succeeds, the remaining events are processed and their offsets stored.
     handler.released.store(true, Ordering::SeqCst);
-    eventually("all offsets committed", Duration::from_secs(20), || async {
-        (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 3)).then_some(())
-    })
-    .await?;
+    wait_for_committed(&env, &group, &topic, partition, first_offset + 3).await?;
     let expected: Vec<EventId> = events.iter().map(SagaEvent::event_id).collect();
     assert_eq!(handler.completed(), expected);
     shutdown.cancel();
@@ -345,16 +358,8 @@ async fn run_with_a_failing_middle_event(
     class: ErrorClass,
 ) -> anyhow::Result<(Arc<FailingHandler>, Vec<SagaEvent>, Vec<saga_tests::RawRecord>)> {
     let env = TestEnv::new().await?;
-    let codec = EventCodec::new(&env.registry, &env.kafka)?;
-    let producer = kafka::producer(&env.kafka)?;
     let dead_letters = env.topic(&format!("{class}.dead-letter"), 1).await?;
-    let order_id = OrderId::new();
-    let events: Vec<SagaEvent> = (0..3).map(|_| order_created(order_id)).collect();
-    let mut placed = Vec::new();
-    for event in &events {
-        placed.push(produce(&producer, &codec.encode(event).await?).await);
-    }
-    let (partition, first_offset) = placed[0];
+    let (events, partition, first_offset) = produce_events_of_one_order(&env, 3).await?;
     let topic = env.kafka.topic(Topic::Orders);
     let handler = FailingHandler::new(Some(events[1].event_id()), class);
     let group = env.group(&format!("{class}-failure"));
@@ -364,10 +369,7 @@ async fn run_with_a_failing_middle_event(
     let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
 
     // The partition goes on past the failing event: every offset is committed.
-    eventually("all offsets committed", Duration::from_secs(60), || async {
-        (committed_offset(&env, &group, &topic, partition).await.ok()? == Some(first_offset + 3)).then_some(())
-    })
-    .await?;
+    wait_for_committed(&env, &group, &topic, partition, first_offset + 3).await?;
     let dead = env
         .reader(&dead_letters)?
         .read_raw_to_end(Duration::from_secs(20))
@@ -473,12 +475,7 @@ async fn an_outbox_row_that_can_never_be_published_is_parked_and_the_rows_behind
 #[tokio::test]
 async fn a_background_task_that_dies_makes_liveness_fail_and_names_it() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let spec = saga_common::service::ServiceSpec {
-        name: "liveness-probe",
-        default_database: "liveness_probe",
-        default_http_port: 0,
-        ready_without_broker: false,
-    };
+    let spec = saga_common::service::ServiceSpec::new("liveness-probe", "liveness_probe", 0);
     let shutdown = CancellationToken::new();
     let context = saga_common::service::ServiceContext::start(
         spec,

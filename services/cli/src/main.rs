@@ -104,13 +104,13 @@ enum Command {
 enum DeadLettersCommand {
     /// Lists every dead letter with its origin and the reason it was dead-lettered.
     List {
-        /// The consuming service, e.g. payment-service.
+        /// The consuming service, e.g. payment or payment-service.
         #[arg(long)]
         service: String,
     },
     /// Re-produces dead letters to their origin topics, keys, values and original headers kept.
     Redrive {
-        /// The consuming service, e.g. payment-service.
+        /// The consuming service, e.g. payment or payment-service.
         #[arg(long)]
         service: String,
         /// Only the dead letter at this partition of the dead-letter topic (with --offset).
@@ -205,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { endpoints } => status(&endpoints).await,
         Command::DeadLetters {
             command: DeadLettersCommand::List { service },
-        } => dead_letters::list(&cli.kafka, &service),
+        } => dead_letters::list(&cli.kafka, &service_name(&service)),
         Command::DeadLetters {
             command:
                 DeadLettersCommand::Redrive {
@@ -213,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
                     partition,
                     offset,
                 },
-        } => dead_letters::redrive(&cli.kafka, &service, partition.zip(offset)).await,
+        } => dead_letters::redrive(&cli.kafka, &service_name(&service), partition.zip(offset)).await,
         Command::Outbox {
             command: OutboxCommand::Parked { service, endpoints },
         } => outbox::parked(&endpoints, &service).await,
@@ -244,6 +244,12 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// A service's full name (its consumer group and dead-letter topic stem): `payment` and
+/// `payment-service` both give `payment-service`.
+fn service_name(service: &str) -> String {
+    format!("{}-service", service.trim_end_matches("-service"))
 }
 
 async fn kafka_ready(kafka: &KafkaConfig, expected: usize, timeout: Duration) -> anyhow::Result<()> {

@@ -111,7 +111,7 @@ impl EventCodec {
             ),
         );
         self.encoder.encode_value(value, &strategy).await.map_err(|e| {
-            if e.retriable {
+            if registry_unavailable(&e) {
                 Error::RegistryUnavailable(e.to_string())
             } else {
                 self.encoder.remove_errors_from_cache();
@@ -133,8 +133,17 @@ impl EventCodec {
     }
 }
 
+/// Whether a registry call failed because the registry could not serve it right now: the
+/// client's own judgement (connection errors, 502, 503) or any other 5xx answer. A registry
+/// answers 500 when its store (the `_schemas` topic) is unreachable, which passes with the
+/// broker outage, so it must not make an event count as unencodable or undecodable.
+fn registry_unavailable(error: &SRCError) -> bool {
+    let server_error = |text: &str| text.contains("failed with status 5");
+    error.retriable || server_error(&error.error) || error.cause.as_deref().is_some_and(server_error)
+}
+
 fn classify(error: SRCError) -> DecodeError {
-    if error.retriable {
+    if registry_unavailable(&error) {
         DecodeError::Transient(error.to_string())
     } else {
         DecodeError::Poison(error.to_string())
@@ -165,6 +174,21 @@ pub fn traceparent_for(order_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_server_error_is_unavailability_and_a_client_error_is_not() {
+        let answer = |status: &str| {
+            SRCError::new(
+                &format!("HTTP request to schema registry failed with status {status}"),
+                None,
+                false,
+            )
+        };
+        assert!(registry_unavailable(&answer("500 Internal Server Error")));
+        assert!(registry_unavailable(&answer("504 Gateway Timeout")));
+        assert!(!registry_unavailable(&answer("404 Not Found")));
+        assert!(!registry_unavailable(&answer("422 Unprocessable Entity")));
+    }
 
     #[test]
     fn traceparent_reuses_the_order_id_as_trace_id() {

@@ -140,16 +140,6 @@ pub struct ConsumerLoop {
     pub health: Arc<HealthState>,
 }
 
-/// Decodes, handles and dead-letters records; shared by every partition worker.
-struct RecordProcessor {
-    codec: Arc<EventCodec>,
-    producer: FutureProducer,
-    dead_letter_topic: String,
-    group_id: String,
-    policy: ErrorPolicy,
-    health: Arc<HealthState>,
-}
-
 /// What happened to one record.
 enum Outcome {
     Processed,
@@ -166,43 +156,20 @@ impl ConsumerLoop {
     /// Records of one partition are handled one after another, in order, by that partition's
     /// worker; partitions proceed independently, so a slow record holds up only its partition.
     pub async fn run(self, handler: Arc<dyn EventHandler>, shutdown: CancellationToken) {
-        let ConsumerLoop {
-            consumer,
-            codec,
-            producer,
-            dead_letter_topic,
-            group_id,
-            policy,
-            health,
-        } = self;
-        let processor = Arc::new(RecordProcessor {
-            codec,
-            producer,
-            dead_letter_topic,
-            group_id,
-            policy,
-            health,
-        });
-        processor.clone().consume(Arc::new(consumer), handler, &shutdown).await;
-        tracing::info!(group = %processor.group_id, "consumer stopped");
+        let consumer_loop = Arc::new(self);
+        consumer_loop.clone().consume(handler, &shutdown).await;
+        tracing::info!(group = %consumer_loop.group_id, "consumer stopped");
     }
-}
 
-impl RecordProcessor {
     /// Feeds the consumer's records to per-partition workers until shutdown; then lets the
     /// workers finish the records in hand and commits the stored offsets.
-    async fn consume(
-        self: Arc<Self>,
-        consumer: Arc<StreamConsumer>,
-        handler: Arc<dyn EventHandler>,
-        shutdown: &CancellationToken,
-    ) {
+    async fn consume(self: Arc<Self>, handler: Arc<dyn EventHandler>, shutdown: &CancellationToken) {
         let mut workers: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
         let mut running = JoinSet::new();
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                received = consumer.recv() => received,
+                received = self.consumer.recv() => received,
             };
             let message = match message {
                 Ok(message) => message.detach(),
@@ -215,12 +182,7 @@ impl RecordProcessor {
             let key = (message.topic().to_string(), message.partition());
             let worker = workers.entry(key).or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
-                running.spawn(self.clone().work_partition(
-                    consumer.clone(),
-                    receiver,
-                    handler.clone(),
-                    shutdown.clone(),
-                ));
+                running.spawn(self.clone().work_partition(receiver, handler.clone(), shutdown.clone()));
                 sender
             });
             tokio::select! {
@@ -230,7 +192,7 @@ impl RecordProcessor {
         }
         drop(workers);
         while running.join_next().await.is_some() {}
-        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(%error, "final offset commit had nothing to do or failed");
         }
     }
@@ -238,7 +200,6 @@ impl RecordProcessor {
     /// Handles one partition's records in order until the queue closes or shutdown.
     async fn work_partition(
         self: Arc<Self>,
-        consumer: Arc<StreamConsumer>,
         mut queue: mpsc::Receiver<OwnedMessage>,
         handler: Arc<dyn EventHandler>,
         shutdown: CancellationToken,
@@ -250,7 +211,10 @@ impl RecordProcessor {
             };
             match self.process(&message, handler.as_ref(), &shutdown).await {
                 Outcome::Processed | Outcome::DeadLettered => {
-                    if let Err(error) = consumer.store_offset(message.topic(), message.partition(), message.offset()) {
+                    if let Err(error) =
+                        self.consumer
+                            .store_offset(message.topic(), message.partition(), message.offset())
+                    {
                         // Only fails if the partition was revoked meanwhile; its new owner
                         // re-reads the record and the handler's idempotence absorbs it.
                         tracing::warn!(%error, "could not store offset");

@@ -143,6 +143,27 @@ impl Classify for KafkaError {
     }
 }
 
+/// Lets a service's error type (which implements [`Classify`]) be returned from an event
+/// handler and from an HTTP handler, each answering by the error's class: `HandlerError` of
+/// the same class, and a 503 (transient) or 500 (the rest) `ApiError`. One line per crate:
+/// `saga_common::classified_error!(Error);`.
+#[macro_export]
+macro_rules! classified_error {
+    ($error:ty) => {
+        impl From<$error> for $crate::consumer::HandlerError {
+            fn from(error: $error) -> Self {
+                $crate::consumer::HandlerError::classified(error)
+            }
+        }
+
+        impl From<$error> for $crate::http::ApiError {
+            fn from(error: $error) -> Self {
+                $crate::http::ApiError::classified(error)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

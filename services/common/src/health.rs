@@ -9,6 +9,7 @@
 //!   database (the outbox holds accepted orders while the broker is away); the others need the
 //!   broker and the registry too. The probes reuse the service's clients.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -44,7 +45,7 @@ pub enum TaskState {
 /// The service's liveness: its watched tasks and the count of work set aside.
 #[derive(Debug, Default)]
 pub struct HealthState {
-    tasks: Mutex<BTreeMap<&'static str, TaskState>>,
+    tasks: Mutex<BTreeMap<Cow<'static, str>, TaskState>>,
     dead_lettered: AtomicU64,
     parked: AtomicU64,
 }
@@ -55,11 +56,12 @@ impl HealthState {
     /// the rest of the service keeps running and reports the death.
     pub fn watch(
         self: &Arc<Self>,
-        name: &'static str,
+        name: impl Into<Cow<'static, str>>,
         shutdown: CancellationToken,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = ()> + Send + 'static {
-        self.set(name, TaskState::Running);
+        let name = name.into();
+        self.set(name.clone(), TaskState::Running);
         let health = self.clone();
         async move {
             let ended = AssertUnwindSafe(task).catch_unwind().await;
@@ -76,18 +78,18 @@ impl HealthState {
                 }
             };
             if let TaskState::Died(how) = &state {
-                tracing::error!(task = name, how, "service task died; /health/live now fails");
+                tracing::error!(task = %name, how, "service task died; /health/live now fails");
             }
             health.set(name, state);
         }
     }
 
-    fn set(&self, name: &'static str, state: TaskState) {
+    fn set(&self, name: Cow<'static, str>, state: TaskState) {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(name, state);
     }
 
     /// Each watched task and its state.
-    pub fn tasks(&self) -> BTreeMap<&'static str, TaskState> {
+    pub fn tasks(&self) -> BTreeMap<Cow<'static, str>, TaskState> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -146,7 +148,7 @@ async fn live(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_jso
     let dead: Vec<_> = tasks
         .iter()
         .filter(|(_, state)| matches!(state, TaskState::Died(_)))
-        .map(|(name, _)| *name)
+        .map(|(name, _)| name.as_ref())
         .collect();
     let described: serde_json::Map<String, serde_json::Value> = tasks
         .iter()
@@ -156,7 +158,7 @@ async fn live(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_jso
                 TaskState::Stopped => "stopped".to_owned(),
                 TaskState::Died(how) => format!("died: {how}"),
             };
-            ((*name).to_owned(), text.into())
+            (name.to_string(), text.into())
         })
         .collect();
     let status = if dead.is_empty() {
@@ -186,7 +188,7 @@ async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_js
     let broker = describe(broker);
     let registry = describe(registry);
     // A service with a dead task is not fit for traffic either, whatever its dependencies say.
-    let dead_tasks: Vec<&str> = routes
+    let dead_tasks: Vec<Cow<'static, str>> = routes
         .state
         .tasks()
         .into_iter()

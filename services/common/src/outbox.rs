@@ -19,7 +19,7 @@ use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use saga_contracts::SagaEvent;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -79,6 +79,7 @@ pub struct Relay {
 }
 
 /// One outbox row as the relay reads it.
+#[derive(sqlx::FromRow)]
 struct OutboxRow {
     position: i64,
     event_id: Uuid,
@@ -165,21 +166,11 @@ impl Relay {
         if !locked {
             return Ok(0);
         }
-        let rows =
-            sqlx::query("SELECT position, event_id, payload, traceparent FROM outbox ORDER BY position LIMIT $1")
+        let rows: Vec<OutboxRow> =
+            sqlx::query_as("SELECT position, event_id, payload, traceparent FROM outbox ORDER BY position LIMIT $1")
                 .bind(BATCH_SIZE)
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(OutboxRow {
-                        position: row.try_get("position")?,
-                        event_id: row.try_get("event_id")?,
-                        payload: row.try_get("payload")?,
-                        traceparent: row.try_get("traceparent")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                .await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -281,7 +272,7 @@ async fn park(tx: &mut PgConnection, position: i64, reason: &str) -> Result<()> 
 }
 
 /// An outbox row set aside, as an operator sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ParkedRow {
     /// The event's id.
     pub event_id: Uuid,
@@ -301,26 +292,12 @@ pub struct ParkedRow {
 
 /// Every parked row, oldest first.
 pub async fn list_parked(pool: &PgPool) -> Result<Vec<ParkedRow>> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT event_id, event_type, partition_key, reason, created_at, parked_at, payload \
          FROM outbox_parked ORDER BY position",
     )
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(ParkedRow {
-                event_id: row.try_get("event_id")?,
-                event_type: row.try_get("event_type")?,
-                partition_key: row.try_get("partition_key")?,
-                reason: row.try_get("reason")?,
-                created_at: row.try_get("created_at")?,
-                parked_at: row.try_get("parked_at")?,
-                payload: row.try_get("payload")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Error::from)
+    .await?)
 }
 
 /// Moves parked rows back to the end of the outbox so the relay tries them again: the ones in

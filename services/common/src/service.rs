@@ -79,6 +79,28 @@ pub struct ServiceSpec {
     pub ready_without_broker: bool,
 }
 
+impl ServiceSpec {
+    /// A service named `name` whose database defaults to `default_database` on the local
+    /// PostgreSQL and whose HTTP port defaults to `default_http_port`; ready only while its
+    /// database, the broker and the registry answer.
+    pub const fn new(name: &'static str, default_database: &'static str, default_http_port: u16) -> Self {
+        Self {
+            name,
+            default_database,
+            default_http_port,
+            ready_without_broker: false,
+        }
+    }
+
+    /// The same service, ready to take traffic while the broker or the registry is down.
+    pub const fn ready_without_broker(self) -> Self {
+        Self {
+            ready_without_broker: true,
+            ..self
+        }
+    }
+}
+
 impl ServiceConfig {
     /// The database URL, or the local default for `spec`.
     pub fn database_url(&self, spec: &ServiceSpec) -> String {
@@ -201,7 +223,7 @@ impl ServiceContext {
     /// Runs `task` as one of the service's watched tasks (see [`HealthState::watch`]).
     pub fn watched(
         &self,
-        name: &'static str,
+        name: impl Into<std::borrow::Cow<'static, str>>,
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.health.watch(name, self.shutdown.clone(), task)
@@ -251,17 +273,20 @@ pub struct Workload {
 
 /// A named background task of a service.
 pub struct BackgroundTask {
-    /// How `/health/live` names it, e.g. `charger`.
-    pub name: &'static str,
+    /// How `/health/live` names it, e.g. `charger`; unique within the service.
+    pub name: std::borrow::Cow<'static, str>,
     /// The task; it runs until shutdown.
     pub task: BoxFuture<'static, ()>,
 }
 
 impl BackgroundTask {
     /// A task named `name`.
-    pub fn new(name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+    pub fn new(
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
         Self {
-            name,
+            name: name.into(),
             task: Box::pin(task),
         }
     }
@@ -404,4 +429,22 @@ pub fn shutdown_on_signal() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+/// The `main` of a service binary: `saga_common::service_main!(order_service);` parses the
+/// crate's `Config` from flags and environment and runs its `start` until SIGTERM or Ctrl-C
+/// (see [`run_until_stopped`]). The crate must export `Config` (with a `service` field),
+/// `SPEC` and `start`.
+#[macro_export]
+macro_rules! service_main {
+    ($service:ident) => {
+        #[tokio::main]
+        async fn main() -> anyhow::Result<()> {
+            let config = <$service::Config as clap::Parser>::parse();
+            $crate::service::run_until_stopped($service::SPEC.name, &config.service.telemetry, |shutdown| {
+                $service::start(&config, shutdown)
+            })
+            .await
+        }
+    };
 }

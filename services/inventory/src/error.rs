@@ -2,9 +2,7 @@
 //! consumer retries transient ones, dead-letters permanent ones and gives unclassified ones a
 //! bounded budget; over HTTP every one is a 503 whose detail goes to the log.
 
-use saga_common::consumer::HandlerError;
 use saga_common::error::{Classify, ErrorClass};
-use saga_common::http::ApiError;
 use saga_contracts::OrderId;
 use thiserror::Error;
 
@@ -70,18 +68,7 @@ impl Classify for Error {
     }
 }
 
-impl From<Error> for HandlerError {
-    fn from(error: Error) -> Self {
-        HandlerError::classified(error)
-    }
-}
-
-impl From<Error> for ApiError {
-    /// 503 (retry later) for a transient error, 500 otherwise; the detail goes to the log.
-    fn from(error: Error) -> Self {
-        ApiError::classified(error)
-    }
-}
+saga_common::classified_error!(Error);
 
 /// An `order.created` whose lines can never be reserved, whatever the stock.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -116,6 +103,7 @@ pub enum InvalidOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use saga_common::consumer::HandlerError;
 
     #[test]
     fn content_and_missing_rows_are_permanent() {

@@ -21,13 +21,13 @@ use crate::error::{Error, Result};
 use crate::store::{self, Movement, NewReservation};
 
 /// Applies `orders` events to the stock.
-pub(crate) struct OrderEventHandler {
+pub(crate) struct InventoryHandler {
     pub(crate) database: PgPool,
     pub(crate) relay: Relay,
 }
 
 #[async_trait]
-impl EventHandler for OrderEventHandler {
+impl EventHandler for InventoryHandler {
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
         let Some(mut tx) = self.begin_once(consumed).await? else {
             return Ok(());
@@ -47,7 +47,7 @@ impl EventHandler for OrderEventHandler {
     }
 }
 
-impl OrderEventHandler {
+impl InventoryHandler {
     /// Starts the event's transaction and records it in the inbox; `None` if it was processed
     /// before (nothing else may happen then).
     async fn begin_once(

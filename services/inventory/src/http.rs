@@ -26,13 +26,13 @@ const MAX_REASON_LENGTH: usize = 500;
 
 /// What the handlers share.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct HttpState {
     pub(crate) database: PgPool,
     pub(crate) relay: Relay,
 }
 
 /// The stock routes.
-pub(crate) fn routes(state: AppState) -> Router {
+pub(crate) fn routes(state: HttpState) -> Router {
     Router::new()
         .route("/stock/{sku}", get(get_stock))
         .route("/stock/{sku}/adjustments", post(post_adjustment))
@@ -89,7 +89,7 @@ impl AdjustmentResponse {
 
 #[tracing::instrument(skip_all, fields(sku))]
 async fn get_stock(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<StockResponse>, ApiError> {
     let sku = valid_sku(path)?;
@@ -108,7 +108,7 @@ async fn get_stock(
 
 #[tracing::instrument(skip_all, fields(sku, adjustment_id))]
 async fn post_adjustment(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(request): JsonBody<AdjustmentRequest>,
 ) -> Result<(StatusCode, Json<AdjustmentResponse>), ApiError> {

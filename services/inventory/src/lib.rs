@@ -24,12 +24,7 @@ pub use error::{Error, InvalidOrder};
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec = ServiceSpec {
-    name: "inventory-service",
-    default_database: "saga_inventory",
-    default_http_port: 8083,
-    ready_without_broker: false,
-};
+pub const SPEC: ServiceSpec = ServiceSpec::new("inventory-service", "saga_inventory", 8083);
 
 /// Configuration of the inventory service.
 #[derive(Debug, Clone, Parser)]
@@ -49,11 +44,11 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         return Ok(None);
     };
     let listen = config.service.http_listen(&SPEC);
-    let routes = http::routes(http::AppState {
+    let routes = http::routes(http::HttpState {
         database: context.database.clone(),
         relay: context.relay.clone(),
     });
-    let handler = handler::OrderEventHandler {
+    let handler = handler::InventoryHandler {
         database: context.database.clone(),
         relay: context.relay.clone(),
     };

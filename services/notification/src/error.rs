@@ -2,8 +2,6 @@
 //! [`ErrorClass`]); the consumer loop, the mailer and the HTTP API act on that class alone.
 
 use lettre::transport::smtp;
-use saga_common::consumer::HandlerError;
-use saga_common::http::ApiError;
 use saga_common::{Classify, ErrorClass};
 use thiserror::Error;
 
@@ -69,22 +67,12 @@ pub fn reply_class(code: u16) -> ErrorClass {
     }
 }
 
-impl From<Error> for HandlerError {
-    fn from(error: Error) -> Self {
-        HandlerError::classified(error)
-    }
-}
-
-impl From<Error> for ApiError {
-    /// 503 (retry later) for a transient error, 500 otherwise; the detail goes to the log.
-    fn from(error: Error) -> Self {
-        ApiError::classified(error)
-    }
-}
+saga_common::classified_error!(Error);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use saga_common::consumer::HandlerError;
 
     #[test]
     fn a_mailbox_that_is_busy_or_full_is_retried() {

@@ -15,12 +15,12 @@ use crate::domain::{self, NewNotification};
 use crate::store;
 
 /// The `orders` consumer of the notification service.
-pub struct OrderOutcomeHandler {
+pub struct NotificationHandler {
     database: PgPool,
     mailer_wake: Arc<Notify>,
 }
 
-impl OrderOutcomeHandler {
+impl NotificationHandler {
     /// A handler writing to `database` and waking the mailer through `mailer_wake`.
     pub fn new(database: PgPool, mailer_wake: Arc<Notify>) -> Self {
         Self { database, mailer_wake }
@@ -48,7 +48,7 @@ impl OrderOutcomeHandler {
 }
 
 #[async_trait]
-impl EventHandler for OrderOutcomeHandler {
+impl EventHandler for NotificationHandler {
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
         match domain::email_for(&consumed.event)? {
             Some(notification) => self.record(consumed, notification).await,

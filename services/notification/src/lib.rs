@@ -27,18 +27,13 @@ pub mod mailer;
 pub mod store;
 
 pub use error::{Error, Result};
-use handler::OrderOutcomeHandler;
+use handler::NotificationHandler;
 use mailer::{Mailer, MailerConfig, SmtpConfig, SmtpSender};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec = ServiceSpec {
-    name: "notification-service",
-    default_database: "saga_notification",
-    default_http_port: 8084,
-    ready_without_broker: false,
-};
+pub const SPEC: ServiceSpec = ServiceSpec::new("notification-service", "saga_notification", 8084);
 
 /// Configuration of the notification service.
 #[derive(Debug, Clone, Parser)]
@@ -83,12 +78,17 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         &config.mailer,
         context.policy,
     );
-    let handler = OrderOutcomeHandler::new(context.database.clone(), mailer_wake);
+    let handler = NotificationHandler::new(context.database.clone(), mailer_wake);
     let routes = http::routes(context.database.clone());
     let workload = Workload {
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
         background: (0..config.mailer.concurrency.max(1))
-            .map(|_| BackgroundTask::new("mailer", mailer.clone().run(context.shutdown.clone())))
+            .map(|number| {
+                BackgroundTask::new(
+                    format!("mailer {}", number + 1),
+                    mailer.clone().run(context.shutdown.clone()),
+                )
+            })
             .collect(),
     };
     let running = context.launch(listen, routes, workload).await?;

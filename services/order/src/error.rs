@@ -1,9 +1,7 @@
 //! The order service's one error type. Each variant says whether retrying can help
 //! ([`Classify`]): the consumer loop retries transient errors and dead-letters permanent ones,
-//! the deadline scanner retries or tries again at its next scan, and HTTP answers 503.
+//! the deadline scanner retries or tries again at its next scan, and HTTP answers 503 (retry later) for transient errors, 500 for the others.
 
-use saga_common::consumer::HandlerError;
-use saga_common::http::ApiError;
 use saga_common::{Classify, ErrorClass};
 use saga_contracts::{EventId, EventType, OrderId};
 use thiserror::Error;
@@ -61,22 +59,12 @@ impl Classify for Error {
     }
 }
 
-impl From<Error> for HandlerError {
-    fn from(error: Error) -> Self {
-        HandlerError::classified(error)
-    }
-}
-
-impl From<Error> for ApiError {
-    /// 503 (retry later) for a transient error, 500 otherwise; the detail goes to the log.
-    fn from(error: Error) -> Self {
-        ApiError::classified(error)
-    }
-}
+saga_common::classified_error!(Error);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use saga_common::consumer::HandlerError;
 
     fn unknown_order() -> Error {
         Error::UnknownOrder {

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::store;
 
 /// Consumes the payments and inventory topics.
-pub struct OutcomeHandler {
+pub struct OrderHandler {
     /// The order database.
     pub database: PgPool,
     /// Woken after events are committed.
@@ -45,7 +45,7 @@ fn source_of(event: &SagaEvent) -> &'static str {
 }
 
 #[async_trait]
-impl EventHandler for OutcomeHandler {
+impl EventHandler for OrderHandler {
     #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
         let event = &consumed.event;

@@ -33,7 +33,7 @@ pub struct HttpState {
 }
 
 /// The order routes.
-pub fn router(state: HttpState) -> Router {
+pub fn routes(state: HttpState) -> Router {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{order_id}", get(get_order))

@@ -22,14 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec = ServiceSpec {
-    name: "order-service",
-    default_database: "saga_order",
-    default_http_port: 8080,
-    // Accepted orders wait in the outbox while the broker or the registry is down.
-    ready_without_broker: true,
-};
+/// Name, default database and default port of this service; ready without the broker, since
+/// accepted orders wait in the outbox while the broker or the registry is down.
+pub const SPEC: ServiceSpec = ServiceSpec::new("order-service", "saga_order", 8080).ready_without_broker();
 
 /// Configuration of the order service.
 #[derive(Debug, Clone, Parser)]
@@ -51,12 +46,12 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
-    let routes = http::router(http::HttpState {
+    let routes = http::routes(http::HttpState {
         database: context.database.clone(),
         relay: context.relay.clone(),
         saga_deadline,
     });
-    let handler = handler::OutcomeHandler {
+    let handler = handler::OrderHandler {
         database: context.database.clone(),
         relay: context.relay.clone(),
     };

@@ -3,8 +3,6 @@
 //! error is retried with backoff, a permanent one dead-letters the event (consumer) or stalls the
 //! payment for an operator (charger), an unclassified one is retried within the policy's budget.
 
-use saga_common::consumer::HandlerError;
-use saga_common::http::ApiError;
 use saga_common::{Classify, ErrorClass};
 use saga_contracts::OrderId;
 
@@ -64,22 +62,12 @@ impl Classify for GatewayError {
     }
 }
 
-impl From<Error> for HandlerError {
-    fn from(error: Error) -> Self {
-        HandlerError::classified(error)
-    }
-}
-
-impl From<Error> for ApiError {
-    /// 503 (retry later) for a transient error, 500 otherwise; the detail goes to the log.
-    fn from(error: Error) -> Self {
-        ApiError::classified(error)
-    }
-}
+saga_common::classified_error!(Error);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use saga_common::consumer::HandlerError;
 
     #[test]
     fn an_uncharged_order_and_a_corrupt_row_are_permanent() {

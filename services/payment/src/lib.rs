@@ -38,12 +38,7 @@ use handler::PaymentHandler;
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
-pub const SPEC: ServiceSpec = ServiceSpec {
-    name: "payment-service",
-    default_database: "saga_payment",
-    default_http_port: 8082,
-    ready_without_broker: false,
-};
+pub const SPEC: ServiceSpec = ServiceSpec::new("payment-service", "saga_payment", 8082);
 
 /// Configuration of the payment service.
 #[derive(Debug, Clone, Parser)]

@@ -321,14 +321,7 @@ impl Cluster {
             registry.start()?;
         }
         let url = format!("{}/subjects", self.registry_url);
-        eventually("schema registry answering", Duration::from_secs(60), || async {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ())
-        })
-        .await
+        answers_ok("schema registry answering", &url, Duration::from_secs(60)).await
     }
 
     /// Starts a service (if not running) without waiting for it.
@@ -342,14 +335,7 @@ impl Cluster {
     /// Waits until a service's readiness probe answers 200.
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
         let url = format!("http://{}/health/ready", self.http[name]);
-        eventually(&format!("{name} ready"), timeout, || async {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ())
-        })
-        .await
+        answers_ok(&format!("{name} ready"), &url, timeout).await
     }
 
     /// Starts everything and waits until every service is ready.
@@ -431,4 +417,16 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Waits until `GET url` answers with a success status.
+async fn answers_ok(what: &str, url: &str, timeout: Duration) -> anyhow::Result<()> {
+    eventually(what, timeout, || async {
+        reqwest::get(url)
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await
 }

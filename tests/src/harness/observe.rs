@@ -312,6 +312,26 @@ fn lines(items: &Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Outbox rows a relay parked because retrying could not publish them, one line per service
+/// that has any, with the first reason. A parked row is an event the saga never saw, so any
+/// fails the run.
+pub async fn parked_outbox_rows(cluster: &ClusterView, databases: &Databases) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for service in cluster.databases.keys() {
+        let parked = saga_common::outbox::list_parked(databases.pool(service)?).await?;
+        if let Some(first) = parked.first() {
+            lines.push(format!(
+                "{service}: {} outbox row(s) parked, the first ({} {}) because {}",
+                parked.len(),
+                first.event_type,
+                first.event_id,
+                first.reason
+            ));
+        }
+    }
+    Ok(lines)
+}
+
 /// Reads everything the invariants need.
 pub async fn snapshot(
     cluster: &ClusterView,
@@ -343,20 +363,12 @@ pub async fn snapshot(
             },
         );
     }
-    for row in sqlx::query("SELECT order_id::text AS order_id, status, amount_minor, refunded_minor FROM payments")
-        .fetch_all(databases.pool("payment-service")?)
-        .await?
-    {
-        let order_id: String = row.try_get("order_id")?;
-        state.payments.insert(
-            order_id.clone(),
-            PaymentRecord {
-                order_id,
-                status: row.try_get("status")?,
-                amount_minor: row.try_get("amount_minor")?,
-                refunded_minor: row.try_get("refunded_minor")?,
-            },
-        );
+    let payments: Vec<PaymentRecord> =
+        sqlx::query_as("SELECT order_id::text AS order_id, status, amount_minor, refunded_minor FROM payments")
+            .fetch_all(databases.pool("payment-service")?)
+            .await?;
+    for payment in payments {
+        state.payments.insert(payment.order_id.clone(), payment);
     }
     let inventory = databases.pool("inventory-service")?;
     for row in sqlx::query("SELECT order_id::text AS order_id, status, items FROM reservations")

@@ -37,6 +37,9 @@ pub struct Report {
     /// with the group, its lag and its lagging partitions; any fails the run.
     #[serde(default)]
     pub stalled_groups: Vec<String>,
+    /// Outbox rows the relays parked, one line per service; any fails the run.
+    #[serde(default)]
+    pub parked_outbox_rows: Vec<String>,
     /// Seconds the whole run took.
     pub duration_secs: f64,
     /// Anything else worth knowing about the run.
@@ -113,6 +116,12 @@ impl Report {
         if self.quiescence_secs.is_none() {
             reasons.push("the system did not quiesce".to_string());
         }
+        if !self.parked_outbox_rows.is_empty() {
+            reasons.push(format!(
+                "{} service(s) parked outbox rows",
+                self.parked_outbox_rows.len()
+            ));
+        }
         reasons
     }
 }
@@ -139,6 +148,13 @@ impl fmt::Display for Report {
             writeln!(f, "Stalled consumer groups:")?;
             for stalled in &self.stalled_groups {
                 writeln!(f, "  - {stalled}")?;
+            }
+        }
+        if !self.parked_outbox_rows.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "Parked outbox rows:")?;
+            for parked in &self.parked_outbox_rows {
+                writeln!(f, "  - {parked}")?;
             }
         }
 
@@ -232,6 +248,7 @@ mod tests {
             invariants,
             quiescence_secs,
             stalled_groups: Vec::new(),
+            parked_outbox_rows: Vec::new(),
             duration_secs: 61.25,
             notes: vec!["payment service restarted 4 times".to_string()],
         }
@@ -288,6 +305,19 @@ mod tests {
         );
         assert!(
             text.contains("Verdict: FAILED (1 consumer group(s) stalled; the system did not quiesce)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_report_with_parked_outbox_rows_is_not_passed_and_lists_them() {
+        let mut report = report(all_passed(), Some(2.0));
+        report.parked_outbox_rows = vec!["order-service: 1 outbox row(s) parked".to_string()];
+        assert!(!report.passed());
+        let text = report.render_text();
+        assert!(text.contains("  - order-service: 1 outbox row(s) parked"), "{text}");
+        assert!(
+            text.contains("Verdict: FAILED (1 service(s) parked outbox rows)"),
             "{text}"
         );
     }

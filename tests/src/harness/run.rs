@@ -207,7 +207,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         replication_factor: replication,
         // The run's topics and groups never mix with another run's on a shared cluster.
         topic_prefix: format!("h{run_id}."),
-        postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres@127.0.0.1:5432"),
+        postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres:postgres@127.0.0.1:5432"),
         smtp: (
             env_or("SMTP_HOST", "127.0.0.1"),
             env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
@@ -310,6 +310,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
             None
         }
     };
+    let parked_outbox_rows = observe::parked_outbox_rows(&view, &databases).await?;
     let report = Report {
         seed: config.seed,
         orders_placed: placed.len(),
@@ -318,6 +319,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         invariants: invariants::check(&state),
         quiescence_secs,
         stalled_groups,
+        parked_outbox_rows,
         duration_secs: started.elapsed().as_secs_f64(),
         notes,
     };

@@ -24,11 +24,11 @@ pub struct OrderRecord {
 }
 
 /// A payment as the payment service stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct PaymentRecord {
     /// The order it pays for.
     pub order_id: String,
-    /// captured, declined or refunded.
+    /// pending, captured, declined, refunding or refunded.
     pub status: String,
     /// Amount charged (or attempted), in minor units.
     pub amount_minor: i64,
