@@ -1,5 +1,6 @@
 //! The envelope every event carries (event id, order id, causation id, occurred-at), and the
-//! only way events get one: [`Envelope::caused_by`] for an event that reacts to another, and
+//! only way events get one: [`Envelope::caused_by`] for an event that reacts to another
+//! ([`Envelope::caused_by_recorded`] when only the cause's ids were kept), and
 //! [`Envelope::for_command`] for one a request caused. No handler writes these fields itself.
 
 use serde::{Deserialize, Serialize};
@@ -55,10 +56,17 @@ impl Envelope<OrderId> {
     /// cause's event id as causation, and the current time.
     pub fn caused_by(cause: &impl Event<OrderRef = OrderId>) -> Self {
         let cause = cause.envelope();
+        Self::caused_by_recorded(cause.order_id, cause.event_id)
+    }
+
+    /// The envelope of an event that reacts to an event consumed earlier, of which only its
+    /// order and its event id were kept (a worker that acts long after a handler recorded the
+    /// cause, like the payment service's charger).
+    pub fn caused_by_recorded(order_id: OrderId, cause: EventId) -> Self {
         Self {
             event_id: EventId::new(),
-            order_id: cause.order_id,
-            causation_id: Some(cause.event_id),
+            order_id,
+            causation_id: Some(cause),
             occurred_at: now_millis(),
         }
     }

@@ -21,8 +21,8 @@
 //! payment another instance settled) changes nothing and causes nothing.
 
 use saga_contracts::{
-    Envelope, Event, EventId, FailureReason, OrderCreated, OrderFailed, OrderId, PaymentFailed, PaymentId,
-    PaymentRefunded, PaymentSucceeded, SagaEvent,
+    Envelope, EventId, FailureReason, OrderCreated, OrderFailed, OrderId, PaymentFailed, PaymentId, PaymentRefunded,
+    PaymentSucceeded, SagaEvent,
 };
 
 use crate::error::{Error, Result};
@@ -308,11 +308,10 @@ fn settle(
     outcome: ChargeOutcome,
     failure: Option<OrderFailure>,
 ) -> (PaymentState, Vec<SagaEvent>) {
-    let order_created = EarlierEvent::new(payment.order_id, requested_by);
     let (status, event) = match outcome {
         ChargeOutcome::Declined { reason } => {
             let event = SagaEvent::PaymentFailed(PaymentFailed {
-                envelope: Envelope::caused_by(&order_created),
+                envelope: Envelope::caused_by_recorded(payment.order_id, requested_by),
                 reason: reason.clone(),
                 failure_reason: FailureReason::PaymentDeclined,
                 amount_minor: payment.amount_minor,
@@ -322,7 +321,7 @@ fn settle(
         }
         ChargeOutcome::Captured { gateway_reference } => {
             let event = SagaEvent::PaymentSucceeded(PaymentSucceeded {
-                envelope: Envelope::caused_by(&order_created),
+                envelope: Envelope::caused_by_recorded(payment.order_id, requested_by),
                 payment_id: payment.payment_id,
                 amount_minor: payment.amount_minor,
                 currency: payment.currency.clone(),
@@ -351,7 +350,7 @@ fn settle(
 /// payment.refunded for `payment`, caused by the order's failure.
 fn payment_refunded(payment: &Payment, failure: Option<&OrderFailure>) -> SagaEvent {
     let envelope = match failure.and_then(|failure| failure.event_id) {
-        Some(event_id) => Envelope::caused_by(&EarlierEvent::new(payment.order_id, event_id)),
+        Some(event_id) => Envelope::caused_by_recorded(payment.order_id, event_id),
         // A failure recorded before its event id was kept.
         None => Envelope::for_command(payment.order_id),
     };
@@ -363,30 +362,6 @@ fn payment_refunded(payment: &Payment, failure: Option<&OrderFailure>) -> SagaEv
         currency: payment.currency.clone(),
         reason: reason.to_string(),
     })
-}
-
-/// An event consumed earlier, known by its id and order: the cause of an event written later
-/// (the charger writes payment.success long after order.created was consumed).
-struct EarlierEvent(Envelope);
-
-impl EarlierEvent {
-    fn new(order_id: OrderId, event_id: EventId) -> Self {
-        // Only the id and the order are remembered; they are all `Envelope::caused_by` reads.
-        Self(Envelope {
-            event_id,
-            order_id,
-            causation_id: None,
-            occurred_at: 0,
-        })
-    }
-}
-
-impl Event for EarlierEvent {
-    type OrderRef = OrderId;
-
-    fn envelope(&self) -> &Envelope {
-        &self.0
-    }
 }
 
 #[cfg(test)]
