@@ -133,10 +133,12 @@ fn order_created_v1_value(schema: &Schema) -> Value {
 
 /// One sample event per event type, with nullable fields both set and unset across samples.
 fn sample(event_type: EventType) -> SagaEvent {
-    let event_id = EventId::new();
-    let order_id = OrderId::new();
-    let caused_by = Some(EventId::new());
-    let occurred_at = 1_700_000_000_000 + event_type as i64;
+    let caused = Envelope {
+        event_id: EventId::new(),
+        order_id: OrderId::new(),
+        causation_id: Some(EventId::new()),
+        occurred_at: 1_700_000_000_000 + event_type as i64,
+    };
     let lines = vec![
         StockLine {
             sku: "SKU-1".into(),
@@ -150,10 +152,8 @@ fn sample(event_type: EventType) -> SagaEvent {
     match event_type {
         EventType::OrderCreated => OrderCreated {
             envelope: Envelope {
-                event_id,
-                order_id,
                 causation_id: None,
-                occurred_at,
+                ..caused
             },
             customer_id: "c-1".into(),
             customer_email: "c@example.com".into(),
@@ -176,24 +176,14 @@ fn sample(event_type: EventType) -> SagaEvent {
         }
         .into(),
         EventType::OrderConfirmed => OrderConfirmed {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             customer_email: "c@example.com".into(),
             total_minor: 3_750,
             currency: "USD".into(),
         }
         .into(),
         EventType::OrderFailed => OrderFailed {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             reason: "card_declined".into(),
             failure_reason: FailureReason::PaymentDeclined,
             customer_email: "c@example.com".into(),
@@ -202,24 +192,14 @@ fn sample(event_type: EventType) -> SagaEvent {
         }
         .into(),
         EventType::PaymentSucceeded => PaymentSucceeded {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             payment_id: PaymentId::new(),
             amount_minor: 3_750,
             currency: "USD".into(),
         }
         .into(),
         EventType::PaymentFailed => PaymentFailed {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             reason: "card_declined".into(),
             failure_reason: FailureReason::PaymentDeclined,
             amount_minor: 3_750,
@@ -227,12 +207,7 @@ fn sample(event_type: EventType) -> SagaEvent {
         }
         .into(),
         EventType::PaymentRefunded => PaymentRefunded {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             payment_id: PaymentId::new(),
             amount_minor: 3_750,
             currency: "USD".into(),
@@ -240,54 +215,33 @@ fn sample(event_type: EventType) -> SagaEvent {
         }
         .into(),
         EventType::InventoryReserved => InventoryReserved {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             items: lines,
         }
         .into(),
         EventType::InventoryReservationFailed => InventoryReservationFailed {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             reason: "out_of_stock".into(),
             failure_reason: FailureReason::OutOfStock,
             unavailable_skus: vec!["SKU-2".into()],
         }
         .into(),
         EventType::InventoryCommitted => InventoryCommitted {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             items: lines,
         }
         .into(),
         EventType::InventoryReleased => InventoryReleased {
-            envelope: Envelope {
-                event_id,
-                order_id,
-                causation_id: caused_by,
-                occurred_at,
-            },
+            envelope: caused,
             items: vec![],
             reason: "order_failed".into(),
         }
         .into(),
         EventType::StockAdjusted => StockAdjusted {
             envelope: Envelope {
-                event_id,
                 order_id: None,
                 causation_id: None,
-                occurred_at,
+                ..caused.with_optional_order()
             },
             sku: "SKU-1".into(),
             delta: -3,
