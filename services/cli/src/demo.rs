@@ -130,20 +130,52 @@ pub(crate) async fn wait_until_terminal(
     order_id: &str,
     timeout: Duration,
 ) -> anyhow::Result<Value> {
+    poll_order(http, endpoints, order_id, timeout, |view| {
+        (view["status"] == "PENDING").then(|| "a decision".to_string())
+    })
+    .await
+}
+
+/// Polls a decided order until its compensations or commit show in its timeline.
+async fn wait_until_settled(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    order_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    poll_order(http, endpoints, order_id, timeout, |view| {
+        let missing = missing_follow_ups(view);
+        (!missing.is_empty()).then(|| format!("{missing:?}"))
+    })
+    .await
+}
+
+/// Polls `GET /orders/{order_id}` until `lacking` finds nothing lacking in its view, and
+/// returns that view; fails after `timeout` naming what was still lacking.
+async fn poll_order(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    order_id: &str,
+    timeout: Duration,
+    lacking: impl Fn(&Value) -> Option<String>,
+) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let response = http
             .get(format!("{}/orders/{order_id}", endpoints.order))
             .send()
             .await?;
-        if response.status().is_success() {
+        let still_lacking = if response.status().is_success() {
             let view: Value = response.json().await?;
-            if view["status"] != "PENDING" {
-                return Ok(view);
+            match lacking(&view) {
+                None => return Ok(view),
+                Some(what) => what,
             }
-        }
+        } else {
+            format!("the order itself (HTTP {})", response.status())
+        };
         if tokio::time::Instant::now() >= deadline {
-            bail!("order {order_id} still not decided after {timeout:?}");
+            bail!("order {order_id} still lacks {still_lacking} after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -174,32 +206,6 @@ fn missing_follow_ups(view: &Value) -> Vec<&'static str> {
         _ => {}
     }
     missing
-}
-
-/// Polls a decided order until its compensations or commit show in its timeline.
-async fn wait_until_settled(
-    http: &reqwest::Client,
-    endpoints: &Endpoints,
-    order_id: &str,
-    timeout: Duration,
-) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let view: Value = http
-            .get(format!("{}/orders/{order_id}", endpoints.order))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let missing = missing_follow_ups(&view);
-        if missing.is_empty() {
-            return Ok(view);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("order {order_id} is missing {missing:?} after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn print_order(name: &str, view: &Value) {

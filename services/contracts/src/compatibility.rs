@@ -170,7 +170,7 @@ fn can_read(writer: &Schema, reader: &Schema) -> Result<(), String> {
 
 /// The error and its sources, joined: apache-avro puts the detail of a field mismatch in the
 /// source.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -6,6 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use saga_contracts::compatibility::error_chain;
 use serde_json::json;
 
 use crate::service::ServiceError;
@@ -91,17 +92,6 @@ impl IntoResponse for ApiError {
         let body = json!({ "error_code": code, "message": message });
         (status, Json(body)).into_response()
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
