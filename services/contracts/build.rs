@@ -202,6 +202,7 @@ const RESERVED_TYPE_NAMES: &[&str] = &[
     "SagaEvent",
     "SchemaVersion",
     "Topic",
+    "AdjustmentId",
 ];
 
 const RUST_KEYWORDS: &[&str] = &[
@@ -251,7 +252,10 @@ const STRING: &str = "::std::string::String";
 const ENVELOPE_FIELDS: [&str; 4] = ["event_id", "order_id", "causation_id", "occurred_at"];
 
 /// String fields that hold UUIDs of a known kind, and the typed id they become.
-const ID_FIELDS: &[(&str, &str)] = &[("payment_id", "crate::PaymentId")];
+const ID_FIELDS: &[(&str, &str)] = &[
+    ("payment_id", "crate::PaymentId"),
+    ("adjustment_id", "crate::AdjustmentId"),
+];
 
 impl Generator {
     /// Generates the latest version of one event type: its record, nested records, and the
@@ -332,9 +336,17 @@ impl Generator {
                 continue;
             }
             if let Some((_, id_type)) = ID_FIELDS.iter().find(|(id_field, _)| *id_field == name) {
+                let nullable_string = format!("::std::option::Option<{STRING}>");
                 rust_type = match rust_type.as_str() {
                     STRING => (*id_type).to_owned(),
-                    _ => return Err(at(scope, &field_context, "an id field must be a string")),
+                    nullable if nullable == nullable_string => format!("::std::option::Option<{id_type}>"),
+                    _ => {
+                        return Err(at(
+                            scope,
+                            &field_context,
+                            "an id field must be a string or [\"null\", \"string\"]",
+                        ))
+                    }
                 };
             }
             if let Some(doc) = field.get("doc") {

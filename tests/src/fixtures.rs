@@ -35,6 +35,9 @@ pub fn order_created_with(order_id: OrderId, lines: &[(&str, i32)], token: &str)
         currency: CURRENCY.into(),
         items,
         sales_channel: "api".into(),
+        idempotency_key: None,
+        request_hash: None,
+        deadline_at: None,
     }
 }
 
@@ -50,6 +53,7 @@ pub fn payment_succeeded(order: &OrderCreated) -> PaymentSucceeded {
         payment_id: PaymentId::new(),
         amount_minor: order.total_minor,
         currency: order.currency.clone(),
+        gateway_reference: Some(format!("gw-{}", order.envelope.order_id)),
     }
 }
 

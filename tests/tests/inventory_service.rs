@@ -246,6 +246,18 @@ async fn an_adjustment_adds_stock_emits_stock_adjusted_and_a_retry_with_the_same
         ],
         "an adjustment belongs to no order and no event caused it"
     );
+    // Each carries its adjustment id, so a rebuilt inventory still recognises a retry.
+    let adjustment_ids: Vec<Option<String>> = events
+        .iter()
+        .map(|event| match event {
+            SagaEvent::StockAdjusted(a) => a.adjustment_id.map(|id| id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        adjustment_ids,
+        vec![Some(adjustment_id), second["adjustment_id"].as_str().map(str::to_owned)]
+    );
     inventory.stop().await;
     Ok(())
 }

@@ -14,7 +14,7 @@ use notification_service::store;
 use reqwest::StatusCode;
 use saga_common::consumer::{DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC};
 use saga_common::service::RunningService;
-use saga_contracts::{EventId, FailureReason, OrderCreated, OrderId, SagaEvent, Topic};
+use saga_contracts::{EventId, FailureReason, OrderCreated, OrderId, OrderOutcome, SagaEvent, Topic};
 use saga_tests::fixtures::{order_confirmed, order_created, order_failed};
 use saga_tests::services::notification::{
     maildev_mails_to, maildev_smtp, smtp_on_localhost, start, RejectingSmtpServer,
@@ -52,6 +52,19 @@ async fn the_email_once(service: &RunningService, order_id: OrderId, status: &st
 /// Waits until the order's only email is marked sent, then checks that exactly one mail reached
 /// its customer in maildev: once the row is sent the mailer never touches it again, so one
 /// stays one.
+/// The first `count` events on the notifications topic (what the service told it sent or set
+/// aside), waiting until there are that many.
+async fn notification_events(env: &TestEnv, count: usize) -> anyhow::Result<Vec<SagaEvent>> {
+    let records = env
+        .reader(&env.kafka.topic(Topic::Notifications))?
+        .read_until(Duration::from_secs(30), |records| records.len() >= count)
+        .await?;
+    records
+        .into_iter()
+        .map(|record| record.event.map_err(|error| anyhow::anyhow!(error)))
+        .collect()
+}
+
 async fn the_one_email(service: &RunningService, order: &OrderCreated) -> anyhow::Result<Value> {
     let row = the_email_once(service, order.envelope.order_id, "sent").await?;
     assert_eq!(row["attempts"].as_i64().map(|a| a >= 1), Some(true), "{row}");
@@ -103,6 +116,19 @@ async fn a_confirmed_order_gets_exactly_one_confirmation_email_with_the_determin
     assert_eq!(body[0]["recipient"], order.customer_email.as_str());
     assert_eq!(body[0]["message_id"], expected_message_id.as_str());
     assert_eq!(body[0]["attempts"], 1);
+
+    // What was sent is an event of its own, so "exactly one email" survives a rebuild.
+    let told = notification_events(&env, 1).await?;
+    let SagaEvent::NotificationSent(sent) = &told[0] else {
+        panic!("expected notification.sent, got {told:?}");
+    };
+    assert_eq!(sent.envelope.order_id, order_id);
+    assert_eq!(sent.order_outcome, OrderOutcome::Confirmed);
+    assert_eq!(sent.message_id, expected_message_id);
+    assert_eq!(
+        (sent.recipient.as_str(), sent.attempts),
+        (order.customer_email.as_str(), 1)
+    );
     service.stop().await;
     Ok(())
 }
@@ -236,6 +262,30 @@ async fn a_recipient_the_smtp_server_rejects_for_good_is_set_aside_and_later_ema
     assert_eq!(redriven["redriven"], json!([failed["message_id"]]), "{redriven:#}");
     let sent = the_email_once(&service, rejected.envelope.order_id, "sent").await?;
     assert_eq!(sent["attempts"], 2, "{sent:#}");
+    // Each step is an event: set aside, the other email sent, then this one sent on attempt 2.
+    let told = notification_events(&env, 3).await?;
+    let steps: Vec<(String, OrderId, i32)> = told
+        .iter()
+        .map(|event| match event {
+            SagaEvent::NotificationSent(e) => ("sent".to_string(), e.envelope.order_id, e.attempts),
+            SagaEvent::NotificationFailed(e) => {
+                let refused = if e.error.contains("550") {
+                    "refused with 550"
+                } else {
+                    "other error"
+                };
+                (format!("failed: {refused}"), e.envelope.order_id, e.attempts)
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let (rejected_id, accepted_id) = (rejected.envelope.order_id, accepted.envelope.order_id);
+    assert!(
+        steps.contains(&("failed: refused with 550".to_string(), rejected_id, 1)),
+        "{steps:?}"
+    );
+    assert!(steps.contains(&("sent".to_string(), accepted_id, 1)), "{steps:?}");
+    assert!(steps.contains(&("sent".to_string(), rejected_id, 2)), "{steps:?}");
     assert_eq!(
         smtp.delivered_to(),
         vec![accepted.customer_email.clone(), rejected.customer_email.clone()]
@@ -340,7 +390,9 @@ async fn a_claimed_email_is_not_claimed_again_until_its_claim_ends_or_expires() 
     assert_eq!(reclaimed.map(|n| n.order_id), Some(order_id));
 
     // Recording the email as sent ends the claim for good.
-    store::mark_sent(&other_pool, order_id, Outcome::Confirmed.as_str()).await?;
+    let mut connection = other_pool.acquire().await?;
+    store::mark_sent(&mut connection, order_id, Outcome::Confirmed.as_str()).await?;
+    drop(connection);
     let (status, claimed): (String, bool) =
         sqlx::query_as("SELECT status, claimed_until IS NOT NULL FROM notifications WHERE order_id = $1")
             .bind(order_id.uuid())

@@ -252,9 +252,21 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_nothing_new() -> a
     assert_eq!(reused.status(), 422);
 
     let order_id: OrderId = answers[0]["order_id"].as_str().expect("order_id").parse()?;
+    let published = published_for(&env, order_id).await?;
+    assert_eq!(types(&published), vec![EventType::OrderCreated]);
+    // The key and the request's hash travel with the event, so a service rebuilt from the
+    // topics still answers a retry with this order; so does the deadline.
+    let SagaEvent::OrderCreated(created) = &published[0] else {
+        unreachable!()
+    };
+    assert_eq!(created.idempotency_key.as_deref(), Some(key.as_str()));
+    assert!(
+        created.request_hash.as_ref().is_some_and(|hash| hash.len() == 36),
+        "{created:?}"
+    );
     assert_eq!(
-        types(&published_for(&env, order_id).await?),
-        vec![EventType::OrderCreated]
+        created.deadline_at,
+        Some(created.envelope.occurred_at + (LONG_DEADLINE_SECS * 1000.0) as i64)
     );
     service.stop().await;
     Ok(())

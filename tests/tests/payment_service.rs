@@ -225,6 +225,14 @@ async fn a_good_token_is_captured_and_payment_success_carries_the_order_total() 
     assert_eq!(success.envelope.causation_id, Some(created.envelope.event_id));
     assert_eq!(success.amount_minor, created.total_minor);
     assert_eq!(success.currency, CURRENCY);
+    // The gateway's answer is recorded in the event, so a rebuilt state need not ask again.
+    let captured_reference: Option<String> =
+        sqlx::query_scalar("SELECT gateway_reference FROM payments WHERE order_id = $1")
+            .bind(order_id(&created))
+            .fetch_one(&test.database)
+            .await?;
+    assert!(captured_reference.is_some());
+    assert_eq!(success.gateway_reference, captured_reference);
     assert_eq!(
         test.payment(&created).await?,
         serde_json::json!({

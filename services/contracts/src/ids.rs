@@ -92,6 +92,11 @@ uuid_id!(
     PaymentId,
     "payment id"
 );
+uuid_id!(
+    /// The id a client gave a stock adjustment; retrying with it applies the adjustment once.
+    AdjustmentId,
+    "adjustment id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,7 @@ mod ids;
 
 pub use envelope::{now_millis, Envelope, Event, OrderRef};
 pub use error::{ContractError, Result};
-pub use ids::{EventId, OrderId, PaymentId};
+pub use ids::{AdjustmentId, EventId, OrderId, PaymentId};
 
 /// The generated event and nested record structs, one per record of the latest schemas.
 #[allow(non_snake_case, non_camel_case_types)]
@@ -74,11 +74,13 @@ pub enum Topic {
     Payments,
     /// `inventory.*` events.
     Inventory,
+    /// `notification.*` events: what the notification service sent.
+    Notifications,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 3] = [Topic::Orders, Topic::Payments, Topic::Inventory];
+    pub const ALL: [Topic; 4] = [Topic::Orders, Topic::Payments, Topic::Inventory, Topic::Notifications];
 
     /// The topic's name before any deployment prefix: `orders`, `payments`, `inventory`.
     pub fn base_name(&self) -> &'static str {
@@ -86,6 +88,7 @@ impl Topic {
             Topic::Orders => "orders",
             Topic::Payments => "payments",
             Topic::Inventory => "inventory",
+            Topic::Notifications => "notifications",
         }
     }
 }
@@ -195,6 +198,8 @@ saga_events! {
     InventoryCommitted on Inventory,
     InventoryReleased on Inventory,
     StockAdjusted on Inventory,
+    NotificationSent on Notifications,
+    NotificationFailed on Notifications,
 }
 
 /// The latest schema of every event type, parsed once, indexed like [`EventType::ALL`].
@@ -386,6 +391,9 @@ mod tests {
                 unit_price_minor: 1_250,
             }],
             sales_channel: "web".into(),
+            idempotency_key: None,
+            request_hash: None,
+            deadline_at: None,
         }
     }
 
@@ -400,6 +408,7 @@ mod tests {
             sku: "SKU-1".into(),
             delta: -3,
             reason: "count correction".into(),
+            adjustment_id: Some(AdjustmentId::new()),
         }
     }
 
@@ -415,7 +424,7 @@ mod tests {
     #[test]
     fn topics_have_their_kafka_base_names() {
         let names: Vec<_> = Topic::ALL.iter().map(Topic::base_name).collect();
-        assert_eq!(names, ["orders", "payments", "inventory"]);
+        assert_eq!(names, ["orders", "payments", "inventory", "notifications"]);
     }
 
     #[test]
@@ -466,6 +475,7 @@ mod tests {
                 "order" => Topic::Orders,
                 "payment" => Topic::Payments,
                 "inventory" => Topic::Inventory,
+                "notification" => Topic::Notifications,
                 other => panic!("{event_type} has an unexpected prefix {other}"),
             };
             assert_eq!(event_type.topic(), expected, "{event_type}");
@@ -496,7 +506,7 @@ mod tests {
             assert_eq!(numbers, expected, "{event_type}");
             assert_eq!(event_type.schema_json(), versions.last().expect("non-empty").json);
         }
-        assert_eq!(EventType::OrderCreated.versions().len(), 2);
+        assert_eq!(EventType::OrderCreated.versions().len(), 3);
     }
 
     #[test]

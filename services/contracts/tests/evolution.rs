@@ -173,6 +173,9 @@ fn sample(event_type: EventType) -> SagaEvent {
                 },
             ],
             sales_channel: "mobile".into(),
+            idempotency_key: Some("key-1".into()),
+            request_hash: Some("hash-1".into()),
+            deadline_at: Some(caused.occurred_at + 30_000),
         }
         .into(),
         EventType::OrderConfirmed => OrderConfirmed {
@@ -196,6 +199,7 @@ fn sample(event_type: EventType) -> SagaEvent {
             payment_id: PaymentId::new(),
             amount_minor: 3_750,
             currency: "USD".into(),
+            gateway_reference: Some("gw-1".into()),
         }
         .into(),
         EventType::PaymentFailed => PaymentFailed {
@@ -246,6 +250,25 @@ fn sample(event_type: EventType) -> SagaEvent {
             sku: "SKU-1".into(),
             delta: -3,
             reason: "count correction".into(),
+            adjustment_id: Some(AdjustmentId::new()),
+        }
+        .into(),
+        EventType::NotificationSent => NotificationSent {
+            envelope: caused,
+            order_outcome: OrderOutcome::Confirmed,
+            recipient: "c@example.com".into(),
+            subject: "Order confirmed".into(),
+            message_id: "<order-1.confirmed@saga.example>".into(),
+            attempts: 1,
+        }
+        .into(),
+        EventType::NotificationFailed => NotificationFailed {
+            envelope: caused,
+            order_outcome: OrderOutcome::Failed,
+            recipient: "c@example.com".into(),
+            message_id: "<order-1.failed@saga.example>".into(),
+            attempts: 3,
+            error: "550 mailbox unavailable".into(),
         }
         .into(),
     }
@@ -373,22 +396,33 @@ fn order_created_v1_data_reads_with_the_v2_schema_taking_the_default_channel() {
 }
 
 #[test]
-fn order_created_v2_data_reads_with_the_v1_schema_dropping_the_channel() {
-    let (v1, v2) = (order_created_version(1), order_created_version(2));
+fn order_created_latest_data_reads_with_the_v1_schema_dropping_the_fields_added_since() {
+    let (v1, latest) = (order_created_version(1), order_created_latest());
     let event = sample(EventType::OrderCreated);
     let value = event.to_avro_value().expect("encodes");
-    let bytes = write_datum(&v2, value.clone());
+    let bytes = write_datum(&latest, value.clone());
 
-    let read = read_datum(&v2, &bytes, Some(&v1)).expect("v1 reads v2");
+    let read = read_datum(&latest, &bytes, Some(&v1)).expect("v1 reads the latest");
 
     assert!(read.validate(&v1));
-    assert_eq!(field(&read, "sales_channel"), None);
-    let written_without_channel: Vec<(String, Value)> = record_fields(&value)
+    for added in ADDED_TO_ORDER_CREATED {
+        assert_eq!(field(&read, added), None, "{added}");
+    }
+    let written_without_additions: Vec<(String, Value)> = record_fields(&value)
         .iter()
-        .filter(|(name, _)| name != "sales_channel")
+        .filter(|(name, _)| !ADDED_TO_ORDER_CREATED.contains(&name.as_str()))
         .cloned()
         .collect();
-    assert_eq!(record_fields(&read), written_without_channel.as_slice());
+    assert_eq!(record_fields(&read), written_without_additions.as_slice());
+}
+
+/// The fields order.created gained after v1: the channel (v2), the idempotency key, its request
+/// hash and the deadline (v3).
+const ADDED_TO_ORDER_CREATED: [&str; 4] = ["sales_channel", "idempotency_key", "request_hash", "deadline_at"];
+
+/// The latest version of order.created.
+fn order_created_latest() -> Schema {
+    order_created_version(EventType::OrderCreated.versions().len() as u32)
 }
 
 #[test]
@@ -419,27 +453,34 @@ fn order_created_v1_data_decodes_into_the_latest_struct_through_saga_event() {
             unit_price_minor: 1_250,
         }],
         sales_channel: "api".into(),
+        idempotency_key: None,
+        request_hash: None,
+        deadline_at: None,
     };
     assert_eq!(event, SagaEvent::OrderCreated(expected));
 }
 
 #[test]
-fn order_created_v2_data_decoded_by_a_v1_reader_still_has_every_v1_field() {
+fn order_created_latest_data_decoded_by_a_v1_reader_still_has_every_v1_field() {
     // An old consumer's view: decode new data with the v1 schema as reader.
-    let (v1, v2) = (order_created_version(1), order_created_version(2));
+    let (v1, latest) = (order_created_version(1), order_created_latest());
     let SagaEvent::OrderCreated(original) = sample(EventType::OrderCreated) else {
         unreachable!()
     };
     let value = SagaEvent::from(original.clone()).to_avro_value().expect("encodes");
-    let bytes = write_datum(&v2, value);
-    let read = read_datum(&v2, &bytes, Some(&v1)).expect("v1 reads v2");
+    let bytes = write_datum(&latest, value);
+    let read = read_datum(&latest, &bytes, Some(&v1)).expect("v1 reads the latest");
 
-    // Reading that v1 view back into this build gives the original minus the channel.
+    // Reading that v1 view back into this build gives the original with the later fields at
+    // their defaults.
     let event = SagaEvent::from_avro_value("saga.events.OrderCreated", read).expect("decodes");
     assert_eq!(
         event,
         SagaEvent::OrderCreated(OrderCreated {
             sales_channel: "api".into(),
+            idempotency_key: None,
+            request_hash: None,
+            deadline_at: None,
             ..original
         })
     );
@@ -621,4 +662,41 @@ fn a_failure_reason_symbol_this_build_does_not_know_reads_as_unknown() {
         panic!("wrong variant");
     };
     assert_eq!(failed.failure_reason, FailureReason::Unknown);
+}
+
+/// Every older version of every event type, as an old producer wrote it, still decodes into
+/// this build's types: what replaying a topic from its beginning needs.
+#[test]
+fn data_written_with_every_older_version_decodes_into_this_build() {
+    for event_type in EventType::ALL {
+        let latest = sample(event_type).to_avro_value().expect("encodes");
+        for version in &event_type.versions()[..event_type.versions().len() - 1] {
+            let schema = Schema::parse_str(version.json).expect("parses");
+            let mut record = Record::new(&schema).expect("record schema");
+            let known: Vec<String> = record.fields.iter().map(|(name, _)| name.clone()).collect();
+            for (name, value) in record_fields(&latest) {
+                if known.contains(name) {
+                    record.put(name, value.clone());
+                }
+            }
+            let bytes = write_datum(&schema, record.into());
+            let writer_value = read_datum(&schema, &bytes, None).expect("decodes with its own schema");
+            let event = SagaEvent::from_avro_value(event_type.record_name(), writer_value)
+                .unwrap_or_else(|e| panic!("{event_type} v{} does not decode: {e}", version.version));
+            assert_eq!(event.event_type(), event_type);
+            assert_eq!(
+                event.event_id(),
+                sample_event_id(&latest),
+                "{event_type} v{}",
+                version.version
+            );
+        }
+    }
+}
+
+fn sample_event_id(value: &Value) -> EventId {
+    match field(value, "event_id") {
+        Some(Value::String(id)) => id.parse().expect("a UUID"),
+        other => panic!("no event id: {other:?}"),
+    }
 }

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_common::http::{ApiError, JsonBody};
 use saga_common::outbox::{self, Relay};
-use saga_contracts::{Envelope, SagaEvent, StockAdjusted};
+use saga_contracts::{AdjustmentId, Envelope, SagaEvent, StockAdjusted};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -158,6 +158,7 @@ async fn post_adjustment(
         sku: sku.clone(),
         delta,
         reason: adjustment.reason.clone(),
+        adjustment_id: Some(AdjustmentId::from(adjustment_id)),
     });
     outbox::enqueue(&mut tx, &event, None).await?;
     tx.commit().await?;

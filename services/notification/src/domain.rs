@@ -6,7 +6,7 @@ use std::time::Duration;
 use lettre::Address;
 use saga_common::retry::ErrorPolicy;
 use saga_common::ErrorClass;
-use saga_contracts::{EventId, OrderId, SagaEvent};
+use saga_contracts::{Envelope, EventId, NotificationFailed, NotificationSent, OrderId, SagaEvent};
 
 use crate::email::{OrderOutcome, Outcome, OutcomeDetail};
 use crate::error::{Error, Result};
@@ -28,6 +28,59 @@ pub struct NewNotification {
     pub message_id: String,
     /// The event that asked for the email.
     pub source_event_id: EventId,
+}
+
+/// What the mailer recorded about one email when it was sent or set aside: what the event that
+/// tells it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The order.
+    pub order_id: OrderId,
+    /// `confirmed` or `failed`, as stored.
+    pub outcome: String,
+    /// The customer's address.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Message-ID.
+    pub message_id: String,
+    /// Attempts so far, the one just made included.
+    pub attempts: i32,
+    /// The order event that asked for the email.
+    pub source_event_id: EventId,
+}
+
+/// notification.sent for an email the SMTP server accepted: the fact a rebuilt notification
+/// service needs to know the email went out, and not send it again.
+pub fn sent_event(record: &DeliveryRecord) -> SagaEvent {
+    SagaEvent::NotificationSent(NotificationSent {
+        envelope: Envelope::caused_by_recorded(record.order_id, record.source_event_id),
+        order_outcome: order_outcome(&record.outcome),
+        recipient: record.recipient.clone(),
+        subject: record.subject.clone(),
+        message_id: record.message_id.clone(),
+        attempts: record.attempts,
+    })
+}
+
+/// notification.failed for an email set aside with `error`.
+pub fn set_aside_event(record: &DeliveryRecord, error: &str) -> SagaEvent {
+    SagaEvent::NotificationFailed(NotificationFailed {
+        envelope: Envelope::caused_by_recorded(record.order_id, record.source_event_id),
+        order_outcome: order_outcome(&record.outcome),
+        recipient: record.recipient.clone(),
+        message_id: record.message_id.clone(),
+        attempts: record.attempts,
+        error: error.to_owned(),
+    })
+}
+
+fn order_outcome(stored: &str) -> saga_contracts::OrderOutcome {
+    if stored == Outcome::Confirmed.as_str() {
+        saga_contracts::OrderOutcome::Confirmed
+    } else {
+        saga_contracts::OrderOutcome::Failed
+    }
 }
 
 /// The email `event` asks for, rendered: one for `order.confirmed` and `order.failed`, `None`
@@ -211,6 +264,9 @@ mod tests {
             currency: "USD".into(),
             items: Vec::new(),
             sales_channel: "api".into(),
+            idempotency_key: None,
+            request_hash: None,
+            deadline_at: None,
         });
         assert!(matches!(email_for(&event), Ok(None)));
     }

@@ -12,6 +12,9 @@ pub enum Error {
     /// a violated constraint dead-letters the event or stops the mailer.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The shared machinery failed (writing the outbox); classed by `saga_common`.
+    #[error(transparent)]
+    Shared(#[from] saga_common::Error),
     /// The SMTP server could not be reached or refused the mail; see [`smtp_class`]. Transient
     /// refusals keep the email pending and retried; permanent ones set it aside as `failed`.
     #[error("smtp: {0}")]
@@ -37,6 +40,7 @@ impl Classify for Error {
     fn class(&self) -> ErrorClass {
         match self {
             Error::Database(error) => error.class(),
+            Error::Shared(error) => error.class(),
             Error::Smtp(error) => smtp_class(error),
             Error::Message(_) | Error::Undeliverable(_) | Error::Config(_) => ErrorClass::Permanent,
         }

@@ -73,6 +73,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let mailer_wake = Arc::new(Notify::new());
     let mailer = Mailer::new(
         context.database.clone(),
+        context.relay.clone(),
         sender,
         mailer_wake.clone(),
         &config.mailer,

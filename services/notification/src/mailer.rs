@@ -25,8 +25,10 @@ use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use saga_common::outbox::{self, Relay};
 use saga_common::retry::{Backoff, ErrorPolicy, GaveUp};
 use saga_common::{Classify, ErrorClass};
+use saga_contracts::OrderId;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -234,6 +236,7 @@ enum Delivery {
 #[derive(Clone)]
 pub struct Mailer {
     database: PgPool,
+    relay: Relay,
     sender: SmtpSender,
     wake: Arc<Notify>,
     poll_interval: Duration,
@@ -250,6 +253,7 @@ impl Mailer {
     /// recorded an email, following the service's error `policy`.
     pub fn new(
         database: PgPool,
+        relay: Relay,
         sender: SmtpSender,
         wake: Arc<Notify>,
         config: &MailerConfig,
@@ -257,6 +261,7 @@ impl Mailer {
     ) -> Self {
         Self {
             database,
+            relay,
             sender,
             wake,
             poll_interval: Duration::from_millis(config.poll_interval_ms.max(10)),
@@ -359,7 +364,7 @@ impl Mailer {
                 let keep_trying = CancellationToken::new();
                 self.database_policy
                     .run("recording a sent email", &keep_trying, || {
-                        store::mark_sent(database, order_id, outcome)
+                        self.record(order_id, outcome, Recorded::Sent)
                     })
                     .await
                     .transpose()?;
@@ -394,7 +399,7 @@ impl Mailer {
                 tracing::error!(error = %reason, %class, "email cannot be delivered; set aside as failed");
                 self.database_policy
                     .run("setting an email aside", shutdown, || {
-                        store::set_aside(database, order_id, outcome, &reason)
+                        self.record(order_id, outcome, Recorded::SetAside { error: &reason })
                     })
                     .await
                     .transpose()?;
@@ -402,6 +407,32 @@ impl Mailer {
             }
         };
         Ok(delivery)
+    }
+}
+
+/// What became of an email, as the mailer records it.
+enum Recorded<'a> {
+    /// The SMTP server accepted it.
+    Sent,
+    /// Retrying cannot deliver it; `error` says why.
+    SetAside { error: &'a str },
+}
+
+impl Mailer {
+    /// Records what became of a claimed email and, in the same transaction, the event that tells
+    /// it (notification.sent or notification.failed) in the outbox.
+    async fn record(&self, order_id: OrderId, outcome: &str, recorded: Recorded<'_>) -> Result<(), Error> {
+        let mut tx = self.database.begin().await?;
+        let event = match recorded {
+            Recorded::Sent => domain::sent_event(&store::mark_sent(&mut tx, order_id, outcome).await?),
+            Recorded::SetAside { error } => {
+                domain::set_aside_event(&store::set_aside(&mut tx, order_id, outcome, error).await?, error)
+            }
+        };
+        outbox::enqueue(&mut tx, &event, None).await?;
+        tx.commit().await?;
+        self.relay.notify();
+        Ok(())
     }
 }
 

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use saga_contracts::OrderId;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
 
-use crate::domain::NewNotification;
+use crate::domain::{DeliveryRecord, NewNotification};
 
 /// A pending email a mailer has claimed and is sending.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -99,18 +100,32 @@ pub async fn claim_due(pool: &PgPool, lease: Duration) -> Result<Option<PendingN
     .await
 }
 
-/// Marks a claimed email as accepted by the SMTP server and ends the claim.
-pub async fn mark_sent(pool: &PgPool, order_id: OrderId, outcome: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Marks a claimed email as accepted by the SMTP server and ends the claim, within the
+/// caller's transaction; returns what the notification.sent event tells.
+pub async fn mark_sent(tx: &mut PgConnection, order_id: OrderId, outcome: &str) -> Result<DeliveryRecord, sqlx::Error> {
+    let row = sqlx::query(
         "UPDATE notifications \
          SET status = 'sent', sent_at = now(), attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
-         WHERE order_id = $1 AND outcome = $2",
+         WHERE order_id = $1 AND outcome = $2 \
+         RETURNING order_id, outcome, recipient, subject, message_id, attempts, source_event_id",
     )
     .bind(order_id)
     .bind(outcome)
-    .execute(pool)
+    .fetch_one(tx)
     .await?;
-    Ok(())
+    delivery_record(&row)
+}
+
+fn delivery_record(row: &PgRow) -> Result<DeliveryRecord, sqlx::Error> {
+    Ok(DeliveryRecord {
+        order_id: row.try_get("order_id")?,
+        outcome: row.try_get("outcome")?,
+        recipient: row.try_get("recipient")?,
+        subject: row.try_get("subject")?,
+        message_id: row.try_get("message_id")?,
+        attempts: row.try_get("attempts")?,
+        source_event_id: row.try_get("source_event_id")?,
+    })
 }
 
 /// Counts a failed attempt on a claimed email (and whether nobody classified its error), ends
@@ -140,19 +155,26 @@ pub async fn postpone(
 }
 
 /// Counts a failed attempt on a claimed email, ends the claim and sets the email aside as
-/// `failed` with `error`: no mailer takes it again until it is redriven.
-pub async fn set_aside(pool: &PgPool, order_id: OrderId, outcome: &str, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// `failed` with `error`, within the caller's transaction: no mailer takes it again until it is
+/// redriven. Returns what the notification.failed event tells.
+pub async fn set_aside(
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    outcome: &str,
+    error: &str,
+) -> Result<DeliveryRecord, sqlx::Error> {
+    let row = sqlx::query(
         "UPDATE notifications \
          SET status = 'failed', failed_at = now(), attempts = attempts + 1, last_error = $3, claimed_until = NULL \
-         WHERE order_id = $1 AND outcome = $2",
+         WHERE order_id = $1 AND outcome = $2 \
+         RETURNING order_id, outcome, recipient, subject, message_id, attempts, source_event_id",
     )
     .bind(order_id)
     .bind(outcome)
     .bind(error)
-    .execute(pool)
+    .fetch_one(tx)
     .await?;
-    Ok(())
+    delivery_record(&row)
 }
 
 /// Makes every pending email due now (on startup: whatever a previous run left unsent, or

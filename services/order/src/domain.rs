@@ -129,10 +129,29 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
     })
 }
 
+/// How an order was placed, beyond its content: what a rebuilt order service needs to answer a
+/// retried request and to fail the order in time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// The request's Idempotency-Key, if it had one.
+    pub idempotency_key: Option<String>,
+    /// [`request_hash`] of the request body that came with the key.
+    pub request_hash: Option<String>,
+    /// When the order fails with `deadline_exceeded` unless decided, Unix milliseconds.
+    pub deadline_at: i64,
+}
+
+/// A stable hash of a request body (its JSON text): a name-based UUID (SHA-1), so a retry with
+/// the same Idempotency-Key is told apart from a different request reusing the key, and an
+/// event can carry the hash instead of the body.
+pub fn request_hash(body_json: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body_json.as_bytes()).to_string()
+}
+
 impl ValidOrder {
     /// The order.created event announcing this order, with `envelope` (for the placing
-    /// request's command).
-    pub fn created_event(&self, envelope: Envelope) -> OrderCreated {
+    /// request's command) and how it was placed.
+    pub fn created_event(&self, envelope: Envelope, placement: Placement) -> OrderCreated {
         let request = &self.request;
         OrderCreated {
             envelope,
@@ -152,6 +171,9 @@ impl ValidOrder {
                 })
                 .collect(),
             sales_channel: "api".into(),
+            idempotency_key: placement.idempotency_key,
+            request_hash: placement.request_hash,
+            deadline_at: Some(placement.deadline_at),
         }
     }
 }
@@ -492,11 +514,25 @@ mod tests {
         }
 
         #[test]
+        fn a_request_hash_is_stable_and_tells_bodies_apart() {
+            assert_eq!(request_hash("{\"a\":1}"), request_hash("{\"a\":1}"));
+            assert_ne!(request_hash("{\"a\":1}"), request_hash("{\"a\":2}"));
+        }
+
+        #[test]
         fn the_created_event_carries_the_lines_total_and_the_given_envelope() {
             let order = validate(request()).expect("valid");
             let envelope = Envelope::for_command(OrderId::new());
-            let created = order.created_event(envelope);
+            let placement = Placement {
+                idempotency_key: Some("key-1".into()),
+                request_hash: Some(request_hash("{}")),
+                deadline_at: envelope.occurred_at + 30_000,
+            };
+            let created = order.created_event(envelope, placement.clone());
             assert_eq!(created.envelope, envelope);
+            assert_eq!(created.idempotency_key, placement.idempotency_key);
+            assert_eq!(created.request_hash, placement.request_hash);
+            assert_eq!(created.deadline_at, Some(envelope.occurred_at + 30_000));
             assert_eq!(created.total_minor, 2 * 1999 + 500);
             assert_eq!(created.currency, "USD");
             let lines: Vec<(&str, i32, i64)> = created

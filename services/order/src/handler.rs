@@ -41,6 +41,7 @@ fn source_of(event: &SagaEvent) -> &'static str {
         Topic::Payments => "payment-service",
         Topic::Inventory => "inventory-service",
         Topic::Orders => store::SOURCE,
+        Topic::Notifications => "notification-service",
     }
 }
 
@@ -95,6 +96,7 @@ mod tests {
             payment_id: saga_contracts::PaymentId::new(),
             amount_minor: 100,
             currency: "EUR".into(),
+            gateway_reference: None,
         }
     }
 

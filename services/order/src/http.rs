@@ -15,7 +15,7 @@ use saga_contracts::{Envelope, OrderId, SagaEvent};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::domain::{validate, PlaceOrderRequest};
+use crate::domain::{request_hash, validate, PlaceOrderRequest, Placement};
 use crate::store;
 
 /// Header that makes a retried POST return the first answer.
@@ -71,13 +71,15 @@ async fn place_order(
     JsonBody(request): JsonBody<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let fingerprint = serde_json::to_string(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let body = serde_json::to_string(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let fingerprint = request_hash(&body);
     let order = validate(request).map_err(|e| ApiError::invalid(e.field, e.message))?;
 
     let mut tx = state.database.begin().await?;
     if let Some(key) = &idempotency_key {
         if let Some(used) = store::lock_idempotency_key(&mut tx, key).await? {
-            if used.request_hash != fingerprint {
+            // Keys stored before request hashes were hashed hold the body itself.
+            if used.request_hash != fingerprint && used.request_hash != body {
                 return Err(ApiError::invalid(
                     "Idempotency-Key",
                     "was already used for a different request; use a new key",
@@ -86,11 +88,18 @@ async fn place_order(
             return Ok(accepted(used.order_id));
         }
     }
-    let created = order.created_event(Envelope::for_command(OrderId::new()));
+    let envelope = Envelope::for_command(OrderId::new());
+    let saga_deadline = i64::try_from(state.saga_deadline.as_millis()).unwrap_or(i64::MAX);
+    let placement = Placement {
+        request_hash: idempotency_key.as_ref().map(|_| fingerprint.clone()),
+        idempotency_key: idempotency_key.clone(),
+        deadline_at: envelope.occurred_at.saturating_add(saga_deadline),
+    };
+    let created = order.created_event(envelope, placement);
     let order_id = created.envelope.order_id;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let deadline = chrono::Utc::now()
-        + chrono::Duration::from_std(state.saga_deadline).unwrap_or_else(|_| chrono::Duration::seconds(30));
+    let deadline = chrono::DateTime::from_timestamp_millis(created.deadline_at.unwrap_or(envelope.occurred_at))
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the deadline is out of range")))?;
     store::insert_order(&mut tx, order_id, &order, deadline).await?;
     let created = SagaEvent::OrderCreated(created);
     store::emit(&mut tx, &created, None).await?;

@@ -325,6 +325,7 @@ fn settle(
                 payment_id: payment.payment_id,
                 amount_minor: payment.amount_minor,
                 currency: payment.currency.clone(),
+                gateway_reference: Some(gateway_reference.clone()),
             });
             let status = if failure.is_some() && payment.amount_minor > 0 {
                 PaymentStatus::Refunding {
@@ -386,6 +387,9 @@ mod tests {
                 unit_price_minor: 1999,
             }],
             sales_channel: "api".into(),
+            idempotency_key: None,
+            request_hash: None,
+            deadline_at: None,
         }
     }
 
