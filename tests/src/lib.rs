@@ -6,6 +6,7 @@
 
 pub mod fixtures;
 pub mod harness;
+pub mod platform;
 pub mod services;
 
 use std::time::Duration;
@@ -177,6 +178,34 @@ impl TestEnv {
     /// A consumer group id unique to this test.
     pub fn group(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// Runs the workspace's `sagactl` binary (built by `cargo build --bins`) on this test's
+    /// topics, registry and database server; returns its standard output, or fails with both
+    /// outputs if it exits non-zero.
+    pub fn sagactl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let binary = target.join("debug/sagactl");
+        anyhow::ensure!(
+            binary.exists(),
+            "{} missing: build the platform first (cargo build --bins)",
+            binary.display()
+        );
+        let output = std::process::Command::new(binary)
+            .args(args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap_servers)
+            .env("TOPIC_PREFIX", &self.prefix)
+            .env("SCHEMA_REGISTRY_URL", &self.registry.url)
+            .output()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        anyhow::ensure!(
+            output.status.success(),
+            "sagactl {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(text)
     }
 
     /// Whether consumer group `group` (full id) has consumed all of `topic` (full name) as it is

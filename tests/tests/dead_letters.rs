@@ -4,36 +4,10 @@
 //! reason and redriven back into the outbox.
 
 use std::future::IntoFuture;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use saga_contracts::Topic;
 use saga_tests::{services, TestEnv};
-
-fn sagactl(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let binary = target.join("debug/sagactl");
-    anyhow::ensure!(
-        binary.exists(),
-        "{} missing: build the platform first (cargo build --bins)",
-        binary.display()
-    );
-    let output = Command::new(binary)
-        .args(args)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
-        .env("TOPIC_PREFIX", &env.prefix)
-        .output()?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    anyhow::ensure!(
-        output.status.success(),
-        "sagactl {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(text)
-}
 
 #[tokio::test]
 async fn a_dead_letter_is_listed_and_redriven_to_its_origin_topic() -> anyhow::Result<()> {
@@ -46,14 +20,14 @@ async fn a_dead_letter_is_listed_and_redriven_to_its_origin_topic() -> anyhow::R
         .read_until(Duration::from_secs(60), |records| !records.is_empty())
         .await?;
 
-    let listing = sagactl(&env, &["dead-letters", "list", "--service", "payment-service"])?;
+    let listing = env.sagactl(&["dead-letters", "list", "--service", "payment-service"])?;
     assert!(listing.contains("1 dead letter(s)"), "{listing}");
     assert!(
         listing.contains(&format!("from {}[", env.kafka.topic(Topic::Orders))),
         "{listing}"
     );
 
-    let redrive = sagactl(&env, &["dead-letters", "redrive", "--service", "payment-service"])?;
+    let redrive = env.sagactl(&["dead-letters", "redrive", "--service", "payment-service"])?;
     assert!(redrive.contains("1 dead letter(s) redriven"), "{redrive}");
     let orders = env
         .reader(&env.kafka.topic(Topic::Orders))?
@@ -109,34 +83,25 @@ async fn parked_outbox_rows_are_listed_and_redriven_with_sagactl() -> anyhow::Re
     let server = tokio::spawn(axum::serve(listener, saga_common::admin::router(database.clone())).into_future());
     let order_url = format!("http://{address}");
 
-    let listing = sagactl(
-        &env,
-        &["outbox", "parked", "--service", "order", "--order-url", &order_url],
-    )?;
+    let listing = env.sagactl(&["outbox", "parked", "--service", "order", "--order-url", &order_url])?;
     assert!(listing.contains(&parked_id.to_string()), "{listing}");
     assert!(listing.contains("reason: permanent error: simulated"), "{listing}");
     assert!(listing.contains("1 parked outbox row(s) in order"), "{listing}");
 
     let unknown = uuid::Uuid::new_v4().to_string();
-    let refused = sagactl(
-        &env,
-        &[
-            "outbox",
-            "redrive",
-            "--service",
-            "order",
-            "--order-url",
-            &order_url,
-            "--event-id",
-            &unknown,
-        ],
-    );
+    let refused = env.sagactl(&[
+        "outbox",
+        "redrive",
+        "--service",
+        "order",
+        "--order-url",
+        &order_url,
+        "--event-id",
+        &unknown,
+    ]);
     assert!(refused.is_err(), "redriving an event that is not parked fails");
 
-    let redrive = sagactl(
-        &env,
-        &["outbox", "redrive", "--service", "order", "--order-url", &order_url],
-    )?;
+    let redrive = env.sagactl(&["outbox", "redrive", "--service", "order", "--order-url", &order_url])?;
     assert!(redrive.contains(&format!("redriven {parked_id}")), "{redrive}");
     assert!(saga_common::outbox::list_parked(&database).await?.is_empty());
     let back: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox")

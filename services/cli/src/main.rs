@@ -6,6 +6,7 @@ mod dead_letters;
 mod demo;
 mod endpoints;
 mod outbox;
+mod replay;
 
 use std::time::Duration;
 
@@ -70,6 +71,47 @@ enum Command {
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+    /// Rebuilds one service's state from the topics into an empty (or new) database, with the
+    /// service's own domain code and none of its side effects; resumes an interrupted replay
+    /// into the same database.
+    Replay {
+        /// The service: order, payment, inventory or notification.
+        #[arg(long)]
+        service: String,
+        /// PostgreSQL URL of the database to rebuild into (created if missing).
+        #[arg(long)]
+        into: String,
+        /// Only events that occurred up to this time (RFC 3339, or Unix milliseconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the events of this order (and events of no order, stock adjustments).
+        #[arg(long = "order-id")]
+        order_id: Option<saga_contracts::OrderId>,
+        /// Events applied per transaction.
+        #[arg(long = "batch-size", default_value_t = 500)]
+        batch_size: usize,
+    },
+    /// Compares a service's live database with a rebuilt one, table by table and row by row,
+    /// ignoring only bookkeeping columns; exits 1 listing every difference.
+    Verify {
+        /// The service: order, payment, inventory or notification.
+        #[arg(long)]
+        service: String,
+        /// PostgreSQL URL of the rebuilt database.
+        #[arg(long)]
+        against: String,
+        /// PostgreSQL URL of the live database; by default the service's database on
+        /// POSTGRES_SERVER_URL.
+        #[arg(long)]
+        live: Option<String>,
+        /// The PostgreSQL server of the live databases.
+        #[arg(
+            long = "server-url",
+            env = "POSTGRES_SERVER_URL",
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432"
+        )]
+        server_url: String,
     },
     /// Readiness of every service.
     Status {
@@ -225,6 +267,37 @@ async fn main() -> anyhow::Result<()> {
                     endpoints,
                 },
         } => outbox::redrive(&endpoints, &service, &event_ids).await,
+        Command::Replay {
+            service,
+            into,
+            until,
+            order_id,
+            batch_size,
+        } => {
+            let request = replay::ReplayRequest {
+                service: &service,
+                into: &into,
+                until: until.as_deref(),
+                order_id,
+                batch_size,
+            };
+            replay::replay(&cli.kafka, &cli.registry, &request).await
+        }
+        Command::Verify {
+            service,
+            against,
+            live,
+            server_url,
+        } => {
+            let live = match live {
+                Some(url) => url,
+                None => {
+                    let database = replay::rebuilder(&service)?.spec().default_database;
+                    format!("{}/{database}", server_url.trim_end_matches('/'))
+                }
+            };
+            replay::verify(&service, &live, &against).await
+        }
         Command::Demo {
             endpoints,
             timeout_secs,

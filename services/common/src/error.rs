@@ -40,6 +40,10 @@ pub enum Error {
     /// Configuration is invalid. Fatal at startup.
     #[error("configuration: {0}")]
     Config(String),
+    /// A replay cannot go on (see [`crate::replay`]); the target keeps its progress, and the
+    /// replay resumes from there once the cause is fixed.
+    #[error("replay: {0}")]
+    Replay(String),
 }
 
 /// Result with the shared library's [`Error`].
@@ -78,7 +82,7 @@ impl Classify for Error {
             Error::Kafka(error) => error.class(),
             Error::Database(error) => error.class(),
             Error::RegistryUnavailable(_) | Error::TopicsNotListed(_) => ErrorClass::Transient,
-            Error::Migration(_) | Error::Encode(_) | Error::Config(_) => ErrorClass::Permanent,
+            Error::Migration(_) | Error::Encode(_) | Error::Config(_) | Error::Replay(_) => ErrorClass::Permanent,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod inbox;
 pub mod kafka;
 pub mod outbox;
+pub mod replay;
 pub mod retry;
 pub mod service;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! The inventory's decisions, free of I/O: what an order asks for per SKU, whether the stock at
 //! hand covers all of it (reserve every line) or not (reserve nothing), and what each order
-//! event does to the order's reservation (commit it, release it, or nothing).
+//! event does to the order's reservation (commit it, release it, or nothing), and whether a stock
+//! adjustment leaves a SKU's available units at zero or more.
 //!
 //! The handler reads the state under its locks, asks these functions, and carries out the answer
 //! (stock moves, the new reservation status, the event to emit) in one transaction.
@@ -222,6 +223,12 @@ pub fn on_failed(reservation: Option<Reservation>) -> OnFailed {
         }) => OnFailed::AlreadySold,
         Some(other) => OnFailed::NothingHeld(other.status),
     }
+}
+
+/// A SKU's available units after adding `delta` to `available`, or `None` if the adjustment
+/// removes more units than are available (available stock never goes below zero).
+pub fn available_after_adjustment(available: i64, delta: i64) -> Option<i64> {
+    available.checked_add(delta).filter(|after| *after >= 0)
 }
 
 #[cfg(test)]
@@ -463,6 +470,24 @@ mod tests {
     #[test]
     fn a_failure_before_the_order_was_created_leaves_a_tombstone() {
         assert_eq!(on_failed(None), OnFailed::LeaveTombstone);
+    }
+
+    #[test]
+    fn a_restock_adds_to_the_available_units() {
+        assert_eq!(available_after_adjustment(0, 5), Some(5));
+        assert_eq!(available_after_adjustment(3, 2), Some(5));
+    }
+
+    #[test]
+    fn an_adjustment_may_remove_exactly_the_available_units() {
+        assert_eq!(available_after_adjustment(3, -3), Some(0));
+    }
+
+    #[test]
+    fn an_adjustment_removing_more_than_is_available_is_refused() {
+        assert_eq!(available_after_adjustment(3, -4), None);
+        assert_eq!(available_after_adjustment(0, -1), None);
+        assert_eq!(available_after_adjustment(i64::MIN + 1, -2), None, "no overflow");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The inventory service's errors, each saying whether retrying can help ([`Classify`]): the
 //! consumer retries transient ones, dead-letters permanent ones and gives unclassified ones a
-//! bounded budget; over HTTP every one is a 503 whose detail goes to the log.
+//! bounded budget; over HTTP every one is a 503 whose detail goes to the log, but for the ones
+//! the stock API answers itself (an adjustment the stock cannot cover is a 409).
 
 use saga_common::error::{Classify, ErrorClass};
 use saga_contracts::OrderId;
 use thiserror::Error;
+use uuid::Uuid;
 
 /// Result with the inventory service's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -45,6 +47,25 @@ pub enum Error {
         /// The order.
         order_id: OrderId,
     },
+    /// A stock adjustment would remove more units than the SKU has available. Over HTTP a 409
+    /// (nothing changed). In replay, a recorded adjustment the rebuilt stock cannot cover: the
+    /// rebuilt history interleaved orders and adjustments differently from live. Permanent.
+    #[error("cannot remove {removing} units of sku {sku}: only {available} available")]
+    InsufficientStock {
+        /// The SKU.
+        sku: String,
+        /// The units the adjustment removes.
+        removing: i64,
+        /// The units available before it.
+        available: i64,
+    },
+    /// Another request recorded the same adjustment id between this one's check and its
+    /// insert. Transient: roll back; the retry finds the other's record and answers with it.
+    #[error("adjustment {adjustment_id} was recorded concurrently")]
+    AdjustedConcurrently {
+        /// The adjustment id both used.
+        adjustment_id: Uuid,
+    },
     /// The database failed. Classed by SQLSTATE: a lost connection or a deadlock is transient
     /// (retry), a violated constraint or a missing row permanent (dead-letter).
     #[error("database: {0}")]
@@ -60,8 +81,9 @@ impl Classify for Error {
             Error::InvalidOrder(_)
             | Error::StockRowsMissing { .. }
             | Error::NeverReserved { .. }
-            | Error::UnknownStatus(_) => ErrorClass::Permanent,
-            Error::DecidedConcurrently { .. } => ErrorClass::Transient,
+            | Error::UnknownStatus(_)
+            | Error::InsufficientStock { .. } => ErrorClass::Permanent,
+            Error::DecidedConcurrently { .. } | Error::AdjustedConcurrently { .. } => ErrorClass::Transient,
             Error::Database(error) => error.class(),
             Error::Shared(error) => error.class(),
         }
@@ -106,7 +128,7 @@ mod tests {
     use saga_common::consumer::HandlerError;
 
     #[test]
-    fn content_and_missing_rows_are_permanent() {
+    fn content_missing_rows_and_uncovered_adjustments_are_permanent() {
         let order_id = OrderId::new();
         for error in [
             Error::InvalidOrder(InvalidOrder::NoLines),
@@ -116,6 +138,11 @@ mod tests {
             },
             Error::NeverReserved { order_id },
             Error::UnknownStatus("pending".into()),
+            Error::InsufficientStock {
+                sku: "A".into(),
+                removing: 3,
+                available: 2,
+            },
             Error::Database(sqlx::Error::RowNotFound),
         ] {
             assert_eq!(error.class(), ErrorClass::Permanent, "{error}");
@@ -124,10 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn a_concurrent_decision_and_a_lost_connection_are_transient() {
+    fn a_concurrent_decision_or_adjustment_and_a_lost_connection_are_transient() {
         for error in [
             Error::DecidedConcurrently {
                 order_id: OrderId::new(),
+            },
+            Error::AdjustedConcurrently {
+                adjustment_id: Uuid::new_v4(),
             },
             Error::Database(sqlx::Error::PoolTimedOut),
             Error::Shared(saga_common::Error::RegistryUnavailable("down".into())),

@@ -5,6 +5,9 @@
 //! its effect and the events it causes (outbox), and every reservation transition is guarded in
 //! SQL, so a redelivered event, or the same fact under a new event id, changes nothing. What to
 //! do is decided in [`crate::domain`]; failures are classed by [`crate::error::Error`].
+//!
+//! The effect itself is [`apply`], which replay runs as well: the live handler is the inbox,
+//! [`apply`], and the outbox for the events it returns.
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
@@ -32,14 +35,8 @@ impl EventHandler for InventoryHandler {
         let Some(mut tx) = self.begin_once(consumed).await? else {
             return Ok(());
         };
-        let caused = match &consumed.event {
-            SagaEvent::OrderCreated(created) => on_order_created(&mut tx, created).await?,
-            SagaEvent::OrderConfirmed(confirmed) => on_order_confirmed(&mut tx, confirmed).await?,
-            SagaEvent::OrderFailed(failed) => on_order_failed(&mut tx, failed).await?,
-            _ => None,
-        };
-        if let Some(event) = caused {
-            outbox::enqueue(&mut tx, &event, consumed.traceparent.as_deref()).await?;
+        for caused in apply(&mut tx, &consumed.event).await? {
+            outbox::enqueue(&mut tx, &caused, consumed.traceparent.as_deref()).await?;
         }
         tx.commit().await?;
         self.relay.notify();
@@ -60,6 +57,19 @@ impl InventoryHandler {
         }
         Ok(Some(tx))
     }
+}
+
+/// Applies an `orders` event to the stock and the order's reservation in `tx` and returns the
+/// events that say what it did (live they go to the outbox; replay compares them with the
+/// recorded ones). Events of other types change nothing.
+pub(crate) async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Vec<SagaEvent>> {
+    let caused = match event {
+        SagaEvent::OrderCreated(created) => on_order_created(tx, created).await?,
+        SagaEvent::OrderConfirmed(confirmed) => on_order_confirmed(tx, confirmed).await?,
+        SagaEvent::OrderFailed(failed) => on_order_failed(tx, failed).await?,
+        _ => None,
+    };
+    Ok(caused.into_iter().collect())
 }
 
 /// Reserves every line of the order or none; returns the event that says which.

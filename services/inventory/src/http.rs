@@ -1,9 +1,9 @@
 //! The stock HTTP API: operator adjustments (idempotent by adjustment id) and stock levels.
 //!
-//! An adjustment changes available stock, records itself and enqueues its
-//! inventory.stock_adjusted event in one transaction, so every unit of stock is explained by an
-//! event (replay) and the conservation law holds: sum of adjustments = available + reserved +
-//! committed.
+//! An adjustment changes available stock and records itself ([`crate::adjustments`]) and
+//! enqueues its inventory.stock_adjusted event in one transaction, so every unit of stock is
+//! explained by an event (replay applies it again from there) and the conservation law holds:
+//! sum of adjustments = available + reserved + committed.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::adjustments::{self, Adjusted, AdjustmentRequest};
+use crate::error::Error;
 use crate::store::{self, Adjustment, StockLevels};
 
 /// Longest accepted SKU.
@@ -41,7 +43,7 @@ pub(crate) fn routes(state: HttpState) -> Router {
 
 /// Body of `POST /stock/{sku}/adjustments`.
 #[derive(Debug, Deserialize)]
-struct AdjustmentRequest {
+struct AdjustmentBody {
     /// Units added (positive) or removed (negative); never zero.
     delta: i64,
     /// Why (restock, count correction, ...); not empty.
@@ -110,49 +112,42 @@ async fn get_stock(
 async fn post_adjustment(
     State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
-    JsonBody(request): JsonBody<AdjustmentRequest>,
+    JsonBody(body): JsonBody<AdjustmentBody>,
 ) -> Result<(StatusCode, Json<AdjustmentResponse>), ApiError> {
     let sku = valid_sku(path)?;
-    let delta = valid_delta(request.delta)?;
-    let reason = valid_reason(&request.reason)?;
-    let adjustment_id = request.adjustment_id.unwrap_or_else(Uuid::new_v4);
+    let delta = valid_delta(body.delta)?;
+    let reason = valid_reason(&body.reason)?;
+    let adjustment_id = body.adjustment_id.unwrap_or_else(Uuid::new_v4);
     let span = tracing::Span::current();
     span.record("sku", sku.as_str());
     span.record("adjustment_id", tracing::field::display(adjustment_id));
 
-    let mut tx = state.database.begin().await?;
-    if let Some(earlier) = store::find_adjustment(&mut tx, adjustment_id).await? {
-        return replay(&earlier, &sku, i64::from(delta), reason);
-    }
-    let before = store::lock_or_create_stock(&mut tx, &sku).await?;
-    if before.available + i64::from(delta) < 0 {
-        return Err(ApiError::Conflict(format!(
-            "cannot remove {} units of sku {sku}: only {} available",
-            -i64::from(delta),
-            before.available
-        )));
-    }
-    let levels_after = store::add_available(&mut tx, &sku, i64::from(delta)).await?;
     let envelope = Envelope::for_command_without_order();
-    let adjustment = Adjustment {
+    let request = AdjustmentRequest {
         adjustment_id,
-        sku: sku.clone(),
+        sku: &sku,
         delta: i64::from(delta),
-        reason: reason.to_string(),
+        reason,
         event_id: envelope.event_id,
-        levels_after,
     };
-    if !store::insert_adjustment(&mut tx, &adjustment).await? {
-        // A concurrent retry of the same request committed first: undo ours, answer with its.
-        tx.rollback().await?;
-        let mut connection = state.database.acquire().await?;
-        let Some(earlier) = store::find_adjustment(&mut connection, adjustment_id).await? else {
-            return Err(ApiError::Unavailable(anyhow::anyhow!(
-                "adjustment {adjustment_id} vanished after a conflict"
-            )));
-        };
-        return replay(&earlier, &sku, i64::from(delta), reason);
-    }
+    let mut tx = state.database.begin().await?;
+    let adjustment = match adjustments::apply(&mut tx, request).await {
+        Ok(Adjusted::Applied(adjustment)) => adjustment,
+        Ok(Adjusted::AlreadyRecorded(earlier)) => return answer_retry(&earlier, request),
+        Err(uncovered @ Error::InsufficientStock { .. }) => return Err(ApiError::Conflict(uncovered.to_string())),
+        Err(Error::AdjustedConcurrently { .. }) => {
+            // A concurrent retry of the same request committed first: undo ours, answer with its.
+            tx.rollback().await?;
+            let mut connection = state.database.acquire().await?;
+            let Some(earlier) = store::find_adjustment(&mut connection, adjustment_id).await? else {
+                return Err(ApiError::Unavailable(anyhow::anyhow!(
+                    "adjustment {adjustment_id} vanished after a conflict"
+                )));
+            };
+            return answer_retry(&earlier, request);
+        }
+        Err(error) => return Err(error.into()),
+    };
     let event = SagaEvent::StockAdjusted(StockAdjusted {
         envelope,
         sku: sku.clone(),
@@ -163,19 +158,17 @@ async fn post_adjustment(
     outbox::enqueue(&mut tx, &event, None).await?;
     tx.commit().await?;
     state.relay.notify();
-    tracing::info!(delta, available = levels_after.available, "stock adjusted");
+    tracing::info!(delta, available = adjustment.levels_after.available, "stock adjusted");
     Ok((StatusCode::CREATED, Json(AdjustmentResponse::of(&adjustment))))
 }
 
 /// The answer to a retried adjustment: the original answer if it is the same request, a
 /// conflict if the id was used for a different one.
-fn replay(
+fn answer_retry(
     earlier: &Adjustment,
-    sku: &str,
-    delta: i64,
-    reason: &str,
+    request: AdjustmentRequest<'_>,
 ) -> Result<(StatusCode, Json<AdjustmentResponse>), ApiError> {
-    if earlier.sku != sku || earlier.delta != delta || earlier.reason != reason {
+    if earlier.sku != request.sku || earlier.delta != request.delta || earlier.reason != request.reason {
         return Err(ApiError::Conflict(format!(
             "adjustment_id {} was already used for a different adjustment ({} units of sku {}, reason {:?})",
             earlier.adjustment_id, earlier.delta, earlier.sku, earlier.reason

@@ -3,7 +3,8 @@
 //!
 //! Guarantees: stock is conserved (sum of adjustments = available + reserved + committed),
 //! concurrent orders never oversell (stock rows are locked in sku order, even across several
-//! instances), and every consumed event and every adjustment is applied exactly once.
+//! instances), and every consumed event and every adjustment is applied exactly once. The state
+//! can be rebuilt from the topics with the same code ([`replay`]).
 
 use std::sync::Arc;
 
@@ -13,14 +14,17 @@ use saga_contracts::Topic;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
+mod adjustments;
 pub mod domain;
 pub mod error;
 mod handler;
 mod http;
+pub mod replay;
 mod store;
 
 pub use error::{Error, InvalidOrder};
 
+/// The service's migrations, run by the live service and by replay on its target database.
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use lettre::Address;
 use saga_common::retry::ErrorPolicy;
 use saga_common::ErrorClass;
@@ -48,13 +49,17 @@ pub struct DeliveryRecord {
     pub attempts: i32,
     /// The order event that asked for the email.
     pub source_event_id: EventId,
+    /// When it was sent or set aside, as stored (to the millisecond): the event's occurred_at,
+    /// so a rebuilt row holds the same instant as the live one.
+    pub at: DateTime<Utc>,
 }
 
 /// notification.sent for an email the SMTP server accepted: the fact a rebuilt notification
 /// service needs to know the email went out, and not send it again.
 pub fn sent_event(record: &DeliveryRecord) -> SagaEvent {
     SagaEvent::NotificationSent(NotificationSent {
-        envelope: Envelope::caused_by_recorded(record.order_id, record.source_event_id),
+        envelope: Envelope::caused_by_recorded(record.order_id, record.source_event_id)
+            .at(record.at.timestamp_millis()),
         order_outcome: order_outcome(&record.outcome),
         recipient: record.recipient.clone(),
         subject: record.subject.clone(),
@@ -66,7 +71,8 @@ pub fn sent_event(record: &DeliveryRecord) -> SagaEvent {
 /// notification.failed for an email set aside with `error`.
 pub fn set_aside_event(record: &DeliveryRecord, error: &str) -> SagaEvent {
     SagaEvent::NotificationFailed(NotificationFailed {
-        envelope: Envelope::caused_by_recorded(record.order_id, record.source_event_id),
+        envelope: Envelope::caused_by_recorded(record.order_id, record.source_event_id)
+            .at(record.at.timestamp_millis()),
         order_outcome: order_outcome(&record.outcome),
         recipient: record.recipient.clone(),
         message_id: record.message_id.clone(),
@@ -81,6 +87,12 @@ fn order_outcome(stored: &str) -> saga_contracts::OrderOutcome {
     } else {
         saga_contracts::OrderOutcome::Failed
     }
+}
+
+/// Whether `event` asks for an email: an order's outcome does, every other event does not.
+/// [`email_for`] renders it.
+pub fn asks_for_email(event: &SagaEvent) -> bool {
+    matches!(event, SagaEvent::OrderConfirmed(_) | SagaEvent::OrderFailed(_))
 }
 
 /// The email `event` asks for, rendered: one for `order.confirmed` and `order.failed`, `None`
@@ -194,6 +206,7 @@ mod tests {
     }
 
     fn email(event: SagaEvent) -> NewNotification {
+        assert!(asks_for_email(&event), "{event:?}");
         match email_for(&event) {
             Ok(Some(notification)) => notification,
             other => panic!("expected an email for {event:?}, got {other:?}"),
@@ -268,6 +281,7 @@ mod tests {
             request_hash: None,
             deadline_at: None,
         });
+        assert!(!asks_for_email(&event));
         assert!(matches!(email_for(&event), Ok(None)));
     }
 
@@ -275,6 +289,44 @@ mod tests {
     fn an_outcome_without_a_valid_address_can_never_be_emailed() {
         let outcome = email_for(&SagaEvent::OrderConfirmed(confirmed("not an address")));
         assert!(matches!(outcome, Err(Error::Undeliverable(_))), "{outcome:?}");
+    }
+
+    fn delivery_record() -> DeliveryRecord {
+        DeliveryRecord {
+            order_id: order_id(),
+            outcome: "failed".into(),
+            recipient: "ada@example.com".into(),
+            subject: "Order 0f8e2c4a failed".into(),
+            message_id: format!("<{ORDER_ID}.failed@saga-platform.local>"),
+            attempts: 3,
+            source_event_id: EventId::new(),
+            at: DateTime::from_timestamp_millis(1_700_000_000_123).expect("a valid instant"),
+        }
+    }
+
+    #[test]
+    fn a_sent_email_is_told_as_of_the_instant_its_row_was_marked_sent() {
+        let record = delivery_record();
+        let SagaEvent::NotificationSent(sent) = sent_event(&record) else {
+            panic!("expected notification.sent");
+        };
+        assert_eq!(sent.envelope.occurred_at, 1_700_000_000_123);
+        assert_eq!(sent.envelope.causation_id, Some(record.source_event_id));
+        assert_eq!(sent.order_outcome, saga_contracts::OrderOutcome::Failed);
+        assert_eq!(sent.attempts, 3);
+        assert_eq!(sent.subject, record.subject);
+    }
+
+    #[test]
+    fn an_email_set_aside_is_told_as_of_the_instant_its_row_was_set_aside() {
+        let record = delivery_record();
+        let SagaEvent::NotificationFailed(failed) = set_aside_event(&record, "550 no such user") else {
+            panic!("expected notification.failed");
+        };
+        assert_eq!(failed.envelope.occurred_at, 1_700_000_000_123);
+        assert_eq!(failed.error, "550 no such user");
+        assert_eq!(failed.attempts, 3);
+        assert_eq!(failed.message_id, record.message_id);
     }
 
     fn policy() -> ErrorPolicy {

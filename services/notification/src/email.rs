@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use saga_contracts::{FailureReason, OrderId};
+use saga_contracts::{FailureReason, OrderId, OrderOutcome as RecordedOutcome};
 
 /// Domain of every Message-ID this service generates.
 pub const MESSAGE_ID_DOMAIN: &str = "saga-platform.local";
@@ -24,6 +24,16 @@ impl Outcome {
         match self {
             Outcome::Confirmed => "confirmed",
             Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl From<RecordedOutcome> for Outcome {
+    /// The outcome a notification.sent or notification.failed event names.
+    fn from(recorded: RecordedOutcome) -> Self {
+        match recorded {
+            RecordedOutcome::Confirmed => Outcome::Confirmed,
+            RecordedOutcome::Failed => Outcome::Failed,
         }
     }
 }
@@ -183,6 +193,13 @@ mod tests {
 
     fn failed(reason: FailureReason) -> OrderOutcome<'static> {
         outcome(OutcomeDetail::Failed { reason })
+    }
+
+    #[test]
+    fn the_outcome_a_delivery_event_names_is_the_one_stored() {
+        for recorded in RecordedOutcome::ALL {
+            assert_eq!(Outcome::from(recorded).as_str(), recorded.as_str());
+        }
     }
 
     #[test]

@@ -2,17 +2,48 @@
 //! the inbox entry, the intent to send one email per order outcome, then wakes the mailer. It
 //! never talks to SMTP itself, so a redelivered event or a crash anywhere in here can neither
 //! lose nor double an email. Every other event is ignored without touching the database.
+//!
+//! The state change itself is [`apply`], which replay runs as well; it emits no event (the
+//! mailer records notification.sent / notification.failed once it has tried).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
-use sqlx::PgPool;
+use saga_contracts::SagaEvent;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
 use crate::domain::{self, NewNotification};
+use crate::error::Result;
 use crate::store;
+
+/// What an order event did to the notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The event asks for no email.
+    Ignored,
+    /// The email it asks for is recorded as pending: the mailer has work.
+    Queued(NewNotification),
+    /// An email for this order outcome was recorded before, by another event with the same
+    /// meaning: nothing changed.
+    AlreadyQueued(NewNotification),
+}
+
+/// Applies an order event within the caller's transaction: records the email it asks for
+/// ([`domain::email_for`]) as pending. The same for the live handler and for replay. An outcome
+/// whose customer email is not an address fails with [`crate::Error::Undeliverable`].
+pub async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Applied> {
+    let Some(notification) = domain::email_for(event)? else {
+        return Ok(Applied::Ignored);
+    };
+    if store::record_intent(tx, &notification).await? {
+        Ok(Applied::Queued(notification))
+    } else {
+        Ok(Applied::AlreadyQueued(notification))
+    }
+}
 
 /// The `orders` consumer of the notification service.
 pub struct NotificationHandler {
@@ -25,34 +56,37 @@ impl NotificationHandler {
     pub fn new(database: PgPool, mailer_wake: Arc<Notify>) -> Self {
         Self { database, mailer_wake }
     }
-
-    #[tracing::instrument(
-        skip_all,
-        fields(order_id = %notification.order_id, event_id = %notification.source_event_id)
-    )]
-    async fn record(&self, consumed: &ConsumedEvent, notification: NewNotification) -> Result<(), HandlerError> {
-        let mut tx = self.database.begin().await?;
-        if !inbox::record(&mut tx, consumed).await? {
-            return Ok(());
-        }
-        let recorded = store::record_intent(&mut tx, &notification).await?;
-        tx.commit().await?;
-        if recorded {
-            tracing::info!(outcome = %notification.outcome, message_id = %notification.message_id, "email queued");
-            self.mailer_wake.notify_one();
-        } else {
-            tracing::info!(outcome = %notification.outcome, "email for this order outcome already queued");
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
 impl EventHandler for NotificationHandler {
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            order_id = consumed.event.order_id().map(tracing::field::display),
+            event_id = %consumed.event.event_id(),
+        )
+    )]
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        match domain::email_for(&consumed.event)? {
-            Some(notification) => self.record(consumed, notification).await,
-            None => Ok(()),
+        if !domain::asks_for_email(&consumed.event) {
+            return Ok(());
         }
+        let mut tx = self.database.begin().await?;
+        if !inbox::record(&mut tx, consumed).await? {
+            return Ok(());
+        }
+        let applied = apply(&mut tx, &consumed.event).await?;
+        tx.commit().await?;
+        match applied {
+            Applied::Queued(notification) => {
+                tracing::info!(outcome = %notification.outcome, message_id = %notification.message_id, "email queued");
+                self.mailer_wake.notify_one();
+            }
+            Applied::AlreadyQueued(notification) => {
+                tracing::info!(outcome = %notification.outcome, "email for this order outcome already queued");
+            }
+            Applied::Ignored => {}
+        }
+        Ok(())
     }
 }

@@ -7,7 +7,8 @@
 //! retrying cannot deliver; never dropping one. All SQL is in [`store`], the error policy in
 //! [`error`]. Each email carries a deterministic Message-ID per order outcome, so the one resend
 //! a crash can cause (after the SMTP server accepted the mail, before it was marked sent) is
-//! recognisable by the receiver. See docs/notification.md.
+//! recognisable by the receiver. [`replay`] rebuilds the table from the topics, sending nothing.
+//! See docs/notification.md.
 
 use std::sync::Arc;
 
@@ -24,13 +25,15 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod mailer;
+pub mod replay;
 pub mod store;
 
 pub use error::{Error, Result};
 use handler::NotificationHandler;
 use mailer::{Mailer, MailerConfig, SmtpConfig, SmtpSender};
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+/// The service's migrations, run by the live service and by replay on its target.
+pub(crate) static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
 pub const SPEC: ServiceSpec = ServiceSpec::new("notification-service", "saga_notification", 8084);

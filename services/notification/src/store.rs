@@ -1,9 +1,10 @@
 //! The `notifications` table, all SQL of the service: one row per order outcome, written by the
 //! handler as the intent to send and moved by the mailer from `pending` to `sent`, or to
-//! `failed` when retrying cannot deliver it.
+//! `failed` when retrying cannot deliver it (in replay: by the events the mailer recorded).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use saga_contracts::OrderId;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -52,9 +53,9 @@ pub struct NotificationView {
     /// Why the last attempt failed, if it did.
     pub last_error: Option<String>,
     /// When the SMTP server accepted it, if it did.
-    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
     /// When it was set aside, if it was.
-    pub failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
 }
 
 const VIEW_COLUMNS: &str =
@@ -101,13 +102,16 @@ pub async fn claim_due(pool: &PgPool, lease: Duration) -> Result<Option<PendingN
 }
 
 /// Marks a claimed email as accepted by the SMTP server and ends the claim, within the
-/// caller's transaction; returns what the notification.sent event tells.
+/// caller's transaction; returns what the notification.sent event tells. `sent_at` is kept to
+/// the millisecond, the precision of the event's occurred_at, so that a replay setting it from
+/// the event writes the same instant.
 pub async fn mark_sent(tx: &mut PgConnection, order_id: OrderId, outcome: &str) -> Result<DeliveryRecord, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE notifications \
-         SET status = 'sent', sent_at = now(), attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
+         SET status = 'sent', sent_at = date_trunc('milliseconds', now()), attempts = attempts + 1, \
+             last_error = NULL, claimed_until = NULL \
          WHERE order_id = $1 AND outcome = $2 \
-         RETURNING order_id, outcome, recipient, subject, message_id, attempts, source_event_id",
+         RETURNING order_id, outcome, recipient, subject, message_id, attempts, source_event_id, sent_at AS at",
     )
     .bind(order_id)
     .bind(outcome)
@@ -125,6 +129,7 @@ fn delivery_record(row: &PgRow) -> Result<DeliveryRecord, sqlx::Error> {
         message_id: row.try_get("message_id")?,
         attempts: row.try_get("attempts")?,
         source_event_id: row.try_get("source_event_id")?,
+        at: row.try_get("at")?,
     })
 }
 
@@ -156,7 +161,8 @@ pub async fn postpone(
 
 /// Counts a failed attempt on a claimed email, ends the claim and sets the email aside as
 /// `failed` with `error`, within the caller's transaction: no mailer takes it again until it is
-/// redriven. Returns what the notification.failed event tells.
+/// redriven. Returns what the notification.failed event tells. `failed_at` is kept to the
+/// millisecond, like `sent_at` in [`mark_sent`].
 pub async fn set_aside(
     tx: &mut PgConnection,
     order_id: OrderId,
@@ -165,9 +171,10 @@ pub async fn set_aside(
 ) -> Result<DeliveryRecord, sqlx::Error> {
     let row = sqlx::query(
         "UPDATE notifications \
-         SET status = 'failed', failed_at = now(), attempts = attempts + 1, last_error = $3, claimed_until = NULL \
+         SET status = 'failed', failed_at = date_trunc('milliseconds', now()), attempts = attempts + 1, \
+             last_error = $3, claimed_until = NULL \
          WHERE order_id = $1 AND outcome = $2 \
-         RETURNING order_id, outcome, recipient, subject, message_id, attempts, source_event_id",
+         RETURNING order_id, outcome, recipient, subject, message_id, attempts, source_event_id, failed_at AS at",
     )
     .bind(order_id)
     .bind(outcome)
@@ -175,6 +182,80 @@ pub async fn set_aside(
     .fetch_one(tx)
     .await?;
     delivery_record(&row)
+}
+
+/// What a rebuilt row says about an email that a notification.sent or notification.failed
+/// repeats: replay checks the event against it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RebuiltEmail {
+    /// The customer's address.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Deterministic Message-ID.
+    pub message_id: String,
+}
+
+/// Replay: applies a recorded notification.sent to its email within the caller's transaction:
+/// sent at `sent_at` after `attempts` attempts, no error, no claim. Returns the rebuilt email, or
+/// `None` if no row changed: there is no such email, or its row already counts more attempts
+/// (attempts only grow, so the event is an older one published again; the later one stands).
+pub async fn apply_recorded_sent(
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    outcome: &str,
+    attempts: i32,
+    sent_at: DateTime<Utc>,
+) -> Result<Option<RebuiltEmail>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE notifications \
+         SET status = 'sent', attempts = $3, sent_at = $4, last_error = NULL, failed_at = NULL, \
+             claimed_until = NULL \
+         WHERE order_id = $1 AND outcome = $2 AND attempts <= $3 \
+         RETURNING recipient, subject, message_id",
+    )
+    .bind(order_id)
+    .bind(outcome)
+    .bind(attempts)
+    .bind(sent_at)
+    .fetch_optional(tx)
+    .await
+}
+
+/// Replay: applies a recorded notification.failed to its email within the caller's
+/// transaction: set aside at `failed_at` after `attempts` attempts with `error`, no claim. Returns
+/// like [`apply_recorded_sent`].
+pub async fn apply_recorded_failure(
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    outcome: &str,
+    attempts: i32,
+    error: &str,
+    failed_at: DateTime<Utc>,
+) -> Result<Option<RebuiltEmail>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE notifications \
+         SET status = 'failed', attempts = $3, last_error = $4, failed_at = $5, sent_at = NULL, \
+             claimed_until = NULL \
+         WHERE order_id = $1 AND outcome = $2 AND attempts <= $3 \
+         RETURNING recipient, subject, message_id",
+    )
+    .bind(order_id)
+    .bind(outcome)
+    .bind(attempts)
+    .bind(error)
+    .bind(failed_at)
+    .fetch_optional(tx)
+    .await
+}
+
+/// Whether an email is recorded for this order outcome.
+pub async fn email_exists(tx: &mut PgConnection, order_id: OrderId, outcome: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM notifications WHERE order_id = $1 AND outcome = $2)")
+        .bind(order_id)
+        .bind(outcome)
+        .fetch_one(tx)
+        .await
 }
 
 /// Makes every pending email due now (on startup: whatever a previous run left unsent, or

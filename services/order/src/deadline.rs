@@ -62,7 +62,10 @@ impl DeadlineScanner {
         let overdue = store::lock_overdue(&mut tx, BATCH).await?;
         for order in &overdue {
             let (state, decided) = order.apply(SagaInput::DeadlinePassed, Envelope::for_command(order.order_id));
-            store::save_decision(&mut tx, order.order_id, &state, decided.as_ref(), None).await?;
+            store::save_state(&mut tx, order.order_id, &state).await?;
+            if let Some(decided) = &decided {
+                store::emit_decision(&mut tx, decided, None).await?;
+            }
         }
         tx.commit().await?;
         Ok(overdue.len())

@@ -4,7 +4,10 @@
 //! deadline passing), the new state and whether the order is now confirmed, failed, or still
 //! waiting. An order is decided once; facts arriving after the decision are recorded but decide
 //! nothing (participants compensate on order.failed, which they always see after order.created
-//! of the same order).
+//! of the same order). Replay reads the same facts back from the recorded events: the order an
+//! order.created announces, and a recorded decision no replayed event re-runs.
+
+use std::time::Duration;
 
 use saga_contracts::{
     Envelope, FailureReason, OrderConfirmed, OrderCreated, OrderFailed, OrderId, OrderLine, SagaEvent,
@@ -148,7 +151,51 @@ pub fn request_hash(body_json: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body_json.as_bytes()).to_string()
 }
 
+impl Placement {
+    /// How the order `created` announces was placed. Events written before order.created carried
+    /// the deadline have none: their order had to be decided `default_deadline` after it was
+    /// placed.
+    pub fn of(created: &OrderCreated, default_deadline: Duration) -> Self {
+        Self {
+            idempotency_key: created.idempotency_key.clone(),
+            request_hash: created.request_hash.clone(),
+            deadline_at: created
+                .deadline_at
+                .unwrap_or_else(|| deadline_after(created.envelope.occurred_at, default_deadline)),
+        }
+    }
+}
+
+/// The deadline of an order placed at `placed_at` (Unix milliseconds) that may wait
+/// `saga_deadline` for its outcomes, in Unix milliseconds.
+pub fn deadline_after(placed_at: i64, saga_deadline: Duration) -> i64 {
+    placed_at.saturating_add(i64::try_from(saga_deadline.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl ValidOrder {
+    /// The order `created` announces, as it was when it passed validation. Not validated again:
+    /// the event records an order that was accepted, whatever the rules are today.
+    pub fn announced_by(created: &OrderCreated) -> Self {
+        Self {
+            request: PlaceOrderRequest {
+                customer_id: created.customer_id.clone(),
+                customer_email: created.customer_email.clone(),
+                currency: created.currency.clone(),
+                payment_token: created.payment_token.clone(),
+                items: created
+                    .items
+                    .iter()
+                    .map(|line| OrderLineRequest {
+                        sku: line.sku.clone(),
+                        quantity: i64::from(line.quantity),
+                        unit_price_minor: line.unit_price_minor,
+                    })
+                    .collect(),
+            },
+            total_minor: created.total_minor,
+        }
+    }
+
     /// The order.created event announcing this order, with `envelope` (for the placing
     /// request's command) and how it was placed.
     pub fn created_event(&self, envelope: Envelope, placement: Placement) -> OrderCreated {
@@ -302,6 +349,46 @@ impl SagaState {
             failure_reason: None,
             payment: None,
             inventory: None,
+        }
+    }
+
+    /// The state after taking a recorded `decision` as a fact, for an order replay cannot decide
+    /// itself (the deadline failed it, or the outcome that decided it precedes the replayed
+    /// events): a pending order becomes confirmed, or failed with the recorded reason. `None`
+    /// when the order is decided already: its decision stands. The outcomes stay as they are,
+    /// since a decision does not say which outcomes had arrived. Pure.
+    pub fn decided_as(self, decision: RecordedDecision) -> Option<Self> {
+        if self.status != OrderStatus::Pending {
+            return None;
+        }
+        let (status, failure_reason) = match decision {
+            RecordedDecision::Confirmed => (OrderStatus::Confirmed, None),
+            RecordedDecision::Failed(reason) => (OrderStatus::Failed, Some(reason)),
+        };
+        Some(Self {
+            status,
+            failure_reason,
+            ..self
+        })
+    }
+}
+
+/// A decision the order service recorded on its topic: order.confirmed or order.failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordedDecision {
+    /// order.confirmed
+    Confirmed,
+    /// order.failed, with its reason
+    Failed(FailureReason),
+}
+
+impl RecordedDecision {
+    /// The decision `event` records; `None` for any other event.
+    pub fn of(event: &SagaEvent) -> Option<Self> {
+        match event {
+            SagaEvent::OrderConfirmed(_) => Some(RecordedDecision::Confirmed),
+            SagaEvent::OrderFailed(failed) => Some(RecordedDecision::Failed(failed.reason())),
+            _ => None,
         }
     }
 }
@@ -541,6 +628,146 @@ mod tests {
                 .map(|line| (line.sku.as_str(), line.quantity, line.unit_price_minor))
                 .collect();
             assert_eq!(lines, vec![("SKU-1", 2, 1999), ("SKU-2", 1, 500)]);
+        }
+    }
+
+    mod replaying {
+        use std::time::Duration;
+
+        use super::super::*;
+
+        fn created(placement: Placement) -> OrderCreated {
+            let request = PlaceOrderRequest {
+                customer_id: "c-1".into(),
+                customer_email: "a@example.com".into(),
+                currency: "USD".into(),
+                payment_token: "tok_ok".into(),
+                items: vec![OrderLineRequest {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    unit_price_minor: 1999,
+                }],
+            };
+            validate(request)
+                .expect("valid")
+                .created_event(Envelope::for_command(OrderId::new()), placement)
+        }
+
+        #[test]
+        fn a_created_event_announces_exactly_the_order_it_was_made_from() {
+            let order = validate(PlaceOrderRequest {
+                customer_id: "c-2".into(),
+                customer_email: "b@example.com".into(),
+                currency: "EUR".into(),
+                payment_token: "tok_2".into(),
+                items: vec![
+                    OrderLineRequest {
+                        sku: "SKU-1".into(),
+                        quantity: 3,
+                        unit_price_minor: 250,
+                    },
+                    OrderLineRequest {
+                        sku: "SKU-2".into(),
+                        quantity: 1,
+                        unit_price_minor: 0,
+                    },
+                ],
+            })
+            .expect("valid");
+            let created = order.created_event(Envelope::for_command(OrderId::new()), Placement::default());
+            assert_eq!(ValidOrder::announced_by(&created), order);
+        }
+
+        #[test]
+        fn a_created_event_gives_back_the_placement_it_was_made_with() {
+            let placement = Placement {
+                idempotency_key: Some("key-1".into()),
+                request_hash: Some(request_hash("{}")),
+                deadline_at: 1_700_000_012_345,
+            };
+            let created = created(placement.clone());
+            assert_eq!(Placement::of(&created, Duration::from_secs(30)), placement);
+        }
+
+        #[test]
+        fn an_order_created_before_deadlines_were_recorded_is_due_the_default_after_it_was_placed() {
+            let mut created = created(Placement::default());
+            created.deadline_at = None;
+            created.envelope.occurred_at = 1_700_000_000_000;
+            let placement = Placement::of(&created, Duration::from_secs(30));
+            assert_eq!(placement.deadline_at, 1_700_000_030_000);
+            assert_eq!((placement.idempotency_key, placement.request_hash), (None, None));
+        }
+
+        #[test]
+        fn a_recorded_deadline_failure_fails_a_pending_order_as_the_deadline_scanner_does() {
+            let state = decide(SagaState::pending(), SagaInput::Payment(PaymentOutcome::Captured)).0;
+            let recorded = state
+                .decided_as(RecordedDecision::Failed(FailureReason::DeadlineExceeded))
+                .expect("a pending order takes the decision");
+            assert_eq!(recorded, decide(state, SagaInput::DeadlinePassed).0);
+            assert_eq!(recorded.status, OrderStatus::Failed);
+            assert_eq!(recorded.failure_reason, Some(FailureReason::DeadlineExceeded));
+        }
+
+        #[test]
+        fn a_recorded_confirmation_confirms_a_pending_order_and_keeps_the_outcomes_it_knows() {
+            let state = decide(SagaState::pending(), SagaInput::Inventory(InventoryOutcome::Reserved)).0;
+            let recorded = state.decided_as(RecordedDecision::Confirmed).expect("pending");
+            assert_eq!(recorded.status, OrderStatus::Confirmed);
+            assert_eq!(recorded.failure_reason, None);
+            assert_eq!(
+                (recorded.payment, recorded.inventory),
+                (None, Some(InventoryOutcome::Reserved))
+            );
+        }
+
+        #[test]
+        fn a_recorded_decision_leaves_an_order_decided_already_as_it_is() {
+            let declined = decide(SagaState::pending(), SagaInput::Payment(PaymentOutcome::Declined)).0;
+            assert_eq!(declined.decided_as(RecordedDecision::Confirmed), None);
+            assert_eq!(
+                declined.decided_as(RecordedDecision::Failed(FailureReason::PaymentDeclined)),
+                None
+            );
+        }
+
+        #[test]
+        fn a_recorded_failure_is_read_with_its_reason_also_from_v1_text() {
+            let failed = |failure_reason, reason: &str| {
+                SagaEvent::OrderFailed(OrderFailed {
+                    envelope: Envelope::for_command(OrderId::new()),
+                    reason: reason.into(),
+                    failure_reason,
+                    customer_email: "a@example.com".into(),
+                    total_minor: 100,
+                    currency: "USD".into(),
+                })
+            };
+            assert_eq!(
+                RecordedDecision::of(&failed(FailureReason::DeadlineExceeded, "deadline_exceeded")),
+                Some(RecordedDecision::Failed(FailureReason::DeadlineExceeded))
+            );
+            assert_eq!(
+                RecordedDecision::of(&failed(FailureReason::Unknown, "out_of_stock")),
+                Some(RecordedDecision::Failed(FailureReason::OutOfStock)),
+                "v1 data names the reason only in its text"
+            );
+        }
+
+        #[test]
+        fn a_confirmation_is_a_recorded_decision_and_an_order_created_is_none() {
+            let confirmed = SagaEvent::OrderConfirmed(OrderConfirmed {
+                envelope: Envelope::for_command(OrderId::new()),
+                customer_email: "a@example.com".into(),
+                total_minor: 100,
+                currency: "USD".into(),
+            });
+            assert_eq!(RecordedDecision::of(&confirmed), Some(RecordedDecision::Confirmed));
+            assert_eq!(
+                RecordedDecision::of(&SagaEvent::OrderCreated(created(Placement::default()))),
+                None
+            );
         }
     }
 

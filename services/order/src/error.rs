@@ -44,6 +44,18 @@ pub enum Error {
     /// An order's lines cannot be written as or read from their stored JSON. Permanent.
     #[error("order lines as JSON: {0}")]
     Lines(#[from] serde_json::Error),
+    /// A time an order's event carries (or a deadline computed from it) is outside the range a
+    /// timestamp can hold. Permanent: the same event gives the same time; dead-letter it, or
+    /// reject the request that made it.
+    #[error("order {order_id}: {column} {millis} ms since the epoch is out of range")]
+    TimestampOutOfRange {
+        /// The order.
+        order_id: OrderId,
+        /// The column the time was for.
+        column: &'static str,
+        /// The time, in milliseconds since the Unix epoch.
+        millis: i64,
+    },
 }
 
 /// Result with the order service's [`Error`].
@@ -54,7 +66,10 @@ impl Classify for Error {
         match self {
             Error::Database(error) => error.class(),
             Error::Shared(error) => error.class(),
-            Error::UnknownOrder { .. } | Error::UnknownStoredValue { .. } | Error::Lines(_) => ErrorClass::Permanent,
+            Error::UnknownOrder { .. }
+            | Error::UnknownStoredValue { .. }
+            | Error::Lines(_)
+            | Error::TimestampOutOfRange { .. } => ErrorClass::Permanent,
         }
     }
 }

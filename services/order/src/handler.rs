@@ -1,17 +1,25 @@
-//! The events the order service consumes: payment and inventory outcomes feed the saga decision;
-//! compensations and commits only extend the order's timeline. Each event is applied once
-//! (inbox) in the same transaction as its effect and the event it causes.
+//! Applying events to the order state, the one code path the live service and replay share: an
+//! order.created stores its order; a payment or inventory outcome extends its order's timeline
+//! and feeds the saga decision; compensations and commits only extend the timeline. The live
+//! consumer ([`OrderHandler`]) applies each consumed event once (inbox) in the same transaction
+//! as its effect and the decision it emits (outbox); replay applies the same events and only
+//! compares the decisions.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::Relay;
-use saga_contracts::{Envelope, SagaEvent, Topic};
-use sqlx::PgPool;
+use saga_contracts::{Envelope, OrderCreated, SagaEvent, Topic};
+use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{InventoryOutcome, PaymentOutcome, SagaInput};
-use crate::error::Error;
+use crate::domain::{InventoryOutcome, PaymentOutcome, Placement, SagaInput, ValidOrder};
+use crate::error::{Error, Result};
 use crate::store;
+
+/// The topics the order service consumes: the participants' outcomes and compensations.
+pub const CONSUMED_TOPICS: &[Topic] = &[Topic::Payments, Topic::Inventory];
 
 /// Consumes the payments and inventory topics.
 pub struct OrderHandler {
@@ -45,36 +53,66 @@ fn source_of(event: &SagaEvent) -> &'static str {
     }
 }
 
+/// Stores the order `created` announces: pending, due by its deadline (for events that carry
+/// none, `default_deadline` after it was placed), its idempotency key if the request had one,
+/// and order.created as the first entry of its timeline. `POST /orders` calls it for the order
+/// it places (and writes the event to the outbox); replay for each recorded order.created.
+pub async fn apply_created(tx: &mut PgConnection, created: &OrderCreated, default_deadline: Duration) -> Result<()> {
+    let order_id = created.envelope.order_id;
+    let placement = Placement::of(created, default_deadline);
+    store::insert_order(
+        tx,
+        order_id,
+        &ValidOrder::announced_by(created),
+        store::timestamp(order_id, "created_at", created.envelope.occurred_at)?,
+        store::timestamp(order_id, "deadline_at", placement.deadline_at)?,
+    )
+    .await?;
+    store::record_timeline(tx, &SagaEvent::OrderCreated(created.clone()), store::SOURCE).await?;
+    if let (Some(key), Some(request_hash)) = (&placement.idempotency_key, &placement.request_hash) {
+        store::remember_idempotency_key(tx, key, request_hash, order_id).await?;
+    }
+    Ok(())
+}
+
+/// Applies a consumed event to its order: records it on the order's timeline and, for a payment
+/// or inventory outcome, runs the saga decision and stores the order's new state. Returns the
+/// order.confirmed or order.failed the event decided, written nowhere yet: the live handler
+/// emits it, replay compares it with the recorded one. Events of no order (stock adjustments)
+/// change nothing.
+pub async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Option<SagaEvent>> {
+    let Some(order_id) = event.order_id() else {
+        return Ok(None);
+    };
+    let order = store::lock_order(tx, order_id)
+        .await?
+        .ok_or_else(|| Error::UnknownOrder {
+            order_id,
+            event_type: event.event_type(),
+            event_id: event.event_id(),
+        })?;
+    store::record_timeline(tx, event, source_of(event)).await?;
+    let Some((input, envelope)) = saga_input(event) else {
+        return Ok(None);
+    };
+    let (state, decided) = order.apply(input, envelope);
+    store::save_state(tx, order_id, &state).await?;
+    Ok(decided)
+}
+
 #[async_trait]
 impl EventHandler for OrderHandler {
     #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        let event = &consumed.event;
-        let Some(order_id) = event.order_id() else {
+        if consumed.event.order_id().is_none() {
             return Ok(()); // stock adjustments belong to no order
-        };
+        }
         let mut tx = self.database.begin().await?;
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        let order = store::lock_order(&mut tx, order_id)
-            .await?
-            .ok_or_else(|| Error::UnknownOrder {
-                order_id,
-                event_type: event.event_type(),
-                event_id: event.event_id(),
-            })?;
-        store::record_timeline(&mut tx, event, source_of(event)).await?;
-        if let Some((input, envelope)) = saga_input(event) {
-            let (state, decided) = order.apply(input, envelope);
-            store::save_decision(
-                &mut tx,
-                order_id,
-                &state,
-                decided.as_ref(),
-                consumed.traceparent.as_deref(),
-            )
-            .await?;
+        if let Some(decided) = apply(&mut tx, &consumed.event).await? {
+            store::emit_decision(&mut tx, &decided, consumed.traceparent.as_deref()).await?;
         }
         tx.commit().await?;
         self.relay.notify();

@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_common::http::{ApiError, JsonBody};
-use saga_common::outbox::Relay;
+use saga_common::outbox::{self, Relay};
 use saga_contracts::{Envelope, OrderId, SagaEvent};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::domain::{request_hash, validate, PlaceOrderRequest, Placement};
-use crate::store;
+use crate::domain::{deadline_after, request_hash, validate, PlaceOrderRequest, Placement};
+use crate::{handler, store};
 
 /// Header that makes a retried POST return the first answer.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -89,23 +89,17 @@ async fn place_order(
         }
     }
     let envelope = Envelope::for_command(OrderId::new());
-    let saga_deadline = i64::try_from(state.saga_deadline.as_millis()).unwrap_or(i64::MAX);
     let placement = Placement {
-        request_hash: idempotency_key.as_ref().map(|_| fingerprint.clone()),
-        idempotency_key: idempotency_key.clone(),
-        deadline_at: envelope.occurred_at.saturating_add(saga_deadline),
+        request_hash: idempotency_key.as_ref().map(|_| fingerprint),
+        idempotency_key,
+        deadline_at: deadline_after(envelope.occurred_at, state.saga_deadline),
     };
     let created = order.created_event(envelope, placement);
     let order_id = created.envelope.order_id;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let deadline = chrono::DateTime::from_timestamp_millis(created.deadline_at.unwrap_or(envelope.occurred_at))
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the deadline is out of range")))?;
-    store::insert_order(&mut tx, order_id, &order, deadline).await?;
+    handler::apply_created(&mut tx, &created, state.saga_deadline).await?;
     let created = SagaEvent::OrderCreated(created);
-    store::emit(&mut tx, &created, None).await?;
-    if let Some(key) = &idempotency_key {
-        store::remember_idempotency_key(&mut tx, key, &fingerprint, order_id).await?;
-    }
+    outbox::enqueue(&mut tx, &created, None).await?;
     tx.commit().await?;
     state.relay.notify();
     tracing::info!(%order_id, event_id = %created.event_id(), total_minor = order.total_minor, "order placed");

@@ -15,17 +15,18 @@ use crate::error::{Error, Result};
 /// Name under which this service appears in timelines.
 pub const SOURCE: &str = "order-service";
 
-/// Inserts a new pending order that must be decided by `deadline_at`.
+/// Inserts a new pending order, placed at `created_at`, that must be decided by `deadline_at`.
 pub async fn insert_order(
     tx: &mut PgConnection,
     order_id: OrderId,
     order: &ValidOrder,
+    created_at: DateTime<Utc>,
     deadline_at: DateTime<Utc>,
 ) -> Result<()> {
     let request = &order.request;
     sqlx::query(
-        "INSERT INTO orders (order_id, customer_id, customer_email, currency, total_minor, payment_token, items, status, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO orders (order_id, customer_id, customer_email, currency, total_minor, payment_token, items, status, created_at, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(order_id)
     .bind(&request.customer_id)
@@ -35,10 +36,20 @@ pub async fn insert_order(
     .bind(&request.payment_token)
     .bind(serde_json::to_value(&request.items)?)
     .bind(OrderStatus::Pending.as_str())
+    .bind(created_at)
     .bind(deadline_at)
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// `millis` since the Unix epoch as the timestamp to store in `column` of `order_id`.
+pub fn timestamp(order_id: OrderId, column: &'static str, millis: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(millis).ok_or(Error::TimestampOutOfRange {
+        order_id,
+        column,
+        millis,
+    })
 }
 
 /// Writes `event`, emitted by this service, to the outbox and to its order's timeline.
@@ -137,15 +148,9 @@ fn order_from(row: &PgRow) -> Result<Order> {
     })
 }
 
-/// Stores what applying a fact to a locked order gave: its new `state`, and the event that
-/// decided it, if it was decided now (outbox and timeline).
-pub async fn save_decision(
-    tx: &mut PgConnection,
-    order_id: OrderId,
-    state: &SagaState,
-    decided: Option<&SagaEvent>,
-    traceparent: Option<&str>,
-) -> Result<()> {
+/// Stores the state applying a fact to a locked order gave; an order decided now is stamped
+/// with the time of deciding.
+pub async fn save_state(tx: &mut PgConnection, order_id: OrderId, state: &SagaState) -> Result<()> {
     sqlx::query(
         "UPDATE orders SET status = $2, failure_reason = $3, payment_outcome = $4, inventory_outcome = $5, \
          decided_at = CASE WHEN $2 <> 'PENDING' AND decided_at IS NULL THEN now() ELSE decided_at END \
@@ -156,12 +161,32 @@ pub async fn save_decision(
     .bind(state.failure_reason.map(FailureReason::as_str))
     .bind(state.payment.map(PaymentOutcome::as_str))
     .bind(state.inventory.map(InventoryOutcome::as_str))
-    .execute(&mut *tx)
+    .execute(tx)
     .await?;
-    if let Some(event) = decided {
-        emit(tx, event, traceparent).await?;
-        tracing::info!(%order_id, event_id = %event.event_id(), event_type = %event.event_type(), "order decided");
-    }
+    Ok(())
+}
+
+/// Emits the order.confirmed or order.failed that just decided its order (outbox and timeline).
+pub async fn emit_decision(tx: &mut PgConnection, decided: &SagaEvent, traceparent: Option<&str>) -> Result<()> {
+    emit(tx, decided, traceparent).await?;
+    tracing::info!(
+        order_id = decided.order_id().map(tracing::field::display),
+        event_id = %decided.event_id(),
+        event_type = %decided.event_type(),
+        "order decided"
+    );
+    Ok(())
+}
+
+/// Stamps a decided order with when its recorded decision says it was decided (replay decides
+/// later than the live service did).
+pub async fn set_decided_at(tx: &mut PgConnection, order_id: OrderId, decided_at: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE orders SET decided_at = $2 WHERE order_id = $1 AND status <> $3")
+        .bind(order_id)
+        .bind(decided_at)
+        .bind(OrderStatus::Pending.as_str())
+        .execute(tx)
+        .await?;
     Ok(())
 }
 

@@ -18,8 +18,9 @@
 //!   gives up (the gateway refused the call, the outcome cannot be recorded) the payment is left as
 //!   it is, marked stalled with the reason for an operator, logged at error level, and tried
 //!   again only after [`STALL_PAUSE`]; the other payments go on;
-//! - each outcome is recorded once, with its events, through [`store::transition`], which decides
-//!   under the payment's row lock: a payment another instance settled meanwhile is left alone.
+//! - each outcome is recorded once, with its events, through [`settle`] ([`store::transition`]),
+//!   which decides under the payment's row lock: a payment another instance settled meanwhile is
+//!   left alone.
 //!
 //! On shutdown, gateway calls in progress are abandoned (the payment stays as it was and is
 //! resumed idempotently at the next start), a recording in progress commits, and the task ends.
@@ -31,7 +32,7 @@ use std::time::Duration;
 use saga_common::outbox::Relay;
 use saga_common::retry::{ErrorPolicy, GaveUp};
 use saga_contracts::OrderId;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -257,10 +258,12 @@ impl Shared {
         }
     }
 
-    /// Records the gateway's `outcome` for the payment of `order_id` in one transaction.
+    /// Records the gateway's `outcome` for the payment of `order_id`, with its events, in one
+    /// transaction.
     async fn record(&self, order_id: OrderId, outcome: &Input) -> Result<Transition> {
         let mut tx = self.database.begin().await?;
-        let transition = store::transition(&mut tx, order_id, |state| domain::decide(state, outcome.clone())).await?;
+        let transition = settle(&mut tx, order_id, outcome.clone()).await?;
+        store::enqueue(&mut tx, &transition).await?;
         tx.commit().await?;
         if !transition.events.is_empty() {
             self.relay.notify();
@@ -287,6 +290,13 @@ impl Shared {
             tracing::error!(%error, "could not mark the payment stalled");
         }
     }
+}
+
+/// Applies the gateway's `outcome` ([`Input::Charged`] or [`Input::RefundMade`]) to the payment of
+/// `order_id` in `tx`, without the outbox: the transition the charger records once the gateway
+/// answered, and the one replay ([`crate::replay`]) makes from the answer its events recorded.
+pub async fn settle(tx: &mut PgConnection, order_id: OrderId, outcome: Input) -> Result<Transition> {
+    store::transition(tx, order_id, |state| domain::decide(state, outcome)).await
 }
 
 fn policy_outcome<T>(outcome: Option<std::result::Result<T, GaveUp>>) -> Result<T, Stop> {

@@ -24,6 +24,7 @@ use saga_contracts::{
     Envelope, EventId, FailureReason, OrderCreated, OrderFailed, OrderId, PaymentFailed, PaymentId, PaymentRefunded,
     PaymentSucceeded, SagaEvent,
 };
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::gateway::{ChargeOutcome, ChargeRequest, RefundRequest};
@@ -151,8 +152,9 @@ pub struct NewPayment {
 }
 
 impl NewPayment {
-    /// The payment `order` asks for, with a new payment id; [`Error::InvalidOrder`] if its total
-    /// is negative or its currency not an ISO 4217 alphabetic code.
+    /// The payment `order` asks for, with the order's payment id ([`payment_id_for`]);
+    /// [`Error::InvalidOrder`] if its total is negative or its currency not an ISO 4217
+    /// alphabetic code.
     pub fn for_order(order: &OrderCreated, traceparent: Option<String>) -> Result<Self> {
         let (amount_minor, currency) = (order.total_minor, &order.currency);
         if amount_minor < 0 {
@@ -165,7 +167,7 @@ impl NewPayment {
         }
         Ok(Self {
             order_id: order.envelope.order_id,
-            payment_id: PaymentId::new(),
+            payment_id: payment_id_for(order.envelope.order_id),
             token: order.payment_token.clone(),
             amount_minor,
             currency: currency.clone(),
@@ -173,6 +175,17 @@ impl NewPayment {
             traceparent,
         })
     }
+}
+
+/// Namespace of the payment ids derived from order ids (a fixed random UUID: changing it changes
+/// the id of every payment made from then on).
+const PAYMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d0f_3c2e_9a41_4f6b_8e27_61c4_b0d9_a3f5);
+
+/// The id of the payment of `order_id`: derived from the order id (UUID version 5), so the payment
+/// rebuilt from the order's events by replay gets the id the live service gave it, whichever
+/// instance or run makes it. An order has at most one payment, so the ids are unique too.
+pub fn payment_id_for(order_id: OrderId) -> PaymentId {
+    PaymentId::from(Uuid::new_v5(&PAYMENT_ID_NAMESPACE, order_id.uuid().as_bytes()))
 }
 
 /// A new fact about an order's payment.
@@ -661,6 +674,27 @@ mod tests {
             assert_eq!(after, PaymentState::default());
             assert!(events.is_empty());
         }
+    }
+
+    #[test]
+    fn the_payment_id_is_derived_from_the_order_id_alone() {
+        let order = order_created(TOTAL, "USD");
+        let first = NewPayment::for_order(&order, None).expect("valid order");
+        let again = NewPayment::for_order(&order, Some("00-trace".into())).expect("valid order");
+        assert_eq!(first.payment_id, payment_id_for(order.envelope.order_id));
+        assert_eq!(again.payment_id, first.payment_id);
+        assert_ne!(payment_id_for(OrderId::new()), first.payment_id);
+        assert_ne!(first.payment_id.uuid(), order.envelope.order_id.uuid());
+    }
+
+    #[test]
+    fn the_payment_id_of_an_order_stays_what_it_was_when_ids_were_first_derived() {
+        // Live databases hold ids derived so; replay must derive the same ones.
+        let order_id: OrderId = "0b7a6f3e-2d1c-4e5f-9a8b-7c6d5e4f3a2b".parse().expect("uuid");
+        assert_eq!(
+            payment_id_for(order_id).to_string(),
+            "08366bee-f94a-58cf-8e72-3d5c28662614"
+        );
     }
 
     #[test]

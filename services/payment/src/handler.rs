@@ -2,9 +2,11 @@
 //! order.failed records the failure (and, for a capture, starts its refund), order.confirmed
 //! changes nothing (the capture stands).
 //!
-//! The handler never calls the gateway: it commits the state change ([`crate::domain::decide`])
-//! with the event's inbox entry in one transaction, then hands a payment that waits for a gateway
-//! call to the [`charger`](crate::charger). Guarantees, with at-least-once delivery:
+//! The state change is one function, [`apply`], which the live [`PaymentHandler`] and replay
+//! ([`crate::replay`]) both run: the live handler adds the inbox entry before it and queues the
+//! transition's events in the outbox after it, in the same transaction, then hands a payment that
+//! waits for a gateway call to the [`charger`](crate::charger). The handler never calls the
+//! gateway. Guarantees, with at-least-once delivery:
 //! - an order gets at most one payment and a capture at most one refund: a redelivered event
 //!   finds its inbox entry, and a new one finds the state it would make (see the state machine);
 //! - order.failed and the charger settling the same payment are ordered by the payment's row
@@ -18,11 +20,39 @@ use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::Relay;
 use saga_contracts::{OrderId, SagaEvent};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::charger::ChargeQueue;
 use crate::domain::{self, Input, NewPayment, OrderFailure};
-use crate::store;
+use crate::error::Result;
+use crate::store::{self, Transition};
+
+/// Applies `consumed` to its order's payment in `tx`, without inbox or outbox: the payment's
+/// transition, with the events it causes (queued by the live handler, compared by replay);
+/// `None` for an event that concerns no payment (order.confirmed, other topics' events).
+/// [`crate::error::Error::InvalidOrder`] (permanent) for an order.created that cannot be charged.
+pub async fn apply(tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Option<Transition>> {
+    let Some((order_id, input)) = input_for(consumed)? else {
+        return Ok(None);
+    };
+    let transition = store::transition(tx, order_id, |state| domain::decide(state, input)).await?;
+    Ok(Some(transition))
+}
+
+/// What `consumed` asks of its order's payment, if anything.
+fn input_for(consumed: &ConsumedEvent) -> Result<Option<(OrderId, Input)>> {
+    Ok(match &consumed.event {
+        SagaEvent::OrderCreated(order) => {
+            let payment = NewPayment::for_order(order, consumed.traceparent.clone())?;
+            Some((order.envelope.order_id, Input::OrderCreated(payment)))
+        }
+        SagaEvent::OrderFailed(failed) => {
+            Some((failed.envelope.order_id, Input::OrderFailed(OrderFailure::from(failed))))
+        }
+        // order.confirmed: the capture stands. Other events are not for this service.
+        _ => None,
+    })
+}
 
 /// Applies order events to payments.
 pub struct PaymentHandler {
@@ -41,17 +71,31 @@ impl PaymentHandler {
             charges,
         }
     }
+}
 
-    /// Applies `input` about `order_id` to its payment, in one transaction with the inbox entry
-    /// of `consumed`.
-    #[tracing::instrument(skip_all, fields(%order_id, event_id = %consumed.event.event_id(), event_type = consumed.event.event_type().as_str()))]
-    async fn apply(&self, consumed: &ConsumedEvent, order_id: OrderId, input: Input) -> Result<(), HandlerError> {
+#[async_trait]
+impl EventHandler for PaymentHandler {
+    /// Records `consumed` in the inbox and [`apply`]s it, queueing its events, in one
+    /// transaction. Every consumed event gets its inbox entry, also one that concerns no payment,
+    /// as replay records them.
+    #[tracing::instrument(skip_all, fields(
+        order_id = %consumed.event.order_id().map(|id| id.to_string()).unwrap_or_default(),
+        event_id = %consumed.event.event_id(),
+        event_type = consumed.event.event_type().as_str(),
+    ))]
+    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
         let mut tx = self.database.begin().await?;
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        let transition = store::transition(&mut tx, order_id, |state| domain::decide(state, input)).await?;
+        let transition = apply(&mut tx, consumed).await?;
+        if let Some(transition) = &transition {
+            store::enqueue(&mut tx, transition).await?;
+        }
         tx.commit().await?;
+        let Some(transition) = transition else {
+            return Ok(());
+        };
         if !transition.events.is_empty() {
             self.relay.notify();
         }
@@ -63,28 +107,8 @@ impl PaymentHandler {
         }
         // Handed over only after the commit: the charger works on committed state.
         if transition.after.gateway_call().is_some() {
-            self.charges.submit(order_id);
+            self.charges.submit(transition.order_id);
         }
         Ok(())
-    }
-}
-
-#[async_trait]
-impl EventHandler for PaymentHandler {
-    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        match &consumed.event {
-            SagaEvent::OrderCreated(order) => {
-                let payment = NewPayment::for_order(order, consumed.traceparent.clone())?;
-                self.apply(consumed, order.envelope.order_id, Input::OrderCreated(payment))
-                    .await
-            }
-            SagaEvent::OrderFailed(failed) => {
-                let failure = OrderFailure::from(failed);
-                self.apply(consumed, failed.envelope.order_id, Input::OrderFailed(failure))
-                    .await
-            }
-            // order.confirmed: the capture stands. Other events are not for this service.
-            _ => Ok(()),
-        }
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! Layout: [`domain`] decides (pure), [`handler`] applies consumed events, [`charger`] makes the
 //! gateway calls, [`store`] holds the SQL, [`http`] serves payments, [`error`] classifies what
-//! goes wrong.
+//! goes wrong, [`replay`] rebuilds the state from the topics with the same code and no gateway.
 
 use std::sync::Arc;
 
@@ -29,13 +29,15 @@ pub mod error;
 pub mod gateway;
 pub mod handler;
 pub mod http;
+pub mod replay;
 pub mod store;
 
 use charger::Charger;
 use gateway::{GatewayConfig, PaymentGateway};
 use handler::PaymentHandler;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+/// The service's own migrations, run by the live service at startup and by replay on its target.
+pub(crate) static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Name, default database and default port of this service.
 pub const SPEC: ServiceSpec = ServiceSpec::new("payment-service", "saga_payment", 8082);

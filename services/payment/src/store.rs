@@ -1,11 +1,13 @@
 //! The payment service's tables, and nothing else: reading an order's [`PaymentState`] from
-//! `payments` and `failed_orders`, writing a state change with the events it causes (outbox), and
-//! the charger's bookkeeping (which payments wait for the gateway, which it gave up on).
+//! `payments` and `failed_orders`, writing a state change and queueing the events it causes
+//! (outbox), and the charger's bookkeeping (which payments wait for the gateway, which it gave up
+//! on).
 //!
 //! Every state change goes through [`transition`]: it locks the order's payment row, applies the
 //! caller's pure decision to what is stored, and writes the difference, so two transactions
 //! changing one payment (the consumer recording order.failed, the charger settling a charge)
-//! are ordered by the row lock and each decides on what the other committed.
+//! are ordered by the row lock and each decides on what the other committed. The live service
+//! then queues the transition's events ([`enqueue`]); replay, which publishes nothing, does not.
 
 use std::time::Duration;
 
@@ -16,20 +18,22 @@ use sqlx::{PgConnection, PgExecutor};
 use crate::domain::{OrderFailure, Payment, PaymentState, PaymentStatus};
 use crate::error::{Error, Result};
 
-/// A change of an order's payment, as [`transition`] committed it to the caller's transaction.
+/// A change of an order's payment, as [`transition`] wrote it to the caller's transaction.
 #[derive(Debug)]
 pub struct Transition {
+    /// The order whose payment it is.
+    pub order_id: OrderId,
     /// The state before.
     pub before: PaymentState,
     /// The state after.
     pub after: PaymentState,
-    /// The events queued in the outbox.
+    /// The events the change causes, in the order they are published (see [`enqueue`]).
     pub events: Vec<SagaEvent>,
 }
 
 /// Locks the payment of `order_id` (if it has one) for the rest of `tx`, applies `decide` to its
-/// state, writes what changed and queues the events `decide` returned in the outbox, continuing
-/// the payment's trace. [`Error::ChangedMeanwhile`] (transient) if another transaction recorded a
+/// state and writes what changed; the events `decide` returned are in the result, not yet queued
+/// (see [`enqueue`]). [`Error::ChangedMeanwhile`] (transient) if another transaction recorded a
 /// payment for the order after it was read: done again, the caller decides on that one.
 pub async fn transition(
     tx: &mut PgConnection,
@@ -39,14 +43,42 @@ pub async fn transition(
     let before = lock(tx, order_id).await?;
     let (after, events) = decide(before.clone());
     save(tx, order_id, &before, &after).await?;
-    let traceparent = after
+    Ok(Transition {
+        order_id,
+        before,
+        after,
+        events,
+    })
+}
+
+/// Queues the events of `transition` in the outbox of `tx`, continuing the payment's trace: what
+/// the live service does with every transition, in the transaction that wrote it.
+pub async fn enqueue(tx: &mut PgConnection, transition: &Transition) -> Result<()> {
+    let traceparent = transition
+        .after
         .payment
         .as_ref()
         .and_then(|payment| payment.traceparent.as_deref());
-    for event in &events {
+    for event in &transition.events {
         outbox::enqueue(tx, event, traceparent).await?;
     }
-    Ok(Transition { before, after, events })
+    Ok(())
+}
+
+/// Gives the payment of `order_id` the id the service published for it (in payment.success and
+/// payment.refunded), for replay: payments made before ids were derived from the order id (see
+/// [`crate::domain::payment_id_for`]) had random ones, which only their events still tell.
+pub async fn adopt_published_payment_id(
+    executor: impl PgExecutor<'_>,
+    order_id: OrderId,
+    payment_id: PaymentId,
+) -> Result<()> {
+    sqlx::query("UPDATE payments SET payment_id = $2 WHERE order_id = $1 AND payment_id <> $2")
+        .bind(order_id)
+        .bind(payment_id)
+        .execute(executor)
+        .await?;
+    Ok(())
 }
 
 /// The state of `order_id` as committed (a plain read, for a first look before a gateway call).

@@ -1,0 +1,277 @@
+//! Rebuilding the notification service's `notifications` table from the topics, without sending
+//! a single email.
+//!
+//! Order outcomes go through [`handler::apply`], as live: the same rendering, Message-ID and
+//! pending row. What the mailer then did (the SMTP server's answer) cannot be recomputed, so it
+//! is taken from the notification.sent / notification.failed events the mailer recorded: status,
+//! attempts, last error and the instant, exactly as the live row has them. No SMTP transport
+//! exists here. What no event records stays as replay leaves it: an email the live mailer is
+//! still retrying (its failed attempts so far) or an operator redrove and that was not sent
+//! again yet (still `failed` when rebuilt).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use saga_common::consumer::{ConsumedEvent, HandlerError};
+use saga_common::replay::{Rebuild, VerifiedTable};
+use saga_common::service::ServiceSpec;
+use saga_contracts::{EventType, NotificationFailed, NotificationSent, OrderId, SagaEvent, Topic};
+use sqlx::migrate::Migrator;
+use sqlx::PgConnection;
+
+use crate::email::Outcome;
+use crate::handler;
+use crate::store::{self, RebuiltEmail};
+
+/// The notification service's part in replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rebuilder;
+
+/// The notification service's [`Rebuild`]; it needs no settings.
+pub fn rebuilder() -> Rebuilder {
+    Rebuilder
+}
+
+/// The tables `sagactl verify` compares.
+const TABLES: &[VerifiedTable] = &[VerifiedTable {
+    name: "notifications",
+    key: &["order_id", "outcome"],
+    // created_at is when the handler processed the order event (live and replay process it at
+    // different times); next_attempt_at, claimed_until and unclassified_failures are the
+    // mailer's schedule, claims and retry budget, which no event records.
+    ignored: &[
+        "created_at",
+        "next_attempt_at",
+        "claimed_until",
+        "unclassified_failures",
+    ],
+}];
+
+#[async_trait]
+impl Rebuild for Rebuilder {
+    fn spec(&self) -> ServiceSpec {
+        crate::SPEC
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &crate::MIGRATIONS
+    }
+
+    fn consumes(&self) -> &'static [Topic] {
+        &[Topic::Orders]
+    }
+
+    fn records_on(&self) -> &'static [Topic] {
+        &[Topic::Notifications]
+    }
+
+    fn decisions(&self) -> &'static [EventType] {
+        // The emails follow from the order events alone; whether they went out is the SMTP
+        // server's answer, taken from the events, not a decision replay re-runs.
+        &[]
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
+        match &consumed.event {
+            SagaEvent::NotificationSent(sent) => apply_sent(tx, sent).await?,
+            SagaEvent::NotificationFailed(failed) => apply_failure(tx, failed).await?,
+            order_event => {
+                handler::apply(tx, order_event).await?;
+            }
+        }
+        // The live handler emits nothing; the mailer's events are the recorded facts above.
+        Ok(Vec::new())
+    }
+
+    fn tables(&self) -> &'static [VerifiedTable] {
+        TABLES
+    }
+}
+
+/// Marks the email sent as notification.sent tells.
+async fn apply_sent(tx: &mut PgConnection, sent: &NotificationSent) -> Result<(), HandlerError> {
+    let email = RecordedEmail {
+        event_type: EventType::NotificationSent,
+        order_id: sent.envelope.order_id,
+        outcome: sent.order_outcome.into(),
+        recipient: &sent.recipient,
+        subject: Some(&sent.subject),
+        message_id: &sent.message_id,
+    };
+    let sent_at = instant(sent.envelope.occurred_at)?;
+    let rebuilt =
+        store::apply_recorded_sent(tx, email.order_id, email.outcome.as_str(), sent.attempts, sent_at).await?;
+    settle(tx, &email, rebuilt).await
+}
+
+/// Sets the email aside as notification.failed tells.
+async fn apply_failure(tx: &mut PgConnection, failed: &NotificationFailed) -> Result<(), HandlerError> {
+    let email = RecordedEmail {
+        event_type: EventType::NotificationFailed,
+        order_id: failed.envelope.order_id,
+        outcome: failed.order_outcome.into(),
+        recipient: &failed.recipient,
+        subject: None,
+        message_id: &failed.message_id,
+    };
+    let failed_at = instant(failed.envelope.occurred_at)?;
+    let rebuilt = store::apply_recorded_failure(
+        tx,
+        email.order_id,
+        email.outcome.as_str(),
+        failed.attempts,
+        &failed.error,
+        failed_at,
+    )
+    .await?;
+    settle(tx, &email, rebuilt).await
+}
+
+/// Checks what applying a delivery event found: the rebuilt email should be the one the event
+/// names (a difference means the rendering changed since it was sent, and verify will show the
+/// rows); no row changed is an older event published again, unless the email does not exist,
+/// which the event cannot be applied without.
+async fn settle(
+    tx: &mut PgConnection,
+    email: &RecordedEmail<'_>,
+    rebuilt: Option<RebuiltEmail>,
+) -> Result<(), HandlerError> {
+    let RecordedEmail {
+        event_type,
+        order_id,
+        outcome,
+        ..
+    } = *email;
+    match rebuilt {
+        Some(rebuilt) => {
+            let differing = differing_facts(&rebuilt, email);
+            if !differing.is_empty() {
+                tracing::warn!(%order_id, %outcome, ?differing, "{event_type} names another email than the one rebuilt");
+            }
+            Ok(())
+        }
+        None if store::email_exists(tx, order_id, outcome.as_str()).await? => {
+            tracing::debug!(%order_id, %outcome, "{event_type} is older than the email's state; left alone");
+            Ok(())
+        }
+        None => Err(HandlerError::permanent(format!(
+            "{event_type} for order {order_id} ({outcome}): no email was recorded for this order outcome"
+        ))),
+    }
+}
+
+/// The email as a notification.sent or notification.failed names it.
+#[derive(Debug, Clone, Copy)]
+struct RecordedEmail<'a> {
+    event_type: EventType,
+    order_id: OrderId,
+    outcome: Outcome,
+    recipient: &'a str,
+    /// notification.failed names no subject.
+    subject: Option<&'a str>,
+    message_id: &'a str,
+}
+
+/// The facts in which the rebuilt email and the one the event names differ.
+fn differing_facts(rebuilt: &RebuiltEmail, recorded: &RecordedEmail<'_>) -> Vec<&'static str> {
+    let mut differing = Vec::new();
+    if rebuilt.recipient != recorded.recipient {
+        differing.push("recipient");
+    }
+    if recorded.subject.is_some_and(|subject| subject != rebuilt.subject) {
+        differing.push("subject");
+    }
+    if rebuilt.message_id != recorded.message_id {
+        differing.push("message_id");
+    }
+    differing
+}
+
+/// An event's occurred_at as a timestamp; one out of range cannot be stored.
+fn instant(occurred_at: i64) -> Result<DateTime<Utc>, HandlerError> {
+    DateTime::from_timestamp_millis(occurred_at)
+        .ok_or_else(|| HandlerError::permanent(format!("occurred_at {occurred_at} is not a representable instant")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rebuilt() -> RebuiltEmail {
+        RebuiltEmail {
+            recipient: "ada@example.com".into(),
+            subject: "Order 0f8e2c4a confirmed".into(),
+            message_id: "<0f8e2c4a-1b2c-4d5e-8f90-123456789abc.confirmed@saga-platform.local>".into(),
+        }
+    }
+
+    fn recorded(email: &RebuiltEmail) -> RecordedEmail<'_> {
+        RecordedEmail {
+            event_type: EventType::NotificationSent,
+            order_id: OrderId::new(),
+            outcome: Outcome::Confirmed,
+            recipient: &email.recipient,
+            subject: Some(&email.subject),
+            message_id: &email.message_id,
+        }
+    }
+
+    #[test]
+    fn an_event_naming_the_rebuilt_email_differs_in_nothing() {
+        let email = rebuilt();
+        assert!(differing_facts(&email, &recorded(&email)).is_empty());
+    }
+
+    #[test]
+    fn a_subject_rendered_differently_since_the_email_was_sent_is_noticed() {
+        let email = rebuilt();
+        let event = RecordedEmail {
+            subject: Some("Your order 0f8e2c4a is confirmed"),
+            ..recorded(&email)
+        };
+        assert_eq!(differing_facts(&email, &event), ["subject"]);
+    }
+
+    #[test]
+    fn a_failure_event_naming_no_subject_is_compared_on_recipient_and_message_id() {
+        let email = rebuilt();
+        let event = RecordedEmail {
+            event_type: EventType::NotificationFailed,
+            subject: None,
+            recipient: "bob@example.com",
+            message_id: "<other@saga-platform.local>",
+            ..recorded(&email)
+        };
+        assert_eq!(differing_facts(&email, &event), ["recipient", "message_id"]);
+    }
+
+    #[test]
+    fn an_occurred_at_becomes_the_same_instant_to_the_millisecond() -> Result<(), HandlerError> {
+        assert_eq!(instant(1_700_000_000_123)?.timestamp_millis(), 1_700_000_000_123);
+        assert!(matches!(instant(i64::MAX), Err(HandlerError::Permanent(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn the_notifications_are_compared_by_order_outcome_without_the_mailers_bookkeeping() {
+        let rebuilder = rebuilder();
+        let [table] = rebuilder.tables() else {
+            panic!("one table expected");
+        };
+        assert_eq!(table.name, "notifications");
+        assert_eq!(table.key, ["order_id", "outcome"]);
+        for compared in [
+            "status",
+            "attempts",
+            "last_error",
+            "sent_at",
+            "failed_at",
+            "body",
+            "source_event_id",
+        ] {
+            assert!(!table.ignored.contains(&compared), "{compared}");
+        }
+        assert_eq!(rebuilder.consumes(), [Topic::Orders]);
+        assert_eq!(rebuilder.records_on(), [Topic::Notifications]);
+        assert!(rebuilder.decisions().is_empty());
+    }
+}
