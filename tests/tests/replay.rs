@@ -1,13 +1,15 @@
 //! Replay end to end: every branch of the saga runs on the four live services; then each
 //! service is rebuilt from the topics into a new database with `sagactl replay`, and
 //! `sagactl verify` finds the rebuilt database equal to the live one. The replays publish
-//! nothing and send no email; a rebuilt row changed by hand makes verify fail, naming it.
+//! nothing and send no email; a rebuilt row changed by hand makes verify fail, naming it. An
+//! interrupted replay resumes where it stopped, and the filters limit what it applies.
 
 use std::time::Duration;
 
-use saga_contracts::Topic;
+use saga_common::replay::{self, Rebuild, ReplayOptions, VerifiedTable};
+use saga_contracts::{OrderId, SagaEvent, Topic};
 use saga_tests::platform::{exactly_mails, mail_to, unique_email, unique_sku, Platform};
-use saga_tests::TestEnv;
+use saga_tests::{fixtures, TestEnv};
 
 const SERVICES: [&str; 4] = ["order", "payment", "inventory", "notification"];
 
@@ -120,5 +122,121 @@ async fn every_service_rebuilt_from_the_topics_verifies_equal_and_the_replay_has
     ]);
     assert!(again.is_err_and(|e| e.to_string().contains("finished replay")));
     platform.stop().await;
+    Ok(())
+}
+
+/// A rebuilder that dies (panics, as a crashed process would stop) when it meets its
+/// `fatal`th event, and otherwise is the inventory service's.
+struct CrashingRebuilder {
+    inner: inventory_service::replay::Rebuilder,
+    applied: std::sync::atomic::AtomicUsize,
+    fatal: usize,
+}
+
+#[async_trait::async_trait]
+impl Rebuild for CrashingRebuilder {
+    fn spec(&self) -> saga_common::service::ServiceSpec {
+        self.inner.spec()
+    }
+    fn migrations(&self) -> &'static sqlx::migrate::Migrator {
+        self.inner.migrations()
+    }
+    fn consumes(&self) -> &'static [Topic] {
+        self.inner.consumes()
+    }
+    fn records_on(&self) -> &'static [Topic] {
+        self.inner.records_on()
+    }
+    fn decisions(&self) -> &'static [saga_contracts::EventType] {
+        self.inner.decisions()
+    }
+    async fn apply(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: &saga_common::consumer::ConsumedEvent,
+    ) -> Result<Vec<SagaEvent>, saga_common::consumer::HandlerError> {
+        let count = self.applied.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        assert!(count < self.fatal, "simulated crash at event {count}");
+        self.inner.apply(tx, event).await
+    }
+    fn tables(&self) -> &'static [VerifiedTable] {
+        self.inner.tables()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_it_applies() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let orders: Vec<_> = (0..6)
+        .map(|_| fixtures::order_created_with(OrderId::new(), &[("REPLAY-SKU", 1)], fixtures::APPROVED_TOKEN))
+        .collect();
+    let events: Vec<SagaEvent> = orders.iter().map(|order| order.clone().into()).collect();
+    env.produce_all(&events).await?;
+    let options = ReplayOptions {
+        batch_size: 2,
+        ..ReplayOptions::default()
+    };
+    let crashing = CrashingRebuilder {
+        inner: inventory_service::replay::rebuilder(),
+        applied: Default::default(),
+        fatal: 4,
+    };
+
+    // The first run dies at the fourth event; the batches before it are committed.
+    let interrupted_into = env.database_url("interrupted");
+    let first = {
+        let (env, into, options) = (env.clone(), interrupted_into.clone(), options.clone());
+        tokio::spawn(async move { replay::run(&crashing, &env.kafka, &env.registry, &into, &options, |_| {}).await })
+    };
+    assert!(first.await.is_err(), "the first run crashed");
+    let interrupted = sqlx::PgPool::connect(&interrupted_into).await?;
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations")
+        .fetch_one(&interrupted)
+        .await?;
+    assert!(
+        (1..6).contains(&kept),
+        "some but not all orders applied before the crash: {kept}"
+    );
+
+    // The second run resumes: it reads only what the first did not commit.
+    let rebuilder = inventory_service::replay::rebuilder();
+    let resumed = replay::run(
+        &rebuilder,
+        &env.kafka,
+        &env.registry,
+        &interrupted_into,
+        &options,
+        |_| {},
+    )
+    .await?;
+    assert!(resumed.resumed);
+    assert_eq!(resumed.read + u64::try_from(kept)?, 6);
+
+    // The same as a replay that was never interrupted.
+    let straight_into = env.database_url("straight");
+    let straight = replay::run(&rebuilder, &env.kafka, &env.registry, &straight_into, &options, |_| {}).await?;
+    assert!(!straight.resumed);
+    let straight_db = sqlx::PgPool::connect(&straight_into).await?;
+    assert_eq!(
+        replay::verify(rebuilder.tables(), &straight_db, &interrupted).await?,
+        vec![]
+    );
+
+    // --order-id applies that order's events only.
+    let one_into = env.database_url("one_order");
+    let only = ReplayOptions {
+        order_id: Some(orders[2].envelope.order_id),
+        ..options.clone()
+    };
+    let filtered = replay::run(&rebuilder, &env.kafka, &env.registry, &one_into, &only, |_| {}).await?;
+    assert_eq!((filtered.applied, filtered.filtered), (1, 5));
+    // --until before every event applies none of them.
+    let until_into = env.database_url("until");
+    let before_all = ReplayOptions {
+        until_millis: Some(orders[0].envelope.occurred_at - 1),
+        ..options
+    };
+    let none = replay::run(&rebuilder, &env.kafka, &env.registry, &until_into, &before_all, |_| {}).await?;
+    assert_eq!((none.applied, none.filtered), (0, 6));
     Ok(())
 }
