@@ -1,6 +1,8 @@
 //! A CI-sized run of the failure-injection harness on a three-node Apache Kafka cluster of its
 //! own: a few hundred orders with every fault kind (broker faults included) injected at least
 //! once; every invariant of the saga must hold afterwards and no consumer group may stall.
+//! (`--verify-replay` is not on here yet: under faults, rebuilding the order and inventory
+//! services still meets ordering races, see docs/replay.md.)
 
 use saga_tests::harness::faults::FaultKind;
 use saga_tests::harness::run::{run, HarnessConfig};

@@ -21,6 +21,12 @@ CREATE TABLE replay_progress (
     PRIMARY KEY (topic, partition)
 );
 
+-- Ids of the events of the service's own topic the replay applied: a record the relay published
+-- twice (at-least-once) is applied once. Events of consumed topics go through the inbox instead.
+CREATE TABLE replay_seen (
+    event_id UUID PRIMARY KEY
+);
+
 -- Decisions the replay re-ran and no recorded event has confirmed yet.
 CREATE TABLE replay_expected (
     order_id   UUID  NOT NULL,

@@ -9,7 +9,7 @@
 //! ones recorded on the topics. No producer, SMTP transport or payment gateway exists in replay
 //! mode: [`Rebuild::apply`] gets a database transaction and nothing else.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -175,6 +175,8 @@ struct Record {
     offset: i64,
     /// Where the record goes in the merged order (see [`merge_key`]).
     merge_key: (i64, u8),
+    /// For an event of the service's own topics: the consumed event that caused it.
+    cause: Option<EventId>,
     traceparent: Option<String>,
     event: Result<SagaEvent, String>,
 }
@@ -194,10 +196,12 @@ pub async fn run(
     let database = database::connect_and_migrate(target_url, &migrator, 2).await?;
     let service = rebuild.spec().name;
     let resumed = prepare_run(&database, rebuild, options).await?;
+    // The own topics' end offsets are taken first: every own event below them was caused by a
+    // consumed event written earlier, so below the consumed topics' end offsets taken after.
     let topics: Vec<String> = rebuild
-        .consumes()
+        .records_on()
         .iter()
-        .chain(rebuild.records_on())
+        .chain(rebuild.consumes())
         .map(|topic| kafka.topic(*topic))
         .collect();
     if !resumed {
@@ -218,7 +222,18 @@ pub async fn run(
     }
     consumer.assign(&assignment)?;
     let own_topics: Vec<String> = rebuild.records_on().iter().map(|topic| kafka.topic(*topic)).collect();
-    let reactions = reaction_times(kafka, &codec, &positions, &own_topics).await?;
+    let own = read_own_record(kafka, &codec, &positions, &own_topics, rebuild.decisions()).await?;
+    // Events handled (applied, duplicate or filtered): an event waits for its cause.
+    let mut handled: HashSet<EventId> = if resumed {
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM inbox UNION SELECT event_id FROM replay_seen")
+            .fetch_all(&database)
+            .await?
+            .into_iter()
+            .map(EventId::from)
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let mut expected = load_expected(&database).await?;
     let mut report = ReplayReport {
         resumed,
@@ -256,7 +271,11 @@ pub async fn run(
                     topic: message.topic().to_owned(),
                     partition: message.partition(),
                     offset: message.offset(),
-                    merge_key: merge_key(consumed, timestamp, event.as_ref().ok(), &reactions),
+                    merge_key: merge_key(consumed, timestamp, event.as_ref().ok(), &own),
+                    cause: event
+                        .as_ref()
+                        .ok()
+                        .and_then(|event| cause_in_range(consumed, event, &own)),
                     traceparent: header_value(&message, TRACEPARENT_HEADER),
                     event,
                 });
@@ -264,23 +283,48 @@ pub async fn run(
         }
         let mut batch = Vec::with_capacity(options.batch_size);
         while batch.len() < options.batch_size {
-            let next = open
+            let heads: Vec<Head<'_>> = open
                 .iter()
                 .filter(|key| positions[*key].next + count_taken(&batch, key) < positions[*key].end)
                 .filter_map(|key| {
-                    queues
-                        .get(key)
-                        .and_then(VecDeque::front)
-                        .map(|record| (key, record.merge_key, record.offset))
+                    queues.get(key).and_then(VecDeque::front).map(|record| Head {
+                        partition: key,
+                        order: (record.merge_key, record.offset),
+                        cause_handled: record.cause.is_none_or(|cause| handled.contains(&cause)),
+                    })
                 })
-                .min_by_key(|(_, merge_key, offset)| (*merge_key, *offset));
-            let Some((key, _, _)) = next else { break };
-            let key = key.clone();
+                .collect();
+            // An event waits until the event in the replayed range that caused it was applied,
+            // and so does every later one: a waiting event holds back the records behind it in
+            // its partition, which would otherwise be overtaken. Only when nothing can go on
+            // that way does the earliest event whose cause was applied go, and failing that, the
+            // earliest of all (its cause lies outside the range).
+            let barrier = heads
+                .iter()
+                .filter(|head| !head.cause_handled)
+                .map(|head| head.order)
+                .min();
+            let next = heads
+                .iter()
+                .filter(|head| head.cause_handled && barrier.is_none_or(|barrier| head.order <= barrier))
+                .min_by_key(|head| head.order)
+                .or_else(|| {
+                    heads
+                        .iter()
+                        .filter(|head| head.cause_handled)
+                        .min_by_key(|head| head.order)
+                })
+                .or_else(|| heads.iter().min_by_key(|head| head.order));
+            let Some(next) = next else { break };
+            let key: (String, i32) = next.partition.clone();
             let record = queues
                 .get_mut(&key)
                 .and_then(VecDeque::pop_front)
                 .expect("a record in hand");
             let finished = record.offset + 1 >= positions[&key].end;
+            if let Ok(event) = &record.event {
+                handled.insert(event.event_id());
+            }
             batch.push(record);
             if finished || queues.get(&key).is_none_or(VecDeque::is_empty) {
                 break;
@@ -318,34 +362,58 @@ pub async fn run(
     Ok(report)
 }
 
-/// When the live service took an event in, as well as the topics tell: an event of the
-/// service's own topics took effect when it was published (its record's timestamp: the relay
-/// publishes right after the commit); a consumed event took effect when the service reacted to
-/// it, so at the time of the first own event it caused, if there is one, else at its own
-/// record's timestamp. A consumed event sorts before its reaction. Ordering consumed events by
-/// their own timestamps instead would apply an order.created before a stock adjustment that the
-/// inventory service committed before it consumed the order.
-fn merge_key(
-    consumed: bool,
-    timestamp: i64,
-    event: Option<&SagaEvent>,
-    reactions: &HashMap<EventId, i64>,
-) -> (i64, u8) {
+/// What the service's own topics tell about when the live service took its consumed events in,
+/// read once before the replay applies anything.
+#[derive(Debug, Default)]
+struct OwnRecord {
+    /// Per consumed event (by id): the timestamp of the first own event it caused.
+    reactions: HashMap<EventId, i64>,
+    /// Per order: the timestamp of a recorded decision no event caused (a deadline).
+    uncaused_decisions: HashMap<OrderId, i64>,
+    /// Every own event in the range.
+    event_ids: HashSet<EventId>,
+}
+
+/// Where a record goes in the merged order, which follows the order the live service took its
+/// events in as well as the topics tell it:
+/// - an event of the service's own topics took effect when it was published (its record's
+///   timestamp: the relay publishes right after the commit);
+/// - a consumed event took effect when the service reacted to it, so at the time of the first
+///   own event it caused (it sorts just before it), else at its own record's timestamp;
+/// - a consumed event of an order that a decision no event caused (a deadline) decided, and
+///   that caused nothing itself, arrived after that decision: live it would otherwise have
+///   decided the order.
+///
+/// Ordering consumed events by their own timestamps instead would, for example, apply an
+/// order.created before a stock adjustment the inventory service committed before it consumed
+/// the order. Whatever the keys, an event is applied only after the event that caused it
+/// (see `run`).
+fn merge_key(consumed: bool, timestamp: i64, event: Option<&SagaEvent>, own: &OwnRecord) -> (i64, u8) {
     if !consumed {
         return (timestamp, 1);
     }
-    let reacted_at = event.and_then(|event| reactions.get(&event.event_id())).copied();
-    (reacted_at.unwrap_or(timestamp), 0)
+    let reacted_at = event.and_then(|event| own.reactions.get(&event.event_id())).copied();
+    if let Some(reacted_at) = reacted_at {
+        return (reacted_at, 0);
+    }
+    let decided_before = event
+        .and_then(SagaEvent::order_id)
+        .and_then(|order| own.uncaused_decisions.get(&order))
+        .copied();
+    match decided_before {
+        Some(decided_at) if decided_at >= timestamp => (decided_at, 2),
+        _ => (timestamp, 0),
+    }
 }
 
-/// The record timestamp of the first event on the service's own topics caused by each event
-/// (by causation id), read from the beginning up to the end offsets.
-async fn reaction_times(
+/// Reads the service's own topics from the beginning up to the end offsets (see [`OwnRecord`]).
+async fn read_own_record(
     kafka: &KafkaConfig,
     codec: &EventCodec,
     positions: &BTreeMap<(String, i32), Position>,
     own_topics: &[String],
-) -> Result<HashMap<EventId, i64>> {
+    decisions: &[EventType],
+) -> Result<OwnRecord> {
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0;
     for ((topic, partition), position) in positions {
@@ -354,9 +422,9 @@ async fn reaction_times(
             remaining += position.end - position.low;
         }
     }
-    let mut reactions: HashMap<EventId, i64> = HashMap::new();
+    let mut own = OwnRecord::default();
     if remaining == 0 {
-        return Ok(reactions);
+        return Ok(own);
     }
     let scanner = kafka::consumer(
         kafka,
@@ -375,14 +443,38 @@ async fn reaction_times(
         }
         remaining -= 1;
         let timestamp = message.timestamp().to_millis().unwrap_or(0);
-        if let Ok(event) = decode_retrying(codec, message.payload()).await {
-            if let Some(cause) = event.causation_id() {
-                let first = reactions.entry(cause).or_insert(timestamp);
+        let Ok(event) = decode_retrying(codec, message.payload()).await else {
+            continue;
+        };
+        own.event_ids.insert(event.event_id());
+        match (event.causation_id(), event.order_id()) {
+            (Some(cause), _) => {
+                let first = own.reactions.entry(cause).or_insert(timestamp);
                 *first = (*first).min(timestamp);
             }
+            (None, Some(order)) if decisions.contains(&event.event_type()) => {
+                own.uncaused_decisions.entry(order).or_insert(timestamp);
+            }
+            (None, _) => {}
         }
     }
-    Ok(reactions)
+    Ok(own)
+}
+
+/// The next record of a partition, as the merge weighs it.
+struct Head<'a> {
+    partition: &'a (String, i32),
+    order: ((i64, u8), i64),
+    cause_handled: bool,
+}
+
+/// The event in the replayed range that `event` must be applied after: for an own event, the
+/// consumed event that caused it (every own event below the end offsets was caused by a
+/// consumed event below them, see `run`); for a consumed event, the own event that caused it
+/// (an order.created the order service published, for an outcome), if that is in the range.
+fn cause_in_range(consumed: bool, event: &SagaEvent, own: &OwnRecord) -> Option<EventId> {
+    let cause = event.causation_id()?;
+    (!consumed || own.event_ids.contains(&cause)).then_some(cause)
 }
 
 /// How many records of partition `key` the batch holds.
@@ -650,15 +742,19 @@ async fn apply_in_transaction(
             offset: record.offset,
             traceparent: record.traceparent.clone(),
         };
-        if consumed_topics.contains(&record.topic) {
-            match inbox::record(&mut tx, &consumed).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            }
+        let first_time = if consumed_topics.contains(&record.topic) {
+            inbox::record(&mut tx, &consumed).await?
+        } else {
+            sqlx::query("INSERT INTO replay_seen (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(event.event_id().uuid())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        };
+        if !first_time {
+            outcome.duplicates += 1;
+            continue;
         }
         // Each event in a savepoint: one the service refuses for good is set aside, as the
         // live service dead-letters it, and the rest of the batch goes on.

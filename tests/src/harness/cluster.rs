@@ -411,9 +411,12 @@ impl Cluster {
         .await?;
         for url in self.databases.values() {
             let name = url.rsplit('/').next().unwrap_or_default();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .execute(&mut *admin)
-                .await?;
+            // The service's database and, after --verify-replay, its rebuilt copy.
+            for database in [name.to_owned(), format!("{name}_rebuilt")] {
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                    .execute(&mut *admin)
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod kafka_nodes;
 pub mod load;
 pub mod observe;
 pub mod processes;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod state;

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::invariants::InvariantResult;
+use super::replay::ReplayCheck;
 use super::state::SystemState;
 
 /// How many offending ids and detail lines the text shows per invariant (the JSON has them all).
@@ -40,6 +41,10 @@ pub struct Report {
     /// Outbox rows the relays parked, one line per service; any fails the run.
     #[serde(default)]
     pub parked_outbox_rows: Vec<String>,
+    /// With --verify-replay: each service rebuilt from the topics and compared with its live
+    /// database; any finding or difference fails the run.
+    #[serde(default)]
+    pub replay_checks: Vec<ReplayCheck>,
     /// Seconds the whole run took.
     pub duration_secs: f64,
     /// Anything else worth knowing about the run.
@@ -122,6 +127,10 @@ impl Report {
                 self.parked_outbox_rows.len()
             ));
         }
+        let unequal = self.replay_checks.iter().filter(|check| !check.passed()).count();
+        if unequal > 0 {
+            reasons.push(format!("{unequal} rebuilt service(s) differ from the live ones"));
+        }
         reasons
     }
 }
@@ -155,6 +164,27 @@ impl fmt::Display for Report {
             writeln!(f, "Parked outbox rows:")?;
             for parked in &self.parked_outbox_rows {
                 writeln!(f, "  - {parked}")?;
+            }
+        }
+        if !self.replay_checks.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "Replay (rebuilt from the topics, verified against the live databases):"
+            )?;
+            for check in &self.replay_checks {
+                writeln!(
+                    f,
+                    "  {}: {} events at {:.0}/s, {} poison record(s) skipped, {}",
+                    check.service,
+                    check.events,
+                    check.events_per_sec,
+                    check.undecodable,
+                    if check.passed() { "equal" } else { "DIFFERENT" }
+                )?;
+                for line in check.findings.iter().chain(&check.differences) {
+                    writeln!(f, "    - {line}")?;
+                }
             }
         }
 
@@ -249,6 +279,7 @@ mod tests {
             quiescence_secs,
             stalled_groups: Vec::new(),
             parked_outbox_rows: Vec::new(),
+            replay_checks: Vec::new(),
             duration_secs: 61.25,
             notes: vec!["payment service restarted 4 times".to_string()],
         }

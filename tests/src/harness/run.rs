@@ -16,6 +16,7 @@ use super::isolation::require_nft;
 use super::kafka_nodes::{listed_brokers, replication_factor};
 use super::load;
 use super::observe::{self, Databases, NotQuiet};
+use super::replay;
 use super::report::{outcomes_of, Report};
 
 /// Settings of a run.
@@ -68,6 +69,10 @@ pub struct HarnessConfig {
     /// Keep the run's databases and Kafka storage after a passing run.
     #[arg(long)]
     pub keep_databases: bool,
+    /// After quiescence, rebuild every service from the topics into a new database and verify
+    /// it equal to the live one (sagactl replay and verify); a difference fails the run.
+    #[arg(long)]
+    pub verify_replay: bool,
 }
 
 impl Default for HarnessConfig {
@@ -88,6 +93,7 @@ impl Default for HarnessConfig {
             stall_timeout_secs: 60,
             output: None,
             keep_databases: false,
+            verify_replay: false,
         }
     }
 }
@@ -311,6 +317,11 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         }
     };
     let parked_outbox_rows = observe::parked_outbox_rows(&view, &databases).await?;
+    let replay_checks = if config.verify_replay && quiescence_secs.is_some() {
+        replay::rebuild_and_verify(&view).await?
+    } else {
+        Vec::new()
+    };
     let report = Report {
         seed: config.seed,
         orders_placed: placed.len(),
@@ -320,6 +331,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         quiescence_secs,
         stalled_groups,
         parked_outbox_rows,
+        replay_checks,
         duration_secs: started.elapsed().as_secs_f64(),
         notes,
     };
