@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use saga_common::replay::{self, Rebuild, ReplayOptions, VerifiedTable};
+use saga_common::replay::{self, Rebuild, Rebuilding, ReplayOptions};
 use saga_contracts::{OrderId, SagaEvent, Topic};
 use saga_tests::platform::{exactly_mails, mail_to, unique_email, unique_sku, Platform};
 use saga_tests::{fixtures, TestEnv};
@@ -135,20 +135,8 @@ struct CrashingRebuilder {
 
 #[async_trait::async_trait]
 impl Rebuild for CrashingRebuilder {
-    fn spec(&self) -> saga_common::service::ServiceSpec {
-        self.inner.spec()
-    }
-    fn migrations(&self) -> &'static sqlx::migrate::Migrator {
-        self.inner.migrations()
-    }
-    fn consumes(&self) -> &'static [Topic] {
-        self.inner.consumes()
-    }
-    fn records_on(&self) -> &'static [Topic] {
-        self.inner.records_on()
-    }
-    fn decisions(&self) -> &'static [saga_contracts::EventType] {
-        self.inner.decisions()
+    fn rebuilding(&self) -> &'static Rebuilding {
+        self.inner.rebuilding()
     }
     async fn apply(
         &self,
@@ -158,9 +146,6 @@ impl Rebuild for CrashingRebuilder {
         let count = self.applied.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         assert!(count < self.fatal, "simulated crash at event {count}");
         self.inner.apply(tx, event).await
-    }
-    fn tables(&self) -> &'static [VerifiedTable] {
-        self.inner.tables()
     }
 }
 

@@ -28,37 +28,69 @@ use crate::retry::ErrorPolicy;
 use crate::service::ServiceSpec;
 use crate::{database, inbox, kafka, Error, Result};
 
-/// A service whose state can be rebuilt from its topics.
-#[async_trait]
-pub trait Rebuild: Send + Sync {
+/// What a service's rebuild reads, re-runs and compares.
+#[derive(Debug)]
+pub struct Rebuilding {
     /// The service (its name names the dead-letter topic, its default database the target).
-    fn spec(&self) -> ServiceSpec;
-
+    pub service: ServiceSpec,
     /// The service's own migrations, as the live service runs them (the shared ones run first).
-    fn migrations(&self) -> &'static Migrator;
-
+    pub migrations: &'static Migrator,
     /// The topics the live service consumes: their events go through the inbox, as live.
-    fn consumes(&self) -> &'static [Topic];
-
+    pub consumes: &'static [Topic],
     /// Further topics replay reads: the service's own events, which carry the facts that came
     /// from the outside world (gateway results, sent emails) and the decisions it recorded.
-    fn records_on(&self) -> &'static [Topic];
-
+    pub records_on: &'static [Topic],
     /// The event types this service emits by decisions replay re-runs (the order saga's
     /// confirmed/failed, inventory's reserved/reservation_failed, ...). For these, what
     /// [`Rebuild::apply`] returns is compared with what the topics recorded.
-    fn decisions(&self) -> &'static [EventType];
+    pub decisions: &'static [EventType],
+    /// The business tables `sagactl verify` compares between the live and a rebuilt database.
+    pub tables: &'static [VerifiedTable],
+}
+
+/// A service whose state can be rebuilt from its topics.
+#[async_trait]
+pub trait Rebuild: Send + Sync {
+    /// What the rebuild reads, re-runs and compares.
+    fn rebuilding(&self) -> &'static Rebuilding;
 
     /// Applies one event to the state in `tx`, with the live service's domain and store code,
     /// and returns the events the live service would have emitted for it (never published:
-    /// only compared with the recorded ones). Called for the events of [`Rebuild::consumes`]
-    /// after the inbox took them (a duplicate is not applied), and for every event of
-    /// [`Rebuild::records_on`]: the service applies the facts among them (a gateway's outcome,
-    /// an email sent, a decision no event caused, like a deadline) and ignores the rest.
+    /// only compared with the recorded ones). Called for the events of the consumed topics
+    /// after the inbox took them (a duplicate is not applied), and for every event of the
+    /// service's own topics: the service applies the facts among them (a gateway's outcome, an
+    /// email sent, a decision no event caused, like a deadline) and ignores the rest.
     async fn apply(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError>;
 
-    /// The business tables `sagactl verify` compares between the live and a rebuilt database.
-    fn tables(&self) -> &'static [VerifiedTable];
+    /// The service.
+    fn spec(&self) -> ServiceSpec {
+        self.rebuilding().service
+    }
+
+    /// The service's migrations.
+    fn migrations(&self) -> &'static Migrator {
+        self.rebuilding().migrations
+    }
+
+    /// The topics the live service consumes.
+    fn consumes(&self) -> &'static [Topic] {
+        self.rebuilding().consumes
+    }
+
+    /// The service's own topics.
+    fn records_on(&self) -> &'static [Topic] {
+        self.rebuilding().records_on
+    }
+
+    /// The event types of the decisions replay re-runs.
+    fn decisions(&self) -> &'static [EventType] {
+        self.rebuilding().decisions
+    }
+
+    /// The business tables verify compares.
+    fn tables(&self) -> &'static [VerifiedTable] {
+        self.rebuilding().tables
+    }
 }
 
 /// A business table as verify compares it: row by row by `key`, every column but `ignored`.

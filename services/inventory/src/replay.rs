@@ -8,10 +8,8 @@
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, HandlerError};
-use saga_common::replay::{Rebuild, VerifiedTable};
-use saga_common::service::ServiceSpec;
+use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
 use saga_contracts::{EventType, SagaEvent, StockAdjusted, Topic};
-use sqlx::migrate::Migrator;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -32,31 +30,43 @@ pub fn rebuilder() -> Rebuilder {
     Rebuilder
 }
 
+/// What the rebuild reads, re-runs and compares.
+static REBUILDING: Rebuilding = Rebuilding {
+    service: crate::SPEC,
+    migrations: &crate::MIGRATIONS,
+    consumes: &[Topic::Orders],
+    records_on: &[Topic::Inventory],
+    decisions: &[
+        EventType::InventoryReserved,
+        EventType::InventoryReservationFailed,
+        EventType::InventoryCommitted,
+        EventType::InventoryReleased,
+    ],
+    tables: &[
+        VerifiedTable {
+            name: "stock",
+            key: &["sku"],
+            ignored: &[],
+        },
+        VerifiedTable {
+            name: "reservations",
+            key: &["order_id"],
+            // Stamped with now() when the live service decided or changed the reservation.
+            ignored: &["created_at", "updated_at"],
+        },
+        VerifiedTable {
+            name: "stock_adjustments",
+            key: &["adjustment_id"],
+            // Stamped with now() when the live service recorded the adjustment.
+            ignored: &["created_at"],
+        },
+    ],
+};
+
 #[async_trait]
 impl Rebuild for Rebuilder {
-    fn spec(&self) -> ServiceSpec {
-        crate::SPEC
-    }
-
-    fn migrations(&self) -> &'static Migrator {
-        &crate::MIGRATIONS
-    }
-
-    fn consumes(&self) -> &'static [Topic] {
-        &[Topic::Orders]
-    }
-
-    fn records_on(&self) -> &'static [Topic] {
-        &[Topic::Inventory]
-    }
-
-    fn decisions(&self) -> &'static [EventType] {
-        &[
-            EventType::InventoryReserved,
-            EventType::InventoryReservationFailed,
-            EventType::InventoryCommitted,
-            EventType::InventoryReleased,
-        ]
+    fn rebuilding(&self) -> &'static Rebuilding {
+        &REBUILDING
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
@@ -72,28 +82,6 @@ impl Rebuild for Rebuilder {
             // state, and the runner compares them.
             _ => Ok(Vec::new()),
         }
-    }
-
-    fn tables(&self) -> &'static [VerifiedTable] {
-        &[
-            VerifiedTable {
-                name: "stock",
-                key: &["sku"],
-                ignored: &[],
-            },
-            // Stamped with now() when the live service decided or changed the reservation.
-            VerifiedTable {
-                name: "reservations",
-                key: &["order_id"],
-                ignored: &["created_at", "updated_at"],
-            },
-            // Stamped with now() when the live service recorded the adjustment.
-            VerifiedTable {
-                name: "stock_adjustments",
-                key: &["adjustment_id"],
-                ignored: &["created_at"],
-            },
-        ]
     }
 }
 

@@ -12,10 +12,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use saga_common::consumer::{ConsumedEvent, HandlerError};
-use saga_common::replay::{Rebuild, VerifiedTable};
-use saga_common::service::ServiceSpec;
+use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
 use saga_contracts::{EventType, NotificationFailed, NotificationSent, OrderId, SagaEvent, Topic};
-use sqlx::migrate::Migrator;
 use sqlx::PgConnection;
 
 use crate::email::Outcome;
@@ -46,28 +44,22 @@ const TABLES: &[VerifiedTable] = &[VerifiedTable {
     ],
 }];
 
+/// What the rebuild reads, re-runs and compares.
+static REBUILDING: Rebuilding = Rebuilding {
+    service: crate::SPEC,
+    migrations: &crate::MIGRATIONS,
+    consumes: &[Topic::Orders],
+    records_on: &[Topic::Notifications],
+    // The emails follow from the order events alone; whether they went out is the SMTP
+    // server's answer, taken from the events, not a decision replay re-runs.
+    decisions: &[],
+    tables: TABLES,
+};
+
 #[async_trait]
 impl Rebuild for Rebuilder {
-    fn spec(&self) -> ServiceSpec {
-        crate::SPEC
-    }
-
-    fn migrations(&self) -> &'static Migrator {
-        &crate::MIGRATIONS
-    }
-
-    fn consumes(&self) -> &'static [Topic] {
-        &[Topic::Orders]
-    }
-
-    fn records_on(&self) -> &'static [Topic] {
-        &[Topic::Notifications]
-    }
-
-    fn decisions(&self) -> &'static [EventType] {
-        // The emails follow from the order events alone; whether they went out is the SMTP
-        // server's answer, taken from the events, not a decision replay re-runs.
-        &[]
+    fn rebuilding(&self) -> &'static Rebuilding {
+        &REBUILDING
     }
 
     async fn apply(&self, tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
@@ -80,10 +72,6 @@ impl Rebuild for Rebuilder {
         }
         // The live handler emits nothing; the mailer's events are the recorded facts above.
         Ok(Vec::new())
-    }
-
-    fn tables(&self) -> &'static [VerifiedTable] {
-        TABLES
     }
 }
 

@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, HandlerError};
-use saga_common::replay::{Rebuild, VerifiedTable};
-use saga_common::service::ServiceSpec;
+use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
 use saga_contracts::{EventType, OrderId, SagaEvent, Topic};
-use sqlx::migrate::Migrator;
 use sqlx::PgConnection;
 
 use crate::domain::RecordedDecision;
@@ -103,35 +101,25 @@ const TABLES: &[VerifiedTable] = &[
     },
 ];
 
+/// What the rebuild reads, re-runs and compares.
+static REBUILDING: Rebuilding = Rebuilding {
+    service: crate::SPEC,
+    migrations: &crate::MIGRATIONS,
+    consumes: handler::CONSUMED_TOPICS,
+    records_on: &[Topic::Orders],
+    decisions: &[EventType::OrderConfirmed, EventType::OrderFailed],
+    tables: TABLES,
+};
+
 #[async_trait]
 impl Rebuild for Rebuilder {
-    fn spec(&self) -> ServiceSpec {
-        crate::SPEC
-    }
-
-    fn migrations(&self) -> &'static Migrator {
-        &crate::MIGRATIONS
-    }
-
-    fn consumes(&self) -> &'static [Topic] {
-        handler::CONSUMED_TOPICS
-    }
-
-    fn records_on(&self) -> &'static [Topic] {
-        &[Topic::Orders]
-    }
-
-    fn decisions(&self) -> &'static [EventType] {
-        &[EventType::OrderConfirmed, EventType::OrderFailed]
+    fn rebuilding(&self) -> &'static Rebuilding {
+        &REBUILDING
     }
 
     #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]
     async fn apply(&self, tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
         Ok(self.apply_event(tx, &consumed.event).await?.into_iter().collect())
-    }
-
-    fn tables(&self) -> &'static [VerifiedTable] {
-        TABLES
     }
 }
 

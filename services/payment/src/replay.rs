@@ -12,10 +12,8 @@
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, HandlerError};
-use saga_common::replay::{Rebuild, VerifiedTable};
-use saga_common::service::ServiceSpec;
-use saga_contracts::{EventType, OrderId, PaymentId, SagaEvent, Topic};
-use sqlx::migrate::Migrator;
+use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
+use saga_contracts::{OrderId, PaymentId, SagaEvent, Topic};
 use sqlx::PgConnection;
 
 use crate::domain::Input;
@@ -56,28 +54,22 @@ const TABLES: &[VerifiedTable] = &[
     },
 ];
 
+/// What the rebuild reads, re-runs and compares.
+static REBUILDING: Rebuilding = Rebuilding {
+    service: SPEC,
+    migrations: &MIGRATIONS,
+    consumes: &[Topic::Orders],
+    records_on: &[Topic::Payments],
+    // payment.success/failed/refunded report the gateway's answers, which replay takes as
+    // recorded rather than deciding again.
+    decisions: &[],
+    tables: TABLES,
+};
+
 #[async_trait]
 impl Rebuild for Rebuilder {
-    fn spec(&self) -> ServiceSpec {
-        SPEC
-    }
-
-    fn migrations(&self) -> &'static Migrator {
-        &MIGRATIONS
-    }
-
-    fn consumes(&self) -> &'static [Topic] {
-        &[Topic::Orders]
-    }
-
-    fn records_on(&self) -> &'static [Topic] {
-        &[Topic::Payments]
-    }
-
-    fn decisions(&self) -> &'static [EventType] {
-        // payment.success/failed/refunded report the gateway's answers, which replay takes as
-        // recorded rather than deciding again.
-        &[]
+    fn rebuilding(&self) -> &'static Rebuilding {
+        &REBUILDING
     }
 
     #[tracing::instrument(skip_all, fields(
@@ -104,10 +96,6 @@ impl Rebuild for Rebuilder {
         }
         // The events this outcome causes are the recorded ones: nothing to compare.
         Ok(Vec::new())
-    }
-
-    fn tables(&self) -> &'static [VerifiedTable] {
-        TABLES
     }
 }
 
