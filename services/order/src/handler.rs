@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::Relay;
-use saga_contracts::{Envelope, OrderCreated, SagaEvent, Topic};
+use saga_contracts::{Envelope, OrderCreated, OrderId, SagaEvent, Topic};
 use sqlx::{PgConnection, PgPool};
 
-use crate::domain::{InventoryOutcome, PaymentOutcome, Placement, SagaInput, ValidOrder};
+use crate::domain::{InventoryOutcome, Order, PaymentOutcome, Placement, SagaInput, ValidOrder};
 use crate::error::{Error, Result};
 use crate::store;
 
@@ -77,6 +77,18 @@ pub async fn apply_created(tx: &mut PgConnection, created: &OrderCreated, defaul
 
 /// Applies a consumed event to its order: records it on the order's timeline and, for a payment
 /// or inventory outcome, runs the saga decision and stores the order's new state. Returns the
+/// Locks the order `event` belongs to; an event of an order never placed is
+/// [`Error::UnknownOrder`] (permanent: the live service dead-letters it).
+pub(crate) async fn lock_order_of(tx: &mut PgConnection, order_id: OrderId, event: &SagaEvent) -> Result<Order> {
+    store::lock_order(tx, order_id)
+        .await?
+        .ok_or_else(|| Error::UnknownOrder {
+            order_id,
+            event_type: event.event_type(),
+            event_id: event.event_id(),
+        })
+}
+
 /// order.confirmed or order.failed the event decided, written nowhere yet: the live handler
 /// emits it, replay compares it with the recorded one. Events of no order (stock adjustments)
 /// change nothing.
@@ -84,13 +96,7 @@ pub async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Option<Sa
     let Some(order_id) = event.order_id() else {
         return Ok(None);
     };
-    let order = store::lock_order(tx, order_id)
-        .await?
-        .ok_or_else(|| Error::UnknownOrder {
-            order_id,
-            event_type: event.event_type(),
-            event_id: event.event_id(),
-        })?;
+    let order = lock_order_of(tx, order_id, event).await?;
     store::record_timeline(tx, event, source_of(event)).await?;
     let Some((input, envelope)) = saga_input(event) else {
         return Ok(None);

@@ -12,7 +12,7 @@ use saga_contracts::{EventType, OrderId, SagaEvent, Topic};
 use sqlx::PgConnection;
 
 use crate::domain::RecordedDecision;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::{handler, store};
 
 /// The order service's part in replay.
@@ -59,13 +59,7 @@ async fn apply_recorded_decision(
     event: &SagaEvent,
     decision: RecordedDecision,
 ) -> Result<()> {
-    let order = store::lock_order(tx, order_id)
-        .await?
-        .ok_or_else(|| Error::UnknownOrder {
-            order_id,
-            event_type: event.event_type(),
-            event_id: event.event_id(),
-        })?;
+    let order = handler::lock_order_of(tx, order_id, event).await?;
     store::record_timeline(tx, event, store::SOURCE).await?;
     if let Some(state) = order.state.decided_as(decision) {
         tracing::debug!(%order_id, event_id = %event.event_id(), ?decision, "recorded decision taken as a fact");
