@@ -697,13 +697,23 @@ async fn apply_batch(
     let policy = ErrorPolicy::default();
     let mut attempt = 0;
     loop {
-        let mut staged = BatchOutcome {
-            expected: expected.clone(),
-            ..BatchOutcome::default()
-        };
-        match apply_in_transaction(database, rebuild, consumed_topics, options, batch, &mut staged).await {
+        let mut staged = BatchOutcome::default();
+        match apply_in_transaction(
+            database,
+            rebuild,
+            consumed_topics,
+            options,
+            batch,
+            expected,
+            &mut staged,
+        )
+        .await
+        {
             Ok(()) => {
-                *expected = staged.expected;
+                for key in &staged.confirmed {
+                    expected.remove(key);
+                }
+                expected.extend(staged.added);
                 for record in batch {
                     if let Some(position) = positions.get_mut(&(record.topic.clone(), record.partition)) {
                         position.next = record.offset + 1;
@@ -731,19 +741,37 @@ async fn apply_batch(
 /// What one batch did, kept apart until its transaction commits.
 #[derive(Default)]
 struct BatchOutcome {
-    expected: Expected,
+    /// Re-run decisions the batch made.
+    added: Expected,
+    /// Expectations from earlier batches that the batch met with their recorded decision.
+    confirmed: HashSet<(OrderId, String)>,
     applied: u64,
     duplicates: u64,
     filtered: u64,
     findings: Vec<Finding>,
 }
 
+impl BatchOutcome {
+    /// Takes the re-run decision awaiting `key`: one of this batch, or one of `earlier`
+    /// batches not yet confirmed.
+    fn take_expected(&mut self, earlier: &Expected, key: &(OrderId, String)) -> Option<Value> {
+        if let Some(event) = self.added.remove(key) {
+            return Some(event);
+        }
+        let event = earlier.get(key).filter(|_| !self.confirmed.contains(key))?;
+        self.confirmed.insert(key.clone());
+        Some(event.clone())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn apply_in_transaction(
     database: &PgPool,
     rebuild: &dyn Rebuild,
     consumed_topics: &[String],
     options: &ReplayOptions,
     batch: &[Record],
+    earlier: &Expected,
     outcome: &mut BatchOutcome,
 ) -> Result<(), HandlerError> {
     let mut tx = database.begin().await?;
@@ -797,7 +825,7 @@ async fn apply_in_transaction(
                 outcome.applied += 1;
                 for decision in emitted.iter().filter(|e| rebuild.decisions().contains(&e.event_type())) {
                     if let Some(order_id) = decision.order_id() {
-                        outcome.expected.insert(
+                        outcome.added.insert(
                             (order_id, decision.event_type().as_str().to_owned()),
                             comparable(decision),
                         );
@@ -821,17 +849,26 @@ async fn apply_in_transaction(
         let recorded_decision =
             !consumed_topics.contains(&record.topic) && rebuild.decisions().contains(&event.event_type());
         if recorded_decision {
-            compare_decision(record, event, outcome);
+            compare_decision(record, event, earlier, outcome);
         }
     }
-    sqlx::query("DELETE FROM replay_expected").execute(&mut *tx).await?;
-    for ((order_id, event_type), event) in &outcome.expected {
-        sqlx::query("INSERT INTO replay_expected (order_id, event_type, event) VALUES ($1, $2, $3)")
+    for (order_id, event_type) in &outcome.confirmed {
+        sqlx::query("DELETE FROM replay_expected WHERE order_id = $1 AND event_type = $2")
             .bind(order_id.uuid())
             .bind(event_type)
-            .bind(event)
             .execute(&mut *tx)
             .await?;
+    }
+    for ((order_id, event_type), event) in &outcome.added {
+        sqlx::query(
+            "INSERT INTO replay_expected (order_id, event_type, event) VALUES ($1, $2, $3) \
+             ON CONFLICT (order_id, event_type) DO UPDATE SET event = EXCLUDED.event",
+        )
+        .bind(order_id.uuid())
+        .bind(event_type)
+        .bind(event)
+        .execute(&mut *tx)
+        .await?;
     }
     for found in &outcome.findings {
         sqlx::query(
@@ -863,11 +900,11 @@ async fn apply_in_transaction(
 }
 
 /// Compares a recorded decision with the one the replay re-ran for its order.
-fn compare_decision(record: &Record, event: &SagaEvent, outcome: &mut BatchOutcome) {
+fn compare_decision(record: &Record, event: &SagaEvent, earlier: &Expected, outcome: &mut BatchOutcome) {
     let Some(order_id) = event.order_id() else { return };
     let key = (order_id, event.event_type().as_str().to_owned());
     let recorded = comparable(event);
-    match outcome.expected.remove(&key) {
+    match outcome.take_expected(earlier, &key) {
         Some(replayed) if replayed == recorded => {}
         Some(replayed) => outcome.findings.push(finding(
             record,
