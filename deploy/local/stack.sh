@@ -7,6 +7,8 @@
 #   deploy/local/stack.sh infra    start only PostgreSQL, Kafka, registry and SMTP catcher (what tests need)
 #   deploy/local/stack.sh down     stop everything this script started (PostgreSQL keeps running)
 #   deploy/local/stack.sh status   show what is running, every Kafka node included
+#   deploy/local/stack.sh replay-bench [sagactl replay-bench args]
+#                                  infra, then measure replay: events/s per service (release build)
 # Logs: .local/logs/<component>.log. State: .local/data. Process ids: .local/pids.
 # Settings come from deploy/local/stack.env, overridable by environment variables.
 set -euo pipefail
@@ -220,6 +222,16 @@ up_infra() {
   prepare_topics_databases_schemas
 }
 
+# Replay throughput: a synthetic history written onto fresh topics, each service replayed from
+# it into a fresh database (sagactl replay-bench, built in release mode: it measures the code).
+replay_bench() { # [sagactl replay-bench args]
+  up_infra
+  step "Building sagactl in release mode (first build several minutes on 2 cores)"
+  (cd "$ROOT" && cargo build --release --quiet -p sagactl --bin sagactl) || fail "cargo build failed; see the compiler output above"
+  step "Replay benchmark"
+  "$TARGET_DIR/release/sagactl" replay-bench "$@"
+}
+
 stop_process() { # name: SIGTERM, then up to 30 s for a graceful stop before SIGKILL
   local name=$1
   running "$name" || { rm -f "$PIDS/$name.pid"; return 0; }
@@ -274,5 +286,6 @@ case "${1:-up}" in
   infra) up_infra; step "PostgreSQL, Kafka, the registry and the SMTP catcher are up. Logs: $LOGS" ;;
   down) stop_all ;;
   status) show_status ;;
-  *) echo "usage: $0 demo|up|infra|down|status" >&2; exit 2 ;;
+  replay-bench) shift; replay_bench "$@" ;;
+  *) echo "usage: $0 demo|up|infra|down|status|replay-bench [sagactl replay-bench args]" >&2; exit 2 ;;
 esac

@@ -129,7 +129,7 @@ async fn every_service_rebuilt_from_the_topics_verifies_equal_and_the_replay_has
 /// `fatal`th event, and otherwise is the inventory service's.
 struct CrashingRebuilder {
     inner: inventory_service::replay::Rebuilder,
-    applied: std::sync::atomic::AtomicUsize,
+    applied: usize,
     fatal: usize,
 }
 
@@ -139,13 +139,15 @@ impl Rebuild for CrashingRebuilder {
         self.inner.rebuilding()
     }
     async fn apply(
-        &self,
-        tx: &mut sqlx::PgConnection,
+        &mut self,
         event: &saga_common::consumer::ConsumedEvent,
     ) -> Result<Vec<SagaEvent>, saga_common::consumer::HandlerError> {
-        let count = self.applied.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        assert!(count < self.fatal, "simulated crash at event {count}");
-        self.inner.apply(tx, event).await
+        self.applied += 1;
+        assert!(self.applied < self.fatal, "simulated crash at event {}", self.applied);
+        self.inner.apply(event).await
+    }
+    fn rebuilt_tables(&mut self) -> Vec<&mut dyn saga_common::replay::memory::RebuiltTable> {
+        self.inner.rebuilt_tables()
     }
 }
 
@@ -161,17 +163,20 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_i
         batch_size: 2,
         ..ReplayOptions::default()
     };
-    let crashing = CrashingRebuilder {
+    let mut crashing = CrashingRebuilder {
         inner: inventory_service::replay::rebuilder(),
-        applied: Default::default(),
-        fatal: 4,
+        applied: 0,
+        fatal: 5,
     };
 
-    // The first run dies at the fourth event; the batches before it are committed.
+    // The first run dies at the fifth event. A batch is written while the next one is applied,
+    // and each write waits for the one before: the first batch's is committed by then.
     let interrupted_into = env.database_url("interrupted");
     let first = {
         let (env, into, options) = (env.clone(), interrupted_into.clone(), options.clone());
-        tokio::spawn(async move { replay::run(&crashing, &env.kafka, &env.registry, &into, &options, |_| {}).await })
+        tokio::spawn(
+            async move { replay::run(&mut crashing, &env.kafka, &env.registry, &into, &options, |_| {}).await },
+        )
     };
     assert!(first.await.is_err(), "the first run crashed");
     let interrupted = sqlx::PgPool::connect(&interrupted_into).await?;
@@ -184,9 +189,9 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_i
     );
 
     // The second run resumes: it reads only what the first did not commit.
-    let rebuilder = inventory_service::replay::rebuilder();
+    let mut rebuilder = inventory_service::replay::rebuilder();
     let resumed = replay::run(
-        &rebuilder,
+        &mut rebuilder,
         &env.kafka,
         &env.registry,
         &interrupted_into,
@@ -199,7 +204,15 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_i
 
     // The same as a replay that was never interrupted.
     let straight_into = env.database_url("straight");
-    let straight = replay::run(&rebuilder, &env.kafka, &env.registry, &straight_into, &options, |_| {}).await?;
+    let straight = replay::run(
+        &mut rebuilder,
+        &env.kafka,
+        &env.registry,
+        &straight_into,
+        &options,
+        |_| {},
+    )
+    .await?;
     assert!(!straight.resumed);
     let straight_db = sqlx::PgPool::connect(&straight_into).await?;
     assert_eq!(
@@ -213,7 +226,7 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_i
         order_id: Some(orders[2].envelope.order_id),
         ..options.clone()
     };
-    let filtered = replay::run(&rebuilder, &env.kafka, &env.registry, &one_into, &only, |_| {}).await?;
+    let filtered = replay::run(&mut rebuilder, &env.kafka, &env.registry, &one_into, &only, |_| {}).await?;
     assert_eq!((filtered.applied, filtered.filtered), (1, 5));
     // --until before every event applies none of them.
     let until_into = env.database_url("until");
@@ -221,7 +234,15 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_i
         until_millis: Some(orders[0].envelope.occurred_at - 1),
         ..options
     };
-    let none = replay::run(&rebuilder, &env.kafka, &env.registry, &until_into, &before_all, |_| {}).await?;
+    let none = replay::run(
+        &mut rebuilder,
+        &env.kafka,
+        &env.registry,
+        &until_into,
+        &before_all,
+        |_| {},
+    )
+    .await?;
     assert_eq!((none.applied, none.filtered), (0, 6));
     Ok(())
 }

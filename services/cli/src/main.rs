@@ -7,6 +7,7 @@ mod demo;
 mod endpoints;
 mod outbox;
 mod replay;
+mod replay_bench;
 
 use std::time::Duration;
 
@@ -112,6 +113,27 @@ enum Command {
             default_value = "postgres://postgres:postgres@127.0.0.1:5432"
         )]
         server_url: String,
+    },
+    /// Writes a synthetic, consistent saga history of N orders onto fresh topics, replays each
+    /// service from it into a fresh database, and prints events/s per service; fails if a replay
+    /// finds anything. Deletes what it made unless --keep.
+    ReplayBench {
+        /// Orders in the history.
+        #[arg(long, default_value_t = 100_000)]
+        orders: u64,
+        /// The services to replay, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "order,payment,inventory,notification")]
+        services: Vec<String>,
+        /// The PostgreSQL server the replay databases are created on.
+        #[arg(
+            long = "database-url-base",
+            env = "POSTGRES_SERVER_URL",
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432"
+        )]
+        database_url_base: String,
+        /// Keep the topics, schema subjects and databases afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// Readiness of every service.
     Status {
@@ -297,6 +319,20 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             replay::verify(&service, &live, &against).await
+        }
+        Command::ReplayBench {
+            orders,
+            services,
+            database_url_base,
+            keep,
+        } => {
+            let request = replay_bench::BenchRequest {
+                orders,
+                services: &services,
+                database_url_base: &database_url_base,
+                keep,
+            };
+            replay_bench::run(&cli.kafka, &cli.registry, &request).await
         }
         Command::Demo {
             endpoints,

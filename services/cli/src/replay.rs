@@ -35,14 +35,14 @@ pub(crate) async fn replay(
     registry: &RegistryConfig,
     request: &ReplayRequest<'_>,
 ) -> anyhow::Result<()> {
-    let rebuild = rebuilder(request.service)?;
+    let mut rebuild = rebuilder(request.service)?;
     let options = ReplayOptions {
         batch_size: request.batch_size.max(1),
         until_millis: request.until.map(until_millis).transpose()?,
         order_id: request.order_id,
     };
     let report = replay::run(
-        rebuild.as_ref(),
+        rebuild.as_mut(),
         kafka,
         registry,
         request.into,

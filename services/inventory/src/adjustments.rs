@@ -4,15 +4,14 @@
 //!
 //! An applied adjustment creates the SKU's stock row if it is new, adds the delta to the
 //! available units and records itself with the stock levels it left behind, all in the
-//! caller's transaction. Available stock never goes below zero.
+//! caller's store (live its transaction). Available stock never goes below zero.
 
 use saga_contracts::EventId;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain;
 use crate::error::{Error, Result};
-use crate::store::{self, Adjustment};
+use crate::store::{Adjustment, InventoryStore};
 
 /// An adjustment to apply.
 #[derive(Debug, Clone, Copy)]
@@ -44,11 +43,11 @@ pub(crate) enum Adjusted {
 /// Fails with [`Error::InsufficientStock`] if it removes more units than are available, and
 /// with [`Error::AdjustedConcurrently`] if another transaction recorded the same id meanwhile;
 /// either way the caller must roll back (the stock row may have been created or changed).
-pub(crate) async fn apply(tx: &mut PgConnection, request: AdjustmentRequest<'_>) -> Result<Adjusted> {
-    if let Some(earlier) = store::find_adjustment(tx, request.adjustment_id).await? {
+pub(crate) async fn apply<S: InventoryStore>(store: &mut S, request: AdjustmentRequest<'_>) -> Result<Adjusted> {
+    if let Some(earlier) = store.find_adjustment(request.adjustment_id).await? {
         return Ok(Adjusted::AlreadyRecorded(earlier));
     }
-    let before = store::lock_or_create_stock(tx, request.sku).await?;
+    let before = store.lock_or_create_stock(request.sku).await?;
     if domain::available_after_adjustment(before.available, request.delta).is_none() {
         return Err(Error::InsufficientStock {
             sku: request.sku.to_string(),
@@ -56,7 +55,7 @@ pub(crate) async fn apply(tx: &mut PgConnection, request: AdjustmentRequest<'_>)
             available: before.available,
         });
     }
-    let levels_after = store::add_available(tx, request.sku, request.delta).await?;
+    let levels_after = store.add_available(request.sku, request.delta).await?;
     let adjustment = Adjustment {
         adjustment_id: request.adjustment_id,
         sku: request.sku.to_string(),
@@ -65,7 +64,7 @@ pub(crate) async fn apply(tx: &mut PgConnection, request: AdjustmentRequest<'_>)
         event_id: request.event_id,
         levels_after,
     };
-    if !store::insert_adjustment(tx, &adjustment).await? {
+    if !store.insert_adjustment(&adjustment).await? {
         return Err(Error::AdjustedConcurrently {
             adjustment_id: request.adjustment_id,
         });

@@ -1,7 +1,7 @@
 //! The inventory's decisions, free of I/O: what an order asks for per SKU, whether the stock at
 //! hand covers all of it (reserve every line) or not (reserve nothing), and what each order
-//! event does to the order's reservation (commit it, release it, or nothing), and whether a stock
-//! adjustment leaves a SKU's available units at zero or more.
+//! event does to the order's reservation (commit it, release it, or nothing), whether a stock
+//! adjustment leaves a SKU's available units at zero or more, and what a SKU may look like.
 //!
 //! The handler reads the state under its locks, asks these functions, and carries out the answer
 //! (stock moves, the new reservation status, the event to emit) in one transaction.
@@ -11,12 +11,14 @@ use std::fmt;
 use std::str::FromStr;
 
 use saga_contracts::{EventId, OrderLine, StockLine};
+use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidOrder;
 
 /// The life cycle of a reservation: `reserved` then `committed` or `released`; `rejected` when
-/// the stock did not cover the order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the stock did not cover the order. Stored (and serialized) as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReservationStatus {
     /// Units are held for the order.
     Reserved,
@@ -223,6 +225,18 @@ pub fn on_failed(reservation: Option<Reservation>) -> OnFailed {
         }) => OnFailed::AlreadySold,
         Some(other) => OnFailed::NothingHeld(other.status),
     }
+}
+
+/// The longest SKU.
+pub const MAX_SKU_LENGTH: usize = 64;
+
+/// Whether `sku` is 1 to [`MAX_SKU_LENGTH`] characters of `A-Z a-z 0-9 . _ -`, as the stock
+/// table's CHECK constraint requires (`sku ~ '^[A-Za-z0-9._-]{1,64}$'`).
+pub fn is_well_formed_sku(sku: &str) -> bool {
+    (1..=MAX_SKU_LENGTH).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A SKU's available units after adding `delta` to `available`, or `None` if the adjustment
@@ -499,6 +513,9 @@ mod tests {
             ReservationStatus::Released,
         ] {
             assert_eq!(status.as_str().parse(), Ok(status));
+            let json = serde_json::to_value(status).expect("serializes");
+            assert_eq!(json, serde_json::Value::from(status.as_str()));
+            assert_eq!(serde_json::from_value::<ReservationStatus>(json).ok(), Some(status));
         }
         assert!("pending".parse::<ReservationStatus>().is_err());
     }

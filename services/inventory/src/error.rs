@@ -66,6 +66,18 @@ pub enum Error {
         /// The adjustment id both used.
         adjustment_id: Uuid,
     },
+    /// A change the inventory tables' constraints forbid (a stock column below zero or beyond
+    /// a bigint, a malformed SKU, a second adjustment recorded for one event), found by the state
+    /// a replay rebuilds in memory, which checks what the tables' constraints check; live,
+    /// PostgreSQL refuses the same change as a permanent [`Error::Database`]. Permanent:
+    /// the event is not applied (live, it is dead-lettered).
+    #[error("{table}: {violation}")]
+    ConstraintViolated {
+        /// The table whose constraint forbids the change.
+        table: &'static str,
+        /// What the constraint forbids, as PostgreSQL words it.
+        violation: String,
+    },
     /// The database failed. Classed by SQLSTATE: a lost connection or a deadlock is transient
     /// (retry), a violated constraint or a missing row permanent (dead-letter).
     #[error("database: {0}")]
@@ -82,7 +94,8 @@ impl Classify for Error {
             | Error::StockRowsMissing { .. }
             | Error::NeverReserved { .. }
             | Error::UnknownStatus(_)
-            | Error::InsufficientStock { .. } => ErrorClass::Permanent,
+            | Error::InsufficientStock { .. }
+            | Error::ConstraintViolated { .. } => ErrorClass::Permanent,
             Error::DecidedConcurrently { .. } | Error::AdjustedConcurrently { .. } => ErrorClass::Transient,
             Error::Database(error) => error.class(),
             Error::Shared(error) => error.class(),
@@ -128,7 +141,7 @@ mod tests {
     use saga_common::consumer::HandlerError;
 
     #[test]
-    fn content_missing_rows_and_uncovered_adjustments_are_permanent() {
+    fn content_missing_rows_uncovered_adjustments_and_violated_constraints_are_permanent() {
         let order_id = OrderId::new();
         for error in [
             Error::InvalidOrder(InvalidOrder::NoLines),
@@ -142,6 +155,10 @@ mod tests {
                 sku: "A".into(),
                 removing: 3,
                 available: 2,
+            },
+            Error::ConstraintViolated {
+                table: "stock",
+                violation: "new row violates check constraint \"stock_available_check\"".into(),
             },
             Error::Database(sqlx::Error::RowNotFound),
         ] {

@@ -6,8 +6,9 @@
 //! SQL, so a redelivered event, or the same fact under a new event id, changes nothing. What to
 //! do is decided in [`crate::domain`]; failures are classed by [`crate::error::Error`].
 //!
-//! The effect itself is [`apply`], which replay runs as well: the live handler is the inbox,
-//! [`apply`], and the outbox for the events it returns.
+//! The effect itself is [`apply`], generic over the [`InventoryStore`] it reads and changes:
+//! the live handler is the inbox, [`apply`] on its transaction, and the outbox for the events it
+//! returns; replay runs the same [`apply`] on the state it rebuilds in memory.
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
@@ -17,11 +18,11 @@ use saga_contracts::{
     Envelope, FailureReason, InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved,
     OrderConfirmed, OrderCreated, OrderFailed, OrderId, SagaEvent,
 };
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::domain::{self, Decision, OnConfirmed, OnCreated, OnFailed, ReservationStatus};
 use crate::error::{Error, Result};
-use crate::store::{self, Movement, NewReservation};
+use crate::store::{InventoryStore, Movement, NewReservation};
 
 /// Applies `orders` events to the stock.
 pub(crate) struct InventoryHandler {
@@ -35,7 +36,7 @@ impl EventHandler for InventoryHandler {
         let Some(mut tx) = self.begin_once(consumed).await? else {
             return Ok(());
         };
-        for caused in apply(&mut tx, &consumed.event).await? {
+        for caused in apply(&mut *tx, &consumed.event).await? {
             outbox::enqueue(&mut tx, &caused, consumed.traceparent.as_deref()).await?;
         }
         tx.commit().await?;
@@ -59,14 +60,14 @@ impl InventoryHandler {
     }
 }
 
-/// Applies an `orders` event to the stock and the order's reservation in `tx` and returns the
+/// Applies an `orders` event to the stock and the order's reservation in `store` and returns the
 /// events that say what it did (live they go to the outbox; replay compares them with the
 /// recorded ones). Events of other types change nothing.
-pub(crate) async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Vec<SagaEvent>> {
+pub(crate) async fn apply<S: InventoryStore>(store: &mut S, event: &SagaEvent) -> Result<Vec<SagaEvent>> {
     let caused = match event {
-        SagaEvent::OrderCreated(created) => on_order_created(tx, created).await?,
-        SagaEvent::OrderConfirmed(confirmed) => on_order_confirmed(tx, confirmed).await?,
-        SagaEvent::OrderFailed(failed) => on_order_failed(tx, failed).await?,
+        SagaEvent::OrderCreated(created) => on_order_created(store, created).await?,
+        SagaEvent::OrderConfirmed(confirmed) => on_order_confirmed(store, confirmed).await?,
+        SagaEvent::OrderFailed(failed) => on_order_failed(store, failed).await?,
         _ => None,
     };
     Ok(caused.into_iter().collect())
@@ -74,16 +75,16 @@ pub(crate) async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Ve
 
 /// Reserves every line of the order or none; returns the event that says which.
 #[tracing::instrument(skip_all, fields(order_id = %created.envelope.order_id, event_id = %created.envelope.event_id))]
-async fn on_order_created(tx: &mut PgConnection, created: &OrderCreated) -> Result<Option<SagaEvent>> {
+async fn on_order_created<S: InventoryStore>(store: &mut S, created: &OrderCreated) -> Result<Option<SagaEvent>> {
     let order_id = created.envelope.order_id;
     let demand = domain::demand(&created.items)?;
-    match domain::on_created(store::lock_reservation(tx, order_id).await?) {
+    match domain::on_created(store.lock_reservation(order_id).await?) {
         OnCreated::AlreadyDecided(status) => {
             tracing::warn!(%status, "order.created for an order already decided; ignored");
             return Ok(None);
         }
         OnCreated::AlreadyFailed => {
-            if !store::claim_tombstone(tx, order_id, created.envelope.event_id).await? {
+            if !store.claim_tombstone(order_id, created.envelope.event_id).await? {
                 return Err(Error::DecidedConcurrently { order_id });
             }
             tracing::info!("order failed before it was created: reserving nothing");
@@ -97,10 +98,10 @@ async fn on_order_created(tx: &mut PgConnection, created: &OrderCreated) -> Resu
     }
 
     let skus: Vec<String> = demand.iter().map(|line| line.sku.clone()).collect();
-    let available = store::lock_available(tx, &skus).await?;
+    let available = store.lock_available(&skus).await?;
     let (status, reason, caused) = match domain::decide(&demand, &available) {
         Decision::Reserve(items) => {
-            store::move_units(tx, order_id, &items, Movement::Reserve).await?;
+            store.move_units(order_id, &items, Movement::Reserve).await?;
             tracing::info!(lines = items.len(), "order reserved");
             let reserved = InventoryReserved {
                 envelope: Envelope::caused_by(created),
@@ -122,7 +123,7 @@ async fn on_order_created(tx: &mut PgConnection, created: &OrderCreated) -> Resu
         created_event_id: Some(created.envelope.event_id),
         reason,
     };
-    if !store::insert_reservation(tx, decision).await? {
+    if !store.insert_reservation(decision).await? {
         // Another instance decided this order between our read and our insert; the retry rolls
         // back (stock included) and sees its decision.
         return Err(Error::DecidedConcurrently { order_id });
@@ -132,12 +133,12 @@ async fn on_order_created(tx: &mut PgConnection, created: &OrderCreated) -> Resu
 
 /// Turns a held reservation into a sale; returns inventory.committed if it did.
 #[tracing::instrument(skip_all, fields(order_id = %confirmed.envelope.order_id, event_id = %confirmed.envelope.event_id))]
-async fn on_order_confirmed(tx: &mut PgConnection, confirmed: &OrderConfirmed) -> Result<Option<SagaEvent>> {
+async fn on_order_confirmed<S: InventoryStore>(store: &mut S, confirmed: &OrderConfirmed) -> Result<Option<SagaEvent>> {
     let order_id = confirmed.envelope.order_id;
-    match domain::on_confirmed(store::lock_reservation(tx, order_id).await?) {
+    match domain::on_confirmed(store.lock_reservation(order_id).await?) {
         OnConfirmed::Commit(items) => {
-            transition(tx, order_id, ReservationStatus::Committed, None).await?;
-            store::move_units(tx, order_id, &items, Movement::Commit).await?;
+            transition(store, order_id, ReservationStatus::Committed, None).await?;
+            store.move_units(order_id, &items, Movement::Commit).await?;
             tracing::info!(lines = items.len(), "reservation committed");
             let committed = InventoryCommitted {
                 envelope: Envelope::caused_by(confirmed),
@@ -159,13 +160,13 @@ async fn on_order_confirmed(tx: &mut PgConnection, confirmed: &OrderConfirmed) -
 
 /// Gives a failed order's held units back; returns inventory.released if it did.
 #[tracing::instrument(skip_all, fields(order_id = %failed.envelope.order_id, event_id = %failed.envelope.event_id))]
-async fn on_order_failed(tx: &mut PgConnection, failed: &OrderFailed) -> Result<Option<SagaEvent>> {
+async fn on_order_failed<S: InventoryStore>(store: &mut S, failed: &OrderFailed) -> Result<Option<SagaEvent>> {
     let order_id = failed.envelope.order_id;
     let reason = failed.reason();
-    match domain::on_failed(store::lock_reservation(tx, order_id).await?) {
+    match domain::on_failed(store.lock_reservation(order_id).await?) {
         OnFailed::Release(items) => {
-            transition(tx, order_id, ReservationStatus::Released, Some(reason.as_str())).await?;
-            store::move_units(tx, order_id, &items, Movement::Release).await?;
+            transition(store, order_id, ReservationStatus::Released, Some(reason.as_str())).await?;
+            store.move_units(order_id, &items, Movement::Release).await?;
             tracing::info!(lines = items.len(), %reason, "reservation released");
             let released = InventoryReleased {
                 envelope: Envelope::caused_by(failed),
@@ -190,7 +191,7 @@ async fn on_order_failed(tx: &mut PgConnection, failed: &OrderFailed) -> Result<
                 created_event_id: None,
                 reason: Some(reason.as_str()),
             };
-            if !store::insert_reservation(tx, tombstone).await? {
+            if !store.insert_reservation(tombstone).await? {
                 return Err(Error::DecidedConcurrently { order_id });
             }
             tracing::warn!("order failed before its order.created was seen; recorded a tombstone");
@@ -200,13 +201,16 @@ async fn on_order_failed(tx: &mut PgConnection, failed: &OrderFailed) -> Result<
 }
 
 /// Moves the order's held reservation (locked by the caller) to `to`.
-async fn transition(
-    tx: &mut PgConnection,
+async fn transition<S: InventoryStore>(
+    store: &mut S,
     order_id: OrderId,
     to: ReservationStatus,
     reason: Option<&str>,
 ) -> Result<()> {
-    if !store::transition(tx, order_id, ReservationStatus::Reserved, to, reason).await? {
+    if !store
+        .transition(order_id, ReservationStatus::Reserved, to, reason)
+        .await?
+    {
         return Err(Error::DecidedConcurrently { order_id });
     }
     Ok(())

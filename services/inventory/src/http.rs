@@ -18,11 +18,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::adjustments::{self, Adjusted, AdjustmentRequest};
+use crate::domain::{self, MAX_SKU_LENGTH};
 use crate::error::Error;
-use crate::store::{self, Adjustment, StockLevels};
+use crate::store::{self, Adjustment, InventoryStore, StockLevels};
 
-/// Longest accepted SKU.
-const MAX_SKU_LENGTH: usize = 64;
 /// Longest accepted adjustment reason.
 const MAX_REASON_LENGTH: usize = 500;
 
@@ -131,7 +130,7 @@ async fn post_adjustment(
         event_id: envelope.event_id,
     };
     let mut tx = state.database.begin().await?;
-    let adjustment = match adjustments::apply(&mut tx, request).await {
+    let adjustment = match adjustments::apply(&mut *tx, request).await {
         Ok(Adjusted::Applied(adjustment)) => adjustment,
         Ok(Adjusted::AlreadyRecorded(earlier)) => return answer_retry(&earlier, request),
         Err(uncovered @ Error::InsufficientStock { .. }) => return Err(ApiError::Conflict(uncovered.to_string())),
@@ -139,7 +138,7 @@ async fn post_adjustment(
             // A concurrent retry of the same request committed first: undo ours, answer with its.
             tx.rollback().await?;
             let mut connection = state.database.acquire().await?;
-            let Some(earlier) = store::find_adjustment(&mut connection, adjustment_id).await? else {
+            let Some(earlier) = connection.find_adjustment(adjustment_id).await? else {
                 return Err(ApiError::Unavailable(anyhow::anyhow!(
                     "adjustment {adjustment_id} vanished after a conflict"
                 )));
@@ -182,11 +181,7 @@ fn answer_retry(
 /// like a malformed id.
 fn valid_sku(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(sku) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let well_formed = (1..=MAX_SKU_LENGTH).contains(&sku.len())
-        && sku
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if well_formed {
+    if domain::is_well_formed_sku(&sku) {
         Ok(sku)
     } else {
         Err(ApiError::BadRequest(format!(

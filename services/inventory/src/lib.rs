@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error;
 mod handler;
 mod http;
+mod rebuilt;
 pub mod replay;
 mod store;
 

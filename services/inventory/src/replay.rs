@@ -1,6 +1,8 @@
 //! Rebuilding the inventory's state from its topics: the order events re-run the live handler's
 //! reservation decisions ([`crate::handler::apply`]), and the recorded stock adjustments are
-//! applied as the HTTP API applied them ([`crate::adjustments::apply`]).
+//! applied as the HTTP API applied them ([`crate::adjustments::apply`]). Both run on the state
+//! the rebuild holds in memory ([`crate::rebuilt`]), the same code the live service runs on its
+//! transaction.
 //!
 //! The inventory's own decision events (reserved, reservation_failed, committed, released) are
 //! not applied: re-running the order event that caused each one already changed the state, and
@@ -8,26 +10,30 @@
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, HandlerError};
+use saga_common::replay::memory::RebuiltTable;
 use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
 use saga_contracts::{EventType, SagaEvent, StockAdjusted, Topic};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::adjustments::{self, Adjusted, AdjustmentRequest};
 use crate::error::Result;
 use crate::handler;
+use crate::rebuilt::RebuiltInventory;
+use crate::store::InventoryStore;
 
 /// Namespace of the adjustment ids derived for stock adjustments recorded without one
 /// (inventory.stock_adjusted v1): the version 5 UUID of the event id in this namespace.
 const DERIVED_ADJUSTMENT_IDS: Uuid = Uuid::from_u128(0xc226_6b0e_ccba_42a1_b106_7a59_25fd_65b9);
 
-/// The inventory service's part in replay.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rebuilder;
+/// The inventory service's part in replay: the state it rebuilds.
+#[derive(Debug, Default)]
+pub struct Rebuilder {
+    state: RebuiltInventory,
+}
 
 /// The inventory service's [`Rebuild`].
 pub fn rebuilder() -> Rebuilder {
-    Rebuilder
+    Rebuilder::default()
 }
 
 /// What the rebuild reads, re-runs and compares.
@@ -69,13 +75,13 @@ impl Rebuild for Rebuilder {
         &REBUILDING
     }
 
-    async fn apply(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
+    async fn apply(&mut self, event: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
         match &event.event {
             SagaEvent::OrderCreated(_) | SagaEvent::OrderConfirmed(_) | SagaEvent::OrderFailed(_) => {
-                Ok(handler::apply(tx, &event.event).await?)
+                Ok(handler::apply(&mut self.state, &event.event).await?)
             }
             SagaEvent::StockAdjusted(adjusted) => {
-                apply_recorded_adjustment(tx, adjusted).await?;
+                apply_recorded_adjustment(&mut self.state, adjusted).await?;
                 Ok(Vec::new())
             }
             // The inventory's own decisions: re-running their order events already changed the
@@ -83,13 +89,17 @@ impl Rebuild for Rebuilder {
             _ => Ok(Vec::new()),
         }
     }
+
+    fn rebuilt_tables(&mut self) -> Vec<&mut dyn RebuiltTable> {
+        self.state.tables()
+    }
 }
 
 /// Applies a recorded stock adjustment as the HTTP API applied it live. The same event read
 /// twice (the outbox publishes at least once) finds its adjustment id recorded and changes
 /// nothing.
 #[tracing::instrument(skip_all, fields(sku = %adjusted.sku, event_id = %adjusted.envelope.event_id))]
-async fn apply_recorded_adjustment(tx: &mut PgConnection, adjusted: &StockAdjusted) -> Result<()> {
+async fn apply_recorded_adjustment<S: InventoryStore>(store: &mut S, adjusted: &StockAdjusted) -> Result<()> {
     let event_id = adjusted.envelope.event_id;
     let request = AdjustmentRequest {
         adjustment_id: recorded_adjustment_id(adjusted),
@@ -98,7 +108,7 @@ async fn apply_recorded_adjustment(tx: &mut PgConnection, adjusted: &StockAdjust
         reason: &adjusted.reason,
         event_id,
     };
-    match adjustments::apply(tx, request).await? {
+    match adjustments::apply(store, request).await? {
         Adjusted::Applied(_) => {}
         Adjusted::AlreadyRecorded(earlier) if earlier.event_id == event_id => {
             tracing::debug!("stock adjustment read again; applied once");
@@ -166,6 +176,60 @@ mod tests {
             recorded_adjustment_id(&adjusted(None)),
             recorded_adjustment_id(&adjusted(None))
         );
+    }
+
+    fn consumed(event: impl Into<SagaEvent>) -> ConsumedEvent {
+        ConsumedEvent {
+            event: event.into(),
+            topic: "inventory".into(),
+            partition: 0,
+            offset: 0,
+            traceparent: None,
+        }
+    }
+
+    /// The rows each table would write now, by table name.
+    fn written_rows(rebuilder: &mut Rebuilder) -> Vec<(&'static str, Vec<serde_json::Value>)> {
+        rebuilder
+            .rebuilt_tables()
+            .into_iter()
+            .map(|table| {
+                let rows = table
+                    .take_changes()
+                    .expect("changes")
+                    .into_iter()
+                    .flat_map(|statement| statement.rows.as_array().cloned().unwrap_or_default())
+                    .collect();
+                (table.name(), rows)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_recorded_adjustment_read_twice_is_applied_once() {
+        let mut rebuilder = rebuilder();
+        let restock = adjusted(Some(AdjustmentId::new()));
+        for _ in 0..2 {
+            let emitted = rebuilder.apply(&consumed(restock.clone())).await.expect("applied");
+            assert!(emitted.is_empty(), "an adjustment is a fact, not a decision");
+        }
+        let written = written_rows(&mut rebuilder);
+        assert_eq!(written[0].0, "stock");
+        assert_eq!(
+            written[0].1,
+            [serde_json::json!({"sku": "A", "available": 5, "reserved": 0, "committed": 0})]
+        );
+        assert_eq!(written[2].0, "stock_adjustments");
+        assert_eq!(written[2].1.len(), 1);
+        assert_eq!(written[2].1[0]["event_id"], restock.envelope.event_id.to_string());
+    }
+
+    #[test]
+    fn the_rebuilt_tables_are_the_verified_ones() {
+        let mut rebuilder = rebuilder();
+        let verified: Vec<&str> = rebuilder.tables().iter().map(|table| table.name).collect();
+        let rebuilt: Vec<&str> = rebuilder.rebuilt_tables().iter().map(|table| table.name()).collect();
+        assert_eq!(rebuilt, verified);
     }
 
     #[test]

@@ -4,13 +4,15 @@
 use std::fmt;
 
 use saga_contracts::{FailureReason, OrderId, OrderOutcome as RecordedOutcome};
+use serde::{Deserialize, Serialize};
 
 /// Domain of every Message-ID this service generates.
 pub const MESSAGE_ID_DOMAIN: &str = "saga-platform.local";
 
 /// The terminal outcome of an order that an email reports. At most one email per order and
-/// outcome is ever recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// outcome is ever recorded. Serialized as stored (see [`Outcome::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The order was confirmed (`order.confirmed`).
     Confirmed,

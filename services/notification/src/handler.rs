@@ -12,12 +12,12 @@ use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_contracts::SagaEvent;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::domain::{self, NewNotification};
 use crate::error::Result;
-use crate::store;
+use crate::store::NotificationStore;
 
 /// What an order event did to the notifications.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +31,15 @@ pub enum Applied {
     AlreadyQueued(NewNotification),
 }
 
-/// Applies an order event within the caller's transaction: records the email it asks for
-/// ([`domain::email_for`]) as pending. The same for the live handler and for replay. An outcome
-/// whose customer email is not an address fails with [`crate::Error::Undeliverable`].
-pub async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Applied> {
+/// Applies an order event to `store`: records the email it asks for ([`domain::email_for`]) as
+/// pending. The same code for the live handler (its transaction) and for replay (the rows it
+/// rebuilds in memory). An outcome whose customer email is not an address fails with
+/// [`crate::Error::Undeliverable`].
+pub async fn apply<S: NotificationStore>(store: &mut S, event: &SagaEvent) -> Result<Applied> {
     let Some(notification) = domain::email_for(event)? else {
         return Ok(Applied::Ignored);
     };
-    if store::record_intent(tx, &notification).await? {
+    if store.record_intent(&notification).await? {
         Ok(Applied::Queued(notification))
     } else {
         Ok(Applied::AlreadyQueued(notification))
@@ -75,7 +76,7 @@ impl EventHandler for NotificationHandler {
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        let applied = apply(&mut tx, &consumed.event).await?;
+        let applied = apply(&mut *tx, &consumed.event).await?;
         tx.commit().await?;
         match applied {
             Applied::Queued(notification) => {

@@ -7,7 +7,8 @@
 //! retrying cannot deliver; never dropping one. All SQL is in [`store`], the error policy in
 //! [`error`]. Each email carries a deterministic Message-ID per order outcome, so the one resend
 //! a crash can cause (after the SMTP server accepted the mail, before it was marked sent) is
-//! recognisable by the receiver. [`replay`] rebuilds the table from the topics, sending nothing.
+//! recognisable by the receiver. [`replay`] rebuilds the table from the topics in memory
+//! ([`memory`]) with the handler's code, sending nothing.
 //! See docs/notification.md.
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod mailer;
+pub mod memory;
 pub mod replay;
 pub mod store;
 

@@ -1,32 +1,36 @@
 //! Rebuilding the notification service's `notifications` table from the topics, without sending
 //! a single email.
 //!
-//! Order outcomes go through [`handler::apply`], as live: the same rendering, Message-ID and
-//! pending row. What the mailer then did (the SMTP server's answer) cannot be recomputed, so it
-//! is taken from the notification.sent / notification.failed events the mailer recorded: status,
-//! attempts, last error and the instant, exactly as the live row has them. No SMTP transport
-//! exists here. What no event records stays as replay leaves it: an email the live mailer is
-//! still retrying (its failed attempts so far) or an operator redrove and that was not sent
-//! again yet (still `failed` when rebuilt).
+//! The rows are rebuilt in memory ([`RebuiltNotifications`]) by the code the live service runs
+//! on its transaction: order outcomes go through [`handler::apply`], as live: the same rendering,
+//! Message-ID and pending row. What the mailer then did (the SMTP server's answer) cannot be
+//! recomputed, so it is taken from the notification.sent / notification.failed events the mailer
+//! recorded: status, attempts, last error and the instant, exactly as the live row has them. No
+//! SMTP transport exists here. What no event records stays as replay leaves it: an email the
+//! live mailer is still retrying (its failed attempts so far) or an operator redrove and that was
+//! not sent again yet (still `failed` when rebuilt).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use saga_common::consumer::{ConsumedEvent, HandlerError};
+use saga_common::replay::memory::RebuiltTable;
 use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
 use saga_contracts::{EventType, NotificationFailed, NotificationSent, OrderId, SagaEvent, Topic};
-use sqlx::PgConnection;
 
 use crate::email::Outcome;
 use crate::handler;
-use crate::store::{self, RebuiltEmail};
+use crate::memory::RebuiltNotifications;
+use crate::store::{NotificationStore, RebuiltEmail};
 
-/// The notification service's part in replay.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rebuilder;
+/// The notification service's part in replay: the rows it rebuilds.
+#[derive(Debug, Default)]
+pub struct Rebuilder {
+    state: RebuiltNotifications,
+}
 
 /// The notification service's [`Rebuild`]; it needs no settings.
 pub fn rebuilder() -> Rebuilder {
-    Rebuilder
+    Rebuilder::default()
 }
 
 /// The tables `sagactl verify` compares.
@@ -62,21 +66,26 @@ impl Rebuild for Rebuilder {
         &REBUILDING
     }
 
-    async fn apply(&self, tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
+    async fn apply(&mut self, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
+        let store = &mut self.state;
         match &consumed.event {
-            SagaEvent::NotificationSent(sent) => apply_sent(tx, sent).await?,
-            SagaEvent::NotificationFailed(failed) => apply_failure(tx, failed).await?,
+            SagaEvent::NotificationSent(sent) => apply_sent(store, sent).await?,
+            SagaEvent::NotificationFailed(failed) => apply_failure(store, failed).await?,
             order_event => {
-                handler::apply(tx, order_event).await?;
+                handler::apply(store, order_event).await?;
             }
         }
         // The live handler emits nothing; the mailer's events are the recorded facts above.
         Ok(Vec::new())
     }
+
+    fn rebuilt_tables(&mut self) -> Vec<&mut dyn RebuiltTable> {
+        vec![&mut self.state.notifications]
+    }
 }
 
 /// Marks the email sent as notification.sent tells.
-async fn apply_sent(tx: &mut PgConnection, sent: &NotificationSent) -> Result<(), HandlerError> {
+async fn apply_sent<S: NotificationStore>(store: &mut S, sent: &NotificationSent) -> Result<(), HandlerError> {
     let email = RecordedEmail {
         event_type: EventType::NotificationSent,
         order_id: sent.envelope.order_id,
@@ -86,13 +95,14 @@ async fn apply_sent(tx: &mut PgConnection, sent: &NotificationSent) -> Result<()
         message_id: &sent.message_id,
     };
     let sent_at = instant(sent.envelope.occurred_at)?;
-    let rebuilt =
-        store::apply_recorded_sent(tx, email.order_id, email.outcome.as_str(), sent.attempts, sent_at).await?;
-    settle(tx, &email, rebuilt).await
+    let rebuilt = store
+        .apply_recorded_sent(email.order_id, email.outcome, sent.attempts, sent_at)
+        .await?;
+    settle(store, &email, rebuilt).await
 }
 
 /// Sets the email aside as notification.failed tells.
-async fn apply_failure(tx: &mut PgConnection, failed: &NotificationFailed) -> Result<(), HandlerError> {
+async fn apply_failure<S: NotificationStore>(store: &mut S, failed: &NotificationFailed) -> Result<(), HandlerError> {
     let email = RecordedEmail {
         event_type: EventType::NotificationFailed,
         order_id: failed.envelope.order_id,
@@ -102,24 +112,18 @@ async fn apply_failure(tx: &mut PgConnection, failed: &NotificationFailed) -> Re
         message_id: &failed.message_id,
     };
     let failed_at = instant(failed.envelope.occurred_at)?;
-    let rebuilt = store::apply_recorded_failure(
-        tx,
-        email.order_id,
-        email.outcome.as_str(),
-        failed.attempts,
-        &failed.error,
-        failed_at,
-    )
-    .await?;
-    settle(tx, &email, rebuilt).await
+    let rebuilt = store
+        .apply_recorded_failure(email.order_id, email.outcome, failed.attempts, &failed.error, failed_at)
+        .await?;
+    settle(store, &email, rebuilt).await
 }
 
 /// Checks what applying a delivery event found: the rebuilt email should be the one the event
 /// names (a difference means the rendering changed since it was sent, and verify will show the
 /// rows); no row changed is an older event published again, unless the email does not exist,
 /// which the event cannot be applied without.
-async fn settle(
-    tx: &mut PgConnection,
+async fn settle<S: NotificationStore>(
+    store: &mut S,
     email: &RecordedEmail<'_>,
     rebuilt: Option<RebuiltEmail>,
 ) -> Result<(), HandlerError> {
@@ -137,7 +141,7 @@ async fn settle(
             }
             Ok(())
         }
-        None if store::email_exists(tx, order_id, outcome.as_str()).await? => {
+        None if store.email_exists(order_id, outcome).await? => {
             tracing::debug!(%order_id, %outcome, "{event_type} is older than the email's state; left alone");
             Ok(())
         }
@@ -182,7 +186,130 @@ fn instant(occurred_at: i64) -> Result<DateTime<Utc>, HandlerError> {
 
 #[cfg(test)]
 mod tests {
+    use saga_contracts::{Envelope, OrderConfirmed};
+
     use super::*;
+    use crate::memory::Status;
+
+    fn consumed(event: impl Into<SagaEvent>) -> ConsumedEvent {
+        ConsumedEvent {
+            event: event.into(),
+            topic: "orders".into(),
+            partition: 0,
+            offset: 0,
+            traceparent: None,
+        }
+    }
+
+    fn confirmed(email: &str) -> OrderConfirmed {
+        OrderConfirmed {
+            envelope: Envelope::for_command(OrderId::new()),
+            customer_email: email.into(),
+            total_minor: 3998,
+            currency: "USD".into(),
+        }
+    }
+
+    fn sent(order: &OrderConfirmed, attempts: i32, at: i64) -> NotificationSent {
+        let order_id = order.envelope.order_id;
+        NotificationSent {
+            envelope: Envelope::caused_by_recorded(order_id, order.envelope.event_id).at(at),
+            order_outcome: saga_contracts::OrderOutcome::Confirmed,
+            recipient: order.customer_email.clone(),
+            subject: format!("Order {} confirmed", &order_id.to_string()[..8]),
+            message_id: crate::email::message_id(order_id, Outcome::Confirmed),
+            attempts,
+        }
+    }
+
+    fn failed(order: &OrderConfirmed, attempts: i32, at: i64) -> NotificationFailed {
+        let order_id = order.envelope.order_id;
+        NotificationFailed {
+            envelope: Envelope::caused_by_recorded(order_id, order.envelope.event_id).at(at),
+            order_outcome: saga_contracts::OrderOutcome::Confirmed,
+            recipient: order.customer_email.clone(),
+            message_id: crate::email::message_id(order_id, Outcome::Confirmed),
+            attempts,
+            error: "550 no such user".into(),
+        }
+    }
+
+    /// Applies `event` as the replay runner does: keeps its changes, or undoes them if it is
+    /// refused.
+    async fn take(rebuilder: &mut Rebuilder, event: impl Into<SagaEvent>) -> Result<Vec<SagaEvent>, HandlerError> {
+        let applied = rebuilder.apply(&consumed(event)).await;
+        for table in rebuilder.rebuilt_tables() {
+            table.end_event(applied.is_ok());
+        }
+        applied
+    }
+
+    #[tokio::test]
+    async fn an_order_outcome_and_its_recorded_deliveries_rebuild_the_email_as_the_mailer_left_it(
+    ) -> Result<(), HandlerError> {
+        let mut rebuilder = rebuilder();
+        let order = confirmed("ada@example.com");
+        let order_id = order.envelope.order_id;
+        assert!(take(&mut rebuilder, order.clone()).await?.is_empty());
+        let key = (order_id, Outcome::Confirmed);
+        let pending = rebuilder.state.notifications.get(&key).cloned().expect("the email");
+        assert_eq!((pending.status, pending.attempts), (Status::Pending, 0));
+        assert_eq!(pending.source_event_id, order.envelope.event_id);
+
+        take(&mut rebuilder, failed(&order, 3, 1_700_000_000_000)).await?;
+        take(&mut rebuilder, sent(&order, 4, 1_700_000_000_123)).await?;
+        // The set-aside published again after the send: older, left alone.
+        take(&mut rebuilder, failed(&order, 3, 1_700_000_000_000)).await?;
+
+        let row = rebuilder.state.notifications.get(&key).expect("the email");
+        assert_eq!((row.status, row.attempts), (Status::Sent, 4));
+        assert_eq!(row.sent_at.map(|at| at.timestamp_millis()), Some(1_700_000_000_123));
+        assert_eq!((row.failed_at, row.last_error.as_deref()), (None, None));
+        assert_eq!((&row.subject, &row.body), (&pending.subject, &pending.body));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_delivery_of_an_email_never_recorded_is_refused_and_leaves_no_row() {
+        let mut rebuilder = rebuilder();
+        let order = confirmed("ada@example.com");
+        let refused = take(&mut rebuilder, sent(&order, 1, 1_700_000_000_123)).await;
+        assert!(matches!(refused, Err(HandlerError::Permanent(_))), "{refused:?}");
+        assert!(rebuilder.state.notifications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_outcome_that_cannot_be_emailed_is_refused_like_the_live_handler_dead_letters_it() {
+        let mut rebuilder = rebuilder();
+        let refused = take(&mut rebuilder, confirmed("not an address")).await;
+        assert!(matches!(refused, Err(HandlerError::Permanent(_))), "{refused:?}");
+        assert!(rebuilder.state.notifications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_rebuilt_emails_are_written_as_one_upsert_keyed_by_order_outcome() -> anyhow::Result<()> {
+        let mut rebuilder = rebuilder();
+        for _ in 0..3 {
+            take(&mut rebuilder, confirmed("ada@example.com")).await?;
+        }
+        let mut tables = rebuilder.rebuilt_tables();
+        let [notifications] = tables.as_mut_slice() else {
+            panic!("one table expected");
+        };
+        let statements = notifications.take_changes()?;
+        let [upsert] = statements.as_slice() else {
+            panic!("one statement expected: {statements:?}");
+        };
+        assert!(upsert.sql.starts_with("INSERT INTO notifications"), "{}", upsert.sql);
+        assert!(
+            upsert.sql.contains(r#"ON CONFLICT ("order_id", "outcome")"#),
+            "{}",
+            upsert.sql
+        );
+        assert_eq!(upsert.rows.as_array().map(Vec::len), Some(3));
+        assert!(notifications.take_changes()?.is_empty(), "written once");
+        Ok(())
+    }
 
     fn rebuilt() -> RebuiltEmail {
         RebuiltEmail {

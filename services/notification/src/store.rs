@@ -1,6 +1,11 @@
 //! The `notifications` table, all SQL of the service: one row per order outcome, written by the
 //! handler as the intent to send and moved by the mailer from `pending` to `sent`, or to
 //! `failed` when retrying cannot deliver it (in replay: by the events the mailer recorded).
+//!
+//! What the handler and replay change goes through [`NotificationStore`], which the live
+//! service's transaction implements with this SQL and a replay's in-memory rows
+//! ([`crate::memory`]) implement alike. The mailer's claims, attempts and the operators' views are
+//! live-only SQL.
 
 use std::time::Duration;
 
@@ -11,6 +16,77 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::domain::{DeliveryRecord, NewNotification};
+use crate::email::Outcome;
+use crate::error::Result;
+
+/// The changes of the notifications that the handler and replay make, wherever the rows are
+/// kept: in the live database (this module's SQL, within the caller's transaction) or in a
+/// replay's memory ([`crate::memory::RebuiltNotifications`]). Both change the same rows the same
+/// way.
+#[allow(
+    async_fn_in_trait,
+    reason = "only called generically with a concrete store, whose futures are Send"
+)]
+pub trait NotificationStore {
+    /// Records the email as pending, unless an email for its order outcome was recorded before
+    /// (see [`record_intent`]); whether it did.
+    async fn record_intent(&mut self, notification: &NewNotification) -> Result<bool>;
+
+    /// Whether an email is recorded for this order outcome.
+    async fn email_exists(&mut self, order_id: OrderId, outcome: Outcome) -> Result<bool>;
+
+    /// Replay: marks the email sent as a recorded notification.sent tells (see
+    /// [`apply_recorded_sent`]).
+    async fn apply_recorded_sent(
+        &mut self,
+        order_id: OrderId,
+        outcome: Outcome,
+        attempts: i32,
+        sent_at: DateTime<Utc>,
+    ) -> Result<Option<RebuiltEmail>>;
+
+    /// Replay: sets the email aside as a recorded notification.failed tells (see
+    /// [`apply_recorded_failure`]).
+    async fn apply_recorded_failure(
+        &mut self,
+        order_id: OrderId,
+        outcome: Outcome,
+        attempts: i32,
+        error: &str,
+        failed_at: DateTime<Utc>,
+    ) -> Result<Option<RebuiltEmail>>;
+}
+
+impl NotificationStore for PgConnection {
+    async fn record_intent(&mut self, notification: &NewNotification) -> Result<bool> {
+        Ok(record_intent(self, notification).await?)
+    }
+
+    async fn email_exists(&mut self, order_id: OrderId, outcome: Outcome) -> Result<bool> {
+        Ok(email_exists(self, order_id, outcome.as_str()).await?)
+    }
+
+    async fn apply_recorded_sent(
+        &mut self,
+        order_id: OrderId,
+        outcome: Outcome,
+        attempts: i32,
+        sent_at: DateTime<Utc>,
+    ) -> Result<Option<RebuiltEmail>> {
+        Ok(apply_recorded_sent(self, order_id, outcome.as_str(), attempts, sent_at).await?)
+    }
+
+    async fn apply_recorded_failure(
+        &mut self,
+        order_id: OrderId,
+        outcome: Outcome,
+        attempts: i32,
+        error: &str,
+        failed_at: DateTime<Utc>,
+    ) -> Result<Option<RebuiltEmail>> {
+        Ok(apply_recorded_failure(self, order_id, outcome.as_str(), attempts, error, failed_at).await?)
+    }
+}
 
 /// A pending email a mailer has claimed and is sending.
 #[derive(Debug, Clone, sqlx::FromRow)]

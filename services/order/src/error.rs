@@ -41,6 +41,14 @@ pub enum Error {
         /// What it holds.
         value: String,
     },
+    /// A row with this key exists already (what a unique constraint rejects). Permanent.
+    #[error("{table}: a row with key {key} exists already")]
+    DuplicateKey {
+        /// The table.
+        table: &'static str,
+        /// The key.
+        key: String,
+    },
     /// An order's lines cannot be written as or read from their stored JSON. Permanent.
     #[error("order lines as JSON: {0}")]
     Lines(#[from] serde_json::Error),
@@ -68,6 +76,7 @@ impl Classify for Error {
             Error::Shared(error) => error.class(),
             Error::UnknownOrder { .. }
             | Error::UnknownStoredValue { .. }
+            | Error::DuplicateKey { .. }
             | Error::Lines(_)
             | Error::TimestampOutOfRange { .. } => ErrorClass::Permanent,
         }

@@ -12,11 +12,11 @@ use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::Relay;
 use saga_contracts::{Envelope, OrderCreated, OrderId, SagaEvent, Topic};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::domain::{InventoryOutcome, Order, PaymentOutcome, Placement, SagaInput, ValidOrder};
 use crate::error::{Error, Result};
-use crate::store;
+use crate::store::{self, OrderStore};
 
 /// The topics the order service consumes: the participants' outcomes and compensations.
 pub const CONSUMED_TOPICS: &[Topic] = &[Topic::Payments, Topic::Inventory];
@@ -57,52 +57,56 @@ fn source_of(event: &SagaEvent) -> &'static str {
 /// none, `default_deadline` after it was placed), its idempotency key if the request had one,
 /// and order.created as the first entry of its timeline. `POST /orders` calls it for the order
 /// it places (and writes the event to the outbox); replay for each recorded order.created.
-pub async fn apply_created(tx: &mut PgConnection, created: &OrderCreated, default_deadline: Duration) -> Result<()> {
+pub async fn apply_created(
+    store: &mut impl OrderStore,
+    created: &OrderCreated,
+    default_deadline: Duration,
+) -> Result<()> {
     let order_id = created.envelope.order_id;
     let placement = Placement::of(created, default_deadline);
-    store::insert_order(
-        tx,
-        order_id,
-        &ValidOrder::announced_by(created),
-        store::timestamp(order_id, "created_at", created.envelope.occurred_at)?,
-        store::timestamp(order_id, "deadline_at", placement.deadline_at)?,
-    )
-    .await?;
-    store::record_timeline(tx, &SagaEvent::OrderCreated(created.clone()), store::SOURCE).await?;
+    store
+        .insert_order(
+            order_id,
+            &ValidOrder::announced_by(created),
+            store::timestamp(order_id, "created_at", created.envelope.occurred_at)?,
+            store::timestamp(order_id, "deadline_at", placement.deadline_at)?,
+        )
+        .await?;
+    store
+        .record_timeline(&SagaEvent::OrderCreated(created.clone()), store::SOURCE)
+        .await?;
     if let (Some(key), Some(request_hash)) = (&placement.idempotency_key, &placement.request_hash) {
-        store::remember_idempotency_key(tx, key, request_hash, order_id).await?;
+        store.remember_idempotency_key(key, request_hash, order_id).await?;
     }
     Ok(())
 }
 
-/// Applies a consumed event to its order: records it on the order's timeline and, for a payment
-/// or inventory outcome, runs the saga decision and stores the order's new state. Returns the
 /// Locks the order `event` belongs to; an event of an order never placed is
 /// [`Error::UnknownOrder`] (permanent: the live service dead-letters it).
-pub(crate) async fn lock_order_of(tx: &mut PgConnection, order_id: OrderId, event: &SagaEvent) -> Result<Order> {
-    store::lock_order(tx, order_id)
-        .await?
-        .ok_or_else(|| Error::UnknownOrder {
-            order_id,
-            event_type: event.event_type(),
-            event_id: event.event_id(),
-        })
+pub(crate) async fn lock_order_of(store: &mut impl OrderStore, order_id: OrderId, event: &SagaEvent) -> Result<Order> {
+    store.lock_order(order_id).await?.ok_or_else(|| Error::UnknownOrder {
+        order_id,
+        event_type: event.event_type(),
+        event_id: event.event_id(),
+    })
 }
 
+/// Applies a consumed event to its order: records it on the order's timeline and, for a payment
+/// or inventory outcome, runs the saga decision and stores the order's new state. Returns the
 /// order.confirmed or order.failed the event decided, written nowhere yet: the live handler
 /// emits it, replay compares it with the recorded one. Events of no order (stock adjustments)
 /// change nothing.
-pub async fn apply(tx: &mut PgConnection, event: &SagaEvent) -> Result<Option<SagaEvent>> {
+pub async fn apply(store: &mut impl OrderStore, event: &SagaEvent) -> Result<Option<SagaEvent>> {
     let Some(order_id) = event.order_id() else {
         return Ok(None);
     };
-    let order = lock_order_of(tx, order_id, event).await?;
-    store::record_timeline(tx, event, source_of(event)).await?;
+    let order = lock_order_of(store, order_id, event).await?;
+    store.record_timeline(event, source_of(event)).await?;
     let Some((input, envelope)) = saga_input(event) else {
         return Ok(None);
     };
     let (state, decided) = order.apply(input, envelope);
-    store::save_state(tx, order_id, &state).await?;
+    store.save_state(order_id, &state).await?;
     Ok(decided)
 }
 
@@ -117,7 +121,7 @@ impl EventHandler for OrderHandler {
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        if let Some(decided) = apply(&mut tx, &consumed.event).await? {
+        if let Some(decided) = apply(&mut *tx, &consumed.event).await? {
             store::emit_decision(&mut tx, &decided, consumed.traceparent.as_deref()).await?;
         }
         tx.commit().await?;

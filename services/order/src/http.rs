@@ -97,7 +97,7 @@ async fn place_order(
     let created = order.created_event(envelope, placement);
     let order_id = created.envelope.order_id;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    handler::apply_created(&mut tx, &created, state.saga_deadline).await?;
+    handler::apply_created(&mut *tx, &created, state.saga_deadline).await?;
     let created = SagaEvent::OrderCreated(created);
     outbox::enqueue(&mut tx, &created, None).await?;
     tx.commit().await?;

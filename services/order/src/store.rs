@@ -1,6 +1,9 @@
 //! The order database: orders with their saga state, their timeline, and idempotency keys.
 //! Every write takes the caller's transaction, so a state change, its timeline entries and the
-//! events it emits (outbox) commit together.
+//! events it emits (outbox) commit together. [`OrderStore`] is what the code shared by the live
+//! service and replay needs of it; replay keeps the same state in memory.
+
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use saga_common::outbox;
@@ -14,6 +17,66 @@ use crate::error::{Error, Result};
 
 /// Name under which this service appears in timelines.
 pub const SOURCE: &str = "order-service";
+
+/// The order state that applying an event reads and changes: the order database in a
+/// transaction for the live service (its functions below), memory for replay
+/// ([`crate::replay`]). Each operation means what its SQL namesake does.
+pub trait OrderStore: Send {
+    /// Inserts a new pending order ([`insert_order`]).
+    fn insert_order(
+        &mut self,
+        order_id: OrderId,
+        order: &ValidOrder,
+        created_at: DateTime<Utc>,
+        deadline_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Adds an event to its order's timeline once ([`record_timeline`]).
+    fn record_timeline(&mut self, event: &SagaEvent, source: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Loads an order for a change ([`lock_order`]).
+    fn lock_order(&mut self, order_id: OrderId) -> impl Future<Output = Result<Option<Order>>> + Send;
+    /// Stores an order's new saga state ([`save_state`]).
+    fn save_state(&mut self, order_id: OrderId, state: &SagaState) -> impl Future<Output = Result<()>> + Send;
+    /// Stamps a decided order with when it was decided ([`set_decided_at`]).
+    fn set_decided_at(
+        &mut self,
+        order_id: OrderId,
+        decided_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Records the idempotency key that placed an order ([`remember_idempotency_key`]).
+    fn remember_idempotency_key(
+        &mut self,
+        key: &str,
+        request_hash: &str,
+        order_id: OrderId,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl OrderStore for PgConnection {
+    async fn insert_order(
+        &mut self,
+        order_id: OrderId,
+        order: &ValidOrder,
+        created_at: DateTime<Utc>,
+        deadline_at: DateTime<Utc>,
+    ) -> Result<()> {
+        insert_order(self, order_id, order, created_at, deadline_at).await
+    }
+    async fn record_timeline(&mut self, event: &SagaEvent, source: &str) -> Result<()> {
+        record_timeline(self, event, source).await
+    }
+    async fn lock_order(&mut self, order_id: OrderId) -> Result<Option<Order>> {
+        lock_order(self, order_id).await
+    }
+    async fn save_state(&mut self, order_id: OrderId, state: &SagaState) -> Result<()> {
+        save_state(self, order_id, state).await
+    }
+    async fn set_decided_at(&mut self, order_id: OrderId, decided_at: DateTime<Utc>) -> Result<()> {
+        set_decided_at(self, order_id, decided_at).await
+    }
+    async fn remember_idempotency_key(&mut self, key: &str, request_hash: &str, order_id: OrderId) -> Result<()> {
+        remember_idempotency_key(self, key, request_hash, order_id).await
+    }
+}
 
 /// Inserts a new pending order, placed at `created_at`, that must be decided by `deadline_at`.
 pub async fn insert_order(
@@ -113,39 +176,77 @@ pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<Order
 }
 
 fn order_from(row: &PgRow) -> Result<Order> {
-    let order_id: OrderId = row.try_get("order_id")?;
-    let known = |column: &'static str, value: String| Error::UnknownStoredValue {
-        order_id,
-        column,
-        value,
+    let stored = StoredSagaState {
+        status: row.try_get("status")?,
+        failure_reason: row.try_get("failure_reason")?,
+        payment_outcome: row.try_get("payment_outcome")?,
+        inventory_outcome: row.try_get("inventory_outcome")?,
     };
-    let status: String = row.try_get("status")?;
-    let failure_reason: Option<String> = row.try_get("failure_reason")?;
-    let payment: Option<String> = row.try_get("payment_outcome")?;
-    let inventory: Option<String> = row.try_get("inventory_outcome")?;
+    let order_id: OrderId = row.try_get("order_id")?;
     Ok(Order {
         order_id,
         customer_email: row.try_get("customer_email")?,
         total_minor: row.try_get("total_minor")?,
         currency: row.try_get("currency")?,
-        state: SagaState {
-            status: OrderStatus::parse(&status).ok_or_else(|| known("status", status.clone()))?,
-            failure_reason: failure_reason
+        state: stored.read(order_id)?,
+    })
+}
+
+/// An order's saga state as its columns hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSagaState {
+    /// `status`.
+    pub status: String,
+    /// `failure_reason`.
+    pub failure_reason: Option<String>,
+    /// `payment_outcome`.
+    pub payment_outcome: Option<String>,
+    /// `inventory_outcome`.
+    pub inventory_outcome: Option<String>,
+}
+
+impl StoredSagaState {
+    /// The columns for `state`.
+    pub fn of(state: &SagaState) -> Self {
+        Self {
+            status: state.status.as_str().to_owned(),
+            failure_reason: state.failure_reason.map(|reason| reason.as_str().to_owned()),
+            payment_outcome: state.payment.map(|outcome| outcome.as_str().to_owned()),
+            inventory_outcome: state.inventory.map(|outcome| outcome.as_str().to_owned()),
+        }
+    }
+
+    /// The state the columns hold; a value this code does not know is an error.
+    pub fn read(&self, order_id: OrderId) -> Result<SagaState> {
+        let known = |column: &'static str, value: &str| Error::UnknownStoredValue {
+            order_id,
+            column,
+            value: value.to_owned(),
+        };
+        Ok(SagaState {
+            status: OrderStatus::parse(&self.status).ok_or_else(|| known("status", &self.status))?,
+            failure_reason: self
+                .failure_reason
+                .as_deref()
                 .map(|text| {
                     FailureReason::ALL
                         .into_iter()
                         .find(|reason| reason.as_str() == text)
-                        .ok_or_else(|| known("failure_reason", text.clone()))
+                        .ok_or_else(|| known("failure_reason", text))
                 })
                 .transpose()?,
-            payment: payment
-                .map(|text| PaymentOutcome::parse(&text).ok_or_else(|| known("payment_outcome", text.clone())))
+            payment: self
+                .payment_outcome
+                .as_deref()
+                .map(|text| PaymentOutcome::parse(text).ok_or_else(|| known("payment_outcome", text)))
                 .transpose()?,
-            inventory: inventory
-                .map(|text| InventoryOutcome::parse(&text).ok_or_else(|| known("inventory_outcome", text.clone())))
+            inventory: self
+                .inventory_outcome
+                .as_deref()
+                .map(|text| InventoryOutcome::parse(text).ok_or_else(|| known("inventory_outcome", text)))
                 .transpose()?,
-        },
-    })
+        })
+    }
 }
 
 /// Stores the state applying a fact to a locked order gave; an order decided now is stamped

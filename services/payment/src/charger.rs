@@ -32,7 +32,7 @@ use std::time::Duration;
 use saga_common::outbox::Relay;
 use saga_common::retry::{ErrorPolicy, GaveUp};
 use saga_contracts::OrderId;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,7 @@ use tracing::Instrument as _;
 use crate::domain::{self, GatewayCall, Input};
 use crate::error::Result;
 use crate::gateway::PaymentGateway;
-use crate::store::{self, Transition};
+use crate::store::{self, PaymentStore, Transition};
 
 /// How often the charger looks for payments waiting for the gateway that it is not working on.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
@@ -262,7 +262,7 @@ impl Shared {
     /// transaction.
     async fn record(&self, order_id: OrderId, outcome: &Input) -> Result<Transition> {
         let mut tx = self.database.begin().await?;
-        let transition = settle(&mut tx, order_id, outcome.clone()).await?;
+        let transition = settle(&mut *tx, order_id, outcome.clone()).await?;
         store::enqueue(&mut tx, &transition).await?;
         tx.commit().await?;
         if !transition.events.is_empty() {
@@ -293,10 +293,11 @@ impl Shared {
 }
 
 /// Applies the gateway's `outcome` ([`Input::Charged`] or [`Input::RefundMade`]) to the payment of
-/// `order_id` in `tx`, without the outbox: the transition the charger records once the gateway
-/// answered, and the one replay ([`crate::replay`]) makes from the answer its events recorded.
-pub async fn settle(tx: &mut PgConnection, order_id: OrderId, outcome: Input) -> Result<Transition> {
-    store::transition(tx, order_id, |state| domain::decide(state, outcome)).await
+/// `order_id` in `store`, without the outbox: the transition the charger records in its
+/// transaction once the gateway answered, and the one replay ([`crate::replay`]) makes in memory
+/// from the answer its events recorded.
+pub async fn settle<S: PaymentStore>(store: &mut S, order_id: OrderId, outcome: Input) -> Result<Transition> {
+    store::transition(store, order_id, |state| domain::decide(state, outcome)).await
 }
 
 fn policy_outcome<T>(outcome: Option<std::result::Result<T, GaveUp>>) -> Result<T, Stop> {

@@ -4,7 +4,7 @@
 //! payment for an operator (charger), an unclassified one is retried within the policy's budget.
 
 use saga_common::{Classify, ErrorClass};
-use saga_contracts::OrderId;
+use saga_contracts::{OrderId, PaymentId};
 
 use crate::gateway::GatewayError;
 
@@ -39,6 +39,16 @@ pub enum Error {
     /// work sees the other's result.
     #[error("the payment of order {0} changed meanwhile")]
     ChangedMeanwhile(OrderId),
+    /// A payment was to get an id another order's payment has: replay's form of the unique
+    /// violation on `payments.payment_id` the database raises live. Permanent: the event is not
+    /// applied, as the live service dead-letters it.
+    #[error("payment id {payment_id} belongs to another order's payment, not to order {order_id}'s")]
+    PaymentIdTaken {
+        /// The id asked for.
+        payment_id: PaymentId,
+        /// The order whose payment was to get it.
+        order_id: OrderId,
+    },
 }
 
 impl Classify for Error {
@@ -47,7 +57,7 @@ impl Classify for Error {
             Error::Database(error) => error.class(),
             Error::Outbox(error) => error.class(),
             Error::Gateway(error) => error.class(),
-            Error::InvalidOrder(_) | Error::CorruptPayment(_) => ErrorClass::Permanent,
+            Error::InvalidOrder(_) | Error::CorruptPayment(_) | Error::PaymentIdTaken { .. } => ErrorClass::Permanent,
             Error::ChangedMeanwhile(_) => ErrorClass::Transient,
         }
     }
@@ -73,6 +83,15 @@ mod tests {
     fn an_uncharged_order_and_a_corrupt_row_are_permanent() {
         assert_eq!(Error::InvalidOrder("negative".into()).class(), ErrorClass::Permanent);
         assert_eq!(Error::CorruptPayment("status".into()).class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_payment_id_another_order_has_is_permanent() {
+        let taken = Error::PaymentIdTaken {
+            payment_id: PaymentId::new(),
+            order_id: OrderId::new(),
+        };
+        assert_eq!(taken.class(), ErrorClass::Permanent);
     }
 
     #[test]

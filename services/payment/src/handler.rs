@@ -20,22 +20,23 @@ use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::Relay;
 use saga_contracts::{OrderId, SagaEvent};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::charger::ChargeQueue;
 use crate::domain::{self, Input, NewPayment, OrderFailure};
 use crate::error::Result;
-use crate::store::{self, Transition};
+use crate::store::{self, PaymentStore, Transition};
 
-/// Applies `consumed` to its order's payment in `tx`, without inbox or outbox: the payment's
-/// transition, with the events it causes (queued by the live handler, compared by replay);
-/// `None` for an event that concerns no payment (order.confirmed, other topics' events).
+/// Applies `consumed` to its order's payment in `store` (the live handler's transaction, or
+/// replay's tables in memory), without inbox or outbox: the payment's transition, with the events
+/// it causes (queued by the live handler, not published by replay); `None` for an event that
+/// concerns no payment (order.confirmed, other topics' events).
 /// [`crate::error::Error::InvalidOrder`] (permanent) for an order.created that cannot be charged.
-pub async fn apply(tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Option<Transition>> {
+pub async fn apply<S: PaymentStore>(store: &mut S, consumed: &ConsumedEvent) -> Result<Option<Transition>> {
     let Some((order_id, input)) = input_for(consumed)? else {
         return Ok(None);
     };
-    let transition = store::transition(tx, order_id, |state| domain::decide(state, input)).await?;
+    let transition = store::transition(store, order_id, |state| domain::decide(state, input)).await?;
     Ok(Some(transition))
 }
 
@@ -88,7 +89,7 @@ impl EventHandler for PaymentHandler {
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
-        let transition = apply(&mut tx, consumed).await?;
+        let transition = apply(&mut *tx, consumed).await?;
         if let Some(transition) = &transition {
             store::enqueue(&mut tx, transition).await?;
         }

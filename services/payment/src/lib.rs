@@ -12,7 +12,8 @@
 //!
 //! Layout: [`domain`] decides (pure), [`handler`] applies consumed events, [`charger`] makes the
 //! gateway calls, [`store`] holds the SQL, [`http`] serves payments, [`error`] classifies what
-//! goes wrong, [`replay`] rebuilds the state from the topics with the same code and no gateway.
+//! goes wrong, [`replay`] rebuilds the state from the topics with the same code and no gateway,
+//! on the tables held in memory by [`rebuilt`].
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub mod error;
 pub mod gateway;
 pub mod handler;
 pub mod http;
+pub mod rebuilt;
 pub mod replay;
 pub mod store;
 

@@ -2,23 +2,26 @@
 //! consumes and the `payments` topic it writes, with the live service's state machine and store
 //! code, and without a gateway.
 //!
-//! An order event goes through [`handler::apply`], the live handler's own state change (pending
-//! payment, failure recorded, capture moved to refunding). The gateway's answers are facts of the
-//! outside world that replay cannot ask for again: it takes them from the payment.success,
-//! payment.failed and payment.refunded the charger recorded, and applies them through
-//! [`charger::settle`], the charger's own state change, so each payment ends captured, declined,
-//! refunding or refunded as it did live. The service decides nothing replay re-runs: no decision
-//! of its is compared.
+//! The rebuilt tables are held in memory ([`RebuiltPayments`], a [`crate::store::PaymentStore`]
+//! like the live service's transaction). An order event goes through [`handler::apply`], the live
+//! handler's own state change (pending payment, failure recorded, capture moved to refunding).
+//! The gateway's answers are facts of the outside world that replay cannot ask for again: it
+//! takes them from the payment.success, payment.failed and payment.refunded the charger
+//! recorded, and applies them through [`charger::settle`], the charger's own state change, so
+//! each payment ends captured, declined, refunding or refunded as it did live. Neither writes the
+//! outbox: that is the live callers' part. The service decides nothing replay re-runs: no
+//! decision of its is compared.
 
 use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, HandlerError};
+use saga_common::replay::memory::RebuiltTable;
 use saga_common::replay::{Rebuild, Rebuilding, VerifiedTable};
 use saga_contracts::{OrderId, PaymentId, SagaEvent, Topic};
-use sqlx::PgConnection;
 
 use crate::domain::Input;
 use crate::gateway::ChargeOutcome;
-use crate::{charger, handler, store, MIGRATIONS, SPEC};
+use crate::rebuilt::RebuiltPayments;
+use crate::{charger, handler, MIGRATIONS, SPEC};
 
 /// The capture reference a rebuilt payment gets when its payment.success (v1) did not carry the
 /// gateway's: the real one is only in the live database and at the gateway. A refund naming it
@@ -27,12 +30,21 @@ use crate::{charger, handler, store, MIGRATIONS, SPEC};
 pub const UNRECORDED_CAPTURE: &str = "unrecorded";
 
 /// Rebuilds the payment service's state; see the module docs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rebuilder;
+#[derive(Debug, Default)]
+pub struct Rebuilder {
+    tables: RebuiltPayments,
+}
+
+impl Rebuilder {
+    /// The tables rebuilt so far.
+    pub fn rebuilt(&self) -> &RebuiltPayments {
+        &self.tables
+    }
+}
 
 /// The payment service's [`Rebuilder`].
 pub fn rebuilder() -> Rebuilder {
-    Rebuilder
+    Rebuilder::default()
 }
 
 /// The tables `sagactl verify` compares. Not `gateway_ledger`: it is the simulated gateway's
@@ -77,15 +89,15 @@ impl Rebuild for Rebuilder {
         event_id = %consumed.event.event_id(),
         event_type = consumed.event.event_type().as_str(),
     ))]
-    async fn apply(&self, tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
+    async fn apply(&mut self, consumed: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError> {
         let Some(recorded) = RecordedOutcome::of(&consumed.event) else {
-            let transition = handler::apply(tx, consumed).await?;
+            let transition = handler::apply(&mut self.tables, consumed).await?;
             return Ok(transition.map(|transition| transition.events).unwrap_or_default());
         };
         if let Some(payment_id) = recorded.payment_id {
-            store::adopt_published_payment_id(&mut *tx, recorded.order_id, payment_id).await?;
+            self.tables.adopt_published_payment_id(recorded.order_id, payment_id)?;
         }
-        let transition = charger::settle(tx, recorded.order_id, recorded.outcome).await?;
+        let transition = charger::settle(&mut self.tables, recorded.order_id, recorded.outcome).await?;
         if transition.before.payment.is_none() {
             tracing::warn!("recorded gateway outcome for an order without a rebuilt payment; ignored");
         } else if transition.before == transition.after {
@@ -96,6 +108,10 @@ impl Rebuild for Rebuilder {
         }
         // The events this outcome causes are the recorded ones: nothing to compare.
         Ok(Vec::new())
+    }
+
+    fn rebuilt_tables(&mut self) -> Vec<&mut dyn RebuiltTable> {
+        self.tables.tables()
     }
 }
 
@@ -149,10 +165,161 @@ impl RecordedOutcome {
 #[cfg(test)]
 mod tests {
     use saga_contracts::{
-        Envelope, FailureReason, OrderConfirmed, OrderId, PaymentFailed, PaymentId, PaymentRefunded, PaymentSucceeded,
+        Envelope, FailureReason, OrderConfirmed, OrderCreated, OrderFailed, OrderId, OrderLine, PaymentFailed,
+        PaymentId, PaymentRefunded, PaymentSucceeded,
     };
 
     use super::*;
+    use crate::domain::payment_id_for;
+
+    const TOTAL: i64 = 3998;
+
+    fn order_created(order_id: OrderId, total_minor: i64) -> SagaEvent {
+        SagaEvent::OrderCreated(OrderCreated {
+            envelope: Envelope::for_command(order_id),
+            customer_id: "customer-1".into(),
+            customer_email: "buyer@example.com".into(),
+            payment_token: "tok_visa".into(),
+            total_minor,
+            currency: "USD".into(),
+            items: vec![OrderLine {
+                sku: "SKU-1".into(),
+                quantity: 2,
+                unit_price_minor: 1999,
+            }],
+            sales_channel: "api".into(),
+            idempotency_key: None,
+            request_hash: None,
+            deadline_at: None,
+        })
+    }
+
+    fn order_failed(order_id: OrderId) -> OrderFailed {
+        OrderFailed {
+            envelope: Envelope::for_command(order_id),
+            reason: "out_of_stock".into(),
+            failure_reason: FailureReason::OutOfStock,
+            customer_email: "buyer@example.com".into(),
+            total_minor: TOTAL,
+            currency: "USD".into(),
+        }
+    }
+
+    /// Applies `events` as the replay runner does: each one's changes kept if it was applied,
+    /// undone if it was refused; what each application returned.
+    async fn replay(rebuilder: &mut Rebuilder, events: Vec<SagaEvent>) -> Vec<Result<Vec<SagaEvent>, HandlerError>> {
+        let mut results = Vec::new();
+        for (offset, event) in (0..).zip(events) {
+            let consumed = ConsumedEvent {
+                event,
+                topic: "orders".into(),
+                partition: 0,
+                offset,
+                traceparent: None,
+            };
+            let applied = rebuilder.apply(&consumed).await;
+            for table in rebuilder.rebuilt_tables() {
+                table.end_event(applied.is_ok());
+            }
+            results.push(applied);
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn a_capture_of_an_order_that_failed_is_rebuilt_refunded_under_its_published_payment_id() {
+        let order_id = OrderId::new();
+        // Published before payment ids were derived from the order id.
+        let published_id = PaymentId::new();
+        let failed = order_failed(order_id);
+        let events = vec![
+            order_created(order_id, TOTAL),
+            SagaEvent::PaymentSucceeded(PaymentSucceeded {
+                envelope: Envelope::for_command(order_id),
+                payment_id: published_id,
+                amount_minor: TOTAL,
+                currency: "USD".into(),
+                gateway_reference: Some("sim_ch_1".into()),
+            }),
+            SagaEvent::OrderFailed(failed.clone()),
+            SagaEvent::PaymentRefunded(PaymentRefunded {
+                envelope: Envelope::for_command(order_id),
+                payment_id: published_id,
+                amount_minor: TOTAL,
+                currency: "USD".into(),
+                reason: "out_of_stock".into(),
+            }),
+        ];
+        let mut rebuilder = rebuilder();
+
+        let results = replay(&mut rebuilder, events).await;
+
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let payment = rebuilder.rebuilt().payments.get(&order_id).expect("a payment");
+        assert_ne!(payment_id_for(order_id), published_id);
+        assert_eq!(payment.payment_id, published_id);
+        assert_eq!(payment.status, "refunded");
+        assert_eq!(payment.refunded_minor, TOTAL);
+        assert_eq!(payment.gateway_reference.as_deref(), Some("sim_ch_1"));
+        assert_eq!(payment.payment_token, None);
+        let failure = rebuilder.rebuilt().failed_orders.get(&order_id).expect("a failure");
+        assert_eq!(failure.reason, "out_of_stock");
+        assert_eq!(failure.event_id, Some(failed.envelope.event_id));
+    }
+
+    #[tokio::test]
+    async fn an_order_created_rebuilds_a_pending_payment_with_the_id_derived_from_its_order() {
+        let order_id = OrderId::new();
+        let mut rebuilder = rebuilder();
+
+        let results = replay(&mut rebuilder, vec![order_created(order_id, TOTAL)]).await;
+
+        assert!(matches!(results.as_slice(), [Ok(emitted)] if emitted.is_empty()));
+        let payment = rebuilder.rebuilt().payments.get(&order_id).expect("a payment");
+        assert_eq!(payment.status, "pending");
+        assert_eq!(payment.payment_id, payment_id_for(order_id));
+        assert_eq!(payment.payment_token.as_deref(), Some("tok_visa"));
+    }
+
+    #[tokio::test]
+    async fn an_order_that_cannot_be_charged_is_refused_for_good_and_leaves_no_row() {
+        let order_id = OrderId::new();
+        let mut rebuilder = rebuilder();
+
+        let results = replay(&mut rebuilder, vec![order_created(order_id, -1)]).await;
+
+        assert!(matches!(results.as_slice(), [Err(HandlerError::Permanent(_))]));
+        assert!(rebuilder.rebuilt().payments.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_payment_success_naming_another_orders_payment_id_is_refused_and_records_no_capture() {
+        // Two payments, then a payment.success naming the first's id for the second: the live
+        // database refuses it by the unique payment id, and the capture is not recorded either.
+        let (first, second) = (OrderId::new(), OrderId::new());
+        let mut rebuilder = rebuilder();
+        let taken = payment_id_for(first);
+        let results = replay(
+            &mut rebuilder,
+            vec![
+                order_created(first, TOTAL),
+                order_created(second, TOTAL),
+                SagaEvent::PaymentSucceeded(PaymentSucceeded {
+                    envelope: Envelope::for_command(second),
+                    payment_id: taken,
+                    amount_minor: TOTAL,
+                    currency: "USD".into(),
+                    gateway_reference: Some("sim_ch_2".into()),
+                }),
+            ],
+        )
+        .await;
+
+        assert!(matches!(results.last(), Some(Err(HandlerError::Permanent(_)))));
+        let payment = rebuilder.rebuilt().payments.get(&second).expect("a payment");
+        assert_eq!(payment.status, "pending");
+        assert_eq!(payment.payment_id, payment_id_for(second));
+    }
 
     fn success(gateway_reference: Option<&str>) -> PaymentSucceeded {
         PaymentSucceeded {

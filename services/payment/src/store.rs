@@ -8,7 +8,12 @@
 //! changing one payment (the consumer recording order.failed, the charger settling a charge)
 //! are ordered by the row lock and each decides on what the other committed. The live service
 //! then queues the transition's events ([`enqueue`]); replay, which publishes nothing, does not.
+//!
+//! [`transition`] reads and writes through [`PaymentStore`]: a transaction on the payment
+//! database for the live service, the tables held in memory for replay
+//! ([`crate::rebuilt::RebuiltPayments`]), so both run the same state changes.
 
+use std::future::Future;
 use std::time::Duration;
 
 use saga_common::outbox;
@@ -31,18 +36,49 @@ pub struct Transition {
     pub events: Vec<SagaEvent>,
 }
 
-/// Locks the payment of `order_id` (if it has one) for the rest of `tx`, applies `decide` to its
-/// state and writes what changed; the events `decide` returned are in the result, not yet queued
-/// (see [`enqueue`]). [`Error::ChangedMeanwhile`] (transient) if another transaction recorded a
-/// payment for the order after it was read: done again, the caller decides on that one.
-pub async fn transition(
-    tx: &mut PgConnection,
+/// The payment state a [`transition`] reads and writes: the payment database in a transaction
+/// for the live service (the SQL below), memory for replay
+/// ([`crate::rebuilt::RebuiltPayments`]). Each operation means what its SQL namesake here does.
+pub trait PaymentStore: Send {
+    /// The state of `order_id`, its payment row locked for the rest of the transaction (`lock`).
+    fn lock(&mut self, order_id: OrderId) -> impl Future<Output = Result<PaymentState>> + Send;
+    /// Records the failure of `order_id` unless one is recorded already (`insert_failure`).
+    fn insert_failure(&mut self, order_id: OrderId, failure: &OrderFailure) -> impl Future<Output = Result<()>> + Send;
+    /// Inserts a new payment; `false` if its order has one already (`insert`).
+    fn insert_payment(&mut self, payment: &Payment) -> impl Future<Output = Result<bool>> + Send;
+    /// Moves a payment from `old`'s status to `new`'s; `false` if it was not in `old`'s status
+    /// any more (`update`).
+    fn update_payment(&mut self, old: &Payment, new: &Payment) -> impl Future<Output = Result<bool>> + Send;
+}
+
+impl PaymentStore for PgConnection {
+    async fn lock(&mut self, order_id: OrderId) -> Result<PaymentState> {
+        lock(self, order_id).await
+    }
+    async fn insert_failure(&mut self, order_id: OrderId, failure: &OrderFailure) -> Result<()> {
+        insert_failure(self, order_id, failure).await
+    }
+    async fn insert_payment(&mut self, payment: &Payment) -> Result<bool> {
+        insert(self, payment).await
+    }
+    async fn update_payment(&mut self, old: &Payment, new: &Payment) -> Result<bool> {
+        update(self, old, new).await
+    }
+}
+
+/// Locks the payment of `order_id` (if it has one) in `store` for the rest of its transaction,
+/// applies `decide` to its state and writes what changed; the events `decide` returned are in
+/// the result, not yet queued (see [`enqueue`]). [`Error::ChangedMeanwhile`] (transient) if
+/// another transaction recorded a payment for the order after it was read: done again, the
+/// caller decides on that one.
+pub async fn transition<S: PaymentStore>(
+    store: &mut S,
     order_id: OrderId,
     decide: impl FnOnce(PaymentState) -> (PaymentState, Vec<SagaEvent>),
 ) -> Result<Transition> {
-    let before = lock(tx, order_id).await?;
+    let before = store.lock(order_id).await?;
     let (after, events) = decide(before.clone());
-    save(tx, order_id, &before, &after).await?;
+    save(store, order_id, &before, &after).await?;
     Ok(Transition {
         order_id,
         before,
@@ -62,22 +98,6 @@ pub async fn enqueue(tx: &mut PgConnection, transition: &Transition) -> Result<(
     for event in &transition.events {
         outbox::enqueue(tx, event, traceparent).await?;
     }
-    Ok(())
-}
-
-/// Gives the payment of `order_id` the id the service published for it (in payment.success and
-/// payment.refunded), for replay: payments made before ids were derived from the order id (see
-/// [`crate::domain::payment_id_for`]) had random ones, which only their events still tell.
-pub async fn adopt_published_payment_id(
-    executor: impl PgExecutor<'_>,
-    order_id: OrderId,
-    payment_id: PaymentId,
-) -> Result<()> {
-    sqlx::query("UPDATE payments SET payment_id = $2 WHERE order_id = $1 AND payment_id <> $2")
-        .bind(order_id)
-        .bind(payment_id)
-        .execute(executor)
-        .await?;
     Ok(())
 }
 
@@ -150,30 +170,31 @@ async fn failure(executor: impl PgExecutor<'_>, order_id: OrderId) -> Result<Opt
             .bind(order_id)
             .fetch_optional(executor)
             .await?;
-    Ok(row.map(|(reason, event_id)| OrderFailure {
+    Ok(row.map(|(reason, event_id)| stored_failure(&reason, event_id)))
+}
+
+/// An order failure as `failed_orders` stores it: the reason's symbol (older rows hold the
+/// order.failed's free text) and the order.failed's id.
+pub(crate) fn stored_failure(reason: &str, event_id: Option<EventId>) -> OrderFailure {
+    OrderFailure {
         event_id,
-        // Stored as the reason's symbol; older rows hold the order.failed's free text.
-        reason: FailureReason::from_v1_text(&reason),
-    }))
+        reason: FailureReason::from_v1_text(reason),
+    }
 }
 
 /// Writes what changed from `before` to `after`.
-async fn save(tx: &mut PgConnection, order_id: OrderId, before: &PaymentState, after: &PaymentState) -> Result<()> {
+async fn save<S: PaymentStore>(
+    store: &mut S,
+    order_id: OrderId,
+    before: &PaymentState,
+    after: &PaymentState,
+) -> Result<()> {
     if let (None, Some(failure)) = (&before.failure, &after.failure) {
-        // The first failure is kept, also when another consumer recorded one meanwhile.
-        sqlx::query(
-            "INSERT INTO failed_orders (order_id, reason, event_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(order_id)
-        .bind(failure.reason.as_str())
-        .bind(failure.event_id)
-        .execute(&mut *tx)
-        .await?;
+        store.insert_failure(order_id, failure).await?;
     }
     let written = match (&before.payment, &after.payment) {
-        (None, Some(payment)) => insert(tx, payment).await?,
-        (Some(old), Some(new)) if old != new => update(tx, old, new).await?,
+        (None, Some(payment)) => store.insert_payment(payment).await?,
+        (Some(old), Some(new)) if old != new => store.update_payment(old, new).await?,
         _ => true,
     };
     if written {
@@ -181,6 +202,21 @@ async fn save(tx: &mut PgConnection, order_id: OrderId, before: &PaymentState, a
     } else {
         Err(Error::ChangedMeanwhile(order_id))
     }
+}
+
+/// Records the failure of `order_id`; the first failure is kept, also when another consumer
+/// recorded one meanwhile.
+async fn insert_failure(tx: &mut PgConnection, order_id: OrderId, failure: &OrderFailure) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO failed_orders (order_id, reason, event_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(failure.reason.as_str())
+    .bind(failure.event_id)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// Inserts a new (pending) payment; `false` if the order has one already.
@@ -231,15 +267,15 @@ async fn update(tx: &mut PgConnection, old: &Payment, new: &Payment) -> Result<b
 }
 
 /// The columns a payment's status fills.
-struct StatusColumns<'a> {
-    token: Option<&'a str>,
-    requested_by: Option<EventId>,
-    capture: Option<&'a str>,
-    decline_reason: Option<&'a str>,
+pub(crate) struct StatusColumns<'a> {
+    pub(crate) token: Option<&'a str>,
+    pub(crate) requested_by: Option<EventId>,
+    pub(crate) capture: Option<&'a str>,
+    pub(crate) decline_reason: Option<&'a str>,
 }
 
 impl<'a> StatusColumns<'a> {
-    fn of(payment: &'a Payment) -> Self {
+    pub(crate) fn of(payment: &'a Payment) -> Self {
         let mut columns = Self {
             token: None,
             requested_by: None,
@@ -263,19 +299,19 @@ impl<'a> StatusColumns<'a> {
 const PAYMENT_COLUMNS: &str = "order_id, payment_id, status, amount_minor, currency, traceparent, payment_token, \
                                causation_id, gateway_reference, decline_reason";
 
-/// One row of `payments`, as stored.
+/// One row of `payments`, as stored (the columns a [`Payment`] is read from).
 #[derive(Debug, sqlx::FromRow)]
-struct PaymentRow {
-    order_id: OrderId,
-    payment_id: PaymentId,
-    status: String,
-    amount_minor: i64,
-    currency: String,
-    traceparent: Option<String>,
-    payment_token: Option<String>,
-    causation_id: Option<EventId>,
-    gateway_reference: Option<String>,
-    decline_reason: Option<String>,
+pub(crate) struct PaymentRow {
+    pub(crate) order_id: OrderId,
+    pub(crate) payment_id: PaymentId,
+    pub(crate) status: String,
+    pub(crate) amount_minor: i64,
+    pub(crate) currency: String,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) payment_token: Option<String>,
+    pub(crate) causation_id: Option<EventId>,
+    pub(crate) gateway_reference: Option<String>,
+    pub(crate) decline_reason: Option<String>,
 }
 
 impl TryFrom<PaymentRow> for Payment {

@@ -47,10 +47,12 @@ fn rebuilder(service: &str) -> Option<Box<dyn Rebuild>> {
 pub async fn rebuild_and_verify(view: &ClusterView) -> anyhow::Result<Vec<ReplayCheck>> {
     let mut checks = Vec::new();
     for (service, live_url) in &view.databases {
-        let Some(rebuild) = rebuilder(service) else { continue };
+        let Some(mut rebuild) = rebuilder(service) else {
+            continue;
+        };
         let rebuilt_url = format!("{live_url}_rebuilt");
         let report = replay::run(
-            rebuild.as_ref(),
+            rebuild.as_mut(),
             &view.kafka,
             &view.registry,
             &rebuilt_url,

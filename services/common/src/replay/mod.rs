@@ -4,21 +4,29 @@
 //! A service takes part by implementing [`Rebuild`]. The runner ([`run`]) migrates the target,
 //! takes the topics' end offsets when it starts, reads every record up to them, and for each
 //! event: records it in the inbox (for the topics the live service consumes, so the rebuilt
-//! inbox deduplicates like the live one), hands it to [`Rebuild::apply`] in a transaction that
-//! also stores the replay's progress, and compares the decisions the service re-ran with the
-//! ones recorded on the topics. No producer, SMTP transport or payment gateway exists in replay
-//! mode: [`Rebuild::apply`] gets a database transaction and nothing else.
+//! inbox deduplicates like the live one), hands it to [`Rebuild::apply`], and compares the
+//! decisions the service re-ran with the ones recorded on the topics. The state is built in
+//! memory ([`memory`]) and written every `batch_size` events in one transaction with the
+//! replay's progress, in multi-row statements, so an interrupted replay resumes from its last
+//! write. No producer, SMTP transport or payment gateway exists in replay mode: a rebuild holds
+//! its tables and nothing else.
+
+pub mod memory;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
 
 use async_trait::async_trait;
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use saga_contracts::{EventId, EventType, OrderId, SagaEvent, Topic};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::migrate::Migrator;
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::codec::{DecodeError, EventCodec, TRACEPARENT_HEADER};
 use crate::config::{KafkaConfig, RegistryConfig};
@@ -26,7 +34,10 @@ use crate::consumer::{header_value, ConsumedEvent, HandlerError};
 use crate::error::{Classify, ErrorClass};
 use crate::retry::ErrorPolicy;
 use crate::service::ServiceSpec;
-use crate::{database, inbox, kafka, Error, Result};
+use crate::{database, kafka, Error, Result};
+
+use memory::{MemoryTable, RebuiltTable, Row, Statement};
+pub use verify::{verify, Difference};
 
 /// What a service's rebuild reads, re-runs and compares.
 #[derive(Debug)]
@@ -48,19 +59,25 @@ pub struct Rebuilding {
     pub tables: &'static [VerifiedTable],
 }
 
-/// A service whose state can be rebuilt from its topics.
+/// A service whose state can be rebuilt from its topics: it holds the state in memory, as
+/// [`MemoryTable`]s its store code reads and changes.
 #[async_trait]
-pub trait Rebuild: Send + Sync {
+pub trait Rebuild: Send {
     /// What the rebuild reads, re-runs and compares.
     fn rebuilding(&self) -> &'static Rebuilding;
 
-    /// Applies one event to the state in `tx`, with the live service's domain and store code,
-    /// and returns the events the live service would have emitted for it (never published:
-    /// only compared with the recorded ones). Called for the events of the consumed topics
-    /// after the inbox took them (a duplicate is not applied), and for every event of the
-    /// service's own topics: the service applies the facts among them (a gateway's outcome, an
-    /// email sent, a decision no event caused, like a deadline) and ignores the rest.
-    async fn apply(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError>;
+    /// Applies one event to the state, with the live service's domain and store code, and
+    /// returns the events the live service would have emitted for it (never published: only
+    /// compared with the recorded ones). Called for the events of the consumed topics after the
+    /// inbox took them (a duplicate is not applied), and for every event of the service's own
+    /// topics: the service applies the facts among them (a gateway's outcome, an email sent, a
+    /// decision no event caused, like a deadline) and ignores the rest. When it refuses an
+    /// event, the runner undoes what the event changed.
+    async fn apply(&mut self, event: &ConsumedEvent) -> Result<Vec<SagaEvent>, HandlerError>;
+
+    /// The tables the rebuild holds, parents before the tables that refer to them: the runner
+    /// loads them when it resumes, ends each event on them and writes their changes.
+    fn rebuilt_tables(&mut self) -> Vec<&mut dyn RebuiltTable>;
 
     /// The service.
     fn spec(&self) -> ServiceSpec {
@@ -109,7 +126,7 @@ pub struct VerifiedTable {
 /// How a replay runs.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
-    /// Events applied per transaction (the progress is stored with each).
+    /// Events whose changes are written per transaction (the progress is stored with each).
     pub batch_size: usize,
     /// Only events that occurred up to this time (Unix milliseconds); later ones are read and
     /// passed over.
@@ -121,7 +138,7 @@ pub struct ReplayOptions {
 impl Default for ReplayOptions {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 20_000,
             until_millis: None,
             order_id: None,
         }
@@ -216,7 +233,7 @@ struct Record {
 /// Rebuilds `rebuild`'s state into the database at `target_url` from the topics of `kafka`,
 /// calling `report_progress` about once a second. See the module documentation.
 pub async fn run(
-    rebuild: &dyn Rebuild,
+    rebuild: &mut dyn Rebuild,
     kafka: &KafkaConfig,
     registry: &RegistryConfig,
     target_url: &str,
@@ -227,7 +244,7 @@ pub async fn run(
     let migrator = database::migrator(rebuild.migrations());
     let database = database::connect_and_migrate(target_url, &migrator, 2).await?;
     let service = rebuild.spec().name;
-    let resumed = prepare_run(&database, rebuild, options).await?;
+    let resumed = prepare_run(&database, rebuild.rebuilding(), options).await?;
     // The own topics' end offsets are taken first: every own event below them was caused by a
     // consumed event written earlier, so below the consumed topics' end offsets taken after.
     let topics: Vec<String> = rebuild
@@ -239,63 +256,63 @@ pub async fn run(
     if !resumed {
         record_end_offsets(&database, kafka, &topics).await?;
     }
-    let mut positions = load_positions(&database).await?;
-    let consumed_topics: Vec<String> = rebuild.consumes().iter().map(|topic| kafka.topic(*topic)).collect();
+    let positions = load_positions(&database).await?;
+    let mut replay = Replay {
+        consumed_topics: rebuild.consumes().iter().map(|topic| kafka.topic(*topic)).collect(),
+        decisions: rebuild.decisions(),
+        options: options.clone(),
+        bookkeeping: Bookkeeping::default(),
+        report: ReplayReport {
+            resumed,
+            ..ReplayReport::default()
+        },
+        handled: HashSet::new(),
+        positions,
+        findings: Vec::new(),
+        since_write: 0,
+        writing: JoinSet::new(),
+    };
+    replay.load(&database, rebuild, resumed).await?;
     let codec = EventCodec::new(registry, kafka)?;
     let consumer = kafka::consumer(
         kafka,
         &format!("{}replay-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple()),
     )?;
     let mut assignment = TopicPartitionList::new();
-    for ((topic, partition), position) in &positions {
+    for ((topic, partition), position) in &replay.positions {
         if position.next < position.end {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(position.next))?;
         }
     }
     consumer.assign(&assignment)?;
     let own_topics: Vec<String> = rebuild.records_on().iter().map(|topic| kafka.topic(*topic)).collect();
-    let own = read_own_record(kafka, &codec, &positions, &own_topics, rebuild.decisions()).await?;
-    // Events handled (applied, duplicate or filtered): an event waits for its cause.
-    let mut handled: HashSet<EventId> = if resumed {
-        sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM inbox UNION SELECT event_id FROM replay_seen")
-            .fetch_all(&database)
-            .await?
-            .into_iter()
-            .map(EventId::from)
-            .collect()
-    } else {
-        HashSet::new()
-    };
-    let mut expected = load_expected(&database).await?;
-    let mut report = ReplayReport {
-        resumed,
-        ..ReplayReport::default()
-    };
+    let own = read_own_record(kafka, &codec, &replay.positions, &own_topics, rebuild.decisions()).await?;
     let mut queues: BTreeMap<(String, i32), VecDeque<Record>> = BTreeMap::new();
     let mut last_progress = Instant::now();
-    let run_started_done: u64 = positions.values().map(Position::done).sum();
+    let run_started_done: u64 = replay.positions.values().map(Position::done).sum();
     tracing::info!(service, resumed, topics = ?topics, "replay started");
     loop {
         // Records are applied in the order the live service took them in (see `merge_key`),
         // across partitions and topics, so a decision is re-run after the facts it depended on,
         // as live: a record is taken only when every partition not yet at its end offset has
         // one in hand.
-        let open: Vec<(String, i32)> = positions
+        let open: Vec<&(String, i32)> = replay
+            .positions
             .iter()
             .filter(|(_, position)| position.next < position.end)
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| key)
             .collect();
         if open.is_empty() {
             break;
         }
-        let waiting_for = open.iter().find(|key| queues.get(*key).is_none_or(VecDeque::is_empty));
+        let waiting_for = open.iter().find(|key| queues.get(**key).is_none_or(VecDeque::is_empty));
         if waiting_for.is_some() {
             let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
                 .await
                 .map_err(|_| Error::Config(format!("no record for a minute while replaying {topics:?}")))??;
             let event = decode_retrying(&codec, message.payload()).await;
             let timestamp = message.timestamp().to_millis().unwrap_or(0);
-            let consumed = consumed_topics.iter().any(|topic| topic == message.topic());
+            let consumed = replay.consumed_topics.iter().any(|topic| topic == message.topic());
             queues
                 .entry((message.topic().to_owned(), message.partition()))
                 .or_default()
@@ -313,77 +330,61 @@ pub async fn run(
                 });
             continue;
         }
-        let mut batch = Vec::with_capacity(options.batch_size);
-        while batch.len() < options.batch_size {
-            let heads: Vec<Head<'_>> = open
-                .iter()
-                .filter(|key| positions[*key].next + count_taken(&batch, key) < positions[*key].end)
-                .filter_map(|key| {
-                    queues.get(key).and_then(VecDeque::front).map(|record| Head {
-                        partition: key,
-                        order: (record.merge_key, record.offset),
-                        cause_handled: record.cause.is_none_or(|cause| handled.contains(&cause)),
-                    })
+        let heads: Vec<Head<'_>> = open
+            .iter()
+            .filter_map(|key| {
+                queues.get(*key).and_then(VecDeque::front).map(|record| Head {
+                    partition: key,
+                    order: (record.merge_key, record.offset),
+                    cause_handled: record.cause.is_none_or(|cause| replay.handled.contains(&cause)),
                 })
-                .collect();
-            // An event waits until the event in the replayed range that caused it was applied,
-            // and so does every later one: a waiting event holds back the records behind it in
-            // its partition, which would otherwise be overtaken. Only when nothing can go on
-            // that way does the earliest event whose cause was applied go, and failing that, the
-            // earliest of all (its cause lies outside the range).
-            let barrier = heads
-                .iter()
-                .filter(|head| !head.cause_handled)
-                .map(|head| head.order)
-                .min();
-            let next = heads
-                .iter()
-                .filter(|head| head.cause_handled && barrier.is_none_or(|barrier| head.order <= barrier))
-                .min_by_key(|head| head.order)
-                .or_else(|| {
-                    heads
-                        .iter()
-                        .filter(|head| head.cause_handled)
-                        .min_by_key(|head| head.order)
-                })
-                .or_else(|| heads.iter().min_by_key(|head| head.order));
-            let Some(next) = next else { break };
-            let key: (String, i32) = next.partition.clone();
-            let record = queues
-                .get_mut(&key)
-                .and_then(VecDeque::pop_front)
-                .expect("a record in hand");
-            let finished = record.offset + 1 >= positions[&key].end;
-            if let Ok(event) = &record.event {
-                handled.insert(event.event_id());
-            }
-            batch.push(record);
-            if finished || queues.get(&key).is_none_or(VecDeque::is_empty) {
-                break;
-            }
+            })
+            .collect();
+        // An event waits until the event in the replayed range that caused it was applied, and
+        // so does every later one: a waiting event holds back the records behind it in its
+        // partition, which would otherwise be overtaken. Only when nothing can go on that way
+        // does the earliest event whose cause was applied go, and failing that, the earliest of
+        // all (its cause lies outside the range).
+        let barrier = heads
+            .iter()
+            .filter(|head| !head.cause_handled)
+            .map(|head| head.order)
+            .min();
+        let next = heads
+            .iter()
+            .filter(|head| head.cause_handled && barrier.is_none_or(|barrier| head.order <= barrier))
+            .min_by_key(|head| head.order)
+            .or_else(|| {
+                heads
+                    .iter()
+                    .filter(|head| head.cause_handled)
+                    .min_by_key(|head| head.order)
+            })
+            .or_else(|| heads.iter().min_by_key(|head| head.order));
+        let Some(next) = next else { break };
+        let key: (String, i32) = next.partition.clone();
+        let record = queues
+            .get_mut(&key)
+            .and_then(VecDeque::pop_front)
+            .expect("a record in hand");
+        replay.take(rebuild, &record).await?;
+        if replay.since_write >= options.batch_size.max(1) {
+            replay.write(&database, rebuild).await?;
         }
-        apply_batch(
-            &database,
-            rebuild,
-            &consumed_topics,
-            options,
-            &batch,
-            &mut expected,
-            &mut positions,
-            &mut report,
-        )
-        .await?;
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
-            report_progress(&progress(&positions, run_started_done, started.elapsed()));
+            report_progress(&progress(&replay.positions, run_started_done, started.elapsed()));
         }
     }
-    report.unconfirmed = expected.len() as u64;
+    replay.write(&database, rebuild).await?;
+    replay.finish_writing().await?;
+    let mut report = replay.report;
+    report.unconfirmed = replay.bookkeeping.expected.len() as u64;
     sqlx::query("UPDATE replay_run SET finished_at = now()")
         .execute(&database)
         .await?;
     report.elapsed = started.elapsed();
-    report_progress(&progress(&positions, run_started_done, report.elapsed));
+    report_progress(&progress(&replay.positions, run_started_done, report.elapsed));
     database.close().await;
     tracing::info!(
         service,
@@ -392,6 +393,367 @@ pub async fn run(
         "replay finished"
     );
     Ok(report)
+}
+
+/// The runner's own tables, kept and written like a rebuild's.
+#[derive(Default)]
+struct Bookkeeping {
+    /// The inbox of the consumed topics, as the live service keeps it.
+    inbox: MemoryTable<InboxRow>,
+    /// The service's own events applied (the relay publishes at least once).
+    seen: MemoryTable<SeenRow>,
+    /// Re-run decisions awaiting their recorded counterpart.
+    expected: MemoryTable<ExpectedRow>,
+}
+
+impl Bookkeeping {
+    fn tables(&mut self) -> [&mut dyn RebuiltTable; 3] {
+        [&mut self.inbox, &mut self.seen, &mut self.expected]
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InboxRow {
+    event_id: EventId,
+    event_type: String,
+    source_topic: String,
+    source_partition: i32,
+    source_offset: i64,
+}
+
+impl Row for InboxRow {
+    type Key = EventId;
+    const TABLE: &'static str = "inbox";
+    const KEY_COLUMNS: &'static [&'static str] = &["event_id"];
+    fn key(&self) -> EventId {
+        self.event_id
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeenRow {
+    event_id: EventId,
+}
+
+impl Row for SeenRow {
+    type Key = EventId;
+    const TABLE: &'static str = "replay_seen";
+    const KEY_COLUMNS: &'static [&'static str] = &["event_id"];
+    fn key(&self) -> EventId {
+        self.event_id
+    }
+}
+
+/// A re-run decision awaiting its recorded counterpart, by order and event type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExpectedRow {
+    order_id: OrderId,
+    event_type: String,
+    event: Value,
+}
+
+impl Row for ExpectedRow {
+    type Key = (OrderId, String);
+    const TABLE: &'static str = "replay_expected";
+    const KEY_COLUMNS: &'static [&'static str] = &["order_id", "event_type"];
+    fn key(&self) -> Self::Key {
+        (self.order_id, self.event_type.clone())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProgressRow {
+    topic: String,
+    partition: i32,
+    low_offset: i64,
+    next_offset: i64,
+    end_offset: i64,
+}
+
+impl Row for ProgressRow {
+    type Key = (String, i32);
+    const TABLE: &'static str = "replay_progress";
+    const KEY_COLUMNS: &'static [&'static str] = &["topic", "partition"];
+    fn key(&self) -> Self::Key {
+        (self.topic.clone(), self.partition)
+    }
+}
+
+/// A replay under way: what it has applied in memory and not yet written.
+struct Replay {
+    consumed_topics: Vec<String>,
+    decisions: &'static [EventType],
+    options: ReplayOptions,
+    bookkeeping: Bookkeeping,
+    report: ReplayReport,
+    /// Events handled (applied, duplicate or filtered): an event waits for its cause.
+    handled: HashSet<EventId>,
+    positions: BTreeMap<(String, i32), Position>,
+    /// Findings not yet written.
+    findings: Vec<Finding>,
+    /// Records taken since the last write.
+    since_write: usize,
+    /// The write under way (dropped, it is aborted: its transaction rolls back).
+    writing: JoinSet<Result<()>>,
+}
+
+impl Replay {
+    /// Starts from nothing, or, resuming, from what the interrupted replay wrote.
+    async fn load(&mut self, database: &PgPool, rebuild: &mut dyn Rebuild, resumed: bool) -> Result<()> {
+        let mut tables = rebuild.rebuilt_tables();
+        tables.extend(self.bookkeeping.tables());
+        for table in tables {
+            table.clear();
+            if resumed {
+                table.load(memory::read_rows(database, table.name()).await?)?;
+            }
+        }
+        if resumed {
+            self.handled = self
+                .bookkeeping
+                .inbox
+                .rows()
+                .map(|row| row.event_id)
+                .chain(self.bookkeeping.seen.rows().map(|row| row.event_id))
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Takes the next record in the merged order: applies its event, or passes it over.
+    async fn take(&mut self, rebuild: &mut dyn Rebuild, record: &Record) -> Result<()> {
+        if let Some(position) = self.positions.get_mut(&(record.topic.clone(), record.partition)) {
+            position.next = record.offset + 1;
+        }
+        *self.report.per_topic.entry(record.topic.clone()).or_default() += 1;
+        self.report.read += 1;
+        self.since_write += 1;
+        let event = match &record.event {
+            Ok(event) => event,
+            Err(reason) => {
+                self.findings
+                    .push(finding(record, "undecodable", None, None, None, reason.clone()));
+                return Ok(());
+            }
+        };
+        self.handled.insert(event.event_id());
+        let out_of_range = self
+            .options
+            .until_millis
+            .is_some_and(|until| event.occurred_at_millis() > until);
+        let other_order = self
+            .options
+            .order_id
+            .is_some_and(|wanted| event.order_id().is_some_and(|order| order != wanted));
+        if out_of_range || other_order {
+            self.report.filtered += 1;
+            return Ok(());
+        }
+        let consumed_topic = self.consumed_topics.contains(&record.topic);
+        let first_time = if consumed_topic {
+            self.bookkeeping.inbox.insert_new(InboxRow {
+                event_id: event.event_id(),
+                event_type: event.event_type().as_str().to_owned(),
+                source_topic: record.topic.clone(),
+                source_partition: record.partition,
+                source_offset: record.offset,
+            })
+        } else {
+            self.bookkeeping.seen.insert_new(SeenRow {
+                event_id: event.event_id(),
+            })
+        };
+        if !first_time {
+            self.report.duplicates += 1;
+            return Ok(());
+        }
+        let consumed = ConsumedEvent {
+            event: event.clone(),
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            traceparent: record.traceparent.clone(),
+        };
+        let applied = rebuild.apply(&consumed).await;
+        // An event the service refuses for good leaves nothing behind, as the live service's
+        // rolled-back transaction does (and the live service dead-letters it).
+        let keep = applied.is_ok();
+        for table in rebuild.rebuilt_tables().into_iter().chain(self.bookkeeping.tables()) {
+            table.end_event(keep);
+        }
+        match applied {
+            Ok(emitted) => {
+                self.report.applied += 1;
+                for decision in emitted.iter().filter(|e| self.decisions.contains(&e.event_type())) {
+                    if let Some(order_id) = decision.order_id() {
+                        self.bookkeeping.expected.upsert(ExpectedRow {
+                            order_id,
+                            event_type: decision.event_type().as_str().to_owned(),
+                            event: comparable(decision),
+                        });
+                    }
+                }
+                self.bookkeeping.expected.end_event(true);
+            }
+            Err(error @ HandlerError::Transient(_)) => {
+                return Err(Error::Replay(format!(
+                    "applying {} at {}/{}:{} failed: {error:#}",
+                    event.event_type(),
+                    record.topic,
+                    record.partition,
+                    record.offset
+                )))
+            }
+            Err(error) => {
+                self.findings.push(finding(
+                    record,
+                    "not_applied",
+                    Some(event),
+                    None,
+                    None,
+                    error.to_string(),
+                ));
+                return Ok(());
+            }
+        }
+        if !consumed_topic && self.decisions.contains(&event.event_type()) {
+            self.compare_decision(record, event);
+        }
+        Ok(())
+    }
+
+    /// Compares a recorded decision with the one the replay re-ran for its order.
+    fn compare_decision(&mut self, record: &Record, event: &SagaEvent) {
+        let Some(order_id) = event.order_id() else { return };
+        let key = (order_id, event.event_type().as_str().to_owned());
+        let recorded = comparable(event);
+        let replayed = self.bookkeeping.expected.remove(&key);
+        self.bookkeeping.expected.end_event(true);
+        match replayed {
+            Some(replayed) if replayed.event == recorded => {}
+            Some(replayed) => self.findings.push(finding(
+                record,
+                "mismatch",
+                Some(event),
+                Some(recorded),
+                Some(replayed.event),
+                "the re-run decision differs from the recorded one".into(),
+            )),
+            // A decision no replayed event caused (a deadline, an HTTP request) is a fact, not
+            // a re-run decision.
+            None if event.causation_id().is_none() => {}
+            None => self.findings.push(finding(
+                record,
+                "unrecorded",
+                Some(event),
+                Some(recorded),
+                None,
+                "the topic records this decision, the replay did not make it".into(),
+            )),
+        }
+    }
+
+    /// Waits for the write under way, if any.
+    async fn finish_writing(&mut self) -> Result<()> {
+        while let Some(written) = self.writing.join_next().await {
+            written.map_err(|e| Error::Replay(format!("writing the replayed state stopped: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Starts writing what changed since the last write, with the progress and the findings,
+    /// in one transaction (see [`write_retrying`]).
+    async fn write(&mut self, database: &PgPool, rebuild: &mut dyn Rebuild) -> Result<()> {
+        let mut statements = Vec::new();
+        for table in rebuild.rebuilt_tables().into_iter().chain(self.bookkeeping.tables()) {
+            statements.extend(table.take_changes()?);
+        }
+        if !self.findings.is_empty() {
+            statements.push(Statement::insert(
+                "replay_findings",
+                self.findings.iter().map(FindingRow::from).collect::<Vec<_>>(),
+            )?);
+        }
+        let progress: Vec<ProgressRow> = self
+            .positions
+            .iter()
+            .map(|((topic, partition), position)| ProgressRow {
+                topic: topic.clone(),
+                partition: *partition,
+                low_offset: position.low,
+                next_offset: position.next,
+                end_offset: position.end,
+            })
+            .collect();
+        statements.push(Statement::upsert(&progress)?);
+        // The write runs while the next events are applied; the one before must be done, so
+        // writes commit in order and at most one is under way.
+        self.finish_writing().await?;
+        let database = database.clone();
+        self.writing
+            .spawn(async move { write_retrying(&database, &statements).await });
+        self.report.findings.append(&mut self.findings);
+        self.since_write = 0;
+        Ok(())
+    }
+}
+
+/// Runs `statements` in one transaction; on a transient failure the same statements are tried
+/// again.
+async fn write_retrying(database: &PgPool, statements: &[Statement]) -> Result<()> {
+    let policy = ErrorPolicy::default();
+    let mut attempt = 0;
+    loop {
+        match write_in_transaction(database, statements).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.class() == ErrorClass::Transient => {
+                attempt += 1;
+                let delay = policy.backoff.delay(attempt);
+                tracing::warn!(%error, attempt, "writing the replayed state failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(Error::Replay(format!("writing the replayed state: {error:#}"))),
+        }
+    }
+}
+
+async fn write_in_transaction(database: &PgPool, statements: &[Statement]) -> Result<()> {
+    let mut tx = database.begin().await?;
+    for statement in statements {
+        statement.execute(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A finding as `replay_findings` holds it.
+#[derive(Debug, Serialize)]
+struct FindingRow<'a> {
+    kind: &'static str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    order_id: Option<OrderId>,
+    event_type: Option<&'static str>,
+    recorded: &'a Option<Value>,
+    replayed: &'a Option<Value>,
+    detail: &'a str,
+}
+
+impl<'a> From<&'a Finding> for FindingRow<'a> {
+    fn from(found: &'a Finding) -> Self {
+        Self {
+            kind: found.kind,
+            topic: &found.topic,
+            partition: found.partition,
+            offset: found.offset,
+            order_id: found.order_id,
+            event_type: found.event_type.map(EventType::as_str),
+            recorded: &found.recorded,
+            replayed: &found.replayed,
+            detail: &found.detail,
+        }
+    }
 }
 
 /// What the service's own topics tell about when the live service took its consumed events in,
@@ -509,14 +871,6 @@ fn cause_in_range(consumed: bool, event: &SagaEvent, own: &OwnRecord) -> Option<
     (!consumed || own.event_ids.contains(&cause)).then_some(cause)
 }
 
-/// How many records of partition `key` the batch holds.
-fn count_taken(batch: &[Record], key: &(String, i32)) -> i64 {
-    batch
-        .iter()
-        .filter(|record| record.topic == key.0 && record.partition == key.1)
-        .count() as i64
-}
-
 async fn decode_retrying(codec: &EventCodec, payload: Option<&[u8]>) -> Result<SagaEvent, String> {
     let mut attempt = 0;
     loop {
@@ -552,8 +906,8 @@ impl Position {
 
 /// Starts the run record, or finds the interrupted one to resume. A new replay needs an empty
 /// target: none of the service's tables may hold a row.
-async fn prepare_run(database: &PgPool, rebuild: &dyn Rebuild, options: &ReplayOptions) -> Result<bool> {
-    let service = rebuild.spec().name;
+async fn prepare_run(database: &PgPool, rebuilding: &Rebuilding, options: &ReplayOptions) -> Result<bool> {
+    let service = rebuilding.service.name;
     let earlier: Option<(String, Option<i64>, Option<uuid::Uuid>, bool)> =
         sqlx::query_as("SELECT service, until_millis, order_id, finished_at IS NOT NULL FROM replay_run")
             .fetch_optional(database)
@@ -578,7 +932,7 @@ async fn prepare_run(database: &PgPool, rebuild: &dyn Rebuild, options: &ReplayO
         tracing::info!(service, "resuming the interrupted replay");
         return Ok(true);
     }
-    for table in rebuild.tables().iter().map(|t| t.name).chain(["inbox"]) {
+    for table in rebuilding.tables.iter().map(|t| t.name).chain(["inbox"]) {
         let holds_rows: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {table})"))
             .fetch_one(database)
             .await?;
@@ -653,20 +1007,6 @@ async fn load_positions(database: &PgPool) -> Result<BTreeMap<(String, i32), Pos
         .collect())
 }
 
-/// Re-run decisions awaiting their recorded counterpart, by order and event type.
-type Expected = HashMap<(OrderId, String), Value>;
-
-async fn load_expected(database: &PgPool) -> Result<Expected> {
-    let rows: Vec<(uuid::Uuid, String, Value)> =
-        sqlx::query_as("SELECT order_id, event_type, event FROM replay_expected")
-            .fetch_all(database)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(order_id, event_type, event)| ((OrderId::from(order_id), event_type), event))
-        .collect())
-}
-
 /// An event as replay compares it: its JSON without what differs between two emissions of the
 /// same decision: its own id and time, and its causation. A decision that waits for two facts
 /// (a payment and a reservation) names the one that arrived last, and which of two events on
@@ -679,253 +1019,6 @@ fn comparable(event: &SagaEvent) -> Value {
         fields.remove("causation_id");
     }
     json
-}
-
-/// Applies `batch` in one transaction, with its progress; on a transient failure the whole
-/// batch is tried again.
-#[allow(clippy::too_many_arguments)]
-async fn apply_batch(
-    database: &PgPool,
-    rebuild: &dyn Rebuild,
-    consumed_topics: &[String],
-    options: &ReplayOptions,
-    batch: &[Record],
-    expected: &mut Expected,
-    positions: &mut BTreeMap<(String, i32), Position>,
-    report: &mut ReplayReport,
-) -> Result<()> {
-    let policy = ErrorPolicy::default();
-    let mut attempt = 0;
-    loop {
-        let mut staged = BatchOutcome::default();
-        match apply_in_transaction(
-            database,
-            rebuild,
-            consumed_topics,
-            options,
-            batch,
-            expected,
-            &mut staged,
-        )
-        .await
-        {
-            Ok(()) => {
-                for key in &staged.confirmed {
-                    expected.remove(key);
-                }
-                expected.extend(staged.added);
-                for record in batch {
-                    if let Some(position) = positions.get_mut(&(record.topic.clone(), record.partition)) {
-                        position.next = record.offset + 1;
-                    }
-                    *report.per_topic.entry(record.topic.clone()).or_default() += 1;
-                }
-                report.read += batch.len() as u64;
-                report.applied += staged.applied;
-                report.duplicates += staged.duplicates;
-                report.filtered += staged.filtered;
-                report.findings.extend(staged.findings);
-                return Ok(());
-            }
-            Err(error) if error.class() == ErrorClass::Transient => {
-                attempt += 1;
-                let delay = policy.backoff.delay(attempt);
-                tracing::warn!(%error, attempt, "replay batch failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => return Err(Error::Replay(format!("{error:#}"))),
-        }
-    }
-}
-
-/// What one batch did, kept apart until its transaction commits.
-#[derive(Default)]
-struct BatchOutcome {
-    /// Re-run decisions the batch made.
-    added: Expected,
-    /// Expectations from earlier batches that the batch met with their recorded decision.
-    confirmed: HashSet<(OrderId, String)>,
-    applied: u64,
-    duplicates: u64,
-    filtered: u64,
-    findings: Vec<Finding>,
-}
-
-impl BatchOutcome {
-    /// Takes the re-run decision awaiting `key`: one of this batch, or one of `earlier`
-    /// batches not yet confirmed.
-    fn take_expected(&mut self, earlier: &Expected, key: &(OrderId, String)) -> Option<Value> {
-        if let Some(event) = self.added.remove(key) {
-            return Some(event);
-        }
-        let event = earlier.get(key).filter(|_| !self.confirmed.contains(key))?;
-        self.confirmed.insert(key.clone());
-        Some(event.clone())
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply_in_transaction(
-    database: &PgPool,
-    rebuild: &dyn Rebuild,
-    consumed_topics: &[String],
-    options: &ReplayOptions,
-    batch: &[Record],
-    earlier: &Expected,
-    outcome: &mut BatchOutcome,
-) -> Result<(), HandlerError> {
-    let mut tx = database.begin().await?;
-    for record in batch {
-        let event = match &record.event {
-            Ok(event) => event,
-            Err(reason) => {
-                outcome
-                    .findings
-                    .push(finding(record, "undecodable", None, None, None, reason.clone()));
-                continue;
-            }
-        };
-        let out_of_range = options
-            .until_millis
-            .is_some_and(|until| event.occurred_at_millis() > until);
-        let other_order = options
-            .order_id
-            .is_some_and(|wanted| event.order_id().is_some_and(|order| order != wanted));
-        if out_of_range || other_order {
-            outcome.filtered += 1;
-            continue;
-        }
-        let consumed = ConsumedEvent {
-            event: event.clone(),
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            traceparent: record.traceparent.clone(),
-        };
-        let first_time = if consumed_topics.contains(&record.topic) {
-            inbox::record(&mut tx, &consumed).await?
-        } else {
-            sqlx::query("INSERT INTO replay_seen (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(event.event_id().uuid())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1
-        };
-        if !first_time {
-            outcome.duplicates += 1;
-            continue;
-        }
-        // Each event in a savepoint: one the service refuses for good is set aside, as the
-        // live service dead-letters it, and the rest of the batch goes on.
-        let mut savepoint = Acquire::begin(&mut *tx).await?;
-        match rebuild.apply(&mut savepoint, &consumed).await {
-            Ok(emitted) => {
-                savepoint.commit().await?;
-                outcome.applied += 1;
-                for decision in emitted.iter().filter(|e| rebuild.decisions().contains(&e.event_type())) {
-                    if let Some(order_id) = decision.order_id() {
-                        outcome.added.insert(
-                            (order_id, decision.event_type().as_str().to_owned()),
-                            comparable(decision),
-                        );
-                    }
-                }
-            }
-            Err(error @ HandlerError::Transient(_)) => return Err(error),
-            Err(error) => {
-                savepoint.rollback().await?;
-                outcome.findings.push(finding(
-                    record,
-                    "not_applied",
-                    Some(event),
-                    None,
-                    None,
-                    error.to_string(),
-                ));
-                continue;
-            }
-        }
-        let recorded_decision =
-            !consumed_topics.contains(&record.topic) && rebuild.decisions().contains(&event.event_type());
-        if recorded_decision {
-            compare_decision(record, event, earlier, outcome);
-        }
-    }
-    for (order_id, event_type) in &outcome.confirmed {
-        sqlx::query("DELETE FROM replay_expected WHERE order_id = $1 AND event_type = $2")
-            .bind(order_id.uuid())
-            .bind(event_type)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for ((order_id, event_type), event) in &outcome.added {
-        sqlx::query(
-            "INSERT INTO replay_expected (order_id, event_type, event) VALUES ($1, $2, $3) \
-             ON CONFLICT (order_id, event_type) DO UPDATE SET event = EXCLUDED.event",
-        )
-        .bind(order_id.uuid())
-        .bind(event_type)
-        .bind(event)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for found in &outcome.findings {
-        sqlx::query(
-            "INSERT INTO replay_findings (kind, topic, partition, \"offset\", order_id, event_type, recorded, replayed, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(found.kind)
-        .bind(&found.topic)
-        .bind(found.partition)
-        .bind(found.offset)
-        .bind(found.order_id.map(OrderId::uuid))
-        .bind(found.event_type.map(EventType::as_str))
-        .bind(&found.recorded)
-        .bind(&found.replayed)
-        .bind(&found.detail)
-        .execute(&mut *tx)
-        .await?;
-    }
-    for record in batch {
-        sqlx::query("UPDATE replay_progress SET next_offset = $3 WHERE topic = $1 AND partition = $2")
-            .bind(&record.topic)
-            .bind(record.partition)
-            .bind(record.offset + 1)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Compares a recorded decision with the one the replay re-ran for its order.
-fn compare_decision(record: &Record, event: &SagaEvent, earlier: &Expected, outcome: &mut BatchOutcome) {
-    let Some(order_id) = event.order_id() else { return };
-    let key = (order_id, event.event_type().as_str().to_owned());
-    let recorded = comparable(event);
-    match outcome.take_expected(earlier, &key) {
-        Some(replayed) if replayed == recorded => {}
-        Some(replayed) => outcome.findings.push(finding(
-            record,
-            "mismatch",
-            Some(event),
-            Some(recorded),
-            Some(replayed),
-            "the re-run decision differs from the recorded one".into(),
-        )),
-        // A decision no replayed event caused (a deadline, an HTTP request) is a fact, not a
-        // re-run decision.
-        None if event.causation_id().is_none() => {}
-        None => outcome.findings.push(finding(
-            record,
-            "unrecorded",
-            Some(event),
-            Some(recorded),
-            None,
-            "the topic records this decision, the replay did not make it".into(),
-        )),
-    }
 }
 
 fn finding(
@@ -969,101 +1062,6 @@ fn progress(positions: &BTreeMap<(String, i32), Position>, done_before: u64, ela
     }
 }
 
-/// A difference between the live and a rebuilt database, as verify reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Difference {
-    /// The table.
-    pub table: &'static str,
-    /// The row's key columns and values.
-    pub key: Value,
-    /// What differs: the row is `missing` from the rebuilt database, `extra` there, or its
-    /// `columns` differ.
-    pub kind: &'static str,
-    /// For `columns`: each differing column with its live and rebuilt value.
-    pub columns: Vec<(String, Value, Value)>,
-}
-
-/// Compares every table of `tables` between `live` and `rebuilt`, row by row by key, every
-/// column but the ignored ones. Returns the differences; none means equal.
-pub async fn verify(tables: &[VerifiedTable], live: &PgPool, rebuilt: &PgPool) -> Result<Vec<Difference>> {
-    let mut differences = Vec::new();
-    for table in tables {
-        let (live_rows, rebuilt_rows) = tokio::try_join!(rows_by_key(live, table), rows_by_key(rebuilt, table))?;
-        for (key, live_row) in &live_rows {
-            match rebuilt_rows.get(key) {
-                None => differences.push(Difference {
-                    table: table.name,
-                    key: key_value(key),
-                    kind: "missing",
-                    columns: Vec::new(),
-                }),
-                Some(rebuilt_row) if rebuilt_row != live_row => differences.push(Difference {
-                    table: table.name,
-                    key: key_value(key),
-                    kind: "columns",
-                    columns: differing_columns(live_row, rebuilt_row),
-                }),
-                Some(_) => {}
-            }
-        }
-        for key in rebuilt_rows.keys().filter(|key| !live_rows.contains_key(*key)) {
-            differences.push(Difference {
-                table: table.name,
-                key: key_value(key),
-                kind: "extra",
-                columns: Vec::new(),
-            });
-        }
-    }
-    Ok(differences)
-}
-
-/// Every row of `table` as JSON without its ignored columns, by its key (as JSON text).
-async fn rows_by_key(database: &PgPool, table: &VerifiedTable) -> Result<BTreeMap<String, Value>> {
-    let rows: Vec<Value> = sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {} t", table.name))
-        .fetch_all(database)
-        .await?;
-    let mut by_key = BTreeMap::new();
-    for mut row in rows {
-        let key: serde_json::Map<String, Value> = table
-            .key
-            .iter()
-            .map(|column| ((*column).to_owned(), row.get(*column).cloned().unwrap_or(Value::Null)))
-            .collect();
-        if let Some(columns) = row.as_object_mut() {
-            for ignored in table.ignored {
-                columns.remove(*ignored);
-            }
-        }
-        by_key.insert(Value::Object(key).to_string(), row);
-    }
-    Ok(by_key)
-}
-
-fn key_value(key: &str) -> Value {
-    serde_json::from_str(key).unwrap_or(Value::Null)
-}
-
-fn differing_columns(live: &Value, rebuilt: &Value) -> Vec<(String, Value, Value)> {
-    let empty = serde_json::Map::new();
-    let live = live.as_object().unwrap_or(&empty);
-    let rebuilt = rebuilt.as_object().unwrap_or(&empty);
-    let mut columns: Vec<&String> = live.keys().chain(rebuilt.keys()).collect();
-    columns.sort();
-    columns.dedup();
-    columns
-        .into_iter()
-        .filter(|column| live.get(*column) != rebuilt.get(*column))
-        .map(|column| {
-            (
-                column.clone(),
-                live.get(column).cloned().unwrap_or(Value::Null),
-                rebuilt.get(column).cloned().unwrap_or(Value::Null),
-            )
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1086,21 +1084,6 @@ mod tests {
             ..again
         };
         assert_ne!(comparable(&order.into()), comparable(&other_total.into()));
-    }
-
-    #[test]
-    fn differing_columns_name_each_column_with_both_values() {
-        let live = serde_json::json!({"a": 1, "b": "x", "c": null});
-        let rebuilt = serde_json::json!({"a": 1, "b": "y", "d": 2});
-        assert_eq!(
-            differing_columns(&live, &rebuilt),
-            vec![
-                ("b".to_owned(), Value::from("x"), Value::from("y")),
-                // A column one side lacks is a difference even where the other holds null.
-                ("c".to_owned(), Value::Null, Value::Null),
-                ("d".to_owned(), Value::Null, Value::from(2)),
-            ]
-        );
     }
 
     #[test]

@@ -1,0 +1,412 @@
+//! The state a replay rebuilds, held in memory and written to the target database in bulk.
+//!
+//! A service's rebuild keeps each of its tables as a [`MemoryTable`] of typed rows. Its store
+//! code reads and changes rows there instead of sending a statement per row, and the replay
+//! runner writes the rows changed since the last write in one transaction, with the replay's
+//! progress: one multi-row statement per table and chunk (`jsonb_populate_recordset` over the
+//! rows as JSON), instead of several round trips per event. Each table also keeps an undo log
+//! of the event being applied, so an event the service refuses leaves no partial change, as the
+//! live service's rolled-back transaction leaves none.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Error, Result};
+
+/// Rows per statement when changed rows are written.
+const ROWS_PER_STATEMENT: usize = 5_000;
+
+/// A row of a table a replay rebuilds: its fields are the table's columns, named alike and in
+/// forms PostgreSQL reads from JSON (UUID and timestamp strings, numbers, arrays). Columns the
+/// row leaves out take their defaults when it is first written.
+pub trait Row: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// What identifies a row (the table's primary key or a unique key).
+    type Key: Hash + Eq + Clone + Debug + Send + Sync;
+    /// The table's name.
+    const TABLE: &'static str;
+    /// The columns of the key, for the upsert's conflict target and for deletes.
+    const KEY_COLUMNS: &'static [&'static str];
+    /// The row's key.
+    fn key(&self) -> Self::Key;
+}
+
+/// A table of a rebuild, as the replay runner handles it without knowing its rows.
+pub trait RebuiltTable: Send {
+    /// The table's name.
+    fn name(&self) -> &'static str;
+    /// Forgets every row (a new run starts from nothing).
+    fn clear(&mut self);
+    /// Takes in rows read from the database (as `to_jsonb` of each row), when a replay resumes.
+    fn load(&mut self, rows: Vec<Value>) -> Result<()>;
+    /// Ends the event being applied: keeps its changes, or undoes them.
+    fn end_event(&mut self, keep: bool);
+    /// The rows changed since the last call, as statements to write them.
+    fn take_changes(&mut self) -> Result<Vec<Statement>>;
+}
+
+/// One SQL statement with its only parameter, a JSON array of rows.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The SQL text; `$1` is the rows.
+    pub sql: String,
+    /// The rows, a JSON array.
+    pub rows: Value,
+}
+
+impl Statement {
+    /// Inserts `rows` into `table`, or updates the rows whose key exists.
+    pub fn upsert<R: Row>(rows: &[R]) -> Result<Self> {
+        let rows = to_json_rows(R::TABLE, rows)?;
+        let columns = columns_of(&rows);
+        Ok(Self {
+            sql: upsert_sql(R::TABLE, &columns, R::KEY_COLUMNS),
+            rows: Value::Array(rows),
+        })
+    }
+
+    /// Inserts `rows` into `table` (a table without a key of its own, like a log).
+    pub fn insert(table: &str, rows: Vec<impl Serialize>) -> Result<Self> {
+        let rows = to_json_rows(table, &rows)?;
+        let columns = quoted(&columns_of(&rows));
+        Ok(Self {
+            sql: format!(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1)"
+            ),
+            rows: Value::Array(rows),
+        })
+    }
+
+    /// Runs the statement in `tx`.
+    pub async fn execute(&self, tx: &mut PgConnection) -> Result<()> {
+        sqlx::query(&self.sql).bind(&self.rows).execute(tx).await?;
+        Ok(())
+    }
+}
+
+/// A table's rows in memory, with what changed since they were last written and the undo log of
+/// the event being applied.
+#[derive(Debug)]
+pub struct MemoryTable<R: Row> {
+    rows: HashMap<R::Key, R>,
+    changed: HashSet<R::Key>,
+    /// Rows removed since the last write, to delete by their key columns.
+    removed: HashMap<R::Key, R>,
+    /// Each row the current event changed, as it was before (`None`: it did not exist).
+    undo: Vec<(R::Key, Option<R>, bool)>,
+}
+
+impl<R: Row> Default for MemoryTable<R> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            changed: HashSet::new(),
+            removed: HashMap::new(),
+            undo: Vec::new(),
+        }
+    }
+}
+
+impl<R: Row> MemoryTable<R> {
+    /// The row with `key`.
+    pub fn get(&self, key: &R::Key) -> Option<&R> {
+        self.rows.get(key)
+    }
+
+    /// Whether a row has `key`.
+    pub fn contains(&self, key: &R::Key) -> bool {
+        self.rows.contains_key(key)
+    }
+
+    /// Every row, in no particular order.
+    pub fn rows(&self) -> impl Iterator<Item = &R> {
+        self.rows.values()
+    }
+
+    /// How many rows there are.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn remember(&mut self, key: &R::Key) {
+        let before = self.rows.get(key).cloned();
+        let was_changed = self.changed.contains(key);
+        self.undo.push((key.clone(), before, was_changed));
+        self.changed.insert(key.clone());
+    }
+
+    /// Inserts `row`, or replaces the row with its key; returns the row it replaced.
+    pub fn upsert(&mut self, row: R) -> Option<R> {
+        let key = row.key();
+        self.remember(&key);
+        self.rows.insert(key, row)
+    }
+
+    /// Inserts `row` unless a row has its key (`INSERT ... ON CONFLICT DO NOTHING`); whether it
+    /// did.
+    pub fn insert_new(&mut self, row: R) -> bool {
+        let key = row.key();
+        if self.rows.contains_key(&key) {
+            return false;
+        }
+        self.remember(&key);
+        self.rows.insert(key, row);
+        true
+    }
+
+    /// Changes the row with `key` by `change`; whether there was one.
+    pub fn update(&mut self, key: &R::Key, change: impl FnOnce(&mut R)) -> bool {
+        if !self.rows.contains_key(key) {
+            return false;
+        }
+        self.remember(key);
+        if let Some(row) = self.rows.get_mut(key) {
+            change(row);
+        }
+        true
+    }
+
+    /// Removes the row with `key`; the row removed.
+    pub fn remove(&mut self, key: &R::Key) -> Option<R> {
+        if !self.rows.contains_key(key) {
+            return None;
+        }
+        self.remember(key);
+        let row = self.rows.remove(key)?;
+        self.removed.insert(key.clone(), row.clone());
+        Some(row)
+    }
+}
+
+impl<R: Row> RebuiltTable for MemoryTable<R> {
+    fn name(&self) -> &'static str {
+        R::TABLE
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    fn load(&mut self, rows: Vec<Value>) -> Result<()> {
+        for row in rows {
+            let row: R = serde_json::from_value(row)
+                .map_err(|e| Error::Replay(format!("a row of {} does not read back: {e}", R::TABLE)))?;
+            self.rows.insert(row.key(), row);
+        }
+        Ok(())
+    }
+
+    fn end_event(&mut self, keep: bool) {
+        if keep {
+            self.undo.clear();
+            return;
+        }
+        while let Some((key, before, was_changed)) = self.undo.pop() {
+            match before {
+                Some(row) => self.rows.insert(key.clone(), row),
+                None => self.rows.remove(&key),
+            };
+            if !was_changed {
+                self.changed.remove(&key);
+            }
+        }
+    }
+
+    fn take_changes(&mut self) -> Result<Vec<Statement>> {
+        let mut upserted = Vec::new();
+        let mut deleted = Vec::new();
+        for key in self.changed.drain() {
+            match self.rows.get(&key) {
+                Some(row) => upserted.push(
+                    serde_json::to_value(row)
+                        .map_err(|e| Error::Replay(format!("a row of {} does not write: {e}", R::TABLE)))?,
+                ),
+                None => deleted.push(key),
+            }
+        }
+        let mut statements = Vec::new();
+        if !upserted.is_empty() {
+            let columns = columns_of(&upserted);
+            let sql = upsert_sql(R::TABLE, &columns, R::KEY_COLUMNS);
+            statements.extend(chunks(upserted, &sql));
+        }
+        let deleted: Vec<Value> = deleted
+            .iter()
+            .filter_map(|key| self.removed.get(key))
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Replay(format!("a row of {} does not write: {e}", R::TABLE)))?;
+        self.removed.clear();
+        if !deleted.is_empty() {
+            statements.extend(chunks(deleted, &delete_sql(R::TABLE, R::KEY_COLUMNS)));
+        }
+        Ok(statements)
+    }
+}
+
+fn to_json_rows(table: &str, rows: &[impl Serialize]) -> Result<Vec<Value>> {
+    rows.iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Replay(format!("a row of {table} does not write: {e}")))
+}
+
+/// The columns the rows name (every row names the same ones).
+fn columns_of(rows: &[Value]) -> Vec<&str> {
+    rows.first()
+        .and_then(Value::as_object)
+        .map(|fields| fields.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn chunks(rows: Vec<Value>, sql: &str) -> Vec<Statement> {
+    rows.chunks(ROWS_PER_STATEMENT)
+        .map(|chunk| Statement {
+            sql: sql.to_owned(),
+            rows: Value::Array(chunk.to_vec()),
+        })
+        .collect()
+}
+
+fn quoted(columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|column| format!("\"{column}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `INSERT` of the rows in `$1`, updating the rows whose key exists.
+fn upsert_sql(table: &str, columns: &[&str], key: &[&str]) -> String {
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|column| !key.contains(column))
+        .map(|column| format!("\"{column}\" = EXCLUDED.\"{column}\""))
+        .collect();
+    let on_conflict = if updates.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1) \
+         ON CONFLICT ({key}) {on_conflict}",
+        columns = quoted(columns),
+        key = quoted(key),
+    )
+}
+
+/// `DELETE` of the rows whose keys are in `$1`.
+fn delete_sql(table: &str, key: &[&str]) -> String {
+    format!(
+        "DELETE FROM {table} t USING jsonb_populate_recordset(NULL::{table}, $1) gone WHERE ({t_key}) = ({gone_key})",
+        t_key = key.iter().map(|c| format!("t.\"{c}\"")).collect::<Vec<_>>().join(", "),
+        gone_key = key
+            .iter()
+            .map(|c| format!("gone.\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// Reads every row of `table` as JSON, for [`RebuiltTable::load`].
+pub(crate) async fn read_rows(database: &PgPool, table: &str) -> Result<Vec<Value>> {
+    Ok(sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t"))
+        .fetch_all(database)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct StockRow {
+        sku: String,
+        available: i64,
+    }
+
+    impl Row for StockRow {
+        type Key = String;
+        const TABLE: &'static str = "stock";
+        const KEY_COLUMNS: &'static [&'static str] = &["sku"];
+        fn key(&self) -> String {
+            self.sku.clone()
+        }
+    }
+
+    fn stock(sku: &str, available: i64) -> StockRow {
+        StockRow {
+            sku: sku.into(),
+            available,
+        }
+    }
+
+    #[test]
+    fn an_event_undone_leaves_the_rows_and_the_changes_as_they_were() {
+        let mut table = MemoryTable::<StockRow>::default();
+        assert!(table.insert_new(stock("A", 5)));
+        table.end_event(true);
+        assert_eq!(table.take_changes().expect("changes").len(), 1);
+
+        // One event changes A twice, adds B and removes nothing; undone, none of it remains.
+        table.update(&"A".into(), |row| row.available -= 2);
+        table.update(&"A".into(), |row| row.available -= 1);
+        assert!(table.insert_new(stock("B", 1)));
+        assert!(!table.insert_new(stock("B", 9)), "B exists");
+        table.end_event(false);
+        assert_eq!(table.get(&"A".into()), Some(&stock("A", 5)));
+        assert!(!table.contains(&"B".into()));
+        assert!(table.take_changes().expect("changes").is_empty(), "nothing to write");
+    }
+
+    #[test]
+    fn changes_are_written_as_one_upsert_and_one_delete_per_table() {
+        let mut table = MemoryTable::<StockRow>::default();
+        table
+            .load(vec![
+                serde_json::json!({"sku": "A", "available": 5, "updated_at": "2026-01-01T00:00:00+00:00"}),
+            ])
+            .expect("loads, ignoring columns the row leaves out");
+        table.upsert(stock("B", 2));
+        table.update(&"A".into(), |row| row.available = 4);
+        table.remove(&"A".into());
+        table.end_event(true);
+        let statements = table.take_changes().expect("changes");
+        assert_eq!(statements.len(), 2);
+        assert_eq!(
+            statements[0].sql,
+            "INSERT INTO stock (\"available\", \"sku\") SELECT \"available\", \"sku\" FROM \
+             jsonb_populate_recordset(NULL::stock, $1) ON CONFLICT (\"sku\") DO UPDATE SET \"available\" = EXCLUDED.\"available\""
+        );
+        assert_eq!(statements[0].rows, serde_json::json!([{"sku": "B", "available": 2}]));
+        assert!(
+            statements[1].sql.starts_with("DELETE FROM stock t USING"),
+            "{}",
+            statements[1].sql
+        );
+        assert_eq!(statements[1].rows, serde_json::json!([{"sku": "A", "available": 4}]));
+        assert!(table.take_changes().expect("changes").is_empty(), "written once");
+    }
+
+    #[test]
+    fn a_table_of_key_columns_only_skips_rows_it_has() {
+        assert_eq!(
+            upsert_sql("replay_seen", &["event_id"], &["event_id"]),
+            "INSERT INTO replay_seen (\"event_id\") SELECT \"event_id\" FROM \
+             jsonb_populate_recordset(NULL::replay_seen, $1) ON CONFLICT (\"event_id\") DO NOTHING"
+        );
+    }
+}
