@@ -11,6 +11,9 @@ mod replay_bench;
 
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use saga_common::config::{KafkaConfig, RegistryConfig};
@@ -89,8 +92,8 @@ enum Command {
         /// Only the events of this order (and events of no order, stock adjustments).
         #[arg(long = "order-id")]
         order_id: Option<saga_contracts::OrderId>,
-        /// Events applied per transaction.
-        #[arg(long = "batch-size", default_value_t = 500)]
+        /// Events whose changes are written per transaction (with the progress).
+        #[arg(long = "batch-size", default_value_t = saga_common::replay::ReplayOptions::default().batch_size)]
         batch_size: usize,
     },
     /// Compares a service's live database with a rebuilt one, table by table and row by row,

@@ -72,6 +72,12 @@ pub(crate) async fn replay(
         report.duplicates,
         report.filtered,
     );
+    println!(
+        "    {:.1} s reading its own topics first; {:.1} s waiting for the broker, {:.1} s for the database",
+        report.scanning.as_secs_f64(),
+        report.waited_for_records.as_secs_f64(),
+        report.waited_for_writes.as_secs_f64(),
+    );
     for (topic, read) in &report.per_topic {
         println!("    {topic}: {read} events");
     }

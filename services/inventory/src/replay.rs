@@ -198,7 +198,7 @@ mod tests {
                     .take_changes()
                     .expect("changes")
                     .into_iter()
-                    .flat_map(|statement| statement.rows.as_array().cloned().unwrap_or_default())
+                    .flat_map(|statement| statement.parsed_rows())
                     .collect();
                 (table.name(), rows)
             })

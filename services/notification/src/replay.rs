@@ -306,7 +306,7 @@ mod tests {
             "{}",
             upsert.sql
         );
-        assert_eq!(upsert.rows.as_array().map(Vec::len), Some(3));
+        assert_eq!(upsert.parsed_rows().len(), 3);
         assert!(notifications.take_changes()?.is_empty(), "written once");
         Ok(())
     }

@@ -50,43 +50,61 @@ pub trait RebuiltTable: Send {
     fn take_changes(&mut self) -> Result<Vec<Statement>>;
 }
 
-/// One SQL statement with its only parameter, a JSON array of rows.
+/// One SQL statement with its only parameter, a JSON array of rows (as text: the rows are
+/// serialized straight into it, without building JSON values first).
 #[derive(Debug, Clone)]
 pub struct Statement {
     /// The SQL text; `$1` is the rows.
     pub sql: String,
     /// The rows, a JSON array.
-    pub rows: Value,
+    pub rows: String,
 }
 
 impl Statement {
     /// Inserts `rows` into `table`, or updates the rows whose key exists.
     pub fn upsert<R: Row>(rows: &[R]) -> Result<Self> {
-        let rows = to_json_rows(R::TABLE, rows)?;
-        let columns = columns_of(&rows);
+        let columns = columns_of(R::TABLE, rows)?;
+        let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
         Ok(Self {
             sql: upsert_sql(R::TABLE, &columns, R::KEY_COLUMNS),
-            rows: Value::Array(rows),
+            rows: json_array(R::TABLE, rows)?,
         })
     }
 
     /// Inserts `rows` into `table` (a table without a key of its own, like a log).
-    pub fn insert(table: &str, rows: Vec<impl Serialize>) -> Result<Self> {
-        let rows = to_json_rows(table, &rows)?;
-        let columns = quoted(&columns_of(&rows));
+    pub fn insert<T: Serialize>(table: &str, rows: &[T]) -> Result<Self> {
+        let columns = columns_of(table, rows)?;
+        let columns = quoted(&columns.iter().map(String::as_str).collect::<Vec<_>>());
         Ok(Self {
             sql: format!(
-                "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1)"
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)"
             ),
-            rows: Value::Array(rows),
+            rows: json_array(table, rows)?,
         })
+    }
+
+    /// The rows, parsed (for tests and diagnostics).
+    pub fn parsed_rows(&self) -> Vec<Value> {
+        serde_json::from_str(&self.rows).unwrap_or_default()
     }
 
     /// Runs the statement in `tx`.
     pub async fn execute(&self, tx: &mut PgConnection) -> Result<()> {
-        sqlx::query(&self.sql).bind(&self.rows).execute(tx).await?;
+        sqlx::query(&self.sql).bind(self.rows.as_str()).execute(tx).await?;
         Ok(())
     }
+}
+
+/// What undoing one row's changes by an event restores.
+#[derive(Debug)]
+struct Undo<R: Row> {
+    key: R::Key,
+    /// The row before the event (`None`: it did not exist).
+    before: Option<R>,
+    /// Whether it was changed since the last write already.
+    was_changed: bool,
+    /// Whether it was inserted since the last write already.
+    was_fresh: bool,
 }
 
 /// A table's rows in memory, with what changed since they were last written and the undo log of
@@ -97,8 +115,11 @@ pub struct MemoryTable<R: Row> {
     changed: HashSet<R::Key>,
     /// Rows removed since the last write, to delete by their key columns.
     removed: HashMap<R::Key, R>,
+    /// Rows first inserted since the last write: the database does not hold them, so removing
+    /// one again needs no delete.
+    fresh: HashSet<R::Key>,
     /// Each row the current event changed, as it was before (`None`: it did not exist).
-    undo: Vec<(R::Key, Option<R>, bool)>,
+    undo: Vec<Undo<R>>,
 }
 
 impl<R: Row> Default for MemoryTable<R> {
@@ -107,6 +128,7 @@ impl<R: Row> Default for MemoryTable<R> {
             rows: HashMap::new(),
             changed: HashSet::new(),
             removed: HashMap::new(),
+            fresh: HashSet::new(),
             undo: Vec::new(),
         }
     }
@@ -139,10 +161,20 @@ impl<R: Row> MemoryTable<R> {
     }
 
     fn remember(&mut self, key: &R::Key) {
-        let before = self.rows.get(key).cloned();
-        let was_changed = self.changed.contains(key);
-        self.undo.push((key.clone(), before, was_changed));
+        // The row as it was before the event is all an undo needs: once per row and event.
+        if self.undo.iter().any(|undo| &undo.key == key) {
+            return;
+        }
+        self.undo.push(Undo {
+            key: key.clone(),
+            before: self.rows.get(key).cloned(),
+            was_changed: self.changed.contains(key),
+            was_fresh: self.fresh.contains(key),
+        });
         self.changed.insert(key.clone());
+        if !self.rows.contains_key(key) && !self.removed.contains_key(key) {
+            self.fresh.insert(key.clone());
+        }
     }
 
     /// Inserts `row`, or replaces the row with its key; returns the row it replaced.
@@ -211,71 +243,73 @@ impl<R: Row> RebuiltTable for MemoryTable<R> {
             self.undo.clear();
             return;
         }
-        while let Some((key, before, was_changed)) = self.undo.pop() {
-            match before {
-                Some(row) => self.rows.insert(key.clone(), row),
-                None => self.rows.remove(&key),
+        while let Some(undo) = self.undo.pop() {
+            match undo.before {
+                Some(row) => self.rows.insert(undo.key.clone(), row),
+                None => self.rows.remove(&undo.key),
             };
-            if !was_changed {
-                self.changed.remove(&key);
+            if !undo.was_changed {
+                self.changed.remove(&undo.key);
+            }
+            if !undo.was_fresh {
+                self.fresh.remove(&undo.key);
             }
         }
     }
 
     fn take_changes(&mut self) -> Result<Vec<Statement>> {
-        let mut upserted = Vec::new();
-        let mut deleted = Vec::new();
-        for key in self.changed.drain() {
-            match self.rows.get(&key) {
-                Some(row) => upserted.push(
-                    serde_json::to_value(row)
-                        .map_err(|e| Error::Replay(format!("a row of {} does not write: {e}", R::TABLE)))?,
-                ),
-                None => deleted.push(key),
+        let mut upserted: Vec<&R> = Vec::new();
+        let mut deleted: Vec<&R> = Vec::new();
+        for key in &self.changed {
+            match self.rows.get(key) {
+                Some(row) => upserted.push(row),
+                None if self.fresh.contains(key) => {}
+                None => deleted.extend(self.removed.get(key)),
             }
         }
         let mut statements = Vec::new();
         if !upserted.is_empty() {
-            let columns = columns_of(&upserted);
+            let columns = columns_of(R::TABLE, &upserted)?;
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
             let sql = upsert_sql(R::TABLE, &columns, R::KEY_COLUMNS);
-            statements.extend(chunks(upserted, &sql));
+            for chunk in upserted.chunks(ROWS_PER_STATEMENT) {
+                statements.push(Statement {
+                    sql: sql.clone(),
+                    rows: json_array(R::TABLE, chunk)?,
+                });
+            }
         }
-        let deleted: Vec<Value> = deleted
-            .iter()
-            .filter_map(|key| self.removed.get(key))
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::Replay(format!("a row of {} does not write: {e}", R::TABLE)))?;
-        self.removed.clear();
         if !deleted.is_empty() {
-            statements.extend(chunks(deleted, &delete_sql(R::TABLE, R::KEY_COLUMNS)));
+            let sql = delete_sql(R::TABLE, R::KEY_COLUMNS);
+            for chunk in deleted.chunks(ROWS_PER_STATEMENT) {
+                statements.push(Statement {
+                    sql: sql.clone(),
+                    rows: json_array(R::TABLE, chunk)?,
+                });
+            }
         }
+        self.changed.clear();
+        self.removed.clear();
+        self.fresh.clear();
         Ok(statements)
     }
 }
 
-fn to_json_rows(table: &str, rows: &[impl Serialize]) -> Result<Vec<Value>> {
-    rows.iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Replay(format!("a row of {table} does not write: {e}")))
+/// The columns the rows name: the fields of the first (every row names the same ones).
+fn columns_of<T: Serialize>(table: &str, rows: &[T]) -> Result<Vec<String>> {
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    match serde_json::to_value(first) {
+        Ok(Value::Object(fields)) => Ok(fields.keys().cloned().collect()),
+        Ok(other) => Err(Error::Replay(format!("a row of {table} is not an object: {other}"))),
+        Err(e) => Err(Error::Replay(format!("a row of {table} does not write: {e}"))),
+    }
 }
 
-/// The columns the rows name (every row names the same ones).
-fn columns_of(rows: &[Value]) -> Vec<&str> {
-    rows.first()
-        .and_then(Value::as_object)
-        .map(|fields| fields.keys().map(String::as_str).collect())
-        .unwrap_or_default()
-}
-
-fn chunks(rows: Vec<Value>, sql: &str) -> Vec<Statement> {
-    rows.chunks(ROWS_PER_STATEMENT)
-        .map(|chunk| Statement {
-            sql: sql.to_owned(),
-            rows: Value::Array(chunk.to_vec()),
-        })
-        .collect()
+/// The rows as one JSON array.
+fn json_array<T: Serialize>(table: &str, rows: &[T]) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| Error::Replay(format!("a row of {table} does not write: {e}")))
 }
 
 fn quoted(columns: &[&str]) -> String {
@@ -299,7 +333,7 @@ fn upsert_sql(table: &str, columns: &[&str], key: &[&str]) -> String {
         format!("DO UPDATE SET {}", updates.join(", "))
     };
     format!(
-        "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1) \
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
          ON CONFLICT ({key}) {on_conflict}",
         columns = quoted(columns),
         key = quoted(key),
@@ -309,7 +343,7 @@ fn upsert_sql(table: &str, columns: &[&str], key: &[&str]) -> String {
 /// `DELETE` of the rows whose keys are in `$1`.
 fn delete_sql(table: &str, key: &[&str]) -> String {
     format!(
-        "DELETE FROM {table} t USING jsonb_populate_recordset(NULL::{table}, $1) gone WHERE ({t_key}) = ({gone_key})",
+        "DELETE FROM {table} t USING jsonb_populate_recordset(NULL::{table}, $1::jsonb) gone WHERE ({t_key}) = ({gone_key})",
         t_key = key.iter().map(|c| format!("t.\"{c}\"")).collect::<Vec<_>>().join(", "),
         gone_key = key
             .iter()
@@ -389,16 +423,36 @@ mod tests {
         assert_eq!(
             statements[0].sql,
             "INSERT INTO stock (\"available\", \"sku\") SELECT \"available\", \"sku\" FROM \
-             jsonb_populate_recordset(NULL::stock, $1) ON CONFLICT (\"sku\") DO UPDATE SET \"available\" = EXCLUDED.\"available\""
+             jsonb_populate_recordset(NULL::stock, $1::jsonb) ON CONFLICT (\"sku\") DO UPDATE SET \"available\" = EXCLUDED.\"available\""
         );
-        assert_eq!(statements[0].rows, serde_json::json!([{"sku": "B", "available": 2}]));
+        let rows = |statement: &Statement| serde_json::from_str::<Value>(&statement.rows).expect("JSON");
+        assert_eq!(rows(&statements[0]), serde_json::json!([{"sku": "B", "available": 2}]));
         assert!(
             statements[1].sql.starts_with("DELETE FROM stock t USING"),
             "{}",
             statements[1].sql
         );
-        assert_eq!(statements[1].rows, serde_json::json!([{"sku": "A", "available": 4}]));
+        assert_eq!(rows(&statements[1]), serde_json::json!([{"sku": "A", "available": 4}]));
         assert!(table.take_changes().expect("changes").is_empty(), "written once");
+    }
+
+    #[test]
+    fn a_row_inserted_and_removed_between_two_writes_is_not_written_at_all() {
+        let mut table = MemoryTable::<StockRow>::default();
+        table.insert_new(stock("A", 1));
+        table.end_event(true);
+        table.remove(&"A".into());
+        table.end_event(true);
+        assert!(table.take_changes().expect("changes").is_empty());
+
+        // Once written, removing it deletes it.
+        table.insert_new(stock("B", 1));
+        table.end_event(true);
+        assert_eq!(table.take_changes().expect("changes").len(), 1);
+        table.remove(&"B".into());
+        table.end_event(true);
+        let statements = table.take_changes().expect("changes");
+        assert!(statements[0].sql.starts_with("DELETE"), "{}", statements[0].sql);
     }
 
     #[test]
@@ -406,7 +460,7 @@ mod tests {
         assert_eq!(
             upsert_sql("replay_seen", &["event_id"], &["event_id"]),
             "INSERT INTO replay_seen (\"event_id\") SELECT \"event_id\" FROM \
-             jsonb_populate_recordset(NULL::replay_seen, $1) ON CONFLICT (\"event_id\") DO NOTHING"
+             jsonb_populate_recordset(NULL::replay_seen, $1::jsonb) ON CONFLICT (\"event_id\") DO NOTHING"
         );
     }
 }

@@ -181,6 +181,12 @@ pub struct ReplayReport {
     pub unconfirmed: u64,
     /// How long this run took.
     pub elapsed: Duration,
+    /// Of that, how long it took to read the service's own topics first (see `merge_key`).
+    pub scanning: Duration,
+    /// Of that, how long applying waited for records from the broker.
+    pub waited_for_records: Duration,
+    /// Of that, how long applying waited for the database to finish a write.
+    pub waited_for_writes: Duration,
     /// Records read per topic in this run.
     pub per_topic: BTreeMap<String, u64>,
 }
@@ -218,6 +224,7 @@ pub struct Finding {
 }
 
 /// One record in hand, decoded or not.
+#[derive(Debug)]
 struct Record {
     topic: String,
     partition: i32,
@@ -255,6 +262,7 @@ pub async fn run(
         .collect();
     if !resumed {
         record_end_offsets(&database, kafka, &topics).await?;
+        defer_secondary_indexes(&database, rebuild.rebuilding()).await?;
     }
     let positions = load_positions(&database).await?;
     let mut replay = Replay {
@@ -267,27 +275,35 @@ pub async fn run(
             ..ReplayReport::default()
         },
         handled: HashSet::new(),
+        seen: HashSet::new(),
         positions,
         findings: Vec::new(),
         since_write: 0,
         writing: JoinSet::new(),
+        waited_for_writes: Duration::ZERO,
+        waited_for_records: Duration::ZERO,
     };
-    replay.load(&database, rebuild, resumed).await?;
     let codec = EventCodec::new(registry, kafka)?;
+    let own_topics: Vec<String> = rebuild.records_on().iter().map(|topic| kafka.topic(*topic)).collect();
+    let scanning = Instant::now();
+    let mut own = read_own_record(kafka, &codec, &replay.positions, &own_topics, rebuild.decisions()).await?;
+    replay.report.scanning = scanning.elapsed();
+    replay.load(&database, rebuild, &own).await?;
+    // The own records kept from the scan are in hand already; the consumer reads the rest.
+    let own_kept = own.records.is_some();
+    let mut queues: BTreeMap<(String, i32), VecDeque<Record>> = own.records.take().unwrap_or_default();
     let consumer = kafka::consumer(
         kafka,
         &format!("{}replay-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple()),
     )?;
     let mut assignment = TopicPartitionList::new();
     for ((topic, partition), position) in &replay.positions {
-        if position.next < position.end {
+        let kept = own_kept && own_topics.contains(topic);
+        if position.next < position.end && !kept {
             assignment.add_partition_offset(topic, *partition, Offset::Offset(position.next))?;
         }
     }
     consumer.assign(&assignment)?;
-    let own_topics: Vec<String> = rebuild.records_on().iter().map(|topic| kafka.topic(*topic)).collect();
-    let own = read_own_record(kafka, &codec, &replay.positions, &own_topics, rebuild.decisions()).await?;
-    let mut queues: BTreeMap<(String, i32), VecDeque<Record>> = BTreeMap::new();
     let mut last_progress = Instant::now();
     let run_started_done: u64 = replay.positions.values().map(Position::done).sum();
     tracing::info!(service, resumed, topics = ?topics, "replay started");
@@ -307,9 +323,11 @@ pub async fn run(
         }
         let waiting_for = open.iter().find(|key| queues.get(**key).is_none_or(VecDeque::is_empty));
         if waiting_for.is_some() {
+            let receiving = Instant::now();
             let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
                 .await
                 .map_err(|_| Error::Config(format!("no record for a minute while replaying {topics:?}")))??;
+            replay.waited_for_records += receiving.elapsed();
             let event = decode_retrying(&codec, message.payload()).await;
             let timestamp = message.timestamp().to_millis().unwrap_or(0);
             let consumed = replay.consumed_topics.iter().any(|topic| topic == message.topic());
@@ -380,16 +398,20 @@ pub async fn run(
     replay.finish_writing().await?;
     let mut report = replay.report;
     report.unconfirmed = replay.bookkeeping.expected.len() as u64;
+    create_deferred_indexes(&database).await?;
     sqlx::query("UPDATE replay_run SET finished_at = now()")
         .execute(&database)
         .await?;
     report.elapsed = started.elapsed();
+    report.waited_for_records = replay.waited_for_records;
+    report.waited_for_writes = replay.waited_for_writes;
     report_progress(&progress(&replay.positions, run_started_done, report.elapsed));
     database.close().await;
     tracing::info!(
         service,
         read = report.read,
         findings = report.findings.len(),
+        seconds = report.elapsed.as_secs_f64(),
         "replay finished"
     );
     Ok(report)
@@ -400,15 +422,13 @@ pub async fn run(
 struct Bookkeeping {
     /// The inbox of the consumed topics, as the live service keeps it.
     inbox: MemoryTable<InboxRow>,
-    /// The service's own events applied (the relay publishes at least once).
-    seen: MemoryTable<SeenRow>,
     /// Re-run decisions awaiting their recorded counterpart.
     expected: MemoryTable<ExpectedRow>,
 }
 
 impl Bookkeeping {
-    fn tables(&mut self) -> [&mut dyn RebuiltTable; 3] {
-        [&mut self.inbox, &mut self.seen, &mut self.expected]
+    fn tables(&mut self) -> [&mut dyn RebuiltTable; 2] {
+        [&mut self.inbox, &mut self.expected]
     }
 }
 
@@ -424,20 +444,6 @@ struct InboxRow {
 impl Row for InboxRow {
     type Key = EventId;
     const TABLE: &'static str = "inbox";
-    const KEY_COLUMNS: &'static [&'static str] = &["event_id"];
-    fn key(&self) -> EventId {
-        self.event_id
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SeenRow {
-    event_id: EventId,
-}
-
-impl Row for SeenRow {
-    type Key = EventId;
-    const TABLE: &'static str = "replay_seen";
     const KEY_COLUMNS: &'static [&'static str] = &["event_id"];
     fn key(&self) -> EventId {
         self.event_id
@@ -488,6 +494,9 @@ struct Replay {
     report: ReplayReport,
     /// Events handled (applied, duplicate or filtered): an event waits for its cause.
     handled: HashSet<EventId>,
+    /// The service's own events applied (the relay publishes at least once; an interrupted
+    /// replay's are known from the scan of the own topics).
+    seen: HashSet<EventId>,
     positions: BTreeMap<(String, i32), Position>,
     /// Findings not yet written.
     findings: Vec<Finding>,
@@ -495,11 +504,17 @@ struct Replay {
     since_write: usize,
     /// The write under way (dropped, it is aborted: its transaction rolls back).
     writing: JoinSet<Result<()>>,
+    /// How long applying waited for writes to finish.
+    waited_for_writes: Duration,
+    /// How long applying waited for records from the broker.
+    waited_for_records: Duration,
 }
 
 impl Replay {
-    /// Starts from nothing, or, resuming, from what the interrupted replay wrote.
-    async fn load(&mut self, database: &PgPool, rebuild: &mut dyn Rebuild, resumed: bool) -> Result<()> {
+    /// Starts from nothing, or, resuming, from what the interrupted replay wrote: the tables, and
+    /// the events it took (the inbox's, and the own events below the stored positions).
+    async fn load(&mut self, database: &PgPool, rebuild: &mut dyn Rebuild, own: &OwnRecord) -> Result<()> {
+        let resumed = self.report.resumed;
         let mut tables = rebuild.rebuilt_tables();
         tables.extend(self.bookkeeping.tables());
         for table in tables {
@@ -508,15 +523,14 @@ impl Replay {
                 table.load(memory::read_rows(database, table.name()).await?)?;
             }
         }
-        if resumed {
-            self.handled = self
-                .bookkeeping
-                .inbox
-                .rows()
-                .map(|row| row.event_id)
-                .chain(self.bookkeeping.seen.rows().map(|row| row.event_id))
-                .collect();
-        }
+        self.seen = own.taken_before.clone();
+        self.handled = self
+            .bookkeeping
+            .inbox
+            .rows()
+            .map(|row| row.event_id)
+            .chain(own.taken_before.iter().copied())
+            .collect();
         Ok(())
     }
 
@@ -559,9 +573,7 @@ impl Replay {
                 source_offset: record.offset,
             })
         } else {
-            self.bookkeeping.seen.insert_new(SeenRow {
-                event_id: event.event_id(),
-            })
+            self.seen.insert(event.event_id())
         };
         if !first_time {
             self.report.duplicates += 1;
@@ -578,6 +590,9 @@ impl Replay {
         // An event the service refuses for good leaves nothing behind, as the live service's
         // rolled-back transaction does (and the live service dead-letters it).
         let keep = applied.is_ok();
+        if !keep && !consumed_topic {
+            self.seen.remove(&event.event_id());
+        }
         for table in rebuild.rebuilt_tables().into_iter().chain(self.bookkeeping.tables()) {
             table.end_event(keep);
         }
@@ -655,9 +670,11 @@ impl Replay {
 
     /// Waits for the write under way, if any.
     async fn finish_writing(&mut self) -> Result<()> {
+        let waiting = Instant::now();
         while let Some(written) = self.writing.join_next().await {
             written.map_err(|e| Error::Replay(format!("writing the replayed state stopped: {e}")))??;
         }
+        self.waited_for_writes += waiting.elapsed();
         Ok(())
     }
 
@@ -669,10 +686,8 @@ impl Replay {
             statements.extend(table.take_changes()?);
         }
         if !self.findings.is_empty() {
-            statements.push(Statement::insert(
-                "replay_findings",
-                self.findings.iter().map(FindingRow::from).collect::<Vec<_>>(),
-            )?);
+            let findings: Vec<FindingRow<'_>> = self.findings.iter().map(FindingRow::from).collect();
+            statements.push(Statement::insert("replay_findings", &findings)?);
         }
         let progress: Vec<ProgressRow> = self
             .positions
@@ -719,6 +734,11 @@ async fn write_retrying(database: &PgPool, statements: &[Statement]) -> Result<(
 
 async fn write_in_transaction(database: &PgPool, statements: &[Statement]) -> Result<()> {
     let mut tx = database.begin().await?;
+    // A write lost in a crash is lost with the progress it carries: the resumed replay takes
+    // its events again. The commit need not wait for the disk.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     for statement in statements {
         statement.execute(&mut tx).await?;
     }
@@ -766,7 +786,16 @@ struct OwnRecord {
     uncaused_decisions: HashMap<OrderId, i64>,
     /// Every own event in the range.
     event_ids: HashSet<EventId>,
+    /// The own events an interrupted replay took already (below the stored positions).
+    taken_before: HashSet<EventId>,
+    /// The own records still to take, per partition, kept from the scan so they are not read
+    /// and decoded twice; `None` when there were more than [`OWN_RECORDS_KEPT`].
+    records: Option<BTreeMap<(String, i32), VecDeque<Record>>>,
 }
+
+/// At most this many of the service's own records are kept in memory from the scan; with more,
+/// they are read again.
+const OWN_RECORDS_KEPT: i64 = 5_000_000;
 
 /// Where a record goes in the merged order, which follows the order the live service took its
 /// events in as well as the topics tell it:
@@ -816,7 +845,10 @@ async fn read_own_record(
             remaining += position.end - position.low;
         }
     }
-    let mut own = OwnRecord::default();
+    let mut own = OwnRecord {
+        records: (remaining <= OWN_RECORDS_KEPT).then(BTreeMap::new),
+        ..OwnRecord::default()
+    };
     if remaining == 0 {
         return Ok(own);
     }
@@ -829,27 +861,40 @@ async fn read_own_record(
         let message = tokio::time::timeout(Duration::from_secs(60), scanner.recv())
             .await
             .map_err(|_| Error::Config(format!("no record for a minute while scanning {own_topics:?}")))??;
-        let end = positions
-            .get(&(message.topic().to_owned(), message.partition()))
-            .map_or(0, |position| position.end);
-        if message.offset() >= end {
+        let key = (message.topic().to_owned(), message.partition());
+        let Some(position) = positions.get(&key) else { continue };
+        if message.offset() >= position.end {
             continue;
         }
         remaining -= 1;
         let timestamp = message.timestamp().to_millis().unwrap_or(0);
-        let Ok(event) = decode_retrying(codec, message.payload()).await else {
-            continue;
-        };
-        own.event_ids.insert(event.event_id());
-        match (event.causation_id(), event.order_id()) {
-            (Some(cause), _) => {
-                let first = own.reactions.entry(cause).or_insert(timestamp);
-                *first = (*first).min(timestamp);
+        let decoded = decode_retrying(codec, message.payload()).await;
+        if let Ok(event) = &decoded {
+            own.event_ids.insert(event.event_id());
+            if message.offset() < position.next {
+                own.taken_before.insert(event.event_id());
             }
-            (None, Some(order)) if decisions.contains(&event.event_type()) => {
-                own.uncaused_decisions.entry(order).or_insert(timestamp);
+            match (event.causation_id(), event.order_id()) {
+                (Some(cause), _) => {
+                    let first = own.reactions.entry(cause).or_insert(timestamp);
+                    *first = (*first).min(timestamp);
+                }
+                (None, Some(order)) if decisions.contains(&event.event_type()) => {
+                    own.uncaused_decisions.entry(order).or_insert(timestamp);
+                }
+                (None, _) => {}
             }
-            (None, _) => {}
+        }
+        if let Some(records) = own.records.as_mut().filter(|_| message.offset() >= position.next) {
+            records.entry(key).or_default().push_back(Record {
+                topic: message.topic().to_owned(),
+                partition: message.partition(),
+                offset: message.offset(),
+                merge_key: (timestamp, 1),
+                cause: decoded.as_ref().ok().and_then(SagaEvent::causation_id),
+                traceparent: header_value(&message, TRACEPARENT_HEADER),
+                event: decoded,
+            });
         }
     }
     Ok(own)
@@ -949,6 +994,50 @@ async fn prepare_run(database: &PgPool, rebuilding: &Rebuilding, options: &Repla
         .execute(database)
         .await?;
     Ok(false)
+}
+
+/// Drops the secondary indexes of the rebuilt tables (not the primary keys and unique indexes:
+/// the writes' upserts and the constraints need those), keeping their definitions: rows load
+/// faster without them, and an index built once over all rows costs less than one kept up
+/// row by row.
+async fn defer_secondary_indexes(database: &PgPool, rebuilding: &Rebuilding) -> Result<()> {
+    let tables: Vec<&str> = rebuilding.tables.iter().map(|table| table.name).collect();
+    let mut tx = database.begin().await?;
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+         JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = current_schema() AND t.relname = ANY($1) AND NOT x.indisunique AND NOT x.indisprimary",
+    )
+    .bind(&tables)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (name, definition) in &indexes {
+        sqlx::query("INSERT INTO replay_deferred_indexes (name, definition) VALUES ($1, $2)")
+            .bind(name)
+            .bind(definition)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("DROP INDEX \"{name}\"")).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Creates the indexes [`defer_secondary_indexes`] dropped.
+async fn create_deferred_indexes(database: &PgPool) -> Result<()> {
+    let mut tx = database.begin().await?;
+    let indexes: Vec<(String, String)> = sqlx::query_as("SELECT name, definition FROM replay_deferred_indexes")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (_, definition) in &indexes {
+        sqlx::query(definition).execute(&mut *tx).await?;
+    }
+    sqlx::query("DELETE FROM replay_deferred_indexes")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Takes every partition's low and high watermarks now: the replay reads up to these.
