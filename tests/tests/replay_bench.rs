@@ -1,7 +1,6 @@
 //! The replay benchmark's synthetic history is one the live platform could have recorded:
 //! `sagactl replay-bench` writes it for a few hundred orders and replays every service from it
 //! with no finding. A generator or a service drifting from the saga fails here.
-#![cfg(feature = "integration")]
 
 use anyhow::Context;
 use saga_tests::TestEnv;

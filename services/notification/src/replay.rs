@@ -287,16 +287,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_rebuilt_emails_are_written_as_one_upsert_keyed_by_order_outcome() -> anyhow::Result<()> {
+    async fn the_rebuilt_emails_are_copied_once_then_upserted_by_order_and_outcome() -> anyhow::Result<()> {
         let mut rebuilder = rebuilder();
+        let mut orders = Vec::new();
         for _ in 0..3 {
-            take(&mut rebuilder, confirmed("ada@example.com")).await?;
+            let order = confirmed("ada@example.com");
+            take(&mut rebuilder, order.clone()).await?;
+            orders.push(order);
         }
         let mut tables = rebuilder.rebuilt_tables();
         let [notifications] = tables.as_mut_slice() else {
             panic!("one table expected");
         };
         let statements = notifications.take_changes()?;
+        let [copy] = statements.as_slice() else {
+            panic!("one statement expected: {statements:?}");
+        };
+        assert!(copy.sql.starts_with("COPY notifications"), "{}", copy.sql);
+        assert_eq!(copy.parsed_rows().len(), 3);
+        assert!(notifications.take_changes()?.is_empty(), "written once");
+        drop(tables);
+
+        // An email already written and then sent is written again by its key.
+        take(&mut rebuilder, sent(&orders[0], 1, orders[0].envelope.occurred_at + 10)).await?;
+        let mut tables = rebuilder.rebuilt_tables();
+        let statements = tables[0].take_changes()?;
         let [upsert] = statements.as_slice() else {
             panic!("one statement expected: {statements:?}");
         };
@@ -306,8 +321,8 @@ mod tests {
             "{}",
             upsert.sql
         );
-        assert_eq!(upsert.parsed_rows().len(), 3);
-        assert!(notifications.take_changes()?.is_empty(), "written once");
+        assert_eq!(upsert.parsed_rows().len(), 1);
+        assert!(tables[0].take_changes()?.is_empty(), "written once");
         Ok(())
     }
 

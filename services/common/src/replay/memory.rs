@@ -21,6 +21,8 @@ use crate::{Error, Result};
 
 /// Rows per statement when changed rows are written.
 const ROWS_PER_STATEMENT: usize = 5_000;
+/// Rows per `COPY` of rows the table does not hold yet.
+const ROWS_PER_COPY: usize = 20_000;
 
 /// A row of a table a replay rebuilds: its fields are the table's columns, named alike and in
 /// forms PostgreSQL reads from JSON (UUID and timestamp strings, numbers, arrays). Columns the
@@ -50,14 +52,19 @@ pub trait RebuiltTable: Send {
     fn take_changes(&mut self) -> Result<Vec<Statement>>;
 }
 
-/// One SQL statement with its only parameter, a JSON array of rows (as text: the rows are
-/// serialized straight into it, without building JSON values first).
+/// One statement that writes rows: SQL with its only parameter, the rows as a JSON array; or,
+/// for rows the table does not hold yet, a `COPY` with the rows in its text format, which
+/// PostgreSQL reads at about half the cost.
 #[derive(Debug, Clone)]
 pub struct Statement {
-    /// The SQL text; `$1` is the rows.
+    /// The SQL text: `$1` is the rows; or the `COPY ... FROM STDIN` command.
     pub sql: String,
-    /// The rows, a JSON array.
+    /// The rows: a JSON array, or `COPY` text.
     pub rows: String,
+    /// Whether this is a `COPY`.
+    copy: bool,
+    /// A `COPY`'s columns, in the order of its fields.
+    columns: Vec<String>,
 }
 
 impl Statement {
@@ -68,6 +75,8 @@ impl Statement {
         Ok(Self {
             sql: upsert_sql(R::TABLE, &columns, R::KEY_COLUMNS),
             rows: json_array(R::TABLE, rows)?,
+            copy: false,
+            columns: Vec::new(),
         })
     }
 
@@ -80,17 +89,46 @@ impl Statement {
                 "INSERT INTO {table} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)"
             ),
             rows: json_array(table, rows)?,
+            copy: false,
+            columns: Vec::new(),
         })
     }
 
-    /// The rows, parsed (for tests and diagnostics).
+    /// The rows, parsed (for tests and diagnostics). A `COPY`'s fields are read back as JSON
+    /// where they are JSON (numbers, booleans, documents), else as strings.
     pub fn parsed_rows(&self) -> Vec<Value> {
-        serde_json::from_str(&self.rows).unwrap_or_default()
+        if !self.copy {
+            return serde_json::from_str(&self.rows).unwrap_or_default();
+        }
+        self.rows
+            .lines()
+            .map(|line| {
+                let fields = line.split('\t').map(|field| match unescaped(field) {
+                    None => Value::Null,
+                    Some(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                });
+                Value::Object(self.columns.iter().cloned().zip(fields).collect())
+            })
+            .collect()
     }
 
     /// Runs the statement in `tx`.
     pub async fn execute(&self, tx: &mut PgConnection) -> Result<()> {
-        sqlx::query(&self.sql).bind(self.rows.as_str()).execute(tx).await?;
+        if !self.copy {
+            sqlx::query(&self.sql).bind(self.rows.as_str()).execute(tx).await?;
+            return Ok(());
+        }
+        let mut copy = tx.copy_in_raw(&self.sql).await?;
+        match copy.send(self.rows.as_bytes()).await {
+            Ok(_) => {
+                copy.finish().await?;
+            }
+            Err(error) => {
+                // The connection must leave copy mode before anything else runs on it.
+                copy.abort(error.to_string()).await.ok();
+                return Err(error.into());
+            }
+        }
         Ok(())
     }
 }
@@ -258,16 +296,34 @@ impl<R: Row> RebuiltTable for MemoryTable<R> {
     }
 
     fn take_changes(&mut self) -> Result<Vec<Statement>> {
+        let mut inserted: Vec<&R> = Vec::new();
         let mut upserted: Vec<&R> = Vec::new();
         let mut deleted: Vec<&R> = Vec::new();
         for key in &self.changed {
             match self.rows.get(key) {
+                Some(row) if self.fresh.contains(key) => inserted.push(row),
                 Some(row) => upserted.push(row),
                 None if self.fresh.contains(key) => {}
                 None => deleted.extend(self.removed.get(key)),
             }
         }
         let mut statements = Vec::new();
+        if !inserted.is_empty() {
+            let columns = columns_of(R::TABLE, &inserted)?;
+            let sql = format!(
+                "COPY {} ({}) FROM STDIN",
+                R::TABLE,
+                quoted(&columns.iter().map(String::as_str).collect::<Vec<_>>())
+            );
+            for chunk in inserted.chunks(ROWS_PER_COPY) {
+                statements.push(Statement {
+                    sql: sql.clone(),
+                    rows: copy_text(R::TABLE, &columns, chunk)?,
+                    copy: true,
+                    columns: columns.clone(),
+                });
+            }
+        }
         if !upserted.is_empty() {
             let columns = columns_of(R::TABLE, &upserted)?;
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
@@ -276,6 +332,8 @@ impl<R: Row> RebuiltTable for MemoryTable<R> {
                 statements.push(Statement {
                     sql: sql.clone(),
                     rows: json_array(R::TABLE, chunk)?,
+                    copy: false,
+                    columns: Vec::new(),
                 });
             }
         }
@@ -285,6 +343,8 @@ impl<R: Row> RebuiltTable for MemoryTable<R> {
                 statements.push(Statement {
                     sql: sql.clone(),
                     rows: json_array(R::TABLE, chunk)?,
+                    copy: false,
+                    columns: Vec::new(),
                 });
             }
         }
@@ -304,6 +364,69 @@ fn columns_of<T: Serialize>(table: &str, rows: &[T]) -> Result<Vec<String>> {
         Ok(Value::Object(fields)) => Ok(fields.keys().cloned().collect()),
         Ok(other) => Err(Error::Replay(format!("a row of {table} is not an object: {other}"))),
         Err(e) => Err(Error::Replay(format!("a row of {table} does not write: {e}"))),
+    }
+}
+
+/// The rows in `COPY`'s text format, their fields in the order of `columns`: tab-separated,
+/// `\N` for null, strings and JSON documents with backslash, tab, newline and carriage return
+/// escaped.
+fn copy_text<T: Serialize>(table: &str, columns: &[String], rows: &[T]) -> Result<String> {
+    let mut text = String::with_capacity(rows.len() * 160);
+    for row in rows {
+        let Value::Object(fields) =
+            serde_json::to_value(row).map_err(|e| Error::Replay(format!("a row of {table} does not write: {e}")))?
+        else {
+            return Err(Error::Replay(format!("a row of {table} is not an object")));
+        };
+        for (index, column) in columns.iter().enumerate() {
+            if index > 0 {
+                text.push('\t');
+            }
+            match fields.get(column) {
+                None | Some(Value::Null) => text.push_str("\\N"),
+                Some(Value::String(value)) => push_escaped(&mut text, value),
+                Some(Value::Bool(value)) => text.push_str(if *value { "true" } else { "false" }),
+                Some(Value::Number(value)) => text.push_str(&value.to_string()),
+                Some(document) => push_escaped(&mut text, &document.to_string()),
+            }
+        }
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// A field of `COPY` text as the value it stands for; `None` for null.
+fn unescaped(field: &str) -> Option<String> {
+    if field == "\\N" {
+        return None;
+    }
+    let mut value = String::with_capacity(field.len());
+    let mut characters = field.chars();
+    while let Some(character) = characters.next() {
+        if character != '\\' {
+            value.push(character);
+            continue;
+        }
+        match characters.next() {
+            Some('t') => value.push('\t'),
+            Some('n') => value.push('\n'),
+            Some('r') => value.push('\r'),
+            Some(other) => value.push(other),
+            None => {}
+        }
+    }
+    Some(value)
+}
+
+fn push_escaped(text: &mut String, value: &str) {
+    for character in value.chars() {
+        match character {
+            '\\' => text.push_str("\\\\"),
+            '\t' => text.push_str("\\t"),
+            '\n' => text.push_str("\\n"),
+            '\r' => text.push_str("\\r"),
+            other => text.push(other),
+        }
     }
 }
 
@@ -407,33 +530,82 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_written_as_one_upsert_and_one_delete_per_table() {
+    fn new_rows_are_copied_changed_rows_upserted_and_removed_rows_deleted() {
         let mut table = MemoryTable::<StockRow>::default();
         table
             .load(vec![
                 serde_json::json!({"sku": "A", "available": 5, "updated_at": "2026-01-01T00:00:00+00:00"}),
+                serde_json::json!({"sku": "C", "available": 1}),
             ])
             .expect("loads, ignoring columns the row leaves out");
         table.upsert(stock("B", 2));
+        table.update(&"C".into(), |row| row.available = 0);
         table.update(&"A".into(), |row| row.available = 4);
         table.remove(&"A".into());
         table.end_event(true);
         let statements = table.take_changes().expect("changes");
-        assert_eq!(statements.len(), 2);
+        assert_eq!(statements.len(), 3);
+        assert_eq!(statements[0].sql, "COPY stock (\"available\", \"sku\") FROM STDIN");
+        assert_eq!(statements[0].rows, "2\tB\n");
         assert_eq!(
-            statements[0].sql,
+            statements[1].sql,
             "INSERT INTO stock (\"available\", \"sku\") SELECT \"available\", \"sku\" FROM \
              jsonb_populate_recordset(NULL::stock, $1::jsonb) ON CONFLICT (\"sku\") DO UPDATE SET \"available\" = EXCLUDED.\"available\""
         );
-        let rows = |statement: &Statement| serde_json::from_str::<Value>(&statement.rows).expect("JSON");
-        assert_eq!(rows(&statements[0]), serde_json::json!([{"sku": "B", "available": 2}]));
-        assert!(
-            statements[1].sql.starts_with("DELETE FROM stock t USING"),
-            "{}",
-            statements[1].sql
+        assert_eq!(
+            statements[1].parsed_rows(),
+            vec![serde_json::json!({"sku": "C", "available": 0})]
         );
-        assert_eq!(rows(&statements[1]), serde_json::json!([{"sku": "A", "available": 4}]));
+        assert!(
+            statements[2].sql.starts_with("DELETE FROM stock t USING"),
+            "{}",
+            statements[2].sql
+        );
+        assert_eq!(
+            statements[2].parsed_rows(),
+            vec![serde_json::json!({"sku": "A", "available": 4})]
+        );
         assert!(table.take_changes().expect("changes").is_empty(), "written once");
+    }
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_specially_and_writes_null_and_documents() {
+        #[derive(Serialize)]
+        struct Line {
+            a: Option<String>,
+            b: serde_json::Value,
+            c: bool,
+        }
+        let columns = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let rows = [
+            Line {
+                a: Some("tab\there\\ and\nnewline".into()),
+                b: serde_json::json!({"k": "v\\w"}),
+                c: true,
+            },
+            Line {
+                a: None,
+                b: serde_json::json!([1]),
+                c: false,
+            },
+        ];
+        assert_eq!(
+            copy_text("t", &columns, &rows).expect("text"),
+            "tab\\there\\\\ and\\nnewline\t{\"k\":\"v\\\\\\\\w\"}\ttrue\n\\N\t[1]\tfalse\n"
+        );
+        let statement = Statement {
+            sql: String::new(),
+            rows: copy_text("t", &columns, &rows).expect("text"),
+            copy: true,
+            columns: columns.to_vec(),
+        };
+        assert_eq!(
+            statement.parsed_rows(),
+            [
+                serde_json::json!({"a": "tab\there\\ and\nnewline", "b": {"k": "v\\w"}, "c": true}),
+                serde_json::json!({"a": null, "b": [1], "c": false}),
+            ]
+        );
     }
 
     #[test]
@@ -445,10 +617,11 @@ mod tests {
         table.end_event(true);
         assert!(table.take_changes().expect("changes").is_empty());
 
-        // Once written, removing it deletes it.
+        // Once written (copied), removing it deletes it.
         table.insert_new(stock("B", 1));
         table.end_event(true);
-        assert_eq!(table.take_changes().expect("changes").len(), 1);
+        let statements = table.take_changes().expect("changes");
+        assert!(statements[0].sql.starts_with("COPY"), "{}", statements[0].sql);
         table.remove(&"B".into());
         table.end_event(true);
         let statements = table.take_changes().expect("changes");

@@ -17,6 +17,9 @@ mod verify;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use rdkafka::consumer::StreamConsumer;
 use tokio::task::JoinSet;
 
 use async_trait::async_trait;
@@ -283,7 +286,7 @@ pub async fn run(
         waited_for_writes: Duration::ZERO,
         waited_for_records: Duration::ZERO,
     };
-    let codec = EventCodec::new(registry, kafka)?;
+    let codec = Arc::new(EventCodec::new(registry, kafka)?);
     let own_topics: Vec<String> = rebuild.records_on().iter().map(|topic| kafka.topic(*topic)).collect();
     let scanning = Instant::now();
     let mut own = read_own_record(kafka, &codec, &replay.positions, &own_topics, rebuild.decisions()).await?;
@@ -304,6 +307,25 @@ pub async fn run(
         }
     }
     consumer.assign(&assignment)?;
+    // Records are read and decoded by a task of their own, on the other core, while the
+    // events before them are applied.
+    let own = Arc::new(own);
+    let ends: HashMap<(String, i32), i64> = replay
+        .positions
+        .iter()
+        .filter(|(_, position)| position.next < position.end)
+        .map(|(key, position)| (key.clone(), position.end))
+        .collect();
+    let (records, mut incoming) = tokio::sync::mpsc::channel(RECORDS_READ_AHEAD);
+    let mut reader = JoinSet::new();
+    reader.spawn(read_records(
+        consumer,
+        Arc::clone(&codec),
+        replay.consumed_topics.clone(),
+        Arc::clone(&own),
+        ends,
+        records,
+    ));
     let mut last_progress = Instant::now();
     let run_started_done: u64 = replay.positions.values().map(Position::done).sum();
     tracing::info!(service, resumed, topics = ?topics, "replay started");
@@ -324,28 +346,15 @@ pub async fn run(
         let waiting_for = open.iter().find(|key| queues.get(**key).is_none_or(VecDeque::is_empty));
         if waiting_for.is_some() {
             let receiving = Instant::now();
-            let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            let record = tokio::time::timeout(Duration::from_secs(60), incoming.recv())
                 .await
-                .map_err(|_| Error::Config(format!("no record for a minute while replaying {topics:?}")))??;
+                .map_err(|_| Error::Config(format!("no record for a minute while replaying {topics:?}")))?
+                .ok_or_else(|| Error::Config(format!("the reader of {topics:?} stopped")))??;
             replay.waited_for_records += receiving.elapsed();
-            let event = decode_retrying(&codec, message.payload()).await;
-            let timestamp = message.timestamp().to_millis().unwrap_or(0);
-            let consumed = replay.consumed_topics.iter().any(|topic| topic == message.topic());
             queues
-                .entry((message.topic().to_owned(), message.partition()))
+                .entry((record.topic.clone(), record.partition))
                 .or_default()
-                .push_back(Record {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    merge_key: merge_key(consumed, timestamp, event.as_ref().ok(), &own),
-                    cause: event
-                        .as_ref()
-                        .ok()
-                        .and_then(|event| cause_in_range(consumed, event, &own)),
-                    traceparent: header_value(&message, TRACEPARENT_HEADER),
-                    event,
-                });
+                .push_back(record);
             continue;
         }
         let heads: Vec<Head<'_>> = open
@@ -772,6 +781,57 @@ impl<'a> From<&'a Finding> for FindingRow<'a> {
             recorded: &found.recorded,
             replayed: &found.replayed,
             detail: &found.detail,
+        }
+    }
+}
+
+/// Records read ahead of the one being applied.
+const RECORDS_READ_AHEAD: usize = 10_000;
+
+/// Reads the assigned partitions up to their end offsets (`ends`) and hands each record,
+/// decoded and placed in the merged order, to `records`; stops when every partition reached
+/// its end, or the replay stopped listening.
+async fn read_records(
+    consumer: StreamConsumer,
+    codec: Arc<EventCodec>,
+    consumed_topics: Vec<String>,
+    own: Arc<OwnRecord>,
+    mut ends: HashMap<(String, i32), i64>,
+    records: tokio::sync::mpsc::Sender<Result<Record>>,
+) {
+    while !ends.is_empty() {
+        let message = match consumer.recv().await {
+            Ok(message) => message,
+            Err(error) => {
+                records.send(Err(error.into())).await.ok();
+                return;
+            }
+        };
+        let key = (message.topic().to_owned(), message.partition());
+        let Some(end) = ends.get(&key).copied() else { continue };
+        if message.offset() + 1 >= end {
+            ends.remove(&key);
+        }
+        if message.offset() >= end {
+            continue;
+        }
+        let event = decode_retrying(&codec, message.payload()).await;
+        let timestamp = message.timestamp().to_millis().unwrap_or(0);
+        let consumed = consumed_topics.iter().any(|topic| topic == message.topic());
+        let record = Record {
+            topic: key.0,
+            partition: key.1,
+            offset: message.offset(),
+            merge_key: merge_key(consumed, timestamp, event.as_ref().ok(), &own),
+            cause: event
+                .as_ref()
+                .ok()
+                .and_then(|event| cause_in_range(consumed, event, &own)),
+            traceparent: header_value(&message, TRACEPARENT_HEADER),
+            event,
+        };
+        if records.send(Ok(record)).await.is_err() {
+            return;
         }
     }
 }
