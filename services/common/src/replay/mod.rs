@@ -233,7 +233,7 @@ struct Record {
     partition: i32,
     offset: i64,
     /// Where the record goes in the merged order (see [`merge_key`]).
-    merge_key: (i64, u8),
+    merge_key: (i64, i64, u8),
     /// For an event of the service's own topics: the consumed event that caused it.
     cause: Option<EventId>,
     traceparent: Option<String>,
@@ -281,6 +281,7 @@ pub async fn run(
         seen: HashSet::new(),
         positions,
         findings: Vec::new(),
+        set_aside: Vec::new(),
         since_write: 0,
         writing: JoinSet::new(),
         waited_for_writes: Duration::ZERO,
@@ -334,13 +335,28 @@ pub async fn run(
         // across partitions and topics, so a decision is re-run after the facts it depended on,
         // as live: a record is taken only when every partition not yet at its end offset has
         // one in hand.
+        // A record that goes after a decision no event caused (see `merge_key`) waits aside, out
+        // of its partition's order: it would otherwise hold back the records of other orders
+        // behind it, which the live service took in long before.
+        for (key, queue) in queues.iter_mut() {
+            while let Some(record) = queue
+                .front()
+                .filter(|record| record.merge_key.2 == AFTER_UNCAUSED_DECISION)
+            {
+                if let Some(position) = replay.positions.get_mut(key) {
+                    position.next = position.next.max(record.offset + 1);
+                }
+                let record = queue.pop_front().expect("a record in hand");
+                replay.set_aside.push(record);
+            }
+        }
         let open: Vec<&(String, i32)> = replay
             .positions
             .iter()
             .filter(|(_, position)| position.next < position.end)
             .map(|(key, _)| key)
             .collect();
-        if open.is_empty() {
+        if open.is_empty() && replay.set_aside.is_empty() {
             break;
         }
         let waiting_for = open.iter().find(|key| queues.get(**key).is_none_or(VecDeque::is_empty));
@@ -357,15 +373,29 @@ pub async fn run(
                 .push_back(record);
             continue;
         }
-        let heads: Vec<Head<'_>> = open
+        let cause_handled = |record: &Record| record.cause.is_none_or(|cause| replay.handled.contains(&cause));
+        let heads: Vec<Head> = open
             .iter()
             .filter_map(|key| {
-                queues.get(*key).and_then(VecDeque::front).map(|record| Head {
-                    partition: key,
+                let record = queues.get(*key).and_then(VecDeque::front)?;
+                // The order's earlier record waits aside: its later ones wait for it.
+                let order = record.event.as_ref().ok().and_then(SagaEvent::order_id);
+                let held = replay.set_aside.iter().any(|aside| {
+                    aside.topic == key.0
+                        && aside.partition == key.1
+                        && aside.event.as_ref().ok().and_then(SagaEvent::order_id) == order
+                });
+                (!held).then(|| Head {
+                    source: HeadSource::Partition((*key).clone()),
                     order: (record.merge_key, record.offset),
-                    cause_handled: record.cause.is_none_or(|cause| replay.handled.contains(&cause)),
+                    cause_handled: cause_handled(record),
                 })
             })
+            .chain(replay.set_aside.iter().enumerate().map(|(index, record)| Head {
+                source: HeadSource::SetAside(index),
+                order: (record.merge_key, record.offset),
+                cause_handled: cause_handled(record),
+            }))
             .collect();
         // An event waits until the event in the replayed range that caused it was applied, and
         // so does every later one: a waiting event holds back the records behind it in its
@@ -389,11 +419,13 @@ pub async fn run(
             })
             .or_else(|| heads.iter().min_by_key(|head| head.order));
         let Some(next) = next else { break };
-        let key: (String, i32) = next.partition.clone();
-        let record = queues
-            .get_mut(&key)
-            .and_then(VecDeque::pop_front)
-            .expect("a record in hand");
+        let record = match &next.source {
+            HeadSource::Partition(key) => queues
+                .get_mut(key)
+                .and_then(VecDeque::pop_front)
+                .expect("a record in hand"),
+            HeadSource::SetAside(index) => replay.set_aside.remove(*index),
+        };
         replay.take(rebuild, &record).await?;
         if replay.since_write >= options.batch_size.max(1) {
             replay.write(&database, rebuild).await?;
@@ -509,6 +541,8 @@ struct Replay {
     positions: BTreeMap<(String, i32), Position>,
     /// Findings not yet written.
     findings: Vec<Finding>,
+    /// Records taken out of their partition's order, waiting to be applied (see `merge_key`).
+    set_aside: Vec<Record>,
     /// Records taken since the last write.
     since_write: usize,
     /// The write under way (dropped, it is aborted: its transaction rolls back).
@@ -546,7 +580,7 @@ impl Replay {
     /// Takes the next record in the merged order: applies its event, or passes it over.
     async fn take(&mut self, rebuild: &mut dyn Rebuild, record: &Record) -> Result<()> {
         if let Some(position) = self.positions.get_mut(&(record.topic.clone(), record.partition)) {
-            position.next = record.offset + 1;
+            position.next = position.next.max(record.offset + 1);
         }
         *self.report.per_topic.entry(record.topic.clone()).or_default() += 1;
         self.report.read += 1;
@@ -705,7 +739,14 @@ impl Replay {
                 topic: topic.clone(),
                 partition: *partition,
                 low_offset: position.low,
-                next_offset: position.next,
+                // A resumed replay reads again from the first record set aside and not applied
+                // yet; the inbox passes over what it took behind it.
+                next_offset: self
+                    .set_aside
+                    .iter()
+                    .filter(|record| &record.topic == topic && record.partition == *partition)
+                    .map(|record| record.offset)
+                    .fold(position.next, i64::min),
                 end_offset: position.end,
             })
             .collect();
@@ -840,10 +881,12 @@ async fn read_records(
 /// read once before the replay applies anything.
 #[derive(Debug, Default)]
 struct OwnRecord {
-    /// Per consumed event (by id): the timestamp of the first own event it caused.
-    reactions: HashMap<EventId, i64>,
-    /// Per order: the timestamp of a recorded decision no event caused (a deadline).
-    uncaused_decisions: HashMap<OrderId, i64>,
+    /// Per consumed event (by id): the record timestamp and the event time of the first own
+    /// event it caused.
+    reactions: HashMap<EventId, (i64, i64)>,
+    /// Per order: the record timestamp and the event time of a recorded decision no event
+    /// caused (a deadline).
+    uncaused_decisions: HashMap<OrderId, (i64, i64)>,
     /// Every own event in the range.
     event_ids: HashSet<EventId>,
     /// The own events an interrupted replay took already (below the stored positions).
@@ -860,34 +903,46 @@ const OWN_RECORDS_KEPT: i64 = 5_000_000;
 /// Where a record goes in the merged order, which follows the order the live service took its
 /// events in as well as the topics tell it:
 /// - an event of the service's own topics took effect when it was published (its record's
-///   timestamp: the relay publishes right after the commit);
+///   timestamp: the relay publishes right after the commit). Records the relay published in the
+///   same millisecond go in the order their events occurred, which is the order of the outbox;
 /// - a consumed event took effect when the service reacted to it, so at the time of the first
 ///   own event it caused (it sorts just before it), else at its own record's timestamp;
 /// - a consumed event of an order that a decision no event caused (a deadline) decided, and
 ///   that caused nothing itself, arrived after that decision: live it would otherwise have
-///   decided the order.
+///   decided the order. Such a record waits aside (see `run`), not in its partition.
 ///
 /// Ordering consumed events by their own timestamps instead would, for example, apply an
 /// order.created before a stock adjustment the inventory service committed before it consumed
 /// the order. Whatever the keys, an event is applied only after the event that caused it
 /// (see `run`).
-fn merge_key(consumed: bool, timestamp: i64, event: Option<&SagaEvent>, own: &OwnRecord) -> (i64, u8) {
+fn merge_key(consumed: bool, timestamp: i64, event: Option<&SagaEvent>, own: &OwnRecord) -> (i64, i64, u8) {
+    let occurred_at = event.map_or(0, SagaEvent::occurred_at_millis);
     if !consumed {
-        return (timestamp, 1);
+        return (timestamp, occurred_at, OWN);
     }
     let reacted_at = event.and_then(|event| own.reactions.get(&event.event_id())).copied();
-    if let Some(reacted_at) = reacted_at {
-        return (reacted_at, 0);
+    if let Some((reacted_at, reaction_occurred_at)) = reacted_at {
+        return (reacted_at, reaction_occurred_at, CONSUMED);
     }
     let decided_before = event
         .and_then(SagaEvent::order_id)
         .and_then(|order| own.uncaused_decisions.get(&order))
         .copied();
     match decided_before {
-        Some(decided_at) if decided_at >= timestamp => (decided_at, 2),
-        _ => (timestamp, 0),
+        Some((decided_at, decision_occurred_at)) if decided_at >= timestamp => {
+            (decided_at, decision_occurred_at, AFTER_UNCAUSED_DECISION)
+        }
+        _ => (timestamp, occurred_at, CONSUMED),
     }
 }
+
+/// The last part of a merge key: of records at the same time, a consumed event goes before the
+/// own event it caused, and one that goes after a decision no event caused goes after it.
+const CONSUMED: u8 = 0;
+/// See [`CONSUMED`].
+const OWN: u8 = 1;
+/// See [`CONSUMED`].
+const AFTER_UNCAUSED_DECISION: u8 = 2;
 
 /// Reads the service's own topics from the beginning up to the end offsets (see [`OwnRecord`]).
 async fn read_own_record(
@@ -936,11 +991,14 @@ async fn read_own_record(
             }
             match (event.causation_id(), event.order_id()) {
                 (Some(cause), _) => {
-                    let first = own.reactions.entry(cause).or_insert(timestamp);
-                    *first = (*first).min(timestamp);
+                    let reaction = (timestamp, event.occurred_at_millis());
+                    let first = own.reactions.entry(cause).or_insert(reaction);
+                    *first = (*first).min(reaction);
                 }
                 (None, Some(order)) if decisions.contains(&event.event_type()) => {
-                    own.uncaused_decisions.entry(order).or_insert(timestamp);
+                    own.uncaused_decisions
+                        .entry(order)
+                        .or_insert((timestamp, event.occurred_at_millis()));
                 }
                 (None, _) => {}
             }
@@ -950,7 +1008,11 @@ async fn read_own_record(
                 topic: message.topic().to_owned(),
                 partition: message.partition(),
                 offset: message.offset(),
-                merge_key: (timestamp, 1),
+                merge_key: (
+                    timestamp,
+                    decoded.as_ref().map_or(0, SagaEvent::occurred_at_millis),
+                    OWN,
+                ),
                 cause: decoded.as_ref().ok().and_then(SagaEvent::causation_id),
                 traceparent: header_value(&message, TRACEPARENT_HEADER),
                 event: decoded,
@@ -960,11 +1022,19 @@ async fn read_own_record(
     Ok(own)
 }
 
-/// The next record of a partition, as the merge weighs it.
-struct Head<'a> {
-    partition: &'a (String, i32),
-    order: ((i64, u8), i64),
+/// A record that can go next, as the merge weighs it.
+struct Head {
+    source: HeadSource,
+    order: ((i64, i64, u8), i64),
     cause_handled: bool,
+}
+
+/// Where a record that can go next is.
+enum HeadSource {
+    /// At the front of this partition's records in hand.
+    Partition((String, i32)),
+    /// Set aside, at this index.
+    SetAside(usize),
 }
 
 /// The event in the replayed range that `event` must be applied after: for an own event, the
