@@ -1,8 +1,8 @@
 //! A CI-sized run of the failure-injection harness on a three-node Apache Kafka cluster of its
 //! own: a few hundred orders with every fault kind (broker faults included) injected at least
-//! once; every invariant of the saga must hold afterwards and no consumer group may stall.
-//! (`--verify-replay` is not on here yet: under faults, rebuilding the order and inventory
-//! services still meets ordering races, see docs/replay.md.)
+//! once; every invariant of the saga must hold afterwards, no consumer group may stall, and
+//! every service rebuilt from the run's topics must verify equal to its live database
+//! (`--verify-replay`).
 
 use saga_tests::harness::faults::FaultKind;
 use saga_tests::harness::run::{run, HarnessConfig};
@@ -17,6 +17,7 @@ async fn the_saga_keeps_every_invariant_under_every_kind_of_fault() -> anyhow::R
         orders: 300,
         rate: 10.0,
         kafka_nodes: 3,
+        verify_replay: true,
         ..HarnessConfig::default()
     };
     let (report, run_dir) = run(&config).await?;
@@ -29,9 +30,10 @@ async fn the_saga_keeps_every_invariant_under_every_kind_of_fault() -> anyhow::R
             run_dir.display()
         );
     }
+    assert_eq!(report.replay_checks.len(), 4, "every service rebuilt and verified");
     assert!(
         report.passed(),
-        "invariants violated or no quiescence; logs and report in {}",
+        "invariants violated, no quiescence or a rebuilt service differs; logs and report in {}",
         run_dir.display()
     );
     Ok(())
