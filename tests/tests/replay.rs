@@ -1,6 +1,7 @@
 //! Replay end to end: every branch of the saga runs on the four live services; then each
 //! service is rebuilt from the topics into a new database with `sagactl replay`, and
-//! `sagactl verify` finds the rebuilt database equal to the live one. The replays publish
+//! `sagactl verify` finds the rebuilt database equal to the live one, also after the live one
+//! moved on past the replay's end offsets. The replays publish
 //! nothing and send no email; a rebuilt row changed by hand makes verify fail, naming it. An
 //! interrupted replay resumes where it stopped, and the filters limit what it applies.
 
@@ -89,6 +90,27 @@ async fn every_service_rebuilt_from_the_topics_verifies_equal_and_the_replay_has
     assert_eq!(records_on_every_topic(env).await?, records_before);
     for email in &emails {
         assert_eq!(mail_to(email).await?.len(), 1, "{email}");
+    }
+
+    // The live system moves on: an order placed after the replays is in the live databases
+    // only. Verify leaves its rows (and its SKU's stock row) out, and says so.
+    let later = platform.place(&unique_email(), "tok_ok", &[(&sku, 1)]).await?;
+    platform.terminal_order(&later).await?;
+    for service in ["order", "inventory"] {
+        let verified = env.sagactl(&[
+            "verify",
+            "--service",
+            service,
+            "--against",
+            &env.database_url(&format!("rebuilt_{service}")),
+            "--live",
+            &env.database_url(service),
+        ])?;
+        assert!(verified.contains(": equal"), "{service}: {verified}");
+        assert!(
+            verified.contains("up to the replay's end offsets"),
+            "{service}: {verified}"
+        );
     }
 
     // A rebuilt row changed by hand: verify fails and names the table, the row and the column.

@@ -321,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
                     format!("{}/{database}", server_url.trim_end_matches('/'))
                 }
             };
-            replay::verify(&service, &live, &against).await
+            replay::verify(&cli.kafka, &cli.registry, &service, &live, &against).await
         }
         Command::ReplayBench {
             orders,

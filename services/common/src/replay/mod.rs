@@ -40,7 +40,7 @@ use crate::service::ServiceSpec;
 use crate::{database, kafka, Error, Result};
 
 use memory::{MemoryTable, RebuiltTable, Row, Statement};
-pub use verify::{verify, Difference};
+pub use verify::{verify, verify_since, Difference, MovedOn};
 
 /// What a service's rebuild reads, re-runs and compares.
 #[derive(Debug)]
@@ -1124,6 +1124,68 @@ async fn prepare_run(database: &PgPool, rebuilding: &Rebuilding, options: &Repla
         .execute(database)
         .await?;
     Ok(false)
+}
+
+/// What the topics a replay into `rebuilt` read hold past its end offsets now: the orders and
+/// SKUs the live service saw events of after the rebuild's range. Nothing when `rebuilt` holds
+/// no replay.
+pub async fn moved_on_since(kafka: &KafkaConfig, registry: &RegistryConfig, rebuilt: &PgPool) -> Result<MovedOn> {
+    let ends: Vec<(String, i32, i64)> = sqlx::query_as("SELECT topic, partition, end_offset FROM replay_progress")
+        .fetch_all(rebuilt)
+        .await?;
+    let mut moved_on = MovedOn::default();
+    if ends.is_empty() {
+        return Ok(moved_on);
+    }
+    let probe = kafka::consumer(kafka, &format!("{}verify-offsets", kafka.topic_prefix))?;
+    let highs = tokio::task::spawn_blocking(move || {
+        ends.into_iter()
+            .map(|(topic, partition, end)| {
+                let (_, high) = probe.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                Ok((topic, partition, end, high))
+            })
+            .collect::<Result<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| Error::Config(format!("the watermark probe failed: {e}")))??;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+    for (topic, partition, end, high) in highs {
+        if high > end {
+            assignment.add_partition_offset(&topic, partition, Offset::Offset(end))?;
+            remaining.insert((topic, partition), high);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(moved_on);
+    }
+    let codec = EventCodec::new(registry, kafka)?;
+    let consumer = kafka::consumer(
+        kafka,
+        &format!("{}verify-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple()),
+    )?;
+    consumer.assign(&assignment)?;
+    while !remaining.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .map_err(|_| {
+                Error::Config("no record for a minute while reading past the replay's end offsets".into())
+            })??;
+        let key = (message.topic().to_owned(), message.partition());
+        let Some(high) = remaining.get(&key).copied() else {
+            continue;
+        };
+        if message.offset() + 1 >= high {
+            remaining.remove(&key);
+        }
+        if message.offset() >= high {
+            continue;
+        }
+        if let Ok(event) = decode_retrying(&codec, message.payload()).await {
+            moved_on.add(&event);
+        }
+    }
+    Ok(moved_on)
 }
 
 /// Drops the secondary indexes of the rebuilt tables (not the primary keys and unique indexes:
