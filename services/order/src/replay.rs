@@ -82,11 +82,22 @@ async fn apply_recorded_decision(
 }
 
 /// The order database as replay rebuilds it, in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RebuiltOrders {
     orders: MemoryTable<OrderRow>,
+    /// Only ever inserted: once written, only the keys stay in memory.
     timeline: MemoryTable<TimelineRow>,
     idempotency_keys: MemoryTable<IdempotencyKeyRow>,
+}
+
+impl Default for RebuiltOrders {
+    fn default() -> Self {
+        Self {
+            orders: MemoryTable::default(),
+            timeline: MemoryTable::insert_only(),
+            idempotency_keys: MemoryTable::default(),
+        }
+    }
 }
 
 /// A row of `orders`.

@@ -9,6 +9,8 @@
 //! live service's rolled-back transaction leaves none.
 
 use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::fmt::Debug;
 use std::hash::Hash;
 
@@ -149,13 +151,17 @@ struct Undo<R: Row> {
 /// the event being applied.
 #[derive(Debug)]
 pub struct MemoryTable<R: Row> {
-    rows: HashMap<R::Key, R>,
-    changed: HashSet<R::Key>,
+    rows: HashMap<R::Key, R, RandomState>,
+    changed: HashSet<R::Key, RandomState>,
     /// Rows removed since the last write, to delete by their key columns.
-    removed: HashMap<R::Key, R>,
+    removed: HashMap<R::Key, R, RandomState>,
     /// Rows first inserted since the last write: the database does not hold them, so removing
     /// one again needs no delete.
-    fresh: HashSet<R::Key>,
+    fresh: HashSet<R::Key, RandomState>,
+    /// Whether written rows are forgotten, their keys kept (see [`MemoryTable::insert_only`]).
+    insert_only: bool,
+    /// The keys of the rows written and forgotten.
+    written: HashSet<R::Key, RandomState>,
     /// Each row the current event changed, as it was before (`None`: it did not exist).
     undo: Vec<Undo<R>>,
 }
@@ -163,24 +169,36 @@ pub struct MemoryTable<R: Row> {
 impl<R: Row> Default for MemoryTable<R> {
     fn default() -> Self {
         Self {
-            rows: HashMap::new(),
-            changed: HashSet::new(),
-            removed: HashMap::new(),
-            fresh: HashSet::new(),
+            rows: HashMap::default(),
+            changed: HashSet::default(),
+            removed: HashMap::default(),
+            fresh: HashSet::default(),
+            insert_only: false,
+            written: HashSet::default(),
             undo: Vec::new(),
         }
     }
 }
 
 impl<R: Row> MemoryTable<R> {
-    /// The row with `key`.
+    /// A table whose rows are only ever inserted, never read back, changed or removed (an
+    /// inbox, a timeline): once a row is written, only its key stays in memory, for
+    /// [`contains`](Self::contains) and [`insert_new`](Self::insert_new).
+    pub fn insert_only() -> Self {
+        Self {
+            insert_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// The row with `key` (none for a row an insert-only table wrote already).
     pub fn get(&self, key: &R::Key) -> Option<&R> {
         self.rows.get(key)
     }
 
     /// Whether a row has `key`.
     pub fn contains(&self, key: &R::Key) -> bool {
-        self.rows.contains_key(key)
+        self.rows.contains_key(key) || self.written.contains(key)
     }
 
     /// Every row, in no particular order.
@@ -190,12 +208,12 @@ impl<R: Row> MemoryTable<R> {
 
     /// How many rows there are.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.written.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
     fn remember(&mut self, key: &R::Key) {
@@ -210,7 +228,7 @@ impl<R: Row> MemoryTable<R> {
             was_fresh: self.fresh.contains(key),
         });
         self.changed.insert(key.clone());
-        if !self.rows.contains_key(key) && !self.removed.contains_key(key) {
+        if !self.contains(key) && !self.removed.contains_key(key) {
             self.fresh.insert(key.clone());
         }
     }
@@ -226,7 +244,7 @@ impl<R: Row> MemoryTable<R> {
     /// did.
     pub fn insert_new(&mut self, row: R) -> bool {
         let key = row.key();
-        if self.rows.contains_key(&key) {
+        if self.contains(&key) {
             return false;
         }
         self.remember(&key);
@@ -264,7 +282,10 @@ impl<R: Row> RebuiltTable for MemoryTable<R> {
     }
 
     fn clear(&mut self) {
-        *self = Self::default();
+        *self = Self {
+            insert_only: self.insert_only,
+            ..Self::default()
+        };
     }
 
     fn load(&mut self, rows: Vec<Value>) -> Result<()> {
@@ -346,6 +367,13 @@ impl<R: Row> RebuiltTable for MemoryTable<R> {
                     copy: false,
                     columns: Vec::new(),
                 });
+            }
+        }
+        if self.insert_only {
+            for key in &self.changed {
+                if self.rows.remove(key).is_some() {
+                    self.written.insert(key.clone());
+                }
             }
         }
         self.changed.clear();
@@ -626,6 +654,25 @@ mod tests {
         table.end_event(true);
         let statements = table.take_changes().expect("changes");
         assert!(statements[0].sql.starts_with("DELETE"), "{}", statements[0].sql);
+    }
+
+    #[test]
+    fn an_insert_only_table_keeps_only_the_keys_of_rows_it_wrote() {
+        let mut table = MemoryTable::<StockRow>::insert_only();
+        assert!(table.insert_new(stock("A", 1)));
+        table.end_event(true);
+        assert_eq!(table.take_changes().expect("changes").len(), 1);
+        assert!(table.get(&"A".into()).is_none(), "the row is forgotten");
+        assert!(table.contains(&"A".into()), "its key is not");
+        assert!(!table.insert_new(stock("A", 2)), "a second insert is refused");
+        assert_eq!(table.len(), 1);
+        assert!(table.take_changes().expect("changes").is_empty());
+        table.clear();
+        assert!(table.is_empty());
+        assert!(table.insert_new(stock("A", 3)));
+        table.end_event(true);
+        table.take_changes().expect("changes");
+        assert!(table.get(&"A".into()).is_none(), "still insert-only after clear");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use rdkafka::consumer::StreamConsumer;
 use tokio::task::JoinSet;
 
@@ -277,8 +278,8 @@ pub async fn run(
             resumed,
             ..ReplayReport::default()
         },
-        handled: HashSet::new(),
-        seen: HashSet::new(),
+        handled: HashSet::default(),
+        seen: HashSet::default(),
         positions,
         findings: Vec::new(),
         set_aside: Vec::new(),
@@ -296,107 +297,124 @@ pub async fn run(
     // The own records kept from the scan are in hand already; the consumer reads the rest.
     let own_kept = own.records.is_some();
     let mut queues: BTreeMap<(String, i32), VecDeque<Record>> = own.records.take().unwrap_or_default();
-    let consumer = kafka::consumer(
-        kafka,
-        &format!("{}replay-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple()),
-    )?;
-    let mut assignment = TopicPartitionList::new();
-    for ((topic, partition), position) in &replay.positions {
-        let kept = own_kept && own_topics.contains(topic);
-        if position.next < position.end && !kept {
-            assignment.add_partition_offset(topic, *partition, Offset::Offset(position.next))?;
-        }
+    for key in replay.positions.keys() {
+        queues.entry(key.clone()).or_default();
     }
-    consumer.assign(&assignment)?;
-    // Records are read and decoded by a task of their own, on the other core, while the
-    // events before them are applied.
+    queues.retain(|key, _| replay.positions.contains_key(key));
+    let mut heads: Vec<Head> = Vec::new();
+    // The other records are read and decoded by tasks of their own, each for a share of the
+    // partitions, on the other cores, while the events before them are applied.
     let own = Arc::new(own);
-    let ends: HashMap<(String, i32), i64> = replay
+    let to_read: Vec<((String, i32), Position)> = replay
         .positions
         .iter()
-        .filter(|(_, position)| position.next < position.end)
-        .map(|(key, position)| (key.clone(), position.end))
+        .filter(|((topic, _), position)| position.next < position.end && !(own_kept && own_topics.contains(topic)))
+        .map(|(key, position)| (key.clone(), *position))
         .collect();
     let (records, mut incoming) = tokio::sync::mpsc::channel(RECORDS_READ_AHEAD);
     let mut reader = JoinSet::new();
-    reader.spawn(read_records(
-        consumer,
-        Arc::clone(&codec),
-        replay.consumed_topics.clone(),
-        Arc::clone(&own),
-        ends,
-        records,
-    ));
+    for share in shares(&to_read) {
+        let consumer = kafka::consumer(
+            kafka,
+            &format!("{}replay-{}", kafka.topic_prefix, uuid::Uuid::new_v4().simple()),
+        )?;
+        let mut assignment = TopicPartitionList::new();
+        for ((topic, partition), position) in &share {
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(position.next))?;
+        }
+        consumer.assign(&assignment)?;
+        let ends = share.into_iter().map(|(key, position)| (key, position.end)).collect();
+        reader.spawn(read_records(
+            consumer,
+            Arc::clone(&codec),
+            replay.consumed_topics.clone(),
+            Arc::clone(&own),
+            ends,
+            records.clone(),
+        ));
+    }
+    drop(records);
     let mut last_progress = Instant::now();
     let run_started_done: u64 = replay.positions.values().map(Position::done).sum();
     tracing::info!(service, resumed, topics = ?topics, "replay started");
     loop {
-        // Records are applied in the order the live service took them in (see `merge_key`),
-        // across partitions and topics, so a decision is re-run after the facts it depended on,
-        // as live: a record is taken only when every partition not yet at its end offset has
-        // one in hand.
         // A record that goes after a decision no event caused (see `merge_key`) waits aside, out
         // of its partition's order: it would otherwise hold back the records of other orders
         // behind it, which the live service took in long before.
-        for (key, queue) in queues.iter_mut() {
+        for ((_, queue), (_, position)) in queues.iter_mut().zip(replay.positions.iter_mut()) {
             while let Some(record) = queue
                 .front()
                 .filter(|record| record.merge_key.2 == AFTER_UNCAUSED_DECISION)
             {
-                if let Some(position) = replay.positions.get_mut(key) {
-                    position.next = position.next.max(record.offset + 1);
-                }
+                position.next = position.next.max(record.offset + 1);
                 let record = queue.pop_front().expect("a record in hand");
                 replay.set_aside.push(record);
             }
         }
-        let open: Vec<&(String, i32)> = replay
-            .positions
-            .iter()
-            .filter(|(_, position)| position.next < position.end)
-            .map(|(key, _)| key)
-            .collect();
-        if open.is_empty() && replay.set_aside.is_empty() {
+        // Records are applied in the order the live service took them in (see `merge_key`),
+        // across partitions and topics, so a decision is re-run after the facts it depended on,
+        // as live: a record is taken only when every partition not yet at its end offset has
+        // one in hand. (`queues` holds a queue for every partition of `positions`, so the two
+        // are walked side by side.)
+        heads.clear();
+        let mut any_open = false;
+        let mut waiting = false;
+        let cause_handled = |record: &Record| record.cause.is_none_or(|cause| replay.handled.contains(&cause));
+        for (index, ((key, queue), (_, position))) in queues.iter().zip(replay.positions.iter()).enumerate() {
+            if position.next >= position.end {
+                continue;
+            }
+            any_open = true;
+            let Some(record) = queue.front() else {
+                waiting = true;
+                break;
+            };
+            // The order's earlier record waits aside: its later ones wait for it.
+            let held = !replay.set_aside.is_empty() && {
+                let order = record.event.as_ref().ok().and_then(SagaEvent::order_id);
+                replay.set_aside.iter().any(|aside| {
+                    aside.topic == key.0
+                        && aside.partition == key.1
+                        && aside.event.as_ref().ok().and_then(SagaEvent::order_id) == order
+                })
+            };
+            if !held {
+                heads.push(Head {
+                    source: HeadSource::Partition(index),
+                    order: (record.merge_key, record.offset),
+                    cause_handled: cause_handled(record),
+                });
+            }
+        }
+        if !any_open && replay.set_aside.is_empty() {
             break;
         }
-        let waiting_for = open.iter().find(|key| queues.get(**key).is_none_or(VecDeque::is_empty));
-        if waiting_for.is_some() {
+        if waiting {
             let receiving = Instant::now();
-            let record = tokio::time::timeout(Duration::from_secs(60), incoming.recv())
+            let mut record = tokio::time::timeout(Duration::from_secs(60), incoming.recv())
                 .await
                 .map_err(|_| Error::Config(format!("no record for a minute while replaying {topics:?}")))?
                 .ok_or_else(|| Error::Config(format!("the reader of {topics:?} stopped")))??;
             replay.waited_for_records += receiving.elapsed();
-            queues
-                .entry((record.topic.clone(), record.partition))
-                .or_default()
+            // The topic moves into the lookup key and back: no copy per record.
+            let key = (std::mem::take(&mut record.topic), record.partition);
+            let queue = queues.get_mut(&key);
+            record.topic = key.0;
+            queue
+                .ok_or_else(|| {
+                    Error::Replay(format!(
+                        "a record of {}/{} that no position covers",
+                        record.topic, record.partition
+                    ))
+                })?
                 .push_back(record);
             continue;
         }
-        let cause_handled = |record: &Record| record.cause.is_none_or(|cause| replay.handled.contains(&cause));
-        let heads: Vec<Head> = open
-            .iter()
-            .filter_map(|key| {
-                let record = queues.get(*key).and_then(VecDeque::front)?;
-                // The order's earlier record waits aside: its later ones wait for it.
-                let order = record.event.as_ref().ok().and_then(SagaEvent::order_id);
-                let held = replay.set_aside.iter().any(|aside| {
-                    aside.topic == key.0
-                        && aside.partition == key.1
-                        && aside.event.as_ref().ok().and_then(SagaEvent::order_id) == order
-                });
-                (!held).then(|| Head {
-                    source: HeadSource::Partition((*key).clone()),
-                    order: (record.merge_key, record.offset),
-                    cause_handled: cause_handled(record),
-                })
-            })
-            .chain(replay.set_aside.iter().enumerate().map(|(index, record)| Head {
-                source: HeadSource::SetAside(index),
-                order: (record.merge_key, record.offset),
-                cause_handled: cause_handled(record),
-            }))
-            .collect();
+        heads.extend(replay.set_aside.iter().enumerate().map(|(index, record)| Head {
+            source: HeadSource::SetAside(index),
+            order: (record.merge_key, record.offset),
+            cause_handled: cause_handled(record),
+        }));
         // An event waits until the event in the replayed range that caused it was applied, and
         // so does every later one: a waiting event holds back the records behind it in its
         // partition, which would otherwise be overtaken. Only when nothing can go on that way
@@ -419,12 +437,13 @@ pub async fn run(
             })
             .or_else(|| heads.iter().min_by_key(|head| head.order));
         let Some(next) = next else { break };
-        let record = match &next.source {
-            HeadSource::Partition(key) => queues
-                .get_mut(key)
+        let record = match next.source {
+            HeadSource::Partition(index) => queues
+                .values_mut()
+                .nth(index)
                 .and_then(VecDeque::pop_front)
                 .expect("a record in hand"),
-            HeadSource::SetAside(index) => replay.set_aside.remove(*index),
+            HeadSource::SetAside(index) => replay.set_aside.remove(index),
         };
         replay.take(rebuild, &record).await?;
         if replay.since_write >= options.batch_size.max(1) {
@@ -459,12 +478,20 @@ pub async fn run(
 }
 
 /// The runner's own tables, kept and written like a rebuild's.
-#[derive(Default)]
 struct Bookkeeping {
     /// The inbox of the consumed topics, as the live service keeps it.
     inbox: MemoryTable<InboxRow>,
     /// Re-run decisions awaiting their recorded counterpart.
     expected: MemoryTable<ExpectedRow>,
+}
+
+impl Default for Bookkeeping {
+    fn default() -> Self {
+        Self {
+            inbox: MemoryTable::insert_only(),
+            expected: MemoryTable::default(),
+        }
+    }
 }
 
 impl Bookkeeping {
@@ -534,10 +561,10 @@ struct Replay {
     bookkeeping: Bookkeeping,
     report: ReplayReport,
     /// Events handled (applied, duplicate or filtered): an event waits for its cause.
-    handled: HashSet<EventId>,
+    handled: HashSet<EventId, RandomState>,
     /// The service's own events applied (the relay publishes at least once; an interrupted
     /// replay's are known from the scan of the own topics).
-    seen: HashSet<EventId>,
+    seen: HashSet<EventId, RandomState>,
     positions: BTreeMap<(String, i32), Position>,
     /// Findings not yet written.
     findings: Vec<Finding>,
@@ -582,7 +609,12 @@ impl Replay {
         if let Some(position) = self.positions.get_mut(&(record.topic.clone(), record.partition)) {
             position.next = position.next.max(record.offset + 1);
         }
-        *self.report.per_topic.entry(record.topic.clone()).or_default() += 1;
+        match self.report.per_topic.get_mut(&record.topic) {
+            Some(read) => *read += 1,
+            None => {
+                self.report.per_topic.insert(record.topic.clone(), 1);
+            }
+        }
         self.report.read += 1;
         self.since_write += 1;
         let event = match &record.event {
@@ -883,17 +915,37 @@ async fn read_records(
 struct OwnRecord {
     /// Per consumed event (by id): the record timestamp and the event time of the first own
     /// event it caused.
-    reactions: HashMap<EventId, (i64, i64)>,
+    reactions: HashMap<EventId, (i64, i64), RandomState>,
     /// Per order: the record timestamp and the event time of a recorded decision no event
     /// caused (a deadline).
-    uncaused_decisions: HashMap<OrderId, (i64, i64)>,
+    uncaused_decisions: HashMap<OrderId, (i64, i64), RandomState>,
     /// Every own event in the range.
-    event_ids: HashSet<EventId>,
+    event_ids: HashSet<EventId, RandomState>,
     /// The own events an interrupted replay took already (below the stored positions).
-    taken_before: HashSet<EventId>,
+    taken_before: HashSet<EventId, RandomState>,
     /// The own records still to take, per partition, kept from the scan so they are not read
     /// and decoded twice; `None` when there were more than [`OWN_RECORDS_KEPT`].
     records: Option<BTreeMap<(String, i32), VecDeque<Record>>>,
+}
+
+impl OwnRecord {
+    /// Takes in what another task's scan of other partitions found.
+    fn merge(&mut self, other: OwnRecord) {
+        for (cause, reaction) in other.reactions {
+            let first = self.reactions.entry(cause).or_insert(reaction);
+            *first = (*first).min(reaction);
+        }
+        for (order, decision) in other.uncaused_decisions {
+            let first = self.uncaused_decisions.entry(order).or_insert(decision);
+            *first = (*first).min(decision);
+        }
+        self.event_ids.extend(other.event_ids);
+        self.taken_before.extend(other.taken_before);
+        match (self.records.as_mut(), other.records) {
+            (Some(records), Some(more)) => records.extend(more),
+            _ => self.records = None,
+        }
+    }
 }
 
 /// At most this many of the service's own records are kept in memory from the scan; with more,
@@ -944,24 +996,80 @@ const OWN: u8 = 1;
 /// See [`CONSUMED`].
 const AFTER_UNCAUSED_DECISION: u8 = 2;
 
-/// Reads the service's own topics from the beginning up to the end offsets (see [`OwnRecord`]).
+/// How many tasks read and decode records at once: one per core, at least two (one core
+/// applies while the other decodes), at most four.
+fn readers() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get().clamp(2, 4))
+}
+
+/// `partitions` dealt into [`readers`] shares.
+fn shares<T: Clone>(partitions: &[T]) -> Vec<Vec<T>> {
+    let count = readers().min(partitions.len());
+    let mut shares = vec![Vec::new(); count];
+    for (index, partition) in partitions.iter().enumerate() {
+        shares[index % count].push(partition.clone());
+    }
+    shares
+}
+
+/// Reads the service's own topics from the beginning up to the end offsets (see [`OwnRecord`]),
+/// a share of the partitions per task.
 async fn read_own_record(
     kafka: &KafkaConfig,
-    codec: &EventCodec,
+    codec: &Arc<EventCodec>,
     positions: &BTreeMap<(String, i32), Position>,
     own_topics: &[String],
-    decisions: &[EventType],
+    decisions: &'static [EventType],
 ) -> Result<OwnRecord> {
+    let own: Vec<((String, i32), Position)> = positions
+        .iter()
+        .filter(|((topic, _), position)| own_topics.contains(topic) && position.low < position.end)
+        .map(|(key, position)| (key.clone(), *position))
+        .collect();
+    let total: i64 = own.iter().map(|(_, position)| position.end - position.low).sum();
+    let keep_records = total <= OWN_RECORDS_KEPT;
+    let mut scans = JoinSet::new();
+    for share in shares(&own) {
+        scans.spawn(scan_own_partitions(
+            kafka.clone(),
+            Arc::clone(codec),
+            share.into_iter().collect(),
+            decisions,
+            keep_records,
+        ));
+    }
+    let mut merged = OwnRecord {
+        records: keep_records.then(BTreeMap::new),
+        ..OwnRecord::default()
+    };
+    while let Some(scanned) = scans.join_next().await {
+        let scanned = scanned.map_err(|e| Error::Replay(format!("scanning the own topics stopped: {e}")))??;
+        merged.merge(scanned);
+    }
+    Ok(merged)
+}
+
+/// Reads `positions`' partitions of the service's own topics from their first offsets up to
+/// their end offsets.
+async fn scan_own_partitions(
+    kafka: KafkaConfig,
+    codec: Arc<EventCodec>,
+    positions: BTreeMap<(String, i32), Position>,
+    decisions: &'static [EventType],
+    keep_records: bool,
+) -> Result<OwnRecord> {
+    let kafka = &kafka;
+    let codec = codec.as_ref();
+    let own_topics: Vec<String> = positions.keys().map(|(topic, _)| topic.clone()).collect();
+    let positions = &positions;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0;
     for ((topic, partition), position) in positions {
-        if own_topics.contains(topic) && position.low < position.end {
-            assignment.add_partition_offset(topic, *partition, Offset::Offset(position.low))?;
-            remaining += position.end - position.low;
-        }
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(position.low))?;
+        remaining += position.end - position.low;
     }
     let mut own = OwnRecord {
-        records: (remaining <= OWN_RECORDS_KEPT).then(BTreeMap::new),
+        records: keep_records.then(BTreeMap::new),
         ..OwnRecord::default()
     };
     if remaining == 0 {
@@ -1031,8 +1139,8 @@ struct Head {
 
 /// Where a record that can go next is.
 enum HeadSource {
-    /// At the front of this partition's records in hand.
-    Partition((String, i32)),
+    /// At the front of the records in hand of this partition (its index in the positions).
+    Partition(usize),
     /// Set aside, at this index.
     SetAside(usize),
 }
@@ -1188,10 +1296,12 @@ pub async fn moved_on_since(kafka: &KafkaConfig, registry: &RegistryConfig, rebu
     Ok(moved_on)
 }
 
-/// Drops the secondary indexes of the rebuilt tables (not the primary keys and unique indexes:
-/// the writes' upserts and the constraints need those), keeping their definitions: rows load
-/// faster without them, and an index built once over all rows costs less than one kept up
-/// row by row.
+/// Drops the secondary indexes and the foreign keys of the rebuilt tables (not the primary keys
+/// and unique indexes: the writes' upserts need those), keeping their definitions: rows load
+/// faster without them. An index built once over all rows costs less than one kept up row by
+/// row, and a foreign key checked once over all rows less than a check per row. (The rebuilt
+/// state keeps its references by the service's own code, as live: a timeline entry is written
+/// only for an order that exists.)
 async fn defer_secondary_indexes(database: &PgPool, rebuilding: &Rebuilding) -> Result<()> {
     let tables: Vec<&str> = rebuilding.tables.iter().map(|table| table.name).collect();
     let mut tx = database.begin().await?;
@@ -1204,19 +1314,37 @@ async fn defer_secondary_indexes(database: &PgPool, rebuilding: &Rebuilding) -> 
     .bind(&tables)
     .fetch_all(&mut *tx)
     .await?;
-    for (name, definition) in &indexes {
+    let foreign_keys: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.conname::text, t.relname::text, pg_get_constraintdef(c.oid) FROM pg_constraint c \
+         JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = current_schema() AND t.relname = ANY($1) AND c.contype = 'f'",
+    )
+    .bind(&tables)
+    .fetch_all(&mut *tx)
+    .await?;
+    let deferred = indexes
+        .iter()
+        .map(|(name, definition)| (name.clone(), definition.clone(), format!("DROP INDEX \"{name}\"")))
+        .chain(foreign_keys.iter().map(|(name, table, definition)| {
+            (
+                name.clone(),
+                format!("ALTER TABLE {table} ADD CONSTRAINT \"{name}\" {definition}"),
+                format!("ALTER TABLE {table} DROP CONSTRAINT \"{name}\""),
+            )
+        }));
+    for (name, definition, drop) in deferred {
         sqlx::query("INSERT INTO replay_deferred_indexes (name, definition) VALUES ($1, $2)")
-            .bind(name)
-            .bind(definition)
+            .bind(&name)
+            .bind(&definition)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&format!("DROP INDEX \"{name}\"")).execute(&mut *tx).await?;
+        sqlx::query(&drop).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-/// Creates the indexes [`defer_secondary_indexes`] dropped.
+/// Creates the indexes and foreign keys [`defer_secondary_indexes`] dropped.
 async fn create_deferred_indexes(database: &PgPool) -> Result<()> {
     let mut tx = database.begin().await?;
     let indexes: Vec<(String, String)> = sqlx::query_as("SELECT name, definition FROM replay_deferred_indexes")
