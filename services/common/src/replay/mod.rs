@@ -445,7 +445,7 @@ pub async fn run(
                 .expect("a record in hand"),
             HeadSource::SetAside(index) => replay.set_aside.remove(index),
         };
-        replay.take(rebuild, &record).await?;
+        replay.take(rebuild, record).await?;
         if replay.since_write >= options.batch_size.max(1) {
             replay.write(&database, rebuild).await?;
         }
@@ -605,7 +605,7 @@ impl Replay {
     }
 
     /// Takes the next record in the merged order: applies its event, or passes it over.
-    async fn take(&mut self, rebuild: &mut dyn Rebuild, record: &Record) -> Result<()> {
+    async fn take(&mut self, rebuild: &mut dyn Rebuild, record: Record) -> Result<()> {
         if let Some(position) = self.positions.get_mut(&(record.topic.clone(), record.partition)) {
             position.next = position.next.max(record.offset + 1);
         }
@@ -617,11 +617,26 @@ impl Replay {
         }
         self.report.read += 1;
         self.since_write += 1;
-        let event = match &record.event {
+        // The record's parts move into the event the service applies: no copy per event.
+        let Record {
+            topic,
+            partition,
+            offset,
+            traceparent,
+            event,
+            ..
+        } = record;
+        let event = match event {
             Ok(event) => event,
             Err(reason) => {
-                self.findings
-                    .push(finding(record, "undecodable", None, None, None, reason.clone()));
+                self.findings.push(finding(
+                    (&topic, partition, offset),
+                    "undecodable",
+                    None,
+                    None,
+                    None,
+                    reason,
+                ));
                 return Ok(());
             }
         };
@@ -638,14 +653,14 @@ impl Replay {
             self.report.filtered += 1;
             return Ok(());
         }
-        let consumed_topic = self.consumed_topics.contains(&record.topic);
+        let consumed_topic = self.consumed_topics.contains(&topic);
         let first_time = if consumed_topic {
             self.bookkeeping.inbox.insert_new(InboxRow {
                 event_id: event.event_id(),
                 event_type: event.event_type().as_str().to_owned(),
-                source_topic: record.topic.clone(),
-                source_partition: record.partition,
-                source_offset: record.offset,
+                source_topic: topic.clone(),
+                source_partition: partition,
+                source_offset: offset,
             })
         } else {
             self.seen.insert(event.event_id())
@@ -655,13 +670,15 @@ impl Replay {
             return Ok(());
         }
         let consumed = ConsumedEvent {
-            event: event.clone(),
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            traceparent: record.traceparent.clone(),
+            event,
+            topic,
+            partition,
+            offset,
+            traceparent,
         };
         let applied = rebuild.apply(&consumed).await;
+        let event = &consumed.event;
+        let place = (consumed.topic.as_str(), partition, offset);
         // An event the service refuses for good leaves nothing behind, as the live service's
         // rolled-back transaction does (and the live service dead-letters it).
         let keep = applied.is_ok();
@@ -689,14 +706,14 @@ impl Replay {
                 return Err(Error::Replay(format!(
                     "applying {} at {}/{}:{} failed: {error:#}",
                     event.event_type(),
-                    record.topic,
-                    record.partition,
-                    record.offset
+                    place.0,
+                    place.1,
+                    place.2
                 )))
             }
             Err(error) => {
                 self.findings.push(finding(
-                    record,
+                    place,
                     "not_applied",
                     Some(event),
                     None,
@@ -707,13 +724,13 @@ impl Replay {
             }
         }
         if !consumed_topic && self.decisions.contains(&event.event_type()) {
-            self.compare_decision(record, event);
+            self.compare_decision(place, event);
         }
         Ok(())
     }
 
     /// Compares a recorded decision with the one the replay re-ran for its order.
-    fn compare_decision(&mut self, record: &Record, event: &SagaEvent) {
+    fn compare_decision(&mut self, place: (&str, i32, i64), event: &SagaEvent) {
         let Some(order_id) = event.order_id() else { return };
         let key = (order_id, event.event_type().as_str().to_owned());
         let recorded = comparable(event);
@@ -722,7 +739,7 @@ impl Replay {
         match replayed {
             Some(replayed) if replayed.event == recorded => {}
             Some(replayed) => self.findings.push(finding(
-                record,
+                place,
                 "mismatch",
                 Some(event),
                 Some(recorded),
@@ -733,7 +750,7 @@ impl Replay {
             // a re-run decision.
             None if event.causation_id().is_none() => {}
             None => self.findings.push(finding(
-                record,
+                place,
                 "unrecorded",
                 Some(event),
                 Some(recorded),
@@ -1430,8 +1447,9 @@ fn comparable(event: &SagaEvent) -> Value {
     json
 }
 
+/// A finding about the record at `place` (topic, partition, offset).
 fn finding(
-    record: &Record,
+    (topic, partition, offset): (&str, i32, i64),
     kind: &'static str,
     event: Option<&SagaEvent>,
     recorded: Option<Value>,
@@ -1440,9 +1458,9 @@ fn finding(
 ) -> Finding {
     Finding {
         kind,
-        topic: record.topic.clone(),
-        partition: record.partition,
-        offset: record.offset,
+        topic: topic.to_owned(),
+        partition,
+        offset,
         order_id: event.and_then(SagaEvent::order_id),
         event_type: event.map(SagaEvent::event_type),
         recorded,
