@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::domain::NewNotification;
 use crate::email::Outcome;
 use crate::error::Result;
-use crate::store::{NotificationStore, RebuiltEmail};
+use crate::store::NotificationStore;
+
+/// What a rebuilt row says about an email that a notification.sent or notification.failed
+/// repeats: replay checks the event against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuiltEmail {
+    /// The customer's address.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Deterministic Message-ID.
+    pub message_id: String,
+}
 
 /// Where an email stands, as the `status` column holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +140,16 @@ impl NotificationStore for RebuiltNotifications {
     async fn email_exists(&mut self, order_id: OrderId, outcome: Outcome) -> Result<bool> {
         Ok(self.notifications.contains(&(order_id, outcome)))
     }
+}
 
-    async fn apply_recorded_sent(
+/// The deliveries replay takes from the service's own events; the live mailer records them as
+/// it sends, so they are no part of [`NotificationStore`].
+impl RebuiltNotifications {
+    /// Marks the email sent after `attempts` attempts at `sent_at`, as a recorded
+    /// notification.sent tells: no error, no claim. Returns the rebuilt email, or `None` if no
+    /// row changed: there is no such email, or its row already counts more attempts (attempts
+    /// only grow, so the event is an older one published again; the later one stands).
+    pub async fn apply_recorded_sent(
         &mut self,
         order_id: OrderId,
         outcome: Outcome,
@@ -144,7 +164,9 @@ impl NotificationStore for RebuiltNotifications {
         }))
     }
 
-    async fn apply_recorded_failure(
+    /// Sets the email aside after `attempts` attempts at `failed_at` with `error`, as a recorded
+    /// notification.failed tells. Returns like [`Self::apply_recorded_sent`].
+    pub async fn apply_recorded_failure(
         &mut self,
         order_id: OrderId,
         outcome: Outcome,

@@ -19,8 +19,8 @@ use saga_contracts::{EventType, NotificationFailed, NotificationSent, OrderId, S
 
 use crate::email::Outcome;
 use crate::handler;
-use crate::memory::RebuiltNotifications;
-use crate::store::{NotificationStore, RebuiltEmail};
+use crate::memory::{RebuiltEmail, RebuiltNotifications};
+use crate::store::NotificationStore;
 
 /// The notification service's part in replay: the rows it rebuilds.
 #[derive(Debug, Default)]
@@ -85,7 +85,7 @@ impl Rebuild for Rebuilder {
 }
 
 /// Marks the email sent as notification.sent tells.
-async fn apply_sent<S: NotificationStore>(store: &mut S, sent: &NotificationSent) -> Result<(), HandlerError> {
+async fn apply_sent(store: &mut RebuiltNotifications, sent: &NotificationSent) -> Result<(), HandlerError> {
     let email = RecordedEmail {
         event_type: EventType::NotificationSent,
         order_id: sent.envelope.order_id,
@@ -102,7 +102,7 @@ async fn apply_sent<S: NotificationStore>(store: &mut S, sent: &NotificationSent
 }
 
 /// Sets the email aside as notification.failed tells.
-async fn apply_failure<S: NotificationStore>(store: &mut S, failed: &NotificationFailed) -> Result<(), HandlerError> {
+async fn apply_failure(store: &mut RebuiltNotifications, failed: &NotificationFailed) -> Result<(), HandlerError> {
     let email = RecordedEmail {
         event_type: EventType::NotificationFailed,
         order_id: failed.envelope.order_id,
@@ -122,8 +122,8 @@ async fn apply_failure<S: NotificationStore>(store: &mut S, failed: &Notificatio
 /// names (a difference means the rendering changed since it was sent, and verify will show the
 /// rows); no row changed is an older event published again, unless the email does not exist,
 /// which the event cannot be applied without.
-async fn settle<S: NotificationStore>(
-    store: &mut S,
+async fn settle(
+    store: &mut RebuiltNotifications,
     email: &RecordedEmail<'_>,
     rebuilt: Option<RebuiltEmail>,
 ) -> Result<(), HandlerError> {

@@ -34,27 +34,6 @@ pub trait NotificationStore {
 
     /// Whether an email is recorded for this order outcome.
     async fn email_exists(&mut self, order_id: OrderId, outcome: Outcome) -> Result<bool>;
-
-    /// Replay: marks the email sent as a recorded notification.sent tells (see
-    /// [`apply_recorded_sent`]).
-    async fn apply_recorded_sent(
-        &mut self,
-        order_id: OrderId,
-        outcome: Outcome,
-        attempts: i32,
-        sent_at: DateTime<Utc>,
-    ) -> Result<Option<RebuiltEmail>>;
-
-    /// Replay: sets the email aside as a recorded notification.failed tells (see
-    /// [`apply_recorded_failure`]).
-    async fn apply_recorded_failure(
-        &mut self,
-        order_id: OrderId,
-        outcome: Outcome,
-        attempts: i32,
-        error: &str,
-        failed_at: DateTime<Utc>,
-    ) -> Result<Option<RebuiltEmail>>;
 }
 
 impl NotificationStore for PgConnection {
@@ -64,27 +43,6 @@ impl NotificationStore for PgConnection {
 
     async fn email_exists(&mut self, order_id: OrderId, outcome: Outcome) -> Result<bool> {
         Ok(email_exists(self, order_id, outcome.as_str()).await?)
-    }
-
-    async fn apply_recorded_sent(
-        &mut self,
-        order_id: OrderId,
-        outcome: Outcome,
-        attempts: i32,
-        sent_at: DateTime<Utc>,
-    ) -> Result<Option<RebuiltEmail>> {
-        Ok(apply_recorded_sent(self, order_id, outcome.as_str(), attempts, sent_at).await?)
-    }
-
-    async fn apply_recorded_failure(
-        &mut self,
-        order_id: OrderId,
-        outcome: Outcome,
-        attempts: i32,
-        error: &str,
-        failed_at: DateTime<Utc>,
-    ) -> Result<Option<RebuiltEmail>> {
-        Ok(apply_recorded_failure(self, order_id, outcome.as_str(), attempts, error, failed_at).await?)
     }
 }
 
@@ -258,71 +216,6 @@ pub async fn set_aside(
     .fetch_one(tx)
     .await?;
     delivery_record(&row)
-}
-
-/// What a rebuilt row says about an email that a notification.sent or notification.failed
-/// repeats: replay checks the event against it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct RebuiltEmail {
-    /// The customer's address.
-    pub recipient: String,
-    /// Subject.
-    pub subject: String,
-    /// Deterministic Message-ID.
-    pub message_id: String,
-}
-
-/// Replay: applies a recorded notification.sent to its email within the caller's transaction:
-/// sent at `sent_at` after `attempts` attempts, no error, no claim. Returns the rebuilt email, or
-/// `None` if no row changed: there is no such email, or its row already counts more attempts
-/// (attempts only grow, so the event is an older one published again; the later one stands).
-pub async fn apply_recorded_sent(
-    tx: &mut PgConnection,
-    order_id: OrderId,
-    outcome: &str,
-    attempts: i32,
-    sent_at: DateTime<Utc>,
-) -> Result<Option<RebuiltEmail>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE notifications \
-         SET status = 'sent', attempts = $3, sent_at = $4, last_error = NULL, failed_at = NULL, \
-             claimed_until = NULL \
-         WHERE order_id = $1 AND outcome = $2 AND attempts <= $3 \
-         RETURNING recipient, subject, message_id",
-    )
-    .bind(order_id)
-    .bind(outcome)
-    .bind(attempts)
-    .bind(sent_at)
-    .fetch_optional(tx)
-    .await
-}
-
-/// Replay: applies a recorded notification.failed to its email within the caller's
-/// transaction: set aside at `failed_at` after `attempts` attempts with `error`, no claim. Returns
-/// like [`apply_recorded_sent`].
-pub async fn apply_recorded_failure(
-    tx: &mut PgConnection,
-    order_id: OrderId,
-    outcome: &str,
-    attempts: i32,
-    error: &str,
-    failed_at: DateTime<Utc>,
-) -> Result<Option<RebuiltEmail>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE notifications \
-         SET status = 'failed', attempts = $3, last_error = $4, failed_at = $5, sent_at = NULL, \
-             claimed_until = NULL \
-         WHERE order_id = $1 AND outcome = $2 AND attempts <= $3 \
-         RETURNING recipient, subject, message_id",
-    )
-    .bind(order_id)
-    .bind(outcome)
-    .bind(attempts)
-    .bind(error)
-    .bind(failed_at)
-    .fetch_optional(tx)
-    .await
 }
 
 /// Whether an email is recorded for this order outcome.

@@ -66,7 +66,7 @@ impl Rebuilder {
 /// takes the decision as a fact; a decided one keeps its state. Either way the order is stamped
 /// with when the recorded decision was made.
 async fn apply_recorded_decision(
-    orders: &mut impl OrderStore,
+    orders: &mut RebuiltOrders,
     order_id: OrderId,
     event: &SagaEvent,
     decision: RecordedDecision,
@@ -164,6 +164,21 @@ impl Row for IdempotencyKeyRow {
     }
 }
 
+impl RebuiltOrders {
+    /// Stamps a decided order with when its recorded decision says it was decided (replay
+    /// decides later than the live service did); only replay knows that time, from the record.
+    async fn set_decided_at(&mut self, order_id: OrderId, decided_at: DateTime<Utc>) -> Result<()> {
+        if self
+            .orders
+            .get(&order_id)
+            .is_some_and(|row| row.status != OrderStatus::Pending.as_str())
+        {
+            self.orders.update(&order_id, |row| row.decided_at = Some(decided_at));
+        }
+        Ok(())
+    }
+}
+
 impl OrderStore for RebuiltOrders {
     async fn insert_order(
         &mut self,
@@ -244,17 +259,6 @@ impl OrderStore for RebuiltOrders {
             row.payment_outcome = stored.payment_outcome;
             row.inventory_outcome = stored.inventory_outcome;
         });
-        Ok(())
-    }
-
-    async fn set_decided_at(&mut self, order_id: OrderId, decided_at: DateTime<Utc>) -> Result<()> {
-        if self
-            .orders
-            .get(&order_id)
-            .is_some_and(|row| row.status != OrderStatus::Pending.as_str())
-        {
-            self.orders.update(&order_id, |row| row.decided_at = Some(decided_at));
-        }
         Ok(())
     }
 

@@ -36,12 +36,6 @@ pub trait OrderStore: Send {
     fn lock_order(&mut self, order_id: OrderId) -> impl Future<Output = Result<Option<Order>>> + Send;
     /// Stores an order's new saga state ([`save_state`]).
     fn save_state(&mut self, order_id: OrderId, state: &SagaState) -> impl Future<Output = Result<()>> + Send;
-    /// Stamps a decided order with when it was decided ([`set_decided_at`]).
-    fn set_decided_at(
-        &mut self,
-        order_id: OrderId,
-        decided_at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
     /// Records the idempotency key that placed an order ([`remember_idempotency_key`]).
     fn remember_idempotency_key(
         &mut self,
@@ -69,9 +63,6 @@ impl OrderStore for PgConnection {
     }
     async fn save_state(&mut self, order_id: OrderId, state: &SagaState) -> Result<()> {
         save_state(self, order_id, state).await
-    }
-    async fn set_decided_at(&mut self, order_id: OrderId, decided_at: DateTime<Utc>) -> Result<()> {
-        set_decided_at(self, order_id, decided_at).await
     }
     async fn remember_idempotency_key(&mut self, key: &str, request_hash: &str, order_id: OrderId) -> Result<()> {
         remember_idempotency_key(self, key, request_hash, order_id).await
@@ -276,18 +267,6 @@ pub async fn emit_decision(tx: &mut PgConnection, decided: &SagaEvent, tracepare
         event_type = %decided.event_type(),
         "order decided"
     );
-    Ok(())
-}
-
-/// Stamps a decided order with when its recorded decision says it was decided (replay decides
-/// later than the live service did).
-pub async fn set_decided_at(tx: &mut PgConnection, order_id: OrderId, decided_at: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE orders SET decided_at = $2 WHERE order_id = $1 AND status <> $3")
-        .bind(order_id)
-        .bind(decided_at)
-        .bind(OrderStatus::Pending.as_str())
-        .execute(tx)
-        .await?;
     Ok(())
 }
 
