@@ -6,6 +6,7 @@
 
 pub mod fixtures;
 pub mod harness;
+pub mod otlp;
 pub mod platform;
 pub mod services;
 
@@ -100,6 +101,7 @@ impl TestEnv {
             registry: self.registry.clone(),
             telemetry: TelemetryConfig {
                 log_format: "pretty".into(),
+                otlp_endpoint: None,
             },
             database_url: Some(self.database_url(service)),
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),

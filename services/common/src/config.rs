@@ -127,6 +127,11 @@ pub struct TelemetryConfig {
     /// `json` for one JSON object per line, `pretty` for humans.
     #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// Where to export traces over OTLP/HTTP (protobuf), e.g. `http://127.0.0.1:4318`; traces
+    /// are not exported when unset. The other standard `OTEL_EXPORTER_OTLP_*` variables
+    /// (headers, timeout, a traces-only endpoint) apply too.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Returns `url` with any password replaced by `***`, for logging.

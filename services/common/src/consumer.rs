@@ -23,11 +23,13 @@ use saga_contracts::SagaEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::codec::{DecodeError, EventCodec, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER};
 use crate::error::{Classify, ErrorClass};
 use crate::health::HealthState;
 use crate::retry::{retry_until_ok, ErrorPolicy};
+use crate::telemetry;
 
 /// Dead-letter header: topic the poison record came from.
 pub const DLQ_ORIGIN_TOPIC: &str = "dlq.origin.topic";
@@ -225,7 +227,37 @@ impl ConsumerLoop {
         }
     }
 
+    /// Handles one record inside a consumer span that continues the trace of the record's
+    /// `traceparent` (OpenTelemetry messaging conventions), so the spans of the handler's work
+    /// and the events it causes belong to the saga's trace.
     async fn process(
+        &self,
+        message: &OwnedMessage,
+        handler: &dyn EventHandler,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", message.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = message.topic(),
+            messaging.destination.partition.id = %message.partition(),
+            messaging.kafka.offset = message.offset(),
+            messaging.consumer.group.name = %self.group_id,
+            messaging.kafka.message.key = %key,
+            event_type = tracing::field::Empty,
+        );
+        telemetry::continue_trace(&span, header_value(message, TRACEPARENT_HEADER).as_deref());
+        self.decode_and_handle(message, handler, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn decode_and_handle(
         &self,
         message: &OwnedMessage,
         handler: &dyn EventHandler,
@@ -253,6 +285,7 @@ impl ConsumerLoop {
         let order_id = consumed.event.order_id().map(|id| id.to_string()).unwrap_or_default();
         let event_id = consumed.event.event_id().to_string();
         let event_type = consumed.event.event_type().as_str();
+        tracing::Span::current().record("event_type", event_type);
         let handled = self
             .policy
             .run("event handler", shutdown, || handler.handle(&consumed))

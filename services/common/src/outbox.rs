@@ -29,6 +29,7 @@ use crate::consumer::event_headers;
 use crate::error::{Classify, ErrorClass};
 use crate::health::HealthState;
 use crate::retry::ErrorPolicy;
+use crate::telemetry;
 use crate::{Error, Result};
 
 /// Advisory lock key held by the relay while it publishes a batch.
@@ -38,13 +39,15 @@ const BATCH_SIZE: i64 = 200;
 /// How often an idle relay looks for rows written by another process.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// Appends `event` to the outbox within the caller's transaction. The trace context continues
-/// `traceparent` when given (the trace of the event that caused this one).
+/// Appends `event` to the outbox within the caller's transaction. Its trace context is the
+/// current span's when traces are exported (the request or record that caused the event), else
+/// `traceparent` when given (the trace of the event that caused this one), else a new trace
+/// named after the event's key.
 pub async fn enqueue(tx: &mut PgConnection, event: &SagaEvent, traceparent: Option<&str>) -> Result<()> {
     let payload = serde_json::to_value(event).map_err(|e| Error::Encode(e.to_string()))?;
     let event_id = event.event_id().uuid();
     let key = partition_key(event);
-    let trace = traceparent.map(str::to_string).unwrap_or_else(|| traceparent_for(&key));
+    let trace = telemetry::handed_on_traceparent(traceparent).unwrap_or_else(|| traceparent_for(&key));
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, partition_key, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -188,13 +191,32 @@ impl Relay {
         // Sends are enqueued in position order; the idempotent producer keeps that order per
         // partition even with several requests in flight.
         let deliveries = sends.iter().map(|(_, event, row)| {
-            let headers = event_headers(event.event_type.as_str(), &event.event_id.to_string(), &row.traceparent);
+            let span = publish_span(event, &row.traceparent);
+            // The record carries the publish span's context when traces are exported, so the
+            // consumer's span becomes its child; else the row's, unchanged.
+            let traceparent = telemetry::traceparent_of(&span).unwrap_or_else(|| row.traceparent.clone());
+            let headers = event_headers(event.event_type.as_str(), &event.event_id.to_string(), &traceparent);
             let record = FutureRecord::to(&event.topic)
                 .key(&event.key)
                 .payload(&event.payload)
                 .headers(headers);
             let send = self.producer.send(record, Duration::from_secs(30));
-            async move { send.await.map_err(|(error, _)| Error::Kafka(error)) }
+            async move {
+                let delivered = send.await.map_err(|(error, _)| Error::Kafka(error));
+                match &delivered {
+                    Ok(delivery) => {
+                        span.record(
+                            "messaging.destination.partition.id",
+                            tracing::field::display(delivery.partition),
+                        );
+                        span.record("messaging.kafka.offset", delivery.offset);
+                    }
+                    Err(error) => {
+                        span.record("error.type", tracing::field::display(error));
+                    }
+                }
+                delivered
+            }
         });
         for ((index, _, row), delivered) in sends.iter().zip(join_all(deliveries).await) {
             if let Err(error) = delivered {
@@ -314,4 +336,26 @@ pub async fn redrive_parked(pool: &PgPool, event_ids: Option<&[Uuid]>) -> Result
     .fetch_all(pool)
     .await?;
     Ok(moved)
+}
+
+/// The producer span of one record the relay publishes (OpenTelemetry messaging conventions),
+/// a child of the span that wrote the outbox row.
+fn publish_span(event: &EncodedEvent, row_traceparent: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {}", event.topic),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = %event.topic,
+        messaging.destination.partition.id = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+        messaging.kafka.message.key = %event.key,
+        messaging.message.id = %event.event_id,
+        event_type = event.event_type.as_str(),
+        error.type = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, Some(row_traceparent));
+    span
 }

@@ -302,9 +302,11 @@ impl ServiceContext {
         // Everything that can commit outbox rows runs in `work`; the relay runs beside it and,
         // once all of `work` has stopped, publishes what the last of it committed.
         let mut work = JoinSet::new();
+        // Health probes stay out of the traces: they would bury the sagas' spans.
         let router = routes
-            .merge(self.health_router())
-            .merge(admin::router(self.database.clone()));
+            .merge(admin::router(self.database.clone()))
+            .layer(axum::middleware::from_fn(crate::telemetry::trace_http_request))
+            .merge(self.health_router());
         let shutdown = self.shutdown.clone();
         work.spawn(async move {
             if let Err(error) = serve(listener, router, shutdown).await {
@@ -397,11 +399,19 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Option<RunningService>>>,
 {
     crate::telemetry::init(service, telemetry);
-    if let Some(running) = start(shutdown_on_signal()).await? {
-        running.wait().await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    let outcome = match start(shutdown_on_signal()).await {
+        Ok(running) => {
+            if let Some(running) = running {
+                running.wait().await;
+            }
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    };
+    // Spans still waiting in the exporter's batch go out before the process ends.
+    crate::telemetry::shutdown();
+    outcome
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C.

@@ -27,11 +27,12 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use saga_common::outbox::{self, Relay};
 use saga_common::retry::{Backoff, ErrorPolicy, GaveUp};
-use saga_common::{Classify, ErrorClass};
+use saga_common::{telemetry, Classify, ErrorClass};
 use saga_contracts::OrderId;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::domain::{self, AfterFailedSend};
 use crate::error::{Error, Result};
@@ -339,17 +340,27 @@ impl Mailer {
         Ok(())
     }
 
-    /// Sends a claimed email and records what became of it.
-    #[tracing::instrument(
-        skip_all,
-        fields(
+    /// Sends a claimed email and records what became of it, in a client span that continues the
+    /// trace of the consumer span that recorded the email.
+    async fn deliver(
+        &self,
+        notification: PendingNotification,
+        shutdown: &CancellationToken,
+    ) -> Result<Delivery, GaveUp> {
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = "smtp send",
+            otel.kind = "client",
             order_id = %notification.order_id,
             outcome = %notification.outcome,
             message_id = %notification.message_id,
             attempt = notification.attempts.saturating_add(1),
-        )
-    )]
-    async fn deliver(
+        );
+        telemetry::continue_trace(&span, notification.traceparent.as_deref());
+        self.send_and_record(notification, shutdown).instrument(span).await
+    }
+
+    async fn send_and_record(
         &self,
         notification: PendingNotification,
         shutdown: &CancellationToken,
@@ -480,6 +491,7 @@ mod tests {
             message_id: "<test.confirmed@saga-platform.local>".into(),
             attempts: 0,
             unclassified_failures: 0,
+            traceparent: None,
         }
     }
 

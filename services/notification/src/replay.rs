@@ -39,12 +39,14 @@ const TABLES: &[VerifiedTable] = &[VerifiedTable {
     key: &["order_id", "outcome"],
     // created_at is when the handler processed the order event (live and replay process it at
     // different times); next_attempt_at, claimed_until and unclassified_failures are the
-    // mailer's schedule, claims and retry budget, which no event records.
+    // mailer's schedule, claims and retry budget, which no event records; traceparent names the
+    // live consumer's span.
     ignored: &[
         "created_at",
         "next_attempt_at",
         "claimed_until",
         "unclassified_failures",
+        "traceparent",
     ],
 }];
 

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use saga_common::telemetry;
 use saga_contracts::OrderId;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -65,6 +66,8 @@ pub struct PendingNotification {
     pub attempts: i32,
     /// How many of those failed with an unclassified error.
     pub unclassified_failures: i32,
+    /// W3C trace context of the span that recorded the email, when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 /// What an operator (or a test) sees of one email.
@@ -100,8 +103,8 @@ const VIEW_COLUMNS: &str =
 pub async fn record_intent(tx: &mut PgConnection, notification: &NewNotification) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO notifications \
-             (order_id, outcome, recipient, subject, body, message_id, status, source_event_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) \
+             (order_id, outcome, recipient, subject, body, message_id, status, source_event_id, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8) \
          ON CONFLICT (order_id, outcome) DO NOTHING",
     )
     .bind(notification.order_id)
@@ -111,6 +114,8 @@ pub async fn record_intent(tx: &mut PgConnection, notification: &NewNotification
     .bind(&notification.body)
     .bind(&notification.message_id)
     .bind(notification.source_event_id)
+    // The span recording the intent (the consumer's) is the parent of the mailer's work.
+    .bind(telemetry::traceparent_of(&tracing::Span::current()))
     .execute(tx)
     .await?
     .rows_affected();
@@ -128,7 +133,8 @@ pub async fn claim_due(pool: &PgPool, lease: Duration) -> Result<Option<PendingN
              WHERE status = 'pending' AND next_attempt_at <= now() \
                AND (claimed_until IS NULL OR claimed_until <= now()) \
              ORDER BY next_attempt_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING order_id, outcome, recipient, subject, body, message_id, attempts, unclassified_failures",
+         RETURNING order_id, outcome, recipient, subject, body, message_id, attempts, unclassified_failures, \
+                   traceparent",
     )
     .bind(lease.as_secs_f64())
     .fetch_optional(pool)

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use saga_common::outbox::Relay;
 use saga_common::retry::ErrorPolicy;
+use saga_common::telemetry;
 use saga_contracts::Envelope;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::domain::SagaInput;
 use crate::error::Result;
@@ -60,12 +62,20 @@ impl DeadlineScanner {
     pub async fn fail_overdue(&self) -> Result<usize> {
         let mut tx = self.database.begin().await?;
         let overdue = store::lock_overdue(&mut tx, BATCH).await?;
-        for order in &overdue {
-            let (state, decided) = order.apply(SagaInput::DeadlinePassed, Envelope::for_command(order.order_id));
-            store::save_state(&mut tx, order.order_id, &state).await?;
-            if let Some(decided) = &decided {
-                store::emit_decision(&mut tx, decided, None).await?;
+        for (order, traceparent) in &overdue {
+            // The decision continues the trace of the request that placed the order.
+            let span = tracing::info_span!("deadline passed", order_id = %order.order_id);
+            telemetry::continue_trace(&span, traceparent.as_deref());
+            async {
+                let (state, decided) = order.apply(SagaInput::DeadlinePassed, Envelope::for_command(order.order_id));
+                store::save_state(&mut tx, order.order_id, &state).await?;
+                if let Some(decided) = &decided {
+                    store::emit_decision(&mut tx, decided, None).await?;
+                }
+                Ok::<_, crate::error::Error>(())
             }
+            .instrument(span)
+            .await?;
         }
         tx.commit().await?;
         Ok(overdue.len())

@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use saga_common::outbox;
+use saga_common::{outbox, telemetry};
 use saga_contracts::{EventId, FailureReason, OrderId, SagaEvent};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -79,8 +79,8 @@ pub async fn insert_order(
 ) -> Result<()> {
     let request = &order.request;
     sqlx::query(
-        "INSERT INTO orders (order_id, customer_id, customer_email, currency, total_minor, payment_token, items, status, created_at, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO orders (order_id, customer_id, customer_email, currency, total_minor, payment_token, items, status, created_at, deadline_at, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(order_id)
     .bind(&request.customer_id)
@@ -92,6 +92,7 @@ pub async fn insert_order(
     .bind(OrderStatus::Pending.as_str())
     .bind(created_at)
     .bind(deadline_at)
+    .bind(telemetry::traceparent_of(&tracing::Span::current()))
     .execute(tx)
     .await?;
     Ok(())
@@ -152,9 +153,9 @@ pub async fn lock_order(tx: &mut PgConnection, order_id: OrderId) -> Result<Opti
 /// Locks up to `limit` pending orders whose deadline has passed, oldest deadline first. Orders
 /// another transaction holds (an outcome deciding them right now) are skipped: that
 /// transaction decides them.
-pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<Order>> {
+pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<(Order, Option<String>)>> {
     sqlx::query(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = $1 AND deadline_at <= now() \
+        "SELECT {ORDER_COLUMNS}, traceparent FROM orders WHERE status = $1 AND deadline_at <= now() \
          ORDER BY deadline_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
     .bind(OrderStatus::Pending.as_str())
@@ -162,7 +163,7 @@ pub async fn lock_overdue(tx: &mut PgConnection, limit: i64) -> Result<Vec<Order
     .fetch_all(tx)
     .await?
     .iter()
-    .map(order_from)
+    .map(|row| Ok((order_from(row)?, row.try_get("traceparent")?)))
     .collect()
 }
 

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use saga_common::outbox::Relay;
 use saga_common::retry::{ErrorPolicy, GaveUp};
+use saga_common::telemetry;
 use saga_contracts::OrderId;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
@@ -223,14 +224,30 @@ impl Shared {
                 .await,
         )?;
         let call = state.gateway_call().ok_or(Stop::Settled)?;
-        let outcome = self.call_gateway(&call, shutdown).await?;
-        let transition = policy_outcome(
-            self.policy
-                .run("payment settlement", shutdown, || self.record(order_id, &outcome))
-                .await,
-        )?;
-        log_transition(&transition);
-        Ok(())
+        // The call and its recording continue the trace of the order.created that asked for the
+        // payment; the events recorded are children of this span.
+        let span = tracing::info_span!(
+            "settle",
+            otel.name = %format_args!("{} payment", call.operation()),
+            %order_id,
+        );
+        let traceparent = state
+            .payment
+            .as_ref()
+            .and_then(|payment| payment.traceparent.as_deref());
+        telemetry::continue_trace(&span, traceparent);
+        async {
+            let outcome = self.call_gateway(&call, shutdown).await?;
+            let transition = policy_outcome(
+                self.policy
+                    .run("payment settlement", shutdown, || self.record(order_id, &outcome))
+                    .await,
+            )?;
+            log_transition(&transition);
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Makes `call` until the gateway answers or the policy gives up; abandons it on shutdown
@@ -240,13 +257,36 @@ impl Shared {
             // A slot is held only while the gateway works: a call waiting to be retried leaves it
             // to the other payments.
             let _slot = self.slots.acquire().await;
-            match call {
-                GatewayCall::Charge(request) => self.gateway.charge(request.clone()).await.map(Input::Charged),
-                GatewayCall::Refund(request) => self.gateway.refund(request.clone()).await.map(|refund| {
-                    tracing::debug!(refund_reference = %refund.refund_reference, "gateway refunded");
-                    Input::RefundMade
-                }),
+            let span = tracing::info_span!(
+                "gateway call",
+                otel.name = %format_args!("payment gateway {}", call.operation()),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                payment.operation = call.operation(),
+                error.type = tracing::field::Empty,
+            );
+            let answered = match call {
+                GatewayCall::Charge(request) => self
+                    .gateway
+                    .charge(request.clone())
+                    .instrument(span.clone())
+                    .await
+                    .map(Input::Charged),
+                GatewayCall::Refund(request) => self
+                    .gateway
+                    .refund(request.clone())
+                    .instrument(span.clone())
+                    .await
+                    .map(|refund| {
+                        tracing::debug!(refund_reference = %refund.refund_reference, "gateway refunded");
+                        Input::RefundMade
+                    }),
+            };
+            if let Err(error) = &answered {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", tracing::field::display(error));
             }
+            answered
         };
         let what = match call {
             GatewayCall::Charge(_) => "gateway charge",

@@ -211,6 +211,16 @@ pub enum GatewayCall {
     Refund(RefundRequest),
 }
 
+impl GatewayCall {
+    /// `charge` or `refund`.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            GatewayCall::Charge(_) => "charge",
+            GatewayCall::Refund(_) => "refund",
+        }
+    }
+}
+
 impl PaymentState {
     /// The gateway call this state waits for: a charge while pending, a refund while refunding.
     pub fn gateway_call(&self) -> Option<GatewayCall> {

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use saga_common::inbox;
 use saga_common::outbox::Relay;
+use saga_common::telemetry;
 use saga_contracts::{OrderId, SagaEvent};
 use sqlx::PgPool;
 
@@ -44,7 +45,8 @@ pub async fn apply<S: PaymentStore>(store: &mut S, consumed: &ConsumedEvent) -> 
 fn input_for(consumed: &ConsumedEvent) -> Result<Option<(OrderId, Input)>> {
     Ok(match &consumed.event {
         SagaEvent::OrderCreated(order) => {
-            let payment = NewPayment::for_order(order, consumed.traceparent.clone())?;
+            let payment =
+                NewPayment::for_order(order, telemetry::handed_on_traceparent(consumed.traceparent.as_deref()))?;
             Some((order.envelope.order_id, Input::OrderCreated(payment)))
         }
         SagaEvent::OrderFailed(failed) => {

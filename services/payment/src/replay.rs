@@ -54,9 +54,16 @@ const TABLES: &[VerifiedTable] = &[
     VerifiedTable {
         name: "payments",
         key: &["order_id"],
-        // When the live and the replaying service processed the events, and the charger's
-        // notes on a payment it gave up on for a while (replay calls no gateway, so never gives up).
-        ignored: &["created_at", "updated_at", "stalled_reason", "stalled_at"],
+        // When the live and the replaying service processed the events, the charger's notes
+        // on a payment it gave up on for a while (replay calls no gateway, so never gives up),
+        // and the trace context (the live one names the span of the live consumer).
+        ignored: &[
+            "created_at",
+            "updated_at",
+            "stalled_reason",
+            "stalled_at",
+            "traceparent",
+        ],
     },
     VerifiedTable {
         name: "failed_orders",

@@ -45,6 +45,11 @@ impl ManagedProcess {
         }
     }
 
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.insert(name.to_string(), value.to_string());
+    }
+
     /// Starts the process, appending its output to `<working dir>/<name>.log`.
     pub fn start(&mut self) -> anyhow::Result<()> {
         if self.is_running() {

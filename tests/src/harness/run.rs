@@ -98,7 +98,8 @@ impl Default for HarnessConfig {
     }
 }
 
-fn workspace_root() -> PathBuf {
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -106,7 +107,7 @@ fn workspace_root() -> PathBuf {
 /// folder, or the parent of a test's `deps`), which holds them after `cargo build --bins`; else
 /// `<target>/debug`. A target folder shared by several checkouts makes the compile-time source
 /// path an unreliable guide, the running program's location is not.
-fn service_binaries(target: &std::path::Path) -> PathBuf {
+pub fn service_binaries(target: &std::path::Path) -> PathBuf {
     let own_folder = std::env::current_exe().ok().and_then(|exe| {
         let folder = exe.parent()?.to_path_buf();
         Some(if folder.ends_with("deps") {
@@ -120,7 +121,8 @@ fn service_binaries(target: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|| target.join("debug"))
 }
 
-fn env_or(name: &str, default: &str) -> String {
+/// The environment variable `name`, or `default` when it is unset.
+pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
