@@ -7,6 +7,7 @@
 pub mod fixtures;
 pub mod harness;
 pub mod platform;
+pub mod prometheus;
 pub mod services;
 
 use std::time::Duration;

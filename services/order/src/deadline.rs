@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::SagaInput;
 use crate::error::Result;
+use crate::metrics::DecisionRecord;
 use crate::store;
 
 /// How often overdue orders are looked for.
@@ -60,14 +61,18 @@ impl DeadlineScanner {
     pub async fn fail_overdue(&self) -> Result<usize> {
         let mut tx = self.database.begin().await?;
         let overdue = store::lock_overdue(&mut tx, BATCH).await?;
+        let mut decisions = Vec::new();
         for order in &overdue {
             let (state, decided) = order.apply(SagaInput::DeadlinePassed, Envelope::for_command(order.order_id));
             store::save_state(&mut tx, order.order_id, &state).await?;
             if let Some(decided) = &decided {
                 store::emit_decision(&mut tx, decided, None).await?;
+                let created_at = store::created_at(&mut tx, order.order_id).await?;
+                decisions.extend(DecisionRecord::of(decided, created_at));
             }
         }
         tx.commit().await?;
+        decisions.iter().for_each(DecisionRecord::record);
         Ok(overdue.len())
     }
 }
