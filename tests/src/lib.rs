@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod harness;
 pub mod otlp;
 pub mod platform;
+pub mod prometheus;
 pub mod services;
 
 use std::time::Duration;

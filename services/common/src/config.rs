@@ -49,6 +49,14 @@ pub struct KafkaConfig {
     /// librdkafka debug contexts (e.g. `cgrp,topic`), for diagnosing group and fetch problems.
     #[arg(long = "kafka-debug", env = "KAFKA_DEBUG")]
     pub debug: Option<String>,
+    /// How often the consumer loop's client reports its statistics, which set the consumer lag
+    /// gauge of each partition, in milliseconds; 0 turns the lag gauge off.
+    #[arg(
+        long = "kafka-statistics-interval-ms",
+        env = "KAFKA_STATISTICS_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    pub statistics_interval_ms: u64,
 }
 
 impl KafkaConfig {
@@ -62,6 +70,7 @@ impl KafkaConfig {
             session_timeout_ms: 6000,
             commit_interval_ms: 5000,
             debug: None,
+            statistics_interval_ms: 5000,
         }
     }
 

@@ -12,10 +12,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -28,6 +28,8 @@ use tracing::Instrument;
 use crate::codec::{DecodeError, EventCodec, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER};
 use crate::error::{Classify, ErrorClass};
 use crate::health::HealthState;
+use crate::kafka::GroupConsumer;
+use crate::metrics::RecordMetrics;
 use crate::retry::{retry_until_ok, ErrorPolicy};
 use crate::telemetry;
 
@@ -126,8 +128,8 @@ pub trait EventHandler: Send + Sync {
 
 /// Everything the loop needs besides the handler.
 pub struct ConsumerLoop {
-    /// Subscribed consumer (see [`crate::kafka::consumer`]).
-    pub consumer: StreamConsumer,
+    /// Subscribed consumer (see [`crate::kafka::subscribed_consumer`]).
+    pub consumer: GroupConsumer,
     /// Codec for decoding.
     pub codec: Arc<EventCodec>,
     /// Producer for dead letters.
@@ -184,7 +186,11 @@ impl ConsumerLoop {
             let key = (message.topic().to_string(), message.partition());
             let worker = workers.entry(key).or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(PARTITION_QUEUE);
-                running.spawn(self.clone().work_partition(receiver, handler.clone(), shutdown.clone()));
+                let metrics = RecordMetrics::new(message.topic(), &self.group_id);
+                running.spawn(
+                    self.clone()
+                        .work_partition(receiver, handler.clone(), shutdown.clone(), metrics),
+                );
                 sender
             });
             tokio::select! {
@@ -205,13 +211,14 @@ impl ConsumerLoop {
         mut queue: mpsc::Receiver<OwnedMessage>,
         handler: Arc<dyn EventHandler>,
         shutdown: CancellationToken,
+        metrics: RecordMetrics,
     ) {
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = queue.recv() => match next { Some(message) => message, None => break },
             };
-            match self.process(&message, handler.as_ref(), &shutdown).await {
+            match self.process(&message, handler.as_ref(), &shutdown, &metrics).await {
                 Outcome::Processed | Outcome::DeadLettered => {
                     if let Err(error) =
                         self.consumer
@@ -235,6 +242,7 @@ impl ConsumerLoop {
         message: &OwnedMessage,
         handler: &dyn EventHandler,
         shutdown: &CancellationToken,
+        metrics: &RecordMetrics,
     ) -> Outcome {
         let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
         let span = tracing::info_span!(
@@ -252,7 +260,7 @@ impl ConsumerLoop {
             event_type = tracing::field::Empty,
         );
         telemetry::continue_trace(&span, header_value(message, TRACEPARENT_HEADER).as_deref());
-        self.decode_and_handle(message, handler, shutdown)
+        self.decode_and_handle(message, handler, shutdown, metrics)
             .instrument(span)
             .await
     }
@@ -262,6 +270,7 @@ impl ConsumerLoop {
         message: &OwnedMessage,
         handler: &dyn EventHandler,
         shutdown: &CancellationToken,
+        metrics: &RecordMetrics,
     ) -> Outcome {
         let decoded = retry_until_ok("schema lookup", self.policy.backoff, shutdown, || async {
             match self.codec.decode(message.payload()).await {
@@ -273,7 +282,7 @@ impl ConsumerLoop {
         let event = match decoded {
             None => return Outcome::Interrupted,
             Some(Ok(event)) => event,
-            Some(Err(error)) => return self.dead_letter(message, &error.to_string(), shutdown).await,
+            Some(Err(error)) => return self.dead_letter(message, &error.to_string(), shutdown, metrics).await,
         };
         let consumed = ConsumedEvent {
             topic: message.topic().to_string(),
@@ -286,24 +295,40 @@ impl ConsumerLoop {
         let event_id = consumed.event.event_id().to_string();
         let event_type = consumed.event.event_type().as_str();
         tracing::Span::current().record("event_type", event_type);
+        let started = Instant::now();
         let handled = self
             .policy
-            .run("event handler", shutdown, || handler.handle(&consumed))
+            .run_reporting_retries(
+                "event handler",
+                shutdown,
+                || metrics.retried(),
+                || handler.handle(&consumed),
+            )
             .await;
+        if handled.is_some() {
+            metrics.handled_in(started.elapsed());
+        }
         match handled {
             None => Outcome::Interrupted,
             Some(Ok(())) => {
                 tracing::debug!(order_id, event_id, event_type, "event processed");
+                metrics.processed();
                 Outcome::Processed
             }
             Some(Err(gave_up)) => {
                 tracing::error!(order_id, event_id, event_type, error = %gave_up, "event handler gave up");
-                self.dead_letter(message, &gave_up.to_string(), shutdown).await
+                self.dead_letter(message, &gave_up.to_string(), shutdown, metrics).await
             }
         }
     }
 
-    async fn dead_letter(&self, message: &OwnedMessage, reason: &str, shutdown: &CancellationToken) -> Outcome {
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        reason: &str,
+        shutdown: &CancellationToken,
+        metrics: &RecordMetrics,
+    ) -> Outcome {
         tracing::error!(
             topic = message.topic(),
             partition = message.partition(),
@@ -359,6 +384,7 @@ impl ConsumerLoop {
         match sent {
             Some(_) => {
                 self.health.count_dead_letter();
+                metrics.dead_lettered();
                 Outcome::DeadLettered
             }
             None => Outcome::Interrupted,

@@ -16,6 +16,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
+use crate::metrics::ConsumerLagContext;
 use crate::{Error, Result};
 
 /// Builds the producer every service publishes with: idempotent, every record acknowledged by
@@ -38,11 +39,15 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
 /// `cooperative-sticky` assignment and a short session timeout let a surviving member take
 /// over a dead member's partitions within seconds.
 pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> {
+    Ok(consumer_config(config, group_id).create()?)
+}
+
+fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
     if let Some(contexts) = &config.debug {
         client.set("debug", contexts);
     }
-    Ok(client
+    client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
@@ -55,13 +60,19 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
             "heartbeat.interval.ms",
             (config.session_timeout_ms / 3).max(100).to_string(),
         )
-        .set("enable.partition.eof", "false")
-        .create()?)
+        .set("enable.partition.eof", "false");
+    client
 }
 
-/// A [`consumer`] subscribed to `topics`.
-pub fn subscribed_consumer(config: &KafkaConfig, group_id: &str, topics: &[String]) -> Result<StreamConsumer> {
-    let consumer = consumer(config, group_id)?;
+/// The consumer a service's consumer loop reads with: a [`consumer`] whose statistics set the
+/// consumer lag gauge of each partition it is assigned (see [`ConsumerLagContext`]).
+pub type GroupConsumer = StreamConsumer<ConsumerLagContext>;
+
+/// A [`GroupConsumer`] subscribed to `topics`.
+pub fn subscribed_consumer(config: &KafkaConfig, group_id: &str, topics: &[String]) -> Result<GroupConsumer> {
+    let consumer: GroupConsumer = consumer_config(config, group_id)
+        .set("statistics.interval.ms", config.statistics_interval_ms.to_string())
+        .create_with_context(ConsumerLagContext::new(group_id))?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
     Ok(consumer)

@@ -1,7 +1,8 @@
 //! Shared machinery of the saga services: typed configuration, telemetry, Kafka clients,
 //! the Avro event codec, health checks, and the at-least-once consumer loop.
 //!
-//! Nothing here knows about orders, payments or stock; the services build on it.
+//! Nothing here knows about orders, payments or stock (beyond the names of their metrics, kept
+//! together in [`metrics`]); the services build on it.
 
 pub mod admin;
 pub mod codec;
@@ -13,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod inbox;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod replay;
 pub mod retry;

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -28,6 +28,7 @@ use crate::codec::{partition_key, traceparent_for, EncodedEvent, EventCodec};
 use crate::consumer::event_headers;
 use crate::error::{Classify, ErrorClass};
 use crate::health::HealthState;
+use crate::metrics;
 use crate::retry::ErrorPolicy;
 use crate::telemetry;
 use crate::{Error, Result};
@@ -38,6 +39,8 @@ const RELAY_LOCK_KEY: i64 = 0x5A6A_0B0C;
 const BATCH_SIZE: i64 = 200;
 /// How often an idle relay looks for rows written by another process.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Least time between two refreshes of the pending-rows gauges (each counts the outbox).
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Appends `event` to the outbox within the caller's transaction. Its trace context is the
 /// current span's when traces are exported (the request or record that caused the event), else
@@ -79,6 +82,8 @@ pub struct Relay {
     health: Arc<HealthState>,
     /// Unclassified failures per outbox position, for the policy's retry budget.
     unclassified_failures: Arc<Mutex<HashMap<i64, u32>>>,
+    /// The service whose outbox this is, as its metrics name it.
+    service: &'static str,
 }
 
 /// One outbox row as the relay reads it.
@@ -115,7 +120,13 @@ impl Relay {
             policy,
             health,
             unclassified_failures: Arc::default(),
+            service: "unnamed",
         }
+    }
+
+    /// The same relay, its metrics labelled with `service`.
+    pub fn for_service(self, service: &'static str) -> Self {
+        Self { service, ..self }
     }
 
     /// Tells the relay that new rows were committed, so it publishes without waiting to poll.
@@ -126,8 +137,14 @@ impl Relay {
     /// Publishes until `shutdown` is cancelled; failures are retried with backoff.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0;
+        let mut gauges_refreshed: Option<Instant> = None;
         loop {
-            match self.publish_batch().await {
+            let published = self.publish_batch().await;
+            if gauges_refreshed.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
+                self.refresh_gauges().await;
+                gauges_refreshed = Some(Instant::now());
+            }
+            match published {
                 Ok(published) => {
                     failures = 0;
                     if published > 0 {
@@ -190,6 +207,7 @@ impl Relay {
         }
         // Sends are enqueued in position order; the idempotent producer keeps that order per
         // partition even with several requests in flight.
+        let service = self.service;
         let deliveries = sends.iter().map(|(_, event, row)| {
             let span = publish_span(event, &row.traceparent);
             // The record carries the publish span's context when traces are exported, so the
@@ -202,9 +220,11 @@ impl Relay {
                 .headers(headers);
             let send = self.producer.send(record, Duration::from_secs(30));
             async move {
+                let sent_at = Instant::now();
                 let delivered = send.await.map_err(|(error, _)| Error::Kafka(error));
                 match &delivered {
                     Ok(delivery) => {
+                        metrics::record_outbox_publish(service, &event.topic, sent_at.elapsed());
                         span.record(
                             "messaging.destination.partition.id",
                             tracing::field::display(delivery.partition),
@@ -218,9 +238,11 @@ impl Relay {
                 delivered
             }
         });
-        for ((index, _, row), delivered) in sends.iter().zip(join_all(deliveries).await) {
-            if let Err(error) = delivered {
-                outcomes[*index] = self.judge(row, error);
+        let mut delivered_per_topic: HashMap<&str, u64> = HashMap::new();
+        for ((index, event, row), delivered) in sends.iter().zip(join_all(deliveries).await) {
+            match delivered {
+                Ok(_) => *delivered_per_topic.entry(event.topic.as_str()).or_default() += 1,
+                Err(error) => outcomes[*index] = self.judge(row, error),
             }
         }
         let mut published = Vec::new();
@@ -247,10 +269,30 @@ impl Relay {
         }
         drop(failures);
         self.health.count_parked(parked.len() as u64);
+        metrics::count_outbox_parked(self.service, parked.len() as u64);
+        for (topic, rows) in delivered_per_topic {
+            metrics::count_outbox_published(self.service, topic, rows);
+        }
         for (_, event, _) in &sends {
             tracing::debug!(event_id = %event.event_id, event_type = event.event_type.as_str(), order_id = %event.key, "published");
         }
         Ok(rows.len())
+    }
+
+    /// Sets the pending-rows gauges from the outbox; a failure leaves them as they were.
+    async fn refresh_gauges(&self) {
+        let counted: std::result::Result<(i64, Option<f64>), sqlx::Error> =
+            sqlx::query_as("SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox")
+                .fetch_one(&self.pool)
+                .await;
+        match counted {
+            Ok((rows, oldest_age)) => metrics::set_outbox_pending(
+                self.service,
+                rows,
+                oldest_age.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+            ),
+            Err(error) => tracing::debug!(%error, "could not count the outbox for its gauges"),
+        }
     }
 
     async fn encode_row(&self, row: &OutboxRow) -> Result<EncodedEvent> {

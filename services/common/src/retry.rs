@@ -113,6 +113,23 @@ impl ErrorPolicy {
         &self,
         what: &str,
         shutdown: &CancellationToken,
+        operation: F,
+    ) -> Option<Result<T, GaveUp>>
+    where
+        E: Classify + std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_reporting_retries(what, shutdown, || {}, operation).await
+    }
+
+    /// [`Self::run`], calling `on_retry` each time a failed attempt is going to be retried (to
+    /// count retries).
+    pub async fn run_reporting_retries<T, E, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut on_retry: impl FnMut(),
         mut operation: F,
     ) -> Option<Result<T, GaveUp>>
     where
@@ -141,6 +158,7 @@ impl ErrorPolicy {
             }
             let delay = self.backoff.delay(attempts);
             tracing::warn!(%error, %class, attempt = attempts, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
+            on_retry();
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(delay) => {}
@@ -234,6 +252,31 @@ mod tests {
             (gave_up.class, gave_up.attempts, calls),
             (ErrorClass::Unclassified, 5, 5)
         );
+    }
+
+    #[tokio::test]
+    async fn each_retry_is_reported_and_the_final_attempt_is_not() {
+        let (mut calls, mut retries) = (0, 0);
+        let outcome: Option<Result<(), GaveUp>> = quick_policy(3)
+            .run_reporting_retries(
+                "counted",
+                &CancellationToken::new(),
+                || retries += 1,
+                || {
+                    calls += 1;
+                    let class = if calls == 1 {
+                        ErrorClass::Transient
+                    } else {
+                        ErrorClass::Unclassified
+                    };
+                    async move { Err(Failure(class)) }
+                },
+            )
+            .await;
+        assert!(matches!(outcome, Some(Err(_))));
+        // One transient and two unclassified failures were retried; the third unclassified one
+        // used up the budget.
+        assert_eq!((calls, retries), (4, 3));
     }
 
     #[tokio::test]

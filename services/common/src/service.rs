@@ -23,7 +23,7 @@ use crate::health::{self, HealthState};
 use crate::kafka::{self, Retention, TopicSpec};
 use crate::outbox::Relay;
 use crate::retry::{retry_until_ok, Backoff, ErrorPolicy};
-use crate::{admin, database, Result};
+use crate::{admin, database, metrics, Result};
 
 /// Configuration every service accepts; defaults for the database and the port come from the
 /// service's [`ServiceSpec`].
@@ -194,7 +194,8 @@ impl ServiceContext {
         let health = Arc::new(HealthState::default());
         Ok(Some(Self {
             spec,
-            relay: Relay::new(pool.clone(), producer.clone(), codec.clone(), policy, health.clone()),
+            relay: Relay::new(pool.clone(), producer.clone(), codec.clone(), policy, health.clone())
+                .for_service(spec.name),
             database: pool,
             kafka: config.kafka.clone(),
             registry: config.registry.clone(),
@@ -293,9 +294,10 @@ impl BackgroundTask {
 }
 
 impl ServiceContext {
-    /// Binds HTTP on `listen` and spawns the server (routes plus health), the outbox relay, the
-    /// consumer loop and the background tasks. On shutdown the server and the consumer stop
-    /// taking new work and finish what they hold; the relay then publishes what is left.
+    /// Binds HTTP on `listen` and spawns the server (routes plus health and `/metrics`, every
+    /// request counted), the outbox relay, the consumer loop and the background tasks. On
+    /// shutdown the server and the consumer stop taking new work and finish what they hold; the
+    /// relay then publishes what is left.
     pub async fn launch(self, listen: SocketAddr, routes: Router, workload: Workload) -> Result<RunningService> {
         let listener = bind(listen).await?;
         let local_addr = listener.local_addr().map_err(|e| crate::Error::Config(e.to_string()))?;
@@ -306,7 +308,9 @@ impl ServiceContext {
         let router = routes
             .merge(admin::router(self.database.clone()))
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http_request))
-            .merge(self.health_router());
+            .merge(self.health_router())
+            .merge(metrics::router(metrics::install()));
+        let router = metrics::record_http_requests(router, self.spec.name);
         let shutdown = self.shutdown.clone();
         work.spawn(async move {
             if let Err(error) = serve(listener, router, shutdown).await {

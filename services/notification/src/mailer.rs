@@ -25,6 +25,7 @@ use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use saga_common::metrics::{label, EMAILS_FAILED, EMAILS_SENT};
 use saga_common::outbox::{self, Relay};
 use saga_common::retry::{Backoff, ErrorPolicy, GaveUp};
 use saga_common::{telemetry, Classify, ErrorClass};
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::domain::{self, AfterFailedSend};
+use crate::email::Outcome;
 use crate::error::{Error, Result};
 use crate::store::{self, PendingNotification};
 
@@ -370,6 +372,7 @@ impl Mailer {
         let database = &self.database;
         let error = match self.sender.send(&notification).await {
             Ok(()) => {
+                ::metrics::counter!(EMAILS_SENT, label::TEMPLATE => template_label(outcome)).increment(1);
                 // The server has the mail: record it until the database takes it, shutdown or
                 // not (within the claim), so that no other attempt sends it again.
                 let keep_trying = CancellationToken::new();
@@ -396,6 +399,7 @@ impl Mailer {
             earlier(notification.unclassified_failures),
         ) {
             AfterFailedSend::RetryAfter(delay) => {
+                count_failed(outcome, "retried");
                 tracing::warn!(error = %reason, %class, retry_in_ms = delay.as_millis() as u64, "sending email failed; will retry");
                 let unclassified = class == ErrorClass::Unclassified;
                 self.database_policy
@@ -407,6 +411,7 @@ impl Mailer {
                 Delivery::Postponed
             }
             AfterFailedSend::SetAside => {
+                count_failed(outcome, "set_aside");
                 tracing::error!(error = %reason, %class, "email cannot be delivered; set aside as failed");
                 self.database_policy
                     .run("setting an email aside", shutdown, || {
@@ -419,6 +424,26 @@ impl Mailer {
         };
         Ok(delivery)
     }
+}
+
+/// The `template` label of an email whose order had `outcome`: `confirmed`, `failed`, or `other`
+/// for a value this code does not know (a label never takes arbitrary text).
+fn template_label(outcome: &str) -> &'static str {
+    [Outcome::Confirmed, Outcome::Failed]
+        .into_iter()
+        .map(Outcome::as_str)
+        .find(|known| *known == outcome)
+        .unwrap_or("other")
+}
+
+/// Counts a failed attempt to send an email of `outcome`, followed by `disposition`.
+fn count_failed(outcome: &str, disposition: &'static str) {
+    ::metrics::counter!(
+        EMAILS_FAILED,
+        label::TEMPLATE => template_label(outcome),
+        label::DISPOSITION => disposition
+    )
+    .increment(1);
 }
 
 /// What became of an email, as the mailer records it.
@@ -450,6 +475,13 @@ impl Mailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emails_are_counted_by_the_outcome_they_report_and_nothing_else() {
+        assert_eq!(template_label("confirmed"), "confirmed");
+        assert_eq!(template_label("failed"), "failed");
+        assert_eq!(template_label("anything else"), "other");
+    }
 
     #[test]
     fn the_smtp_password_never_reaches_the_log() {

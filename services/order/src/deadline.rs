@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 
 use crate::domain::SagaInput;
 use crate::error::Result;
+use crate::metrics::DecisionRecord;
 use crate::store;
 
 /// How often overdue orders are looked for.
@@ -62,6 +63,7 @@ impl DeadlineScanner {
     pub async fn fail_overdue(&self) -> Result<usize> {
         let mut tx = self.database.begin().await?;
         let overdue = store::lock_overdue(&mut tx, BATCH).await?;
+        let mut decisions = Vec::new();
         for (order, traceparent) in &overdue {
             // The decision continues the trace of the request that placed the order.
             let span = tracing::info_span!("deadline passed", order_id = %order.order_id);
@@ -71,6 +73,8 @@ impl DeadlineScanner {
                 store::save_state(&mut tx, order.order_id, &state).await?;
                 if let Some(decided) = &decided {
                     store::emit_decision(&mut tx, decided, None).await?;
+                    let created_at = store::created_at(&mut tx, order.order_id).await?;
+                    decisions.extend(DecisionRecord::of(decided, created_at));
                 }
                 Ok::<_, crate::error::Error>(())
             }
@@ -78,6 +82,7 @@ impl DeadlineScanner {
             .await?;
         }
         tx.commit().await?;
+        decisions.iter().for_each(DecisionRecord::record);
         Ok(overdue.len())
     }
 }

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 
 use crate::domain::{InventoryOutcome, Order, PaymentOutcome, Placement, SagaInput, ValidOrder};
 use crate::error::{Error, Result};
+use crate::metrics::DecisionRecord;
 use crate::store::{self, OrderStore};
 
 /// The topics the order service consumes: the participants' outcomes and compensations.
@@ -121,11 +122,18 @@ impl EventHandler for OrderHandler {
         if !inbox::record(&mut tx, consumed).await? {
             return Ok(());
         }
+        let mut decision = None;
         if let Some(decided) = apply(&mut *tx, &consumed.event).await? {
             store::emit_decision(&mut tx, &decided, consumed.traceparent.as_deref()).await?;
+            if let Some(order_id) = decided.order_id() {
+                decision = DecisionRecord::of(&decided, store::created_at(&mut tx, order_id).await?);
+            }
         }
         tx.commit().await?;
         self.relay.notify();
+        if let Some(decision) = decision {
+            decision.record();
+        }
         Ok(())
     }
 }

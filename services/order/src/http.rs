@@ -16,7 +16,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::domain::{deadline_after, request_hash, validate, PlaceOrderRequest, Placement};
-use crate::{handler, store};
+use crate::{handler, metrics, store};
 
 /// Header that makes a retried POST return the first answer.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -102,6 +102,7 @@ async fn place_order(
     outbox::enqueue(&mut tx, &created, None).await?;
     tx.commit().await?;
     state.relay.notify();
+    metrics::count_placed();
     tracing::info!(%order_id, event_id = %created.event_id(), total_minor = order.total_minor, "order placed");
     Ok(accepted(order_id))
 }

@@ -2,14 +2,15 @@
 //! from the payment and inventory outcomes (or its deadline), exactly once.
 //!
 //! The wiring lives here; `domain` decides, `handler` applies events to the state, `store` holds
-//! the SQL, `http` the routes, `error` the error policy, `deadline` fails overdue orders, and
-//! `replay` rebuilds the state from the topics.
+//! the SQL, `http` the routes, `error` the error policy, `deadline` fails overdue orders,
+//! `metrics` counts orders and decisions, and `replay` rebuilds the state from the topics.
 
 pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod metrics;
 pub mod replay;
 pub mod store;
 

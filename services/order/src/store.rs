@@ -271,6 +271,14 @@ pub async fn emit_decision(tx: &mut PgConnection, decided: &SagaEvent, tracepare
     Ok(())
 }
 
+/// When the order of a decision was placed, for the saga duration; the live service only.
+pub async fn created_at(tx: &mut PgConnection, order_id: OrderId) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar("SELECT created_at FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(tx)
+        .await?)
+}
+
 /// An idempotency key already used, and what it was used for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsedKey {

@@ -14,8 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::PgPool;
 
+pub mod metered;
 pub mod simulated;
 
+pub use metered::MeteredGateway;
 pub use simulated::SimulatedGateway;
 
 /// A request to capture an amount from a payment token.

@@ -35,7 +35,7 @@ pub mod replay;
 pub mod store;
 
 use charger::Charger;
-use gateway::{GatewayConfig, PaymentGateway};
+use gateway::{GatewayConfig, MeteredGateway, PaymentGateway};
 use handler::PaymentHandler;
 
 /// The service's own migrations, run by the live service at startup and by replay on its target.
@@ -76,7 +76,7 @@ pub async fn start_with_gateway(
     let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
-    let gateway = gateway(context.database.clone());
+    let gateway: Arc<dyn PaymentGateway> = Arc::new(MeteredGateway::new(gateway(context.database.clone())));
     let concurrency = usize::try_from(config.gateway.charge_concurrency).unwrap_or(usize::MAX);
     let (charges, charger) = Charger::new(
         context.database.clone(),
