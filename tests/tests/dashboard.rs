@@ -96,7 +96,11 @@ fn pixels_of(png_path: &Path, rgb: [u8; 3]) -> anyhow::Result<usize> {
         png::ColorType::Rgb => 3,
         other => anyhow::bail!("unexpected PNG colour type {other:?}"),
     };
-    anyhow::ensure!(frame.bit_depth == png::BitDepth::Eight, "unexpected bit depth {:?}", frame.bit_depth);
+    anyhow::ensure!(
+        frame.bit_depth == png::BitDepth::Eight,
+        "unexpected bit depth {:?}",
+        frame.bit_depth
+    );
     Ok(buffer[..frame.buffer_size()]
         .chunks_exact(channels)
         .filter(|pixel| (0..3).all(|channel| pixel[channel].abs_diff(rgb[channel]) <= 8))
@@ -115,8 +119,7 @@ fn browser_test_dir() -> anyhow::Result<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compensated_timeline() -> anyhow::Result<()>
-{
+async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compensated_timeline() -> anyhow::Result<()> {
     let browser_dir = browser_test_dir()?;
     let platform = Platform::start(30.0).await?;
     let dashboard = start_dashboard(&platform.env, Duration::from_secs(3_600)).await?;
@@ -127,7 +130,9 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
     // Paid, then out of stock: the capture is refunded.
     let refunded = platform.place(&unique_email(), "tok_ok", &[(&short, 2)]).await?;
     // Stock held, then declined: the stock is released.
-    let released = platform.place(&unique_email(), "tok_decline_dash", &[(&stocked, 1)]).await?;
+    let released = platform
+        .place(&unique_email(), "tok_decline_dash", &[(&stocked, 1)])
+        .await?;
 
     let confirmed_view = timeline_with(
         &dashboard,
@@ -178,9 +183,15 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
     assert_eq!(view.failure_reason.as_deref(), Some("out_of_stock"));
     assert_eq!(view.events[0].event_type, "order.created");
     assert_eq!(view.events[0].offset_ms, 0);
-    assert!(view.events.windows(2).all(|pair| pair[0].offset_ms <= pair[1].offset_ms));
+    assert!(view
+        .events
+        .windows(2)
+        .all(|pair| pair[0].offset_ms <= pair[1].offset_ms));
     let trace_id = view.trace_id.clone().expect("the order's trace id");
-    assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{trace_id}");
+    assert!(
+        trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{trace_id}"
+    );
     assert_eq!(view.events[0].trace_id.as_deref(), Some(trace_id.as_str()));
     for event in &view.events {
         let (lane, topic) = match event.event_type.split('.').next() {
@@ -205,7 +216,10 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
         .expect("the refund");
     assert_eq!(refund.caused_by.as_deref(), Some("order.failed"));
     assert_eq!(view.steps.len(), view.events.len() - 1);
-    assert_eq!(view.steps.iter().map(|step| step.duration_ms).sum::<i64>(), view.total_ms);
+    assert_eq!(
+        view.steps.iter().map(|step| step.duration_ms).sum::<i64>(),
+        view.total_ms
+    );
     assert!(view.decided_after_ms.is_some_and(|decided| decided <= view.total_ms));
     let released_compensations: Vec<&str> = released_view
         .events
@@ -222,7 +236,9 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
     assert_eq!(listed, [released.clone(), refunded.clone(), confirmed.clone()]);
     let failed: Vec<OrderSummaryView> = get_ok(&dashboard, "/api/orders?status=failed").await?;
     assert_eq!(failed.len(), 2);
-    assert!(failed.iter().all(|order| order.status == OrderStatus::Failed && order.compensations == 1));
+    assert!(failed
+        .iter()
+        .all(|order| order.status == OrderStatus::Failed && order.compensations == 1));
     let confirmed_only: Vec<OrderSummaryView> = get_ok(&dashboard, "/api/orders?status=CONFIRMED").await?;
     assert_eq!(confirmed_only.len(), 1);
     assert_eq!(confirmed_only[0].order_id.to_string(), confirmed);
@@ -230,7 +246,10 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
     // Bad input gets a clear 4xx in JSON.
     let (status, body) = get(&dashboard, "/api/orders/not-a-uuid").await?;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().is_some_and(|text| text.contains("UUID")), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|text| text.contains("UUID")),
+        "{body}"
+    );
     let (status, body) = get(&dashboard, &format!("/api/orders/{}", uuid::Uuid::new_v4())).await?;
     assert_eq!(status, 404, "{body}");
     let (status, body) = get(&dashboard, "/api/orders?status=shipped").await?;
@@ -240,7 +259,11 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
     // lag back to zero once the services committed, no dead letters.
     let summary: SummaryView = get_ok(&dashboard, "/api/summary").await?;
     assert_eq!(
-        (summary.outcomes.pending, summary.outcomes.confirmed, summary.outcomes.failed),
+        (
+            summary.outcomes.pending,
+            summary.outcomes.confirmed,
+            summary.outcomes.failed
+        ),
         (0, 1, 2)
     );
     assert_eq!(summary.outcomes.failed_by_reason.get("out_of_stock"), Some(&1));
@@ -254,15 +277,21 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
         Duration::from_secs(30),
         || async {
             let summary: SummaryView = get_ok(&dashboard, "/api/summary").await.ok()?;
-            (summary.consumer_lag.len() == 4 && summary.consumer_lag.iter().all(|group| group.lag == 0)).then_some(summary)
+            (summary.consumer_lag.len() == 4 && summary.consumer_lag.iter().all(|group| group.lag == 0))
+                .then_some(summary)
         },
     )
     .await?;
     let groups: Vec<&str> = summary.consumer_lag.iter().map(|group| group.group.as_str()).collect();
-    let expected_groups: Vec<String> = ["order-service", "payment-service", "inventory-service", "notification-service"]
-        .iter()
-        .map(|service| platform.env.kafka.prefixed(service))
-        .collect();
+    let expected_groups: Vec<String> = [
+        "order-service",
+        "payment-service",
+        "inventory-service",
+        "notification-service",
+    ]
+    .iter()
+    .map(|service| platform.env.kafka.prefixed(service))
+    .collect();
     assert_eq!(groups, expected_groups);
     assert!(
         summary.dead_letters.iter().all(|dead| dead.messages == Some(0)),
@@ -276,10 +305,9 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
     let env = platform.env.clone();
     let dashboard_url = format!("http://{}", dashboard.local_addr);
     let order = refunded.clone();
-    let printed = tokio::task::spawn_blocking(move || {
-        env.sagactl(&["order", &order, "--dashboard-url", &dashboard_url])
-    })
-    .await??;
+    let printed =
+        tokio::task::spawn_blocking(move || env.sagactl(&["order", &order, "--dashboard-url", &dashboard_url]))
+            .await??;
     assert!(printed.contains(&format!("trace {trace_id}")), "{printed}");
     assert!(printed.contains("FAILED (out_of_stock)"), "{printed}");
     let refund_line = printed
@@ -370,8 +398,7 @@ async fn the_dashboard_reads_only_its_window_skips_undecodable_records_and_keeps
         (get(&dashboard, "/health/ready").await.ok()?.0 == 200).then_some(())
     })
     .await?;
-    let view: OrderTimelineView =
-        get_ok(&dashboard, &format!("/api/orders/{}", in_window.envelope.order_id)).await?;
+    let view: OrderTimelineView = get_ok(&dashboard, &format!("/api/orders/{}", in_window.envelope.order_id)).await?;
     assert_eq!(event_types(&view), ["order.created", "payment.success"]);
     assert_eq!(view.status, OrderStatus::Pending);
     let (status, _) = get(&dashboard, &format!("/api/orders/{}", before_window.envelope.order_id)).await?;

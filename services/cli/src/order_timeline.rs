@@ -100,10 +100,7 @@ fn lane_chart(view: &OrderTimelineView) -> Vec<String> {
             row.into_iter().collect::<String>()
         ));
     }
-    lines.push(format!(
-        "{:label_width$}  o event   x failure   C compensation",
-        ""
-    ));
+    lines.push(format!("{:label_width$}  o event   x failure   C compensation", ""));
     lines
 }
 
@@ -221,7 +218,13 @@ mod tests {
                     Some(("order.created", 150)),
                     false,
                 ),
-                event("payment.success", Lane::Payment, 168, Some(("order.created", 168)), false),
+                event(
+                    "payment.success",
+                    Lane::Payment,
+                    168,
+                    Some(("order.created", 168)),
+                    false,
+                ),
                 event(
                     "order.failed",
                     Lane::Order,
@@ -278,8 +281,14 @@ mod tests {
         );
         let marked = text.lines().filter(|line| line.contains("COMPENSATION")).count();
         assert_eq!(marked, 1);
-        let first = text.lines().find(|line| line.contains("order.created")).expect("created");
-        assert_eq!(first.split_whitespace().collect::<Vec<_>>(), ["+0", "ms", "order", "order.created"]);
+        let first = text
+            .lines()
+            .find(|line| line.contains("order.created"))
+            .expect("created");
+        assert_eq!(
+            first.split_whitespace().collect::<Vec<_>>(),
+            ["+0", "ms", "order", "order.created"]
+        );
     }
 
     #[test]
@@ -306,7 +315,8 @@ mod tests {
     #[test]
     fn a_compensation_is_never_hidden_by_an_event_in_the_same_column() {
         let mut view = refunded_order();
-        view.events.push(event("payment.success", Lane::Payment, 376, None, false));
+        view.events
+            .push(event("payment.success", Lane::Payment, 376, None, false));
         let text = render(&view);
         let payment = text
             .lines()

@@ -74,9 +74,7 @@ fn list_parameters(query: &HashMap<String, String>) -> Result<(usize, Option<Ord
         None => None,
         Some(text) if text.is_empty() => None,
         Some(text) => Some(OrderStatus::parse(text).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "status must be pending, confirmed or failed, not {text:?}"
-            ))
+            ApiError::BadRequest(format!("status must be pending, confirmed or failed, not {text:?}"))
         })?),
     };
     Ok((limit, status))
@@ -217,10 +215,7 @@ mod tests {
             query(&[("status", "shipped")]),
             query(&[("state", "failed")]),
         ] {
-            assert!(
-                matches!(list_parameters(&bad), Err(ApiError::BadRequest(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(list_parameters(&bad), Err(ApiError::BadRequest(_))), "{bad:?}");
         }
     }
 }

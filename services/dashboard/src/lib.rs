@@ -52,13 +52,21 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// How far back to start reading the topics, in seconds (ignored with
     /// `--dashboard-from-beginning`).
-    #[arg(long = "dashboard-window-secs", env = "DASHBOARD_WINDOW_SECS", default_value_t = 86_400)]
+    #[arg(
+        long = "dashboard-window-secs",
+        env = "DASHBOARD_WINDOW_SECS",
+        default_value_t = 86_400
+    )]
     pub window_secs: u64,
     /// Read the topics from their beginning instead of the window.
     #[arg(long = "dashboard-from-beginning", env = "DASHBOARD_FROM_BEGINNING")]
     pub from_beginning: bool,
     /// The most orders kept in memory; the oldest are evicted beyond it.
-    #[arg(long = "dashboard-max-orders", env = "DASHBOARD_MAX_ORDERS", default_value_t = 10_000)]
+    #[arg(
+        long = "dashboard-max-orders",
+        env = "DASHBOARD_MAX_ORDERS",
+        default_value_t = 10_000
+    )]
     pub max_orders: usize,
     /// How often consumer lag and dead letters are read from the broker, in milliseconds.
     #[arg(

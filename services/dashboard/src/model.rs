@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use saga_contracts::{EventId, EventType, FailureReason, OrderId, SagaEvent, Topic};
 
 use crate::view::{
-    Lane, OrderStatus, OrderSummaryView, OrderTimelineView, OutcomeMixView, StepView, ThroughputView,
-    TimelineEventView,
+    Lane, OrderStatus, OrderSummaryView, OrderTimelineView, OutcomeMixView, StepView, ThroughputView, TimelineEventView,
 };
 
 /// Where a record sits in Kafka.
@@ -713,7 +712,12 @@ mod tests {
         assert_eq!(view.failure_reason, None);
         assert_eq!(
             types(&view),
-            ["order.created", "inventory.reserved", "payment.success", "order.confirmed"]
+            [
+                "order.created",
+                "inventory.reserved",
+                "payment.success",
+                "order.confirmed"
+            ]
         );
         let lanes: Vec<Lane> = view.events.iter().map(|event| event.lane).collect();
         assert_eq!(lanes, [Lane::Order, Lane::Inventory, Lane::Payment, Lane::Order]);
@@ -814,7 +818,11 @@ mod tests {
         let failed = saga.failed(11, &declined, FailureReason::PaymentDeclined);
         let released = saga.released(15, &failed);
         let mut model = SagaModel::new(10);
-        apply_all(&mut model, saga.order_id, &[created, reserved, declined, failed, released]);
+        apply_all(
+            &mut model,
+            saga.order_id,
+            &[created, reserved, declined, failed, released],
+        );
         let view = model.timeline(saga.order_id).expect("held");
         assert_eq!(view.failure_reason.as_deref(), Some("payment_declined"));
         let compensations: Vec<&str> = view
@@ -844,7 +852,12 @@ mod tests {
         let view = model.timeline(saga.order_id).expect("held");
         assert_eq!(
             types(&view),
-            ["order.created", "inventory.reserved", "payment.success", "order.confirmed"]
+            [
+                "order.created",
+                "inventory.reserved",
+                "payment.success",
+                "order.confirmed"
+            ]
         );
         assert_eq!(view.started_at_ms, created.occurred_at_ms);
         assert_eq!(view.events[3].offset_ms, 45);
@@ -853,11 +866,7 @@ mod tests {
         let mut later = Saga::new();
         let later_created = later.created(30);
         model.apply(later.order_id, later_created);
-        let newest_first: Vec<OrderId> = model
-            .recent(10, None, T0)
-            .iter()
-            .map(|order| order.order_id)
-            .collect();
+        let newest_first: Vec<OrderId> = model.recent(10, None, T0).iter().map(|order| order.order_id).collect();
         assert_eq!(newest_first, [later.order_id, saga.order_id]);
     }
 
@@ -872,7 +881,12 @@ mod tests {
         assert_eq!(model.apply(saga.order_id, again), Applied::Duplicate);
         assert_eq!(model.timeline(saga.order_id).expect("held").events.len(), 1);
         assert_eq!(model.counters().duplicates_ignored, 1);
-        assert_eq!(model.throughput(created.record_timestamp_ms.expect("set")).placed_per_sec_10s, 0.1);
+        assert_eq!(
+            model
+                .throughput(created.record_timestamp_ms.expect("set"))
+                .placed_per_sec_10s,
+            0.1
+        );
     }
 
     #[test]
@@ -941,7 +955,13 @@ mod tests {
     #[test]
     fn the_outcome_mix_counts_orders_by_status_and_failures_by_reason() {
         let mut model = SagaModel::new(10);
-        for outcome in [Some(None), Some(Some(FailureReason::OutOfStock)), Some(Some(FailureReason::OutOfStock)), Some(Some(FailureReason::PaymentDeclined)), None] {
+        for outcome in [
+            Some(None),
+            Some(Some(FailureReason::OutOfStock)),
+            Some(Some(FailureReason::OutOfStock)),
+            Some(Some(FailureReason::PaymentDeclined)),
+            None,
+        ] {
             let mut saga = Saga::new();
             let created = saga.created(0);
             let decision = match outcome {
