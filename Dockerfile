@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every binary of the saga platform; the container command chooses which runs:
 #   order-service | payment-service | inventory-service | notification-service
-#   schema-registry (local use only) | sagactl <command>
+#   dashboard-service | schema-registry (local use only) | sagactl <command>
 # Build: docker build -t saga-platform:local .   (the first build takes several minutes: it
 # compiles librdkafka from source through the rdkafka crate's bundled copy)
 
@@ -20,7 +20,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
     && mkdir -p /out \
-    && for bin in order-service payment-service inventory-service notification-service schema-registry sagactl; do \
+    && for bin in order-service payment-service inventory-service notification-service dashboard-service schema-registry sagactl; do \
          cp "target/release/$bin" /out/ || exit 1; \
        done
 
@@ -34,7 +34,7 @@ RUN apt-get update \
 COPY --from=builder /out/ /usr/local/bin/
 USER 10001:10001
 ENV LOG_FORMAT=json
-# order 8080, schema-registry 8081, payment 8082, inventory 8083, notification 8084
-EXPOSE 8080 8081 8082 8083 8084
+# order 8080, schema-registry 8081, payment 8082, inventory 8083, notification 8084, dashboard 8085
+EXPOSE 8080 8081 8082 8083 8084 8085
 # The binaries handle SIGTERM themselves (graceful shutdown), so they can run as PID 1.
 CMD ["sagactl", "--help"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local stack: Apache Kafka in KRaft mode (one node, or three with KAFKA_NODES=3), the schema
-# registry, an SMTP catcher (maildev), PostgreSQL with one database per service, and the four
-# services, each as its own process. Usage:
-#   deploy/local/stack.sh demo     up, then push orders through every saga branch and print them
+# registry, an SMTP catcher (maildev), PostgreSQL with one database per service, the four
+# services and the saga dashboard, each as its own process. Usage:
+#   deploy/local/stack.sh demo     up, then push orders through every saga branch, print them and
+#                                  the dashboard's address
 #   deploy/local/stack.sh up       start whatever is not running yet (idempotent)
 #   deploy/local/stack.sh infra    start only PostgreSQL, Kafka, registry and SMTP catcher (what tests need)
 #   deploy/local/stack.sh down     stop everything this script started (PostgreSQL keeps running)
@@ -207,6 +208,33 @@ start_services() {
     wait_for_http "http://127.0.0.1:$port/health/ready" "$name" 90
     info "$name ready: http://127.0.0.1:$port/health/ready"
   done
+  start_dashboard
+}
+
+# The saga dashboard: reads the saga topics (no database) and serves its page; ready once it has
+# read the topics up to the end offsets it found at start.
+start_dashboard() {
+  if running dashboard-service || port_open 127.0.0.1 "$DASHBOARD_PORT"; then
+    info "dashboard-service already running on port $DASHBOARD_PORT"
+  else
+    step "Starting dashboard-service on 127.0.0.1:$DASHBOARD_PORT"
+    HTTP_LISTEN="127.0.0.1:$DASHBOARD_PORT" start_process dashboard-service "$BIN/dashboard-service"
+  fi
+  wait_for_http "http://127.0.0.1:$DASHBOARD_PORT/health/ready" dashboard-service 90
+  info "dashboard-service ready: http://127.0.0.1:$DASHBOARD_PORT/"
+}
+
+# Ends `demo`: where to follow the orders just placed, on the page and in the terminal.
+print_dashboard_address() { # demo-output-file
+  local order_id
+  order_id=$(awk '/^placed out of stock / {print $NF; exit}' "$1")
+  step "The saga dashboard: http://127.0.0.1:$DASHBOARD_PORT/"
+  if [[ -n "$order_id" ]]; then
+    info "the out-of-stock order, refunded: http://127.0.0.1:$DASHBOARD_PORT/#/orders/$order_id"
+    info "the same timeline in the terminal: $BIN/sagactl order $order_id"
+  else
+    info "one order's timeline in the terminal: $BIN/sagactl order <order id>"
+  fi
 }
 
 up_infra() {
@@ -245,6 +273,7 @@ stop_process() { # name: SIGTERM, then up to 30 s for a graceful stop before SIG
 stop_all() {
   step "Stopping the local stack"
   local entry id
+  stop_process dashboard-service
   for entry in $SERVICES; do stop_process "${entry%%:*}"; done
   stop_process maildev
   stop_process schema-registry
@@ -269,7 +298,7 @@ show_status() {
     elif running "kafka-$id"; then echo "start kafka-$id (127.0.0.1:$port, pid $(cat "$PIDS/kafka-$id.pid"), not listening yet)"
     else echo "down  kafka-$id (127.0.0.1:$port)"; fi
   done
-  for entry in schema-registry:$REGISTRY_PORT maildev:$SMTP_PORT $SERVICES; do
+  for entry in schema-registry:$REGISTRY_PORT maildev:$SMTP_PORT $SERVICES dashboard-service:$DASHBOARD_PORT; do
     name=${entry%%:*}; port=${entry##*:}
     if port_open 127.0.0.1 "$port"; then echo "up    $name (127.0.0.1:$port)"; else echo "down  $name (127.0.0.1:$port)"; fi
   done
@@ -277,12 +306,13 @@ show_status() {
 }
 
 case "${1:-up}" in
-  up) up_infra; start_services; step "The platform is up. Logs: $LOGS" ;;
+  up) up_infra; start_services; step "The platform is up. Logs: $LOGS; the saga dashboard: http://127.0.0.1:$DASHBOARD_PORT/" ;;
   demo)
     up_infra; start_services
     step "Pushing orders through every branch of the saga"
-    "$BIN/sagactl" demo
-    step "The platform is up. Logs: $LOGS; stop it with deploy/local/stack.sh down" ;;
+    "$BIN/sagactl" demo | tee "$STATE/demo.out"
+    step "The platform is up. Logs: $LOGS; stop it with deploy/local/stack.sh down"
+    print_dashboard_address "$STATE/demo.out" ;;
   infra) up_infra; step "PostgreSQL, Kafka, the registry and the SMTP catcher are up. Logs: $LOGS" ;;
   down) stop_all ;;
   status) show_status ;;

@@ -2,8 +2,9 @@
 # Checks formatting and lints and runs the unit tests first (they need nothing running), then
 # runs every integration test of the workspace against the real local stack: starts PostgreSQL, Apache Kafka,
 # the schema registry and the SMTP catcher if they are not running (see stack.sh), installs the
-# Python client used for interoperability tests and nftables (the failure-injection harness cuts
-# a broker off with it), then runs the tests. Extra arguments go to cargo test.
+# Python client used for interoperability tests, nftables (the failure-injection harness cuts
+# a broker off with it), chromium and playwright-core (the dashboard's browser test), then runs
+# the tests. Extra arguments go to cargo test.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -27,6 +28,18 @@ if ! command -v nft >/dev/null; then
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables; } >/dev/null \
     || { echo "ERROR: apt-get could not install nftables" >&2; exit 1; }
 fi
+
+if ! command -v chromium >/dev/null; then
+  [[ $EUID -eq 0 ]] || { echo "ERROR: chromium not found; the dashboard's browser test needs it: apt-get install chromium" >&2; exit 1; }
+  printf '\033[1m==> %s\033[0m\n' "Installing chromium (the dashboard's browser test drives it headless)"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null \
+    || { echo "ERROR: apt-get could not install chromium" >&2; exit 1; }
+fi
+
+printf '\033[1m==> %s\033[0m\n' "Installing the browser test's packages (tests/browser, npm ci)"
+command -v npm >/dev/null || { echo "ERROR: npm not found; the dashboard's browser test needs Node.js and npm: apt-get install nodejs npm" >&2; exit 1; }
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+  || { echo "ERROR: npm ci failed in tests/browser" >&2; exit 1; }
 
 # shellcheck source=deploy/local/stack.env
 source "$ROOT/deploy/local/stack.env"

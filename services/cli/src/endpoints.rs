@@ -1,4 +1,4 @@
-//! Where the services' HTTP APIs are.
+//! Where the services' HTTP APIs and the dashboard are.
 
 /// Base URLs of the services.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,6 +31,13 @@ pub(crate) struct Endpoints {
         default_value = "http://127.0.0.1:8084"
     )]
     pub(crate) notification: String,
+    /// Dashboard base URL.
+    #[arg(
+        long = "dashboard-url",
+        env = "DASHBOARD_URL",
+        default_value = "http://127.0.0.1:8085"
+    )]
+    pub(crate) dashboard: String,
 }
 
 impl Endpoints {

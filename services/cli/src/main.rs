@@ -5,6 +5,7 @@ mod bench;
 mod dead_letters;
 mod demo;
 mod endpoints;
+mod order_timeline;
 mod outbox;
 mod replay;
 mod replay_bench;
@@ -138,6 +139,14 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// One order's timeline from the dashboard: its trace id, status, a lane per service and
+    /// one line per event with the time each step took, compensations marked.
+    Order {
+        /// The order id.
+        order_id: String,
+        #[command(flatten)]
+        endpoints: endpoints::Endpoints,
+    },
     /// Readiness of every service.
     Status {
         #[command(flatten)]
@@ -270,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
             command: SchemasCommand::Register,
         } => register_schemas(&cli.kafka, &cli.registry).await,
         Command::Status { endpoints } => status(&endpoints).await,
+        Command::Order { order_id, endpoints } => order_timeline::run(&endpoints, &order_id).await,
         Command::DeadLetters {
             command: DeadLettersCommand::List { service },
         } => dead_letters::list(&cli.kafka, &service_name(&service)),
