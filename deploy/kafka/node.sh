@@ -20,6 +20,16 @@
 #
 # Settings (environment): KAFKA_VERSION (default: the pinned version below), SAGA_CACHE_DIR (default
 # ~/.cache/saga-platform), KAFKA_HEAP (default 512m, per node), JAVA (default: java on PATH).
+#
+# Security: KAFKA_SECURITY=plaintext (default) or sasl_ssl. With sasl_ssl the client listener is
+# SASL_SSL, the brokers talk to each other over it too, and no plaintext client listener exists:
+#   KAFKA_TLS_DIR         ca.pem and broker.pem (the broker's key and certificate, signed by that
+#                         CA for 127.0.0.1 and localhost), as deploy/kafka/tls.sh makes them
+#   KAFKA_SASL_USERS      user:password[,user:password...], the clients' accounts; each gets
+#                         SCRAM-SHA-512 credentials (stored in the cluster's metadata when the
+#                         storage is first formatted) and a PLAIN account
+#   KAFKA_BROKER_PASSWORD the password of the brokers' own account, `broker`
+# The controller listener stays plaintext on 127.0.0.1 (the quorum's own traffic).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,6 +59,52 @@ fetch() {
 }
 
 replication_factor() { local n=$1; ((n < 3)) && echo "$n" || echo 3; }
+
+SECURITY="${KAFKA_SECURITY:-plaintext}"
+case "$SECURITY" in
+  plaintext) ;;
+  sasl_ssl)
+    [[ -f "${KAFKA_TLS_DIR:-}/ca.pem" && -f "${KAFKA_TLS_DIR:-}/broker.pem" ]] \
+      || die "KAFKA_SECURITY=sasl_ssl needs KAFKA_TLS_DIR with ca.pem and broker.pem (deploy/kafka/tls.sh makes them)"
+    [[ -n "${KAFKA_SASL_USERS:-}" ]] || die "KAFKA_SECURITY=sasl_ssl needs KAFKA_SASL_USERS (user:password,...)"
+    [[ -n "${KAFKA_BROKER_PASSWORD:-}" ]] || die "KAFKA_SECURITY=sasl_ssl needs KAFKA_BROKER_PASSWORD"
+    ;;
+  *) die "KAFKA_SECURITY must be plaintext or sasl_ssl, not '$SECURITY'" ;;
+esac
+
+# Each account of KAFKA_SASL_USERS and the brokers' own, one `user:password` per line.
+sasl_accounts() {
+  echo "broker:$KAFKA_BROKER_PASSWORD"
+  tr ',' '\n' <<<"$KAFKA_SASL_USERS" | sed '/^$/d'
+}
+
+# The SASL_SSL listener: TLS from PEM files, SCRAM-SHA-512 and PLAIN, the brokers logging in to
+# each other as `broker` with SCRAM.
+write_sasl_ssl_properties() {
+  local plain_users="" account
+  while IFS= read -r account; do
+    plain_users+=" user_${account%%:*}=\"${account#*:}\""
+  done < <(sasl_accounts)
+  cat <<PROPERTIES
+
+ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_TLS_DIR/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_TLS_DIR/ca.pem
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="$KAFKA_BROKER_PASSWORD";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="broker" password="$KAFKA_BROKER_PASSWORD"$plain_users;
+PROPERTIES
+}
+
+# StorageTool arguments storing every account's SCRAM credentials in the new cluster, one per line.
+scram_format_args() {
+  local account
+  while IFS= read -r account; do
+    printf -- '--add-scram\nSCRAM-SHA-512=[name=%s,password=%s]\n' "${account%%:*}" "${account#*:}"
+  done < <(sasl_accounts)
+}
 min_insync() { local rf; rf=$(replication_factor "$1"); ((rf > 1)) && echo $((rf - 1)) || echo 1; }
 
 write_properties() { # file node-id node-count base-port data-dir
@@ -59,17 +115,22 @@ write_properties() { # file node-id node-count base-port data-dir
   rf=$(replication_factor "$count")
   isr=$(min_insync "$count")
   local port=$((base + 2 * (id - 1)))
+  local client=PLAINTEXT
+  [[ "$SECURITY" == sasl_ssl ]] && client=SASL_SSL
   cat >"$file" <<EOF
 # Written by deploy/kafka/node.sh on every start; edit the script, not this file.
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$client://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+advertised.listeners=$client://127.0.0.1:$port
+listener.security.protocol.map=$client:$client,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+inter.broker.listener.name=$client
 log.dirs=$data
+EOF
+  if [[ "$SECURITY" == sasl_ssl ]]; then write_sasl_ssl_properties >>"$file"; fi
+  cat >>"$file" <<EOF
 
 auto.create.topics.enable=false
 num.partitions=6
@@ -122,8 +183,11 @@ run() { # cluster-dir node-id node-count base-port
     "-Dlog4j2.configurationFile=$HERE/log4j2.xml"
   )
   if [[ ! -f "$node_dir/data/meta.properties" ]]; then
+    local scram=()
+    if [[ "$SECURITY" == sasl_ssl ]]; then mapfile -t scram < <(scram_format_args); fi
     "$JAVA" "${java_opts[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format \
       --ignore-formatted --cluster-id "$(cat "$dir/cluster.id")" --config "$node_dir/server.properties" \
+      "${scram[@]}" \
       || die "formatting the storage of node $id failed"
   fi
   exec "$JAVA" "${java_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$node_dir/server.properties"

@@ -55,6 +55,8 @@ impl TestEnv {
             kafka: KafkaConfig {
                 commit_interval_ms: 500,
                 topic_replication_factor: env_replication_factor(),
+                // KAFKA_SECURITY_PROTOCOL and the rest, as the stack's clients get them.
+                security: kafka_security::KafkaSecurity::from_env()?,
                 ..KafkaConfig::new(bootstrap).with_topic_prefix(prefix.clone())
             },
             registry: RegistryConfig::new(registry),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use saga_tests::eventually;
-use saga_tests::harness::cluster::{Cluster, ClusterConfig, KafkaSource, SERVICES};
+use saga_tests::harness::cluster::{Cluster, ClusterConfig, ClusterSecurity, KafkaSource, SERVICES};
 use saga_tests::harness::run::{env_or, service_binaries, workspace_root};
 use saga_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use serde_json::{json, Value};
@@ -44,6 +44,7 @@ async fn one_order_is_one_trace_across_all_four_services() -> anyhow::Result<()>
         ),
         saga_deadline_secs: 60.0,
         partitions: 2,
+        security: ClusterSecurity::Plaintext,
     })?;
     for process in cluster.services.values_mut() {
         process.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint);

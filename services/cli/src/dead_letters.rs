@@ -10,7 +10,7 @@ use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use saga_common::config::KafkaConfig;
 use saga_common::consumer::{DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC};
 use saga_common::kafka;
@@ -36,8 +36,8 @@ impl DeadLetter {
 
 /// Reads every record of `topic` from the beginning to its current end, without a group.
 fn read_all(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .set("group.id", "sagactl-dead-letters")
         .set("enable.auto.commit", "false")
         .create()?;

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -901,9 +900,7 @@ async fn drop_database(url: &str) -> anyhow::Result<()> {
 }
 
 async fn delete_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let names: Vec<&str> = topics.iter().map(|topic| topic.name.as_str()).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for outcome in admin.delete_topics(&names, &options).await? {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kafka_security::KafkaSecurity;
 use saga_contracts::Topic;
 
 /// How to reach the Kafka cluster and how topics are laid out.
@@ -57,6 +58,9 @@ pub struct KafkaConfig {
         default_value_t = 5000
     )]
     pub statistics_interval_ms: u64,
+    /// How clients authenticate and encrypt (SASL, TLS); plaintext by default.
+    #[command(flatten)]
+    pub security: KafkaSecurity,
 }
 
 impl KafkaConfig {
@@ -71,7 +75,14 @@ impl KafkaConfig {
             commit_interval_ms: 5000,
             debug: None,
             statistics_interval_ms: 5000,
+            security: KafkaSecurity::plaintext(),
         }
+    }
+
+    /// A librdkafka configuration reaching this cluster: the bootstrap servers and the security
+    /// settings. Every Kafka client of the platform starts from it.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        self.security.client_config(&self.bootstrap_servers)
     }
 
     /// Sets the topic prefix.

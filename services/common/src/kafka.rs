@@ -23,8 +23,8 @@ use crate::{Error, Result};
 /// all in-sync replicas, retried until `message.timeout.ms`, never duplicated or reordered
 /// within a partition (the broker deduplicates retried batches by producer id and sequence).
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+    Ok(config
+        .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
@@ -43,12 +43,11 @@ pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<StreamConsumer> 
 }
 
 fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
-    let mut client = ClientConfig::new();
+    let mut client = config.client_config();
     if let Some(contexts) = &config.debug {
         client.set("debug", contexts);
     }
     client
-        .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", config.commit_interval_ms.to_string())
@@ -111,9 +110,7 @@ pub struct TopicSpec {
 /// `min.insync.replicas` one below it (at least 1); existing topics are left as they are.
 /// Brokers need not auto-create topics: every service calls this at startup.
 pub async fn ensure_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
     let retention: Vec<String> = topics.iter().map(|t| t.retention.as_retention_ms()).collect();
     let min_insync_replicas = (config.topic_replication_factor - 1).max(1).to_string();
     let new_topics: Vec<NewTopic<'_>> = topics
@@ -219,10 +216,9 @@ pub struct ClusterMetadata {
 /// Asks the cluster for its metadata with a client of its own; an error if no broker answers
 /// within `timeout`.
 pub async fn cluster_metadata(config: &KafkaConfig, timeout: Duration) -> Result<ClusterMetadata> {
-    let bootstrap = config.bootstrap_servers.clone();
+    let client_config = config.client_config();
     tokio::task::spawn_blocking(move || {
-        let client: rdkafka::consumer::BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+        let client: rdkafka::consumer::BaseConsumer = client_config.create()?;
         let metadata = client.fetch_metadata(None, timeout)?;
         let mut brokers: Vec<BrokerInfo> = metadata
             .brokers()

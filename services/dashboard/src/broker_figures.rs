@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use saga_common::config::KafkaConfig;
@@ -92,9 +91,8 @@ struct Clients {
 impl Clients {
     fn new(kafka: &KafkaConfig) -> Result<Self, String> {
         let client = |group: Option<&str>| {
-            let mut config = ClientConfig::new();
+            let mut config = kafka.client_config();
             config
-                .set("bootstrap.servers", &kafka.bootstrap_servers)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("allow.auto.create.topics", "false");

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -150,8 +149,9 @@ impl SagaReader {
     async fn assign(&self) -> Result<(StreamConsumer, HashMap<(String, i32), i64>), String> {
         // librdkafka assigns partitions only to a consumer with a group id; this one is never
         // joined (no subscribe) and never committed to, so the broker never holds it.
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.bootstrap_servers)
+        let consumer: StreamConsumer = self
+            .kafka
+            .client_config()
             .set("group.id", self.kafka.prefixed(crate::NAME))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -38,6 +38,8 @@ use service::Service;
 use state::State;
 use storage::{KafkaStorage, StorageConfig};
 
+pub use kafka_security::KafkaSecurity;
+
 /// How to run the registry. Every field can come from the command line or the environment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryConfig {
@@ -56,6 +58,9 @@ pub struct RegistryConfig {
     /// The global compatibility level until one is set through `PUT /config`.
     #[arg(long, env = "REGISTRY_DEFAULT_COMPATIBILITY", default_value = "BACKWARD")]
     pub default_compatibility: CompatibilityLevel,
+    /// How the registry's Kafka clients authenticate and encrypt (SASL, TLS).
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurity,
 }
 
 impl RegistryConfig {
@@ -67,6 +72,7 @@ impl RegistryConfig {
             schemas_topic: schemas_topic.into(),
             schemas_topic_replication_factor: 1,
             default_compatibility: CompatibilityLevel::Backward,
+            kafka_security: KafkaSecurity::plaintext(),
         }
     }
 }
@@ -83,6 +89,7 @@ impl Registry {
             bootstrap_servers: config.kafka_bootstrap_servers.clone(),
             topic: config.schemas_topic.clone(),
             replication_factor: config.schemas_topic_replication_factor,
+            security: config.kafka_security.clone(),
         })
         .await?;
         let mut state = State::new(config.default_compatibility);

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use kafka_security::KafkaSecurity;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -42,6 +43,8 @@ pub struct StorageConfig {
     pub topic: String,
     /// Replication factor used if the topic has to be created.
     pub replication_factor: i32,
+    /// How its Kafka clients authenticate and encrypt.
+    pub security: KafkaSecurity,
 }
 
 /// The registry's log in Kafka. See the module docs.
@@ -68,7 +71,7 @@ impl KafkaStorage {
     /// Creates the topic if it is missing and reads every record in it, oldest first.
     pub async fn open(config: StorageConfig) -> Result<(KafkaStorage, Vec<Record>)> {
         ensure_topic(&config).await?;
-        let producer: FutureProducer = client_config(&config.bootstrap_servers)
+        let producer: FutureProducer = client_config(&config)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
@@ -173,15 +176,13 @@ impl KafkaStorage {
     }
 }
 
-fn client_config(bootstrap_servers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap_servers);
-    config
+fn client_config(config: &StorageConfig) -> ClientConfig {
+    config.security.client_config(&config.bootstrap_servers)
 }
 
 /// Creates the topic if it does not exist, then checks it has exactly one partition.
 async fn ensure_topic(config: &StorageConfig) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(&config.bootstrap_servers)
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
         .map_err(Error::kafka("creating the admin client"))?;
     // Like the saga's topics: with 3 replicas a write needs 2, so one broker may be down.
@@ -252,7 +253,7 @@ fn read_range(config: &StorageConfig, start: i64) -> Result<(Vec<Record>, i64)> 
         reason,
     };
     // A group id is needed to assign partitions; nothing is ever committed under it.
-    let consumer: BaseConsumer = client_config(&config.bootstrap_servers)
+    let consumer: BaseConsumer = client_config(config)
         .set("group.id", format!("schema-registry-reader-{}", config.topic))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

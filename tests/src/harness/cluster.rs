@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use kafka_security::KafkaSecurity;
 use saga_common::config::{KafkaConfig, RegistryConfig};
 
 use super::isolation::NodeCgroup;
@@ -54,6 +55,55 @@ pub enum KafkaSource {
     },
 }
 
+/// How the harness's own Kafka cluster is secured.
+#[derive(Debug, Clone, Default)]
+pub enum ClusterSecurity {
+    /// Plaintext listeners, as the local stack runs by default.
+    #[default]
+    Plaintext,
+    /// SASL_SSL listeners only (`deploy/kafka/node.sh` with `KAFKA_SECURITY=sasl_ssl`); the
+    /// registry and the services log in with `client`.
+    SaslSsl {
+        /// `ca.pem` and `broker.pem`, as `deploy/kafka/tls.sh` makes them.
+        tls_dir: PathBuf,
+        /// The account every client of the run uses (its user name and password must be in
+        /// `accounts`), with the mechanism to log in with and the CA file.
+        client: Box<KafkaSecurity>,
+        /// `user:password` of each client account the brokers know.
+        accounts: Vec<String>,
+        /// The brokers' own password.
+        broker_password: String,
+    },
+}
+
+impl ClusterSecurity {
+    /// What the run's clients use.
+    pub fn client(&self) -> KafkaSecurity {
+        match self {
+            ClusterSecurity::Plaintext => KafkaSecurity::plaintext(),
+            ClusterSecurity::SaslSsl { client, .. } => (**client).clone(),
+        }
+    }
+
+    /// The environment `deploy/kafka/node.sh` reads.
+    fn broker_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ClusterSecurity::Plaintext => vec![("KAFKA_SECURITY", "plaintext".into())],
+            ClusterSecurity::SaslSsl {
+                tls_dir,
+                accounts,
+                broker_password,
+                ..
+            } => vec![
+                ("KAFKA_SECURITY", "sasl_ssl".into()),
+                ("KAFKA_TLS_DIR", tls_dir.display().to_string()),
+                ("KAFKA_SASL_USERS", accounts.join(",")),
+                ("KAFKA_BROKER_PASSWORD", broker_password.clone()),
+            ],
+        }
+    }
+}
+
 /// Where things are and how the services are configured.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -77,6 +127,9 @@ pub struct ClusterConfig {
     pub saga_deadline_secs: f64,
     /// Partitions of every topic.
     pub partitions: i32,
+    /// How the cluster the harness starts is secured (an existing cluster's clients read
+    /// `KAFKA_SECURITY_PROTOCOL` and the rest from the harness's environment instead).
+    pub security: ClusterSecurity,
 }
 
 /// What observers need of the cluster, detached from the processes.
@@ -139,7 +192,7 @@ impl Cluster {
                 let kafka_nodes: Vec<KafkaNode> = (1..=*nodes as i32)
                     .map(|id| {
                         let cgroup = NodeCgroup::create(&format!("saga-harness-{}-kafka-{id}", config.run_id));
-                        KafkaNode::new(
+                        let mut node = KafkaNode::new(
                             node_script,
                             &cluster_dir,
                             &config.run_dir,
@@ -147,12 +200,16 @@ impl Cluster {
                             *nodes,
                             base_port,
                             cgroup,
-                        )
+                        );
+                        for (name, value) in config.security.broker_env() {
+                            node.process.set_env(name, &value);
+                        }
+                        node
                     })
                     .collect();
                 let bootstrap = kafka_nodes::bootstrap_servers(&kafka_nodes);
                 let registry_port = free_port()?;
-                let registry = ManagedProcess::new(
+                let mut registry = ManagedProcess::new(
                     "schema-registry",
                     config.bin_dir.join("schema-registry"),
                     Vec::new(),
@@ -167,6 +224,9 @@ impl Cluster {
                     ]),
                     config.run_dir.clone(),
                 );
+                for (name, value) in config.security.client().to_env() {
+                    registry.set_env(name, &value);
+                }
                 (
                     kafka_nodes,
                     Some(registry),
@@ -184,8 +244,13 @@ impl Cluster {
                 registry_url.trim_end_matches('/').to_string(),
             ),
         };
+        let client_security = match &config.kafka {
+            KafkaSource::Own { .. } => config.security.client(),
+            KafkaSource::Existing { .. } => KafkaSecurity::from_env()?,
+        };
         let kafka = KafkaConfig {
             topic_replication_factor: config.replication_factor,
+            security: client_security.clone(),
             ..KafkaConfig::new(bootstrap_servers.clone()).with_topic_prefix(config.topic_prefix.clone())
         };
         let mut services = BTreeMap::new();
@@ -216,6 +281,12 @@ impl Cluster {
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
                 ),
             ]);
+            env.extend(
+                client_security
+                    .to_env()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value)),
+            );
             // Consumer settings a run may override from the harness's own environment.
             for passed in ["KAFKA_SESSION_TIMEOUT_MS", "KAFKA_COMMIT_INTERVAL_MS", "KAFKA_DEBUG"] {
                 if let Ok(value) = std::env::var(passed) {

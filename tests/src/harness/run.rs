@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::cluster::{Cluster, ClusterConfig, KafkaSource, MAILER_CONCURRENCY};
+use super::cluster::{Cluster, ClusterConfig, ClusterSecurity, KafkaSource, MAILER_CONCURRENCY};
 use super::faults::{schedule, FaultExecutor, FaultKind};
 use super::invariants;
 use super::isolation::require_nft;
@@ -222,6 +222,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         ),
         saga_deadline_secs: config.saga_deadline_secs,
         partitions: 6,
+        security: ClusterSecurity::Plaintext,
     };
     let maildev = env_or(
         "MAILDEV_API_URL",
