@@ -11,6 +11,9 @@
 #   deploy/local/stack.sh replay-bench [sagactl replay-bench args]
 #                                  infra, then measure replay: events/s per service (release build)
 # Logs: .local/logs/<component>.log. State: .local/data. Process ids: .local/pids.
+# Secrets the stack made up (the registry's credentials, SCHEMA_REGISTRY_USER_INFO): .local/secrets.env
+# (SAGA_SECRETS_FILE), which every client the stack starts reads; `source .local/secrets.env`
+# gives them to yours.
 # Settings come from deploy/local/stack.env, overridable by environment variables.
 set -euo pipefail
 
@@ -23,6 +26,8 @@ STATE="$ROOT/.local"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 DATA="$STATE/data"
+SECRETS="$SAGA_SECRETS_FILE"
+REGISTRY_USERS="$STATE/registry-users"
 KAFKA_NODE="$ROOT/deploy/kafka/node.sh"
 MAILDEV_BIN="$SAGA_CACHE_DIR/maildev-$MAILDEV_VERSION/node_modules/.bin/maildev"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -172,11 +177,55 @@ start_kafka() {
     || fail "the Kafka cluster did not come up; see $LOGS/kafka-*.log"
 }
 
+# Appends `export KEY=VALUE` to the secrets file (mode 600) unless KEY is there already: a
+# secret keeps the value it was first given, and each key is added on its own, beside the
+# others. Delete a line to have that secret made up anew (and restart what uses it).
+ensure_secret() { # key value
+  mkdir -p "$(dirname "$SECRETS")"
+  [[ -f "$SECRETS" ]] || (umask 077 && : >"$SECRETS")
+  chmod 600 "$SECRETS"
+  grep -Eq "^(export[[:space:]]+)?$1=" "$SECRETS" || printf 'export %s=%s\n' "$1" "$2" >>"$SECRETS"
+}
+
+random_secret() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
+
+# The registry's read-write user `saga` gets a password made up on the first start; every client
+# the stack starts (sagactl, the services) gets it from SCHEMA_REGISTRY_USER_INFO, and the
+# registry from its users file, rewritten from the secret on every start so that both agree.
+prepare_secrets() {
+  ensure_secret SCHEMA_REGISTRY_USER_INFO "saga:$(random_secret)"
+  # shellcheck source=/dev/null
+  source "$SECRETS"
+  [[ "${SCHEMA_REGISTRY_USER_INFO:-}" == *:* ]] || fail "SCHEMA_REGISTRY_USER_INFO in $SECRETS is not user:password; delete its line to have it made up anew"
+  (umask 077 && printf '# Users of the schema registry (user:password:role), rewritten by deploy/local/stack.sh\n# from SCHEMA_REGISTRY_USER_INFO on every start.\n%s:write\n' \
+    "$SCHEMA_REGISTRY_USER_INFO" >"$REGISTRY_USERS")
+}
+
+# GET /subjects on the stack's registry, as the stack's registry user (the credentials go to curl
+# on its standard input, not on a command line others can read) or, with `anonymous`, as nobody.
+registry_answers() { # [anonymous]
+  local url="http://127.0.0.1:$REGISTRY_PORT/subjects"
+  if [[ "${1:-}" == anonymous ]]; then curl -fsS -o /dev/null "$url" 2>/dev/null; return; fi
+  curl -fsS -o /dev/null -K - "$url" 2>/dev/null <<<"user = \"$SCHEMA_REGISTRY_USER_INFO\""
+}
+
 start_registry() {
-  if port_open 127.0.0.1 "$REGISTRY_PORT"; then info "schema registry already listening on 127.0.0.1:$REGISTRY_PORT"; return; fi
-  step "Starting the schema registry on 127.0.0.1:$REGISTRY_PORT (schemas kept in the _schemas topic)"
-  REGISTRY_LISTEN="127.0.0.1:$REGISTRY_PORT" start_process schema-registry "$BIN/schema-registry"
-  wait_for_http "http://127.0.0.1:$REGISTRY_PORT/subjects" schema-registry 60
+  if port_open 127.0.0.1 "$REGISTRY_PORT"; then
+    info "schema registry already listening on 127.0.0.1:$REGISTRY_PORT"
+    registry_answers \
+      || fail "the schema registry on 127.0.0.1:$REGISTRY_PORT refuses the credentials in $SECRETS (SCHEMA_REGISTRY_USER_INFO); restart it: deploy/local/stack.sh down, then up"
+    if registry_answers anonymous; then
+      warn "the schema registry on 127.0.0.1:$REGISTRY_PORT answers without credentials (started without a users file); restart it to turn authentication on"
+    fi
+    return
+  fi
+  step "Starting the schema registry on 127.0.0.1:$REGISTRY_PORT (schemas kept in the _schemas topic; users in .local/registry-users)"
+  REGISTRY_LISTEN="127.0.0.1:$REGISTRY_PORT" REGISTRY_USERS_FILE="$REGISTRY_USERS" start_process schema-registry "$BIN/schema-registry"
+  local deadline=$((SECONDS + 60))
+  until registry_answers; do
+    ((SECONDS < deadline)) || fail "schema-registry did not become ready (http://127.0.0.1:$REGISTRY_PORT/subjects, as the user of $SECRETS) within 60 s; see $LOGS/schema-registry.log"
+    sleep 0.5
+  done
 }
 
 start_maildev() {
@@ -239,6 +288,7 @@ print_dashboard_address() { # demo-output-file
 
 up_infra() {
   check_prerequisites
+  prepare_secrets
   ensure_postgres
   fetch_kafka
   install_maildev

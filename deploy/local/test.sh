@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Checks formatting and lints and runs the unit tests first (they need nothing running), then
 # runs every integration test of the workspace against the real local stack: starts PostgreSQL, Apache Kafka,
-# the schema registry and the SMTP catcher if they are not running (see stack.sh), installs the
-# Python client used for interoperability tests, nftables (the failure-injection harness cuts
-# a broker off with it), chromium and playwright-core (the dashboard's browser test), then runs
-# the tests. Extra arguments go to cargo test.
+# the schema registry and the SMTP catcher if they are not running (see stack.sh), gives the tests
+# the registry's credentials (SCHEMA_REGISTRY_USER_INFO, from .local/secrets.env), installs the
+# Python client used for interoperability tests, nftables (the failure-injection harness cuts a
+# broker off with it), chromium and playwright-core (the dashboard's browser test), then runs the
+# tests. Extra arguments go to cargo test.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -43,6 +44,9 @@ command -v npm >/dev/null || { echo "ERROR: npm not found; the dashboard's brows
 
 # shellcheck source=deploy/local/stack.env
 source "$ROOT/deploy/local/stack.env"
+# The secrets stack.sh made up, the registry's credentials among them, for the tests' clients.
+# shellcheck source=/dev/null
+source "$SAGA_SECRETS_FILE"
 
 # Each test creates its own databases (t<12 hex>_<service>); drop those of earlier runs.
 if command -v psql >/dev/null; then

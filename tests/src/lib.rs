@@ -2,7 +2,8 @@
 //! and databases, so tests share one broker, registry and PostgreSQL yet run in parallel.
 //!
 //! The broker and registry are the real local stack (`deploy/local/stack.sh infra`), found through
-//! `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`.
+//! `KAFKA_BOOTSTRAP_SERVERS` and `SCHEMA_REGISTRY_URL`, with the registry credentials of
+//! `SCHEMA_REGISTRY_USER_INFO` (`user:password`, from `.local/secrets.env`) if it is set.
 
 pub mod fixtures;
 pub mod harness;
@@ -18,7 +19,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use saga_common::codec::EventCodec;
-use saga_common::config::{KafkaConfig, RegistryConfig, TelemetryConfig};
+use saga_common::config::{KafkaConfig, RegistryConfig, RegistryUserInfo, TelemetryConfig};
 use saga_common::consumer::event_headers;
 use saga_common::kafka::{self, Retention, TopicSpec};
 use saga_common::service::ServiceConfig;
@@ -59,7 +60,8 @@ impl TestEnv {
                 security: kafka_security::KafkaSecurity::from_env()?,
                 ..KafkaConfig::new(bootstrap).with_topic_prefix(prefix.clone())
             },
-            registry: RegistryConfig::new(registry),
+            registry: RegistryConfig::new(registry)
+                .with_user_info(RegistryUserInfo::from_env().map_err(anyhow::Error::msg)?),
             prefix,
         };
         let topics: Vec<TopicSpec> = Topic::ALL
@@ -198,12 +200,17 @@ impl TestEnv {
             "{} missing: build the platform first (cargo build --bins)",
             binary.display()
         );
-        let output = std::process::Command::new(binary)
+        let mut command = std::process::Command::new(binary);
+        command
             .args(args)
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap_servers)
             .env("TOPIC_PREFIX", &self.prefix)
-            .env("SCHEMA_REGISTRY_URL", &self.registry.url)
-            .output()?;
+            .env("SCHEMA_REGISTRY_URL", &self.registry.url);
+        match &self.registry.user_info {
+            Some(user_info) => command.env(RegistryUserInfo::ENV, user_info.expose_secret()),
+            None => command.env_remove(RegistryUserInfo::ENV),
+        };
+        let output = command.output()?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         anyhow::ensure!(
             output.status.success(),

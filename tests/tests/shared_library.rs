@@ -1,5 +1,6 @@
 //! The shared library against the real broker and registry: Avro events keyed by order id on
-//! 6-partition topics, and the at-least-once consumer loop's offset discipline.
+//! 6-partition topics, the at-least-once consumer loop's offset discipline, and the codec and
+//! registry probe against a registry that requires basic authentication.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,12 +11,13 @@ use async_trait::async_trait;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use saga_common::codec::{EncodedEvent, EventCodec};
+use saga_common::codec::{DecodeError, EncodedEvent, EventCodec};
+use saga_common::config::{RegistryConfig, RegistryUserInfo};
 use saga_common::consumer::{event_headers, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError};
 use saga_common::health::HealthState;
 use saga_common::kafka;
 use saga_common::retry::{Backoff, ErrorPolicy};
-use saga_common::ErrorClass;
+use saga_common::{Classify, ErrorClass};
 use saga_contracts::{EventId, OrderId, SagaEvent, Topic};
 use saga_tests::{eventually, fixtures, TestEnv};
 use tokio_util::sync::CancellationToken;
@@ -521,5 +523,85 @@ async fn a_background_task_that_dies_makes_liveness_fail_and_names_it() -> anyho
         "the rest of the service goes on"
     );
     running.stop().await;
+    Ok(())
+}
+
+/// Starts a registry on `listen` over `topic` of the test broker, with these users.
+async fn registry_with_users(
+    env: &TestEnv,
+    topic: &str,
+    listen: std::net::SocketAddr,
+    users: &str,
+) -> anyhow::Result<schema_registry::RunningRegistry> {
+    let config = schema_registry::RegistryConfig {
+        listen,
+        users: Some(users.parse().map_err(anyhow::Error::msg)?),
+        ..schema_registry::RegistryConfig::new(env.kafka.bootstrap_servers.clone(), topic)
+    };
+    Ok(schema_registry::Registry::start(config).await?)
+}
+
+#[tokio::test]
+async fn with_registry_credentials_the_codec_and_the_probe_work_and_refused_ones_are_transient() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let schemas_topic = format!("{}_schemas", env.prefix);
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let registry = registry_with_users(&env, &schemas_topic, any_port, "saga:right-password:write").await?;
+    let address = registry.local_addr();
+    let as_user = |password: Option<&str>| {
+        RegistryConfig::new(registry.url()).with_user_info(password.map(|p| RegistryUserInfo::new("saga", p)))
+    };
+    let http = reqwest::Client::new();
+
+    let codec = EventCodec::new(&as_user(Some("right-password")), &env.kafka)?;
+    let sent = order_created(OrderId::new());
+    let encoded = codec.encode(&sent).await?;
+    assert_eq!(codec.decode(Some(&encoded.payload)).await?, sent);
+    saga_common::health::probe_registry(&http, &as_user(Some("right-password")))
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    // Missing or wrong credentials are the deployment's fault, not the event's: transient, so
+    // nothing is dead-lettered or parked for them, and the probe says what is wrong.
+    let anonymous = EventCodec::new(&as_user(None), &env.kafka)?;
+    let error = anonymous
+        .decode(Some(&encoded.payload))
+        .await
+        .expect_err("no credentials");
+    assert!(matches!(error, DecodeError::Transient(_)), "{error:?}");
+    let error = anonymous.encode(&sent).await.expect_err("no credentials");
+    assert_eq!(error.class(), ErrorClass::Transient, "{error:?}");
+    let refused = saga_common::health::probe_registry(&http, &as_user(None)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|reason| reason.contains("401") && reason.contains("requires credentials")),
+        "{refused:?}"
+    );
+    let refused = saga_common::health::probe_registry(&http, &as_user(Some("old-password"))).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|reason| reason.contains("refuses user 'saga'")),
+        "{refused:?}"
+    );
+
+    // A codec whose password the registry refuses recovers, without a restart, once the
+    // registry accepts it: the failures are not kept in the codec's caches.
+    let outdated = EventCodec::new(&as_user(Some("old-password")), &env.kafka)?;
+    let other = order_created(OrderId::new());
+    assert!(matches!(
+        outdated.decode(Some(&encoded.payload)).await,
+        Err(DecodeError::Transient(_))
+    ));
+    assert!(outdated.encode(&other).await.is_err());
+    registry.shutdown().await?;
+    let registry = registry_with_users(&env, &schemas_topic, address, "saga:old-password:write").await?;
+    assert_eq!(outdated.decode(Some(&encoded.payload)).await?, sent);
+    assert_eq!(
+        outdated.decode(Some(&outdated.encode(&other).await?.payload)).await?,
+        other
+    );
+    registry.shutdown().await?;
     Ok(())
 }

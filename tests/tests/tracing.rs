@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use saga_common::config::RegistryUserInfo;
 use saga_tests::eventually;
 use saga_tests::harness::cluster::{Cluster, ClusterConfig, ClusterSecurity, KafkaSource, SERVICES};
 use saga_tests::harness::run::{env_or, service_binaries, workspace_root};
@@ -34,6 +35,7 @@ async fn one_order_is_one_trace_across_all_four_services() -> anyhow::Result<()>
         kafka: KafkaSource::Existing {
             bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             registry_url: env_or("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081"),
+            registry_user_info: RegistryUserInfo::from_env().map_err(anyhow::Error::msg)?,
         },
         replication_factor: 1,
         topic_prefix: format!("tr{run_id}."),

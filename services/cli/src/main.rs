@@ -447,8 +447,8 @@ async fn register_schemas(kafka: &KafkaConfig, registry: &RegistryConfig) -> any
     let base = registry.url.trim_end_matches('/');
     for event_type in EventType::ALL {
         let subject = format!("{}-{}", kafka.topic(event_type.topic()), event_type.record_name());
-        let config = http
-            .put(format!("{base}/config/{subject}"))
+        let config = registry
+            .authorize(http.put(format!("{base}/config/{subject}")))
             .json(&json!({"compatibility": SUBJECT_COMPATIBILITY}))
             .send()
             .await
@@ -461,8 +461,8 @@ async fn register_schemas(kafka: &KafkaConfig, registry: &RegistryConfig) -> any
             );
         }
         for version in event_type.versions() {
-            let response = http
-                .post(format!("{base}/subjects/{subject}/versions"))
+            let response = registry
+                .authorize(http.post(format!("{base}/subjects/{subject}/versions")))
                 .header("content-type", "application/vnd.schemaregistry.v1+json")
                 .json(&json!({"schema": version.json}))
                 .send()

@@ -920,7 +920,10 @@ async fn delete_subjects(kafka: &KafkaConfig, registry: &RegistryConfig) -> anyh
     for event_type in EventType::ALL {
         let subject = format!("{}-{}", kafka.topic(event_type.topic()), event_type.record_name());
         for query in ["", "?permanent=true"] {
-            let response = http.delete(format!("{base}/subjects/{subject}{query}")).send().await?;
+            let response = registry
+                .authorize(http.delete(format!("{base}/subjects/{subject}{query}")))
+                .send()
+                .await?;
             // 404: a subject no record of the run needed.
             if !response.status().is_success() && response.status() != reqwest::StatusCode::NOT_FOUND {
                 bail!("deleting {subject}: {}", response.status());

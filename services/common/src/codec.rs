@@ -63,9 +63,12 @@ impl EventCodec {
     /// Builds a codec for the given registry and topic layout.
     pub fn new(registry: &RegistryConfig, kafka: &KafkaConfig) -> Result<Self> {
         let settings = || {
-            SrSettings::new_builder(registry.url.clone())
-                .no_proxy()
-                .set_timeout(registry.timeout())
+            let mut builder = SrSettings::new_builder(registry.url.clone());
+            builder.no_proxy().set_timeout(registry.timeout());
+            if let Some(user_info) = &registry.user_info {
+                builder.set_basic_authorization(user_info.user(), Some(user_info.password()));
+            }
+            builder
                 .build()
                 .map_err(|e| Error::Config(format!("schema registry settings: {e}")))
         };
@@ -111,10 +114,12 @@ impl EventCodec {
             ),
         );
         self.encoder.encode_value(value, &strategy).await.map_err(|e| {
+            // The encoder keeps the failures it does not judge retriable (a 500, a 401, a
+            // refused schema); forget them, so that the next attempt asks the registry again.
+            self.encoder.remove_errors_from_cache();
             if registry_unavailable(&e) {
                 Error::RegistryUnavailable(e.to_string())
             } else {
-                self.encoder.remove_errors_from_cache();
                 Error::Encode(e.to_string())
             }
         })
@@ -125,7 +130,15 @@ impl EventCodec {
         let Some(bytes) = payload else {
             return Err(DecodeError::Poison("record has no value".into()));
         };
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(classify)?;
+        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|error| {
+            let error = classify(error);
+            if matches!(error, DecodeError::Transient(_)) {
+                // As the encoder, the decoder keeps failures; forget them, or retrying would only
+                // ever see the cached one.
+                self.decoder.remove_errors_from_cache();
+            }
+            error
+        })?;
         let Some(name) = decoded.name else {
             return Err(DecodeError::Poison("writer schema is not a named record".into()));
         };
@@ -136,10 +149,20 @@ impl EventCodec {
 /// Whether a registry call failed because the registry could not serve it right now: the
 /// client's own judgement (connection errors, 502, 503) or any other 5xx answer. A registry
 /// answers 500 when its store (the `_schemas` topic) is unreachable, which passes with the
-/// broker outage, so it must not make an event count as unencodable or undecodable.
+/// broker outage, so it must not make an event count as unencodable or undecodable. A 401 or
+/// 403 (credentials missing, wrong or not allowed to register) is the deployment's fault, not
+/// the event's: it is retried too, so that no event is dead-lettered or parked for it.
 fn registry_unavailable(error: &SRCError) -> bool {
-    let server_error = |text: &str| text.contains("failed with status 5");
-    error.retriable || server_error(&error.error) || error.cause.as_deref().is_some_and(server_error)
+    let not_the_events_fault = |text: &str| {
+        [
+            "failed with status 5",
+            "failed with status 401",
+            "failed with status 403",
+        ]
+        .iter()
+        .any(|answer| text.contains(answer))
+    };
+    error.retriable || not_the_events_fault(&error.error) || error.cause.as_deref().is_some_and(not_the_events_fault)
 }
 
 fn classify(error: SRCError) -> DecodeError {
@@ -176,7 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_registry_server_error_is_unavailability_and_a_client_error_is_not() {
+    fn a_registry_server_error_or_refused_credentials_are_unavailability_and_other_client_errors_are_not() {
         let answer = |status: &str| {
             SRCError::new(
                 &format!("HTTP request to schema registry failed with status {status}"),
@@ -186,6 +209,8 @@ mod tests {
         };
         assert!(registry_unavailable(&answer("500 Internal Server Error")));
         assert!(registry_unavailable(&answer("504 Gateway Timeout")));
+        assert!(registry_unavailable(&answer("401 Unauthorized")));
+        assert!(registry_unavailable(&answer("403 Forbidden")));
         assert!(!registry_unavailable(&answer("404 Not Found")));
         assert!(!registry_unavailable(&answer("422 Unprocessable Entity")));
     }

@@ -1,6 +1,8 @@
 //! Typed configuration shared by every service, loaded from command-line flags or environment
 //! variables with defaults that match the local stack.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use kafka_security::KafkaSecurity;
@@ -124,20 +126,111 @@ pub struct RegistryConfig {
         default_value_t = 5000
     )]
     pub timeout_ms: u64,
+    /// Credentials for the registry's HTTP basic authentication, `user:password` (what
+    /// Confluent's clients call `basic.auth.user.info`). Unset: requests carry none.
+    #[arg(
+        long = "schema-registry-user-info",
+        env = RegistryUserInfo::ENV,
+        hide_env_values = true
+    )]
+    pub user_info: Option<RegistryUserInfo>,
 }
 
 impl RegistryConfig {
-    /// A configuration for the given registry URL.
+    /// A configuration for the given registry URL, without credentials.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             timeout_ms: 5000,
+            user_info: None,
         }
+    }
+
+    /// Sets the credentials requests carry.
+    pub fn with_user_info(mut self, user_info: Option<RegistryUserInfo>) -> Self {
+        self.user_info = user_info;
+        self
     }
 
     /// The per-request timeout as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Adds the registry credentials, if any, to a request for the registry.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.user_info {
+            Some(user_info) => request.basic_auth(&user_info.user, Some(&user_info.password)),
+            None => request,
+        }
+    }
+}
+
+/// A schema registry user and password, parsed from `user:password` (the password may contain
+/// colons). `Debug` shows the user only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryUserInfo {
+    user: String,
+    password: String,
+}
+
+impl RegistryUserInfo {
+    /// The environment variable holding `user:password`.
+    pub const ENV: &'static str = "SCHEMA_REGISTRY_USER_INFO";
+
+    /// Credentials of `user` with `password`.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The credentials in [`Self::ENV`], if it is set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(Self::ENV) {
+            Ok(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|reason| format!("{}: {reason}", Self::ENV)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{} is not valid UTF-8", Self::ENV)),
+        }
+    }
+
+    /// The user name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// `user:password`, as another process takes it through [`Self::ENV`]. Never log it.
+    pub fn expose_secret(&self) -> String {
+        format!("{}:{}", self.user, self.password)
+    }
+}
+
+impl FromStr for RegistryUserInfo {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Self::new(user, password)),
+            _ => Err("expected user:password, both non-empty (leave the setting unset for none)".to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for RegistryUserInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryUserInfo")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
     }
 }
 
@@ -180,6 +273,39 @@ mod tests {
             config.dead_letter_topic("payment-service"),
             "t1.payment-service.dead-letter"
         );
+    }
+
+    #[test]
+    fn registry_user_info_splits_at_the_first_colon_and_debug_hides_the_password() {
+        let info: RegistryUserInfo = "saga:pa:ss".parse().expect("user:password");
+        assert_eq!((info.user(), info.password()), ("saga", "pa:ss"));
+        assert_eq!(info.expose_secret(), "saga:pa:ss");
+        let config = RegistryConfig::new("http://registry:8081").with_user_info(Some(info));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("saga") && !shown.contains("pa:ss"), "{shown}");
+        for invalid in ["", "saga", "saga:", ":secret"] {
+            assert!(invalid.parse::<RegistryUserInfo>().is_err(), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn registry_requests_carry_basic_credentials_only_when_configured() {
+        let http = reqwest::Client::new();
+        let with = RegistryConfig::new("http://registry:8081")
+            .with_user_info(Some(RegistryUserInfo::new("saga", "secret")))
+            .authorize(http.get("http://registry:8081/subjects"))
+            .build()
+            .expect("a request");
+        // base64("saga:secret")
+        assert_eq!(
+            with.headers().get(reqwest::header::AUTHORIZATION).map(|v| v.as_bytes()),
+            Some(&b"Basic c2FnYTpzZWNyZXQ="[..])
+        );
+        let without = RegistryConfig::new("http://registry:8081")
+            .authorize(http.get("http://registry:8081/subjects"))
+            .build()
+            .expect("a request");
+        assert!(without.headers().get(reqwest::header::AUTHORIZATION).is_none());
     }
 
     #[test]

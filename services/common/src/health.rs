@@ -247,19 +247,26 @@ async fn probe_broker(producer: &FutureProducer) -> Result<(), String> {
     }
 }
 
-/// Checks the registry answers `GET /subjects` with a success status.
+/// Checks the registry answers `GET /subjects` with a success status, with the configured
+/// credentials (so a registry that refuses them is not ready for this service either).
 pub async fn probe_registry(http: &reqwest::Client, registry: &RegistryConfig) -> Result<(), String> {
     let url = format!("{}/subjects", registry.url.trim_end_matches('/'));
-    let response = http
-        .get(url)
+    let response = registry
+        .authorize(http.get(url))
         .timeout(PROBE_TIMEOUT)
         .send()
         .await
         .map_err(|e| e.to_string())?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {}", response.status()))
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        status @ (reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) => {
+            let env = crate::config::RegistryUserInfo::ENV;
+            Err(match &registry.user_info {
+                Some(info) => format!("status {status}: the registry refuses user '{}' ({env})", info.user()),
+                None => format!("status {status}: the registry requires credentials; set {env}"),
+            })
+        }
+        status => Err(format!("status {status}")),
     }
 }
 

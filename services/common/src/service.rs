@@ -176,7 +176,11 @@ impl ServiceContext {
             return Ok(None);
         }
         let http = reqwest::Client::new();
-        tracing::info!(registry = %config.registry.url, "checking schema registry");
+        tracing::info!(
+            registry = %config.registry.url,
+            user = config.registry.user_info.as_ref().map(|info| info.user()),
+            "checking schema registry"
+        );
         if retry_until_ok("schema registry probe", backoff, &shutdown, || {
             health::probe_registry(&http, &config.registry)
         })

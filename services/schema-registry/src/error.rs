@@ -1,4 +1,5 @@
-//! The crate's error type for everything that is not a refused request: Kafka, binding, tasks.
+//! The crate's error type for everything that is not a refused request: Kafka, users, binding,
+//! tasks.
 //!
 //! Refused requests (unknown subject, invalid schema, …) are [`RegistryError`]s instead; they are
 //! the client's to fix.
@@ -38,6 +39,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The users file or setting is invalid or unreadable. Fix it; retrying will not help.
+    #[error("registry users")]
+    Users(#[from] crate::auth::UsersError),
     /// The HTTP listener could not be bound. Pick another address.
     #[error("binding {addr}")]
     Bind {

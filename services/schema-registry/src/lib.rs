@@ -11,9 +11,14 @@
 //!   ids and levels, and keeps assigning ids after the largest one ever used;
 //! - one registry instance is the only writer of its topic (run one per topic).
 //!
+//! - with users configured ([`auth`]), every request needs HTTP basic authentication of one of
+//!   them, and only users with the `write` role may change anything; with none, it is open.
+//!
 //! Layers: [`state`] is the pure state machine, [`storage`] the Kafka log, `service` ties
-//! them together, `http` is the axum API. Start it with [`Registry::start`].
+//! them together, `http` is the axum API, [`auth`] who may use it. Start it with
+//! [`Registry::start`].
 
+pub mod auth;
 pub mod compatibility;
 pub mod error;
 mod http;
@@ -24,12 +29,14 @@ pub mod state;
 pub mod storage;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use auth::{Role, UserList, Users};
 pub use compatibility::CompatibilityLevel;
 pub use error::{Error, Result};
 pub use http::CONTENT_TYPE_V1;
@@ -61,6 +68,14 @@ pub struct RegistryConfig {
     /// How the registry's Kafka clients authenticate and encrypt (SASL, TLS).
     #[command(flatten)]
     pub kafka_security: KafkaSecurity,
+    /// A file of the users allowed to use the API, one `user:password:role` per line (role
+    /// `read` or `write`, `#` starts a comment). With no users configured the API is open.
+    #[arg(long, env = "REGISTRY_USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+    /// More users, as `user:password:role` entries separated by commas. Prefer the environment
+    /// variable or the file: a command line is visible to every local user.
+    #[arg(long, env = "REGISTRY_USERS", hide_env_values = true)]
+    pub users: Option<UserList>,
 }
 
 impl RegistryConfig {
@@ -73,6 +88,8 @@ impl RegistryConfig {
             schemas_topic_replication_factor: 1,
             default_compatibility: CompatibilityLevel::Backward,
             kafka_security: KafkaSecurity::plaintext(),
+            users_file: None,
+            users: None,
         }
     }
 }
@@ -85,6 +102,26 @@ impl Registry {
     /// Reads the schemas topic (creating it if needed), binds the listener and starts serving.
     /// Returns once the registry answers requests.
     pub async fn start(config: RegistryConfig) -> Result<RunningRegistry> {
+        let users = Users::load(config.users_file.as_deref(), config.users.as_ref())?;
+        if users.is_open() {
+            tracing::warn!(
+                "no users configured: the API is open to anyone who can reach it \
+                 (set REGISTRY_USERS_FILE or REGISTRY_USERS to require basic authentication)"
+            );
+        } else {
+            let names = |role: Role| -> Vec<&str> {
+                users
+                    .iter()
+                    .filter(|user| user.role() == role)
+                    .map(|user| user.name())
+                    .collect()
+            };
+            tracing::info!(
+                writers = ?names(Role::Write),
+                readers = ?names(Role::Read),
+                "basic authentication required"
+            );
+        }
         let (storage, records) = KafkaStorage::open(StorageConfig {
             bootstrap_servers: config.kafka_bootstrap_servers.clone(),
             topic: config.schemas_topic.clone(),
@@ -105,7 +142,7 @@ impl Registry {
             source,
         })?;
         let (shutdown, mut stop) = watch::channel(false);
-        let app = http::router(service);
+        let app = http::router(service, Arc::new(users));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -1,10 +1,11 @@
 //! `schema_registry_converter` (what the services use) against the registry: it auto-registers
-//! through `TopicRecordNameStrategyWithSchema`, encodes, and decodes back.
+//! through `TopicRecordNameStrategyWithSchema`, encodes, and decodes back, with and without basic
+//! authentication.
 
 mod common;
 
 use apache_avro::types::Value;
-use common::{order_incompatible, order_v1, order_v2, TestRegistry};
+use common::{order_incompatible, order_v1, order_v2, TestRegistry, READER, WRITER};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
@@ -117,5 +118,42 @@ async fn the_avro_encoder_reports_an_incompatible_schema_as_an_error() {
         format!("{error:?}").contains("409"),
         "the registry's error code reaches the client: {error:?}"
     );
+    sr.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_basic_authentication_the_converter_encodes_and_decodes_and_without_it_gets_401() {
+    let sr = TestRegistry::start_with_users().await;
+    let settings = |(user, password): (&str, &str)| {
+        SrSettings::new_builder(sr.url())
+            .set_basic_authorization(user, Some(password))
+            .build()
+            .expect("settings")
+    };
+    let bytes = AvroEncoder::new(settings(WRITER))
+        .encode_value(order("o-1", 1250), &strategy("orders", order_v1()))
+        .await
+        .expect("encoded as the read-write user");
+    let reply = sr.get("/subjects/orders-saga.test.Order/versions/latest").await;
+    assert_eq!(reply.body["id"], json!(schema_id(&bytes)));
+    // A read-only user can decode: fetching a schema by id is a read.
+    let decoded = AvroDecoder::new(settings(READER))
+        .decode(Some(&bytes))
+        .await
+        .expect("decoded as the read-only user");
+    assert_eq!(decoded.value, order("o-1", 1250));
+
+    let refused = AvroDecoder::new(SrSettings::new(sr.url()))
+        .decode(Some(&bytes))
+        .await
+        .expect_err("no credentials, no schema");
+    assert!(!refused.retriable, "{refused:?}");
+    assert!(format!("{refused:?}").contains("401"), "{refused:?}");
+    // A read-only user cannot register a new schema.
+    let refused = AvroEncoder::new(settings(READER))
+        .encode_value(order("o-2", 1), &strategy("payments", order_v1()))
+        .await
+        .expect_err("a read-only user cannot register");
+    assert!(format!("{refused:?}").contains("403"), "{refused:?}");
     sr.shutdown().await;
 }

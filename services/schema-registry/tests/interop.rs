@@ -1,6 +1,7 @@
 //! Interop with a client nobody here wrote: Confluent's Python `confluent-kafka` (its
 //! `SchemaRegistryClient`, `AvroSerializer` and `AvroDeserializer`), driven through
-//! `tests/interop/confluent_roundtrip.py`.
+//! `tests/interop/confluent_roundtrip.py`, against an open registry and one that requires basic
+//! authentication.
 //!
 //! Needs `python3` with the packages of the repository's `tests/requirements.txt`; without them
 //! these tests fail (they do not skip) and say what to install.
@@ -10,7 +11,7 @@ mod common;
 use std::process::Command;
 
 use apache_avro::types::Value as Avro;
-use common::TestRegistry;
+use common::{user_info, TestRegistry, READER, WRITER};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
@@ -196,6 +197,52 @@ async fn confluents_python_schema_registry_client_gets_the_answers_it_expects() 
             "deleted_versions": [1],
             "permanently_deleted_versions": [1],
             "subjects_after_delete": [],
+        })
+    );
+    sr.shutdown().await;
+}
+
+#[tokio::test]
+async fn confluents_python_client_with_basic_auth_user_info_registers_and_reads_and_is_refused_without_it() {
+    let sr = TestRegistry::start_with_users().await;
+    let subject = "payments-saga.interop.PaymentCaptured";
+    let value = json!({
+        "event_id": "e-3",
+        "amount_minor": 700,
+        "currency": "EUR",
+        "attempt": 1,
+        "captured": true,
+        "status": "OK",
+        "tags": ["x"],
+        "note": null,
+    });
+    let report = python(vec![
+        "auth".into(),
+        sr.url(),
+        subject.into(),
+        PAYMENT_SCHEMA.into(),
+        value.to_string(),
+        user_info(WRITER),
+        user_info(READER),
+    ])
+    .await;
+    let expected_schema: Value = serde_json::from_str(PAYMENT_SCHEMA).expect("json");
+    let unauthorized = json!({ "http_status": 401, "error_code": 401 });
+    let forbidden = json!({ "http_status": 403, "error_code": 40301 });
+    assert_eq!(
+        report,
+        json!({
+            "registered_id": 1,
+            "fetched_by_reader": expected_schema,
+            "reader_latest_version": 1,
+            "reader_subjects": [subject],
+            "round_trip": value,
+            "anonymous_read": unauthorized,
+            "anonymous_register": unauthorized,
+            "wrong_password_read": unauthorized,
+            "reader_register": forbidden,
+            "reader_set_level": forbidden,
+            "subjects_after": ["auth-saga.interop.PaymentCaptured", subject],
         })
     );
     sr.shutdown().await;

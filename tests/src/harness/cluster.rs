@@ -1,6 +1,7 @@
 //! The system under test as OS processes: an Apache Kafka cluster (three KRaft nodes by default,
 //! started through `deploy/kafka/node.sh` with their storage in the run's folder) and a schema
-//! registry of the harness's own, or a running cluster and registry it was pointed at; and the
+//! registry of the harness's own (which requires basic authentication, with a user and password
+//! made up for the run), or a running cluster and registry it was pointed at; and the
 //! four services from the built binaries, each with its own database. Every topic and consumer
 //! group of a run carries the run's prefix, so runs never mix on a shared cluster. Every process
 //! logs to its own file in the run's folder.
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kafka_security::KafkaSecurity;
-use saga_common::config::{KafkaConfig, RegistryConfig};
+use saga_common::config::{KafkaConfig, RegistryConfig, RegistryUserInfo};
 
 use super::isolation::NodeCgroup;
 use super::kafka_nodes::{self, KafkaNode};
@@ -52,6 +53,8 @@ pub enum KafkaSource {
         bootstrap_servers: String,
         /// The registry's base URL.
         registry_url: String,
+        /// Credentials for the registry, if it requires them.
+        registry_user_info: Option<RegistryUserInfo>,
     },
 }
 
@@ -156,6 +159,8 @@ pub struct Cluster {
     pub services: BTreeMap<String, ManagedProcess>,
     /// Registry base URL.
     pub registry_url: String,
+    /// Credentials for the registry (the services and the harness's own clients use them).
+    pub registry_user_info: Option<RegistryUserInfo>,
     /// HTTP address of each service.
     pub http: BTreeMap<String, SocketAddr>,
     /// Database URL of each service.
@@ -179,7 +184,7 @@ impl Cluster {
                 path.display()
             );
         }
-        let (kafka_nodes, registry, bootstrap_servers, registry_url) = match &config.kafka {
+        let (kafka_nodes, registry, bootstrap_servers, registry_url, registry_user_info) = match &config.kafka {
             KafkaSource::Own { nodes, node_script } => {
                 anyhow::ensure!(*nodes >= 1, "a Kafka cluster needs at least one node");
                 anyhow::ensure!(
@@ -209,12 +214,14 @@ impl Cluster {
                     .collect();
                 let bootstrap = kafka_nodes::bootstrap_servers(&kafka_nodes);
                 let registry_port = free_port()?;
+                let (users_file, user_info) = registry_users_file(&config.run_dir)?;
                 let mut registry = ManagedProcess::new(
                     "schema-registry",
                     config.bin_dir.join("schema-registry"),
                     Vec::new(),
                     BTreeMap::from([
                         ("REGISTRY_LISTEN".to_string(), format!("127.0.0.1:{registry_port}")),
+                        ("REGISTRY_USERS_FILE".to_string(), users_file.display().to_string()),
                         ("KAFKA_BOOTSTRAP_SERVERS".to_string(), bootstrap.clone()),
                         (
                             "REGISTRY_SCHEMAS_TOPIC_REPLICATION_FACTOR".to_string(),
@@ -232,16 +239,19 @@ impl Cluster {
                     Some(registry),
                     bootstrap,
                     format!("http://127.0.0.1:{registry_port}"),
+                    Some(user_info),
                 )
             }
             KafkaSource::Existing {
                 bootstrap_servers,
                 registry_url,
+                registry_user_info,
             } => (
                 Vec::new(),
                 None,
                 bootstrap_servers.clone(),
                 registry_url.trim_end_matches('/').to_string(),
+                registry_user_info.clone(),
             ),
         };
         let client_security = match &config.kafka {
@@ -287,6 +297,9 @@ impl Cluster {
                     .into_iter()
                     .map(|(name, value)| (name.to_string(), value)),
             );
+            if let Some(user_info) = &registry_user_info {
+                env.insert(RegistryUserInfo::ENV.to_string(), user_info.expose_secret());
+            }
             // Consumer settings a run may override from the harness's own environment.
             for passed in ["KAFKA_SESSION_TIMEOUT_MS", "KAFKA_COMMIT_INTERVAL_MS", "KAFKA_DEBUG"] {
                 if let Ok(value) = std::env::var(passed) {
@@ -317,6 +330,7 @@ impl Cluster {
             registry,
             services,
             registry_url,
+            registry_user_info,
             http,
             databases,
             kafka,
@@ -344,7 +358,7 @@ impl Cluster {
 
     /// Registry settings for the harness's own clients.
     pub fn registry_config(&self) -> RegistryConfig {
-        RegistryConfig::new(self.registry_url.clone())
+        RegistryConfig::new(self.registry_url.clone()).with_user_info(self.registry_user_info.clone())
     }
 
     /// The node with id `id`.
@@ -391,8 +405,19 @@ impl Cluster {
         if let Some(registry) = &mut self.registry {
             registry.start()?;
         }
+        let registry = self.registry_config();
         let url = format!("{}/subjects", self.registry_url);
-        answers_ok("schema registry answering", &url, Duration::from_secs(60)).await
+        let http = reqwest::Client::new();
+        eventually("schema registry answering", Duration::from_secs(60), || async {
+            registry
+                .authorize(http.get(&url))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await
     }
 
     /// Starts a service (if not running) without waiting for it.
@@ -491,6 +516,24 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Writes the users file of the harness's own registry into the run's folder (readable by its
+/// owner only): one read-write user with a password made up for the run.
+fn registry_users_file(run_dir: &std::path::Path) -> anyhow::Result<(PathBuf, RegistryUserInfo)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let user_info = RegistryUserInfo::new("harness", uuid::Uuid::new_v4().simple().to_string());
+    let path = run_dir.join("registry-users");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{}:{}:write", user_info.user(), user_info.password())?;
+    Ok((path, user_info))
 }
 
 /// Waits until `GET url` answers with a success status.

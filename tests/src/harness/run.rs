@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use saga_common::config::RegistryUserInfo;
 use tokio::sync::Mutex;
 
 use super::cluster::{Cluster, ClusterConfig, ClusterSecurity, KafkaSource, MAILER_CONCURRENCY};
@@ -53,6 +54,14 @@ pub struct HarnessConfig {
     /// The schema registry of the cluster given with --bootstrap-servers.
     #[arg(long, requires = "bootstrap_servers")]
     pub registry_url: Option<String>,
+    /// Credentials (`user:password`) for the registry given with --registry-url, if it requires
+    /// them. The harness's own registry gets credentials made up for the run instead.
+    #[arg(
+        long,
+        env = RegistryUserInfo::ENV,
+        hide_env_values = true
+    )]
+    pub registry_user_info: Option<RegistryUserInfo>,
     /// Saga deadline of the order service, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub saga_deadline_secs: f64,
@@ -88,6 +97,7 @@ impl Default for HarnessConfig {
             kafka_nodes: 3,
             bootstrap_servers: None,
             registry_url: None,
+            registry_user_info: None,
             saga_deadline_secs: 10.0,
             quiescence_timeout_secs: 300,
             stall_timeout_secs: 60,
@@ -190,6 +200,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
                 KafkaSource::Existing {
                     bootstrap_servers: bootstrap_servers.clone(),
                     registry_url: registry_url.clone(),
+                    registry_user_info: config.registry_user_info.clone(),
                 },
                 replication_factor(brokers.len()),
             )

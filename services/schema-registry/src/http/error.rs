@@ -2,8 +2,15 @@
 //!
 //! All status codes and Confluent error codes are mapped in [`ApiError::parts`]. Server errors
 //! keep their body opaque; their cause chain goes to the log.
+//!
+//! Refused credentials are answered as Confluent Schema Registry answers them: its HTTP basic
+//! authentication (Jetty's, with its `JsonErrorHandler`) gives 401 with
+//! `{"error_code": 401, "message": "Unauthorized"}` and a `WWW-Authenticate: Basic` challenge;
+//! its authorization gives 403 with error code 40301 and "User is denied operation Write on
+//! Subject: ...".
 
-use axum::http::StatusCode;
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use saga_contracts::compatibility::error_chain;
@@ -36,6 +43,13 @@ pub(crate) enum ApiError {
     /// The endpoint exists but not with this method. 405 / 405.
     #[error("HTTP 405 Method Not Allowed")]
     MethodNotAllowed,
+    /// No credentials, malformed ones, an unknown user or a wrong password. 401 / 401, with a
+    /// `WWW-Authenticate: Basic` challenge.
+    #[error("Unauthorized")]
+    Unauthenticated,
+    /// A read-only user asked for a change. 403 / 40301.
+    #[error("{0}")]
+    Forbidden(String),
     /// The change could not be made durable. 500 / 50001, detail only in the log.
     #[error("the registry's storage failed")]
     Storage(#[source] crate::Error),
@@ -75,11 +89,16 @@ impl ApiError {
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, 400),
             ApiError::NotFound => (StatusCode::NOT_FOUND, 404),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, 401),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
         };
         (status, code, message)
     }
 }
+
+/// The challenge sent with every 401.
+const CHALLENGE: &str = r#"Basic realm="schema-registry""#;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -90,7 +109,13 @@ impl IntoResponse for ApiError {
             tracing::debug!(%code, %message, "request refused");
         }
         let body = json!({ "error_code": code, "message": message });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+        }
+        response
     }
 }
 
@@ -122,6 +147,21 @@ mod tests {
             let (got_status, got_code, _) = ApiError::Registry(error).parts();
             assert_eq!((got_status.as_u16(), got_code), (status, code));
         }
+    }
+
+    #[test]
+    fn refused_credentials_get_confluents_codes_and_a_401_carries_a_basic_challenge() {
+        let (status, code, message) = ApiError::Unauthenticated.parts();
+        assert_eq!((status.as_u16(), code, message.as_str()), (401, 401, "Unauthorized"));
+        let response = ApiError::Unauthenticated.into_response();
+        assert_eq!(
+            response.headers().get(WWW_AUTHENTICATE).map(HeaderValue::as_bytes),
+            Some(CHALLENGE.as_bytes())
+        );
+        let (status, code, _) = ApiError::Forbidden("User is denied operation Write on Subject: s".into()).parts();
+        assert_eq!((status.as_u16(), code), (403, 40301));
+        let response = ApiError::Forbidden(String::new()).into_response();
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `schema_registry_converter` use, with the same paths, bodies, status and error codes.
 //!
 //! Every response carries `Content-Type: application/vnd.schemaregistry.v1+json`, errors
-//! included. Query parameters Confluent defines but that change nothing here (`normalize`,
+//! included. With users configured, every request but `GET /health` needs HTTP basic
+//! authentication (401 otherwise), and a request that changes anything needs the `write` role
+//! (403 otherwise); see [`authorize`]. Query parameters Confluent defines but that change nothing here (`normalize`,
 //! `format`, `subject` on id lookups, …) are accepted and ignored.
 
 mod error;
@@ -11,8 +13,8 @@ mod extract;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::HeaderValue;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -23,6 +25,7 @@ use serde_json::{json, Value};
 use error::ApiError;
 use extract::{JsonBody, Params, PathParams};
 
+use crate::auth::{Refusal, Users};
 use crate::compatibility::CompatibilityLevel;
 use crate::schema::ValidSchema;
 use crate::service::{Planned, Service};
@@ -34,8 +37,8 @@ pub const CONTENT_TYPE_V1: &str = "application/vnd.schemaregistry.v1+json";
 type AppState = Arc<Service>;
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
-/// The routes of the API over a service.
-pub(crate) fn router(service: Arc<Service>) -> Router {
+/// The routes of the API over a service, open to `users` (to anyone if there are none).
+pub(crate) fn router(service: Arc<Service>, users: Arc<Users>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
@@ -79,6 +82,7 @@ pub(crate) fn router(service: Arc<Service>) -> Router {
         .route("/mode", get(get_mode))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(users, authorize))
         .layer(middleware::from_fn(content_type_and_log))
         .with_state(service)
 }
@@ -93,6 +97,49 @@ async fn content_type_and_log(request: Request, next: Next) -> Response {
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_V1));
     tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
     response
+}
+
+/// Lets a request through if its credentials allow it (see [`Users::admit`]). `GET /health`
+/// is let through without any, so that supervisors can probe the process.
+async fn authorize(State(users): State<Arc<Users>>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let method = request.method();
+    let path = request.uri().path();
+    if method == Method::GET && path == "/health" {
+        return Ok(next.run(request).await);
+    }
+    let authorization = request.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    match users.admit(authorization, changes_state(method, path)) {
+        Ok(()) => Ok(next.run(request).await),
+        Err(Refusal::Unauthenticated) => Err(ApiError::Unauthenticated),
+        Err(Refusal::Forbidden) => Err(ApiError::Forbidden(denied_write_on(path))),
+    }
+}
+
+/// Whether a request may change the registry: every PUT and DELETE, and every POST but the
+/// lookup (`POST /subjects/{subject}`) and compatibility tests (`POST /compatibility/...`),
+/// which only read, as Confluent's authorization counts them.
+fn changes_state(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => false,
+        Method::POST => {
+            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+            let lookup = matches!(segments.as_slice(), ["subjects", _]);
+            let compatibility_test = segments.first() == Some(&"compatibility");
+            !(lookup || compatibility_test)
+        }
+        _ => true,
+    }
+}
+
+/// What a read-only user was denied, in Confluent's words.
+fn denied_write_on(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resource = match segments.as_slice() {
+        ["subjects" | "config", subject, ..] => format!("Subject: {subject}"),
+        ["config"] => "the global configuration".to_owned(),
+        _ => path.to_owned(),
+    };
+    format!("User is denied operation Write on {resource}")
 }
 
 // ----- request bodies ------------------------------------------------------------------------
@@ -449,4 +496,46 @@ fn paginate<T>(items: Vec<T>, params: &Params) -> Vec<T> {
         .filter(|n| *n > 0)
         .unwrap_or(usize::MAX);
     items.into_iter().skip(offset).take(limit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registering_deleting_and_configuring_change_state_while_lookups_and_compatibility_tests_do_not() {
+        for (method, path) in [
+            (Method::POST, "/subjects/s/versions"),
+            (Method::DELETE, "/subjects/s"),
+            (Method::DELETE, "/subjects/s/versions/1"),
+            (Method::PUT, "/config"),
+            (Method::PUT, "/config/s"),
+            (Method::DELETE, "/config/s"),
+            (Method::POST, "/no/such/endpoint"),
+        ] {
+            assert!(changes_state(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/subjects"),
+            (Method::GET, "/config"),
+            (Method::HEAD, "/schemas/ids/1"),
+            (Method::POST, "/subjects/s"),
+            (Method::POST, "/subjects/s/"),
+            (Method::POST, "/compatibility/subjects/s/versions/latest"),
+        ] {
+            assert!(!changes_state(&method, path), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn a_denied_write_names_the_subject_as_confluent_does() {
+        assert_eq!(
+            denied_write_on("/subjects/orders-value/versions"),
+            "User is denied operation Write on Subject: orders-value"
+        );
+        assert_eq!(
+            denied_write_on("/config"),
+            "User is denied operation Write on the global configuration"
+        );
+    }
 }

@@ -12,6 +12,10 @@ document to stdout:
   client URL SUBJECT SCHEMA_JSON
       Exercises SchemaRegistryClient's API (register, lookup, versions, compatibility,
       config, delete) -> a report of what each call returned.
+  auth URL SUBJECT SCHEMA_JSON VALUE_JSON WRITER_INFO READER_INFO
+      Against a registry with users: registers and serializes as WRITER_INFO, fetches and
+      deserializes as READER_INFO (both user:password, given as basic.auth.user.info), and
+      reports what is refused without credentials, with a wrong password, and to the reader.
 
 Exits with status 3 and a hint when the Python packages are missing.
 """
@@ -34,9 +38,12 @@ except ImportError as error:  # pragma: no cover - environment check
     sys.exit(3)
 
 
-def client(url):
+def client(url, user_info=None):
     # No retries: a registry answer that is wrong should fail fast, not be retried into passing.
-    return SchemaRegistryClient({"url": url, "max.retries": 0})
+    conf = {"url": url, "max.retries": 0}
+    if user_info is not None:
+        conf["basic.auth.user.info"] = user_info
+    return SchemaRegistryClient(conf)
 
 
 def decode(url, topic, hex_bytes):
@@ -109,6 +116,44 @@ def exercise_client(url, subject, schema_json):
     return report
 
 
+def exercise_auth(url, subject, schema_json, value_json, writer_info, reader_info):
+    writer, reader = client(url, writer_info), client(url, reader_info)
+    schema = Schema(schema_json, "AVRO")
+    report = {}
+    report["registered_id"] = writer.register_schema(subject, schema)
+    report["fetched_by_reader"] = json.loads(reader.get_schema(report["registered_id"]).schema_str)
+    report["reader_latest_version"] = reader.get_latest_version(subject).version
+    report["reader_subjects"] = reader.get_subjects()
+
+    topic = "auth"
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    serializer = AvroSerializer(
+        writer,
+        schema_json,
+        conf={
+            "auto.register.schemas": True,
+            "subject.name.strategy": topic_record_subject_name_strategy,
+        },
+    )
+    data = serializer(json.loads(value_json), ctx)
+    report["round_trip"] = AvroDeserializer(reader)(data, ctx)
+
+    wrong_password = writer_info.split(":", 1)[0] + ":wrong-password"
+    report["anonymous_read"] = error_code(lambda: client(url).get_subjects())
+    report["anonymous_register"] = error_code(
+        lambda: client(url).register_schema(subject + "-other", schema)
+    )
+    report["wrong_password_read"] = error_code(lambda: client(url, wrong_password).get_subjects())
+    report["reader_register"] = error_code(
+        lambda: client(url, reader_info).register_schema(subject + "-other", schema)
+    )
+    report["reader_set_level"] = error_code(
+        lambda: client(url, reader_info).set_compatibility(subject, "none")
+    )
+    report["subjects_after"] = writer.get_subjects()
+    return report
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -120,6 +165,8 @@ def main(argv):
         result = encode(*args)
     elif command == "client" and len(args) == 3:
         result = exercise_client(*args)
+    elif command == "auth" and len(args) == 6:
+        result = exercise_auth(*args)
     else:
         print(__doc__, file=sys.stderr)
         return 2
