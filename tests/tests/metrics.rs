@@ -219,6 +219,10 @@ async fn a_known_workload_shows_in_every_services_metrics() -> anyhow::Result<()
         ),
         Some(5.0 + flaky_failures)
     );
+    // A few transient failures among so few calls stay under the breaker's minimum: it stayed
+    // closed.
+    assert_eq!(scraped.value(names::GATEWAY_CIRCUIT_STATE, &[]), Some(0.0));
+    assert_eq!(scraped.sum(names::GATEWAY_CIRCUIT_TRANSITIONS, &[]), 0.0);
 
     // Emails: one per decision.
     assert_eq!(

@@ -56,6 +56,10 @@ pub mod label {
     pub const OPERATION: &str = "operation";
     /// Kind of gateway error: `transient` or `rejected`.
     pub const KIND: &str = "kind";
+    /// The state a circuit breaker left: `closed`, `half_open` or `open`.
+    pub const FROM: &str = "from";
+    /// The state a circuit breaker entered: `closed`, `half_open` or `open`.
+    pub const TO: &str = "to";
     /// Which email: `confirmed` or `failed`.
     pub const TEMPLATE: &str = "template";
     /// What follows a failed email: `retried` or `set_aside`.
@@ -115,6 +119,11 @@ pub const GATEWAY_CALLS: &str = "saga_payment_gateway_calls_total";
 pub const GATEWAY_CALL_DURATION: &str = "saga_payment_gateway_call_duration_seconds";
 /// Counter: payment gateway calls that failed, by operation and kind (`transient`, `rejected`).
 pub const GATEWAY_ERRORS: &str = "saga_payment_gateway_errors_total";
+/// Gauge: state of the payment gateway's circuit breaker: 0 closed, 1 half-open, 2 open.
+pub const GATEWAY_CIRCUIT_STATE: &str = "saga_payment_gateway_circuit_state";
+/// Counter: state changes of the payment gateway's circuit breaker, by the state left (`from`)
+/// and entered (`to`).
+pub const GATEWAY_CIRCUIT_TRANSITIONS: &str = "saga_payment_gateway_circuit_transitions_total";
 
 // ---- Notification service
 
@@ -252,6 +261,15 @@ fn describe() {
     );
     describe_histogram!(GATEWAY_CALL_DURATION, Unit::Seconds, "Time a payment gateway call took");
     describe_counter!(GATEWAY_ERRORS, Unit::Count, "Payment gateway calls that failed");
+    describe_gauge!(
+        GATEWAY_CIRCUIT_STATE,
+        "State of the payment gateway's circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        GATEWAY_CIRCUIT_TRANSITIONS,
+        Unit::Count,
+        "State changes of the payment gateway's circuit breaker"
+    );
     describe_counter!(EMAILS_SENT, Unit::Count, "Emails the SMTP server accepted");
     describe_counter!(EMAILS_FAILED, Unit::Count, "Failed attempts to send an email");
 }

@@ -13,6 +13,10 @@
 //! - money moves at most once: a charge uses the order id as idempotency key and a refund
 //!   `refund-<order_id>`, so a call repeated after a crash, a shutdown or by a second instance
 //!   gets the first outcome back;
+//! - every gateway call first asks the circuit breaker ([`GatewayCircuit`]): while it is open,
+//!   or half-open with its probes out, the call waits there without being made, without counting
+//!   as a failure and without holding a concurrency slot, and the payment stays as it is; the
+//!   call's outcome is reported to the breaker (a decline is a healthy call);
 //! - failures follow the service's [`ErrorPolicy`]: a transient one (gateway outage, lost
 //!   database connection) is retried with backoff, never turned into a decline; when the policy
 //!   gives up (the gateway refused the call, the outcome cannot be recorded) the payment is left as
@@ -39,9 +43,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::breaker::CallHealth;
 use crate::domain::{self, GatewayCall, Input};
 use crate::error::Result;
-use crate::gateway::PaymentGateway;
+use crate::gateway::{GatewayCircuit, PaymentGateway};
 use crate::store::{self, PaymentStore, Transition};
 
 /// How often the charger looks for payments waiting for the gateway that it is not working on.
@@ -77,6 +82,7 @@ pub struct Charger {
 struct Shared {
     database: PgPool,
     gateway: Arc<dyn PaymentGateway>,
+    circuit: Arc<GatewayCircuit>,
     relay: Relay,
     policy: ErrorPolicy,
     slots: Semaphore,
@@ -95,12 +101,13 @@ enum Stop {
 }
 
 impl Charger {
-    /// A charger working on `database`, calling `gateway` at most `concurrency` times at once,
-    /// retrying by `policy` and waking `relay` after each recorded outcome, and the queue that
-    /// feeds it.
+    /// A charger working on `database`, calling `gateway` when `circuit` lets it, at most
+    /// `concurrency` times at once, retrying by `policy` and waking `relay` after each recorded
+    /// outcome, and the queue that feeds it.
     pub fn new(
         database: PgPool,
         gateway: Arc<dyn PaymentGateway>,
+        circuit: Arc<GatewayCircuit>,
         relay: Relay,
         policy: ErrorPolicy,
         concurrency: usize,
@@ -109,6 +116,7 @@ impl Charger {
         let shared = Arc::new(Shared {
             database,
             gateway,
+            circuit,
             relay,
             policy,
             slots: Semaphore::new(concurrency.max(1)),
@@ -254,6 +262,9 @@ impl Shared {
     /// (it is repeated with the same idempotency key when the payment is resumed).
     async fn call_gateway(&self, call: &GatewayCall, shutdown: &CancellationToken) -> Result<Input, Stop> {
         let attempt = || async {
+            // While the circuit is open the call waits here, before taking a slot: it is not
+            // made, and it is no failure for the error policy to count.
+            let permit = self.circuit.permit().await;
             // A slot is held only while the gateway works: a call waiting to be retried leaves it
             // to the other payments.
             let _slot = self.slots.acquire().await;
@@ -282,6 +293,7 @@ impl Shared {
                         Input::RefundMade
                     }),
             };
+            permit.record(CallHealth::of(&answered));
             if let Err(error) = &answered {
                 span.record("otel.status_code", "ERROR");
                 span.record("error.type", tracing::field::display(error));

@@ -14,11 +14,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::PgPool;
 
+pub mod circuit;
 pub mod metered;
 pub mod simulated;
 
+pub use circuit::GatewayCircuit;
 pub use metered::MeteredGateway;
-pub use simulated::SimulatedGateway;
+pub use simulated::{OutageSwitch, SimulatedGateway};
+
+use crate::breaker::BreakerSettings;
 
 /// A request to capture an amount from a payment token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +139,95 @@ pub struct GatewayConfig {
         value_parser = clap::value_parser!(u32).range(1..=10_000)
     )]
     pub charge_concurrency: u32,
+    /// The circuit breaker around the gateway.
+    #[command(flatten)]
+    pub breaker: BreakerConfig,
 }
 
 /// Default of [`GatewayConfig::charge_concurrency`].
 pub const DEFAULT_CHARGE_CONCURRENCY: u32 = 32;
+
+/// Settings of the circuit breaker around the gateway (see [`crate::breaker`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BreakerConfig {
+    /// Circuit breaker: how many of the latest gateway calls the failure rate is measured over.
+    #[arg(
+        long = "payment-gateway-breaker-window",
+        env = "PAYMENT_GATEWAY_BREAKER_WINDOW",
+        default_value_t = DEFAULT_BREAKER.window,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub window: u32,
+    /// Circuit breaker: how many calls the window must hold before the breaker may open (more
+    /// than the window counts as the whole window).
+    #[arg(
+        long = "payment-gateway-breaker-minimum-calls",
+        env = "PAYMENT_GATEWAY_BREAKER_MINIMUM_CALLS",
+        default_value_t = DEFAULT_BREAKER.minimum_calls,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub minimum_calls: u32,
+    /// Circuit breaker: share of failed calls in the window (above 0.0, at most 1.0) at which
+    /// it opens. Only transient failures count; declines never do.
+    #[arg(
+        long = "payment-gateway-breaker-failure-rate",
+        env = "PAYMENT_GATEWAY_BREAKER_FAILURE_RATE",
+        default_value_t = DEFAULT_BREAKER.failure_rate,
+        value_parser = parse_failure_rate
+    )]
+    pub failure_rate: f64,
+    /// Circuit breaker: how long an open breaker lets no call through, in milliseconds.
+    #[arg(
+        long = "payment-gateway-breaker-cool-down-ms",
+        env = "PAYMENT_GATEWAY_BREAKER_COOL_DOWN_MS",
+        default_value_t = DEFAULT_BREAKER_COOL_DOWN_MS,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    pub cool_down_ms: u64,
+    /// Circuit breaker: how many probe calls a half-open breaker lets through; all must succeed
+    /// for it to close.
+    #[arg(
+        long = "payment-gateway-breaker-half-open-probes",
+        env = "PAYMENT_GATEWAY_BREAKER_HALF_OPEN_PROBES",
+        default_value_t = DEFAULT_BREAKER.half_open_probes,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub half_open_probes: u32,
+}
+
+const DEFAULT_BREAKER: BreakerSettings = BreakerSettings::DEFAULT;
+const DEFAULT_BREAKER_COOL_DOWN_MS: u64 = DEFAULT_BREAKER.cool_down.as_millis() as u64;
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self::from(DEFAULT_BREAKER)
+    }
+}
+
+impl From<BreakerSettings> for BreakerConfig {
+    fn from(settings: BreakerSettings) -> Self {
+        Self {
+            window: settings.window,
+            minimum_calls: settings.minimum_calls,
+            failure_rate: settings.failure_rate,
+            cool_down_ms: u64::try_from(settings.cool_down.as_millis()).unwrap_or(u64::MAX),
+            half_open_probes: settings.half_open_probes,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// The breaker's settings.
+    pub fn settings(&self) -> BreakerSettings {
+        BreakerSettings {
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            failure_rate: self.failure_rate,
+            cool_down: Duration::from_millis(self.cool_down_ms),
+            half_open_probes: self.half_open_probes,
+        }
+    }
+}
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -147,6 +236,7 @@ impl Default for GatewayConfig {
             latency_ms: 0,
             transient_error_rate: 0.0,
             charge_concurrency: DEFAULT_CHARGE_CONCURRENCY,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -173,6 +263,15 @@ fn parse_probability(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_failure_rate(text: &str) -> Result<f64, String> {
+    let value = parse_probability(text)?;
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        Err("a failure rate of 0 would open the breaker on healthy calls".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +284,64 @@ mod tests {
         assert!(parse_probability("1.5").is_err());
         assert!(parse_probability("-0.1").is_err());
         assert!(parse_probability("often").is_err());
+    }
+
+    #[test]
+    fn a_breaker_failure_rate_must_be_above_zero_and_at_most_one() {
+        assert_eq!(parse_failure_rate("0.5"), Ok(0.5));
+        assert_eq!(parse_failure_rate("1"), Ok(1.0));
+        assert!(parse_failure_rate("0").is_err());
+        assert!(parse_failure_rate("1.01").is_err());
+    }
+
+    #[test]
+    fn the_breaker_settings_default_to_the_documented_values() {
+        let config = <crate::Config as clap::Parser>::try_parse_from(["payment-service"]).expect("defaults parse");
+        let settings = config.gateway.breaker.settings();
+        assert_eq!(settings, BreakerSettings::default());
+        assert_eq!(
+            (
+                settings.window,
+                settings.minimum_calls,
+                settings.failure_rate,
+                settings.cool_down,
+                settings.half_open_probes
+            ),
+            (50, 20, 0.5, Duration::from_secs(10), 3)
+        );
+    }
+
+    #[test]
+    fn the_breaker_settings_are_read_from_flags() {
+        let config = <crate::Config as clap::Parser>::try_parse_from([
+            "payment-service",
+            "--payment-gateway-breaker-window",
+            "10",
+            "--payment-gateway-breaker-minimum-calls",
+            "5",
+            "--payment-gateway-breaker-failure-rate",
+            "0.25",
+            "--payment-gateway-breaker-cool-down-ms",
+            "1500",
+            "--payment-gateway-breaker-half-open-probes",
+            "1",
+        ])
+        .expect("flags parse");
+        assert_eq!(
+            config.gateway.breaker.settings(),
+            BreakerSettings {
+                window: 10,
+                minimum_calls: 5,
+                failure_rate: 0.25,
+                cool_down: Duration::from_millis(1500),
+                half_open_probes: 1,
+            }
+        );
+        let zero_window = <crate::Config as clap::Parser>::try_parse_from([
+            "payment-service",
+            "--payment-gateway-breaker-window",
+            "0",
+        ]);
+        assert!(zero_window.is_err());
     }
 }

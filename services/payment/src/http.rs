@@ -1,13 +1,20 @@
-//! The payment service's HTTP API: read-only views of payments.
+//! The payment service's HTTP API: read-only views of payments and of the gateway's circuit
+//! breaker.
 //!
 //! `GET /payments/{order_id}` → 200 with the order's payment, 404 if the order has none,
 //! 400 if the id is not a UUID, 503 if the database is unavailable.
+//!
+//! `GET /admin/gateway/circuit` → 200 with this instance's circuit breaker: its state
+//! (`closed`, `half_open`, `open`), window, probes, transitions since start and settings (see
+//! [`GatewayCircuit::status`]).
 //!
 //! A payment's `status` is `pending` from the moment order.created is recorded until the charge
 //! settles (the gateway may take seconds; a charge interrupted by a restart stays `pending` until
 //! it is resumed), then `captured` or `declined`; a capture whose order failed is `refunding`
 //! until the gateway gave it back, then `refunded`. `refunded_minor` is 0 until then, and
 //! `decline_reason` is `null` unless declined.
+
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -18,13 +25,20 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::domain::{Payment, PaymentStatus};
+use crate::gateway::circuit::CircuitStatus;
+use crate::gateway::GatewayCircuit;
 use crate::store;
 
+/// Path of the circuit breaker's status.
+pub const CIRCUIT_PATH: &str = "/admin/gateway/circuit";
+
 /// The routes of the payment API.
-pub fn routes(database: PgPool) -> Router {
+pub fn routes(database: PgPool, circuit: Arc<GatewayCircuit>) -> Router {
+    let circuit_routes = Router::new().route(CIRCUIT_PATH, get(get_circuit)).with_state(circuit);
     Router::new()
         .route("/payments/{order_id}", get(get_payment))
         .with_state(database)
+        .merge(circuit_routes)
 }
 
 /// A payment as served over HTTP.
@@ -75,4 +89,8 @@ async fn get_payment(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;
     Ok(Json(payment.into()))
+}
+
+async fn get_circuit(State(circuit): State<Arc<GatewayCircuit>>) -> Json<CircuitStatus> {
+    Json(circuit.status())
 }

@@ -11,7 +11,8 @@
 //! and [`charger`]); the gateway is idempotent by key (see [`gateway`]).
 //!
 //! Layout: [`domain`] decides (pure), [`handler`] applies consumed events, [`charger`] makes the
-//! gateway calls, [`store`] holds the SQL, [`http`] serves payments, [`error`] classifies what
+//! gateway calls, through the circuit breaker of [`breaker`] (pure) and [`gateway::circuit`],
+//! [`store`] holds the SQL, [`http`] serves payments, [`error`] classifies what
 //! goes wrong, [`replay`] rebuilds the state from the topics with the same code and no gateway,
 //! on the tables held in memory by [`rebuilt`].
 
@@ -24,6 +25,7 @@ use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub mod breaker;
 pub mod charger;
 pub mod domain;
 pub mod error;
@@ -35,7 +37,7 @@ pub mod replay;
 pub mod store;
 
 use charger::Charger;
-use gateway::{GatewayConfig, MeteredGateway, PaymentGateway};
+use gateway::{GatewayCircuit, GatewayConfig, MeteredGateway, PaymentGateway};
 use handler::PaymentHandler;
 
 /// The service's own migrations, run by the live service at startup and by replay on its target.
@@ -77,17 +79,21 @@ pub async fn start_with_gateway(
         return Ok(None);
     };
     let gateway: Arc<dyn PaymentGateway> = Arc::new(MeteredGateway::new(gateway(context.database.clone())));
+    // The recorder must be in place before the circuit publishes its first state.
+    saga_common::metrics::install();
+    let circuit = Arc::new(GatewayCircuit::new(config.gateway.breaker.settings()));
     let concurrency = usize::try_from(config.gateway.charge_concurrency).unwrap_or(usize::MAX);
     let (charges, charger) = Charger::new(
         context.database.clone(),
         gateway,
+        circuit.clone(),
         context.relay.clone(),
         context.policy,
         concurrency,
     );
     let handler = PaymentHandler::new(context.database.clone(), context.relay.clone(), charges);
     let listen = config.service.http_listen(&SPEC);
-    let routes = http::routes(context.database.clone());
+    let routes = http::routes(context.database.clone(), circuit);
     let workload = Workload {
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
         background: vec![BackgroundTask::new("charger", charger.run(context.shutdown.clone()))],

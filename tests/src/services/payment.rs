@@ -1,7 +1,12 @@
 //! Starting the payment service for a test, and looking at what it recorded: its payments over
 //! HTTP, and in its database the payments and the simulated gateway's ledger.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
+use payment_service::breaker::BreakerSettings;
+use payment_service::gateway::{GatewayConfig, OutageSwitch, SimulatedGateway};
 use reqwest::StatusCode;
 use saga_common::service::RunningService;
 use saga_contracts::{OrderCreated, OrderId};
@@ -25,6 +30,44 @@ pub async fn start(env: &TestEnv) -> anyhow::Result<RunningService> {
     payment_service::start(&config, CancellationToken::new())
         .await?
         .context("the payment service stopped before it was up")
+}
+
+/// Starts the payment service like [`start`], with its circuit breaker set to `breaker` and the
+/// simulated gateway down whenever `outage` is on.
+pub async fn start_with_outage(
+    env: &TestEnv,
+    breaker: BreakerSettings,
+    outage: OutageSwitch,
+) -> anyhow::Result<RunningService> {
+    let config = payment_service::Config {
+        service: env.service_config("payment"),
+        gateway: GatewayConfig {
+            breaker: breaker.into(),
+            ..GatewayConfig::default()
+        },
+    };
+    payment_service::start_with_gateway(&config, CancellationToken::new(), |database| {
+        Arc::new(SimulatedGateway::new(database, Duration::ZERO, 0.0).with_outage(outage))
+    })
+    .await?
+    .context("the payment service stopped before it was up")
+}
+
+/// `GET /admin/gateway/circuit`: the status of the service's circuit breaker, which must answer
+/// 200.
+pub async fn circuit(service: &RunningService) -> anyhow::Result<Value> {
+    let response = reqwest::get(format!(
+        "http://{}{}",
+        service.local_addr,
+        payment_service::http::CIRCUIT_PATH
+    ))
+    .await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::OK,
+        "GET /admin/gateway/circuit answered {}",
+        response.status()
+    );
+    Ok(response.json().await?)
 }
 
 /// The payment service's database, for looking at its payments, gateway ledger and outbox.

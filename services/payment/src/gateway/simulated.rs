@@ -8,12 +8,15 @@
 //! - `tok_slow_<millis>` (e.g. `tok_slow_5000`) is captured after that many milliseconds;
 //! - any other token is captured.
 //!
-//! Every call first waits the configured latency, then may fail transiently at the configured
-//! rate, before it reaches the ledger (so before anything takes effect). A call repeated with an
+//! Every call first waits the configured latency, then fails transiently while an outage is on
+//! ([`OutageSwitch`], for tests that take the gateway down and bring it back) or at the
+//! configured rate, before it reaches the ledger (so before anything takes effect). A call repeated with an
 //! idempotency key whose operation took effect returns the stored outcome and moves no money;
 //! reusing a key for a different request is rejected. The ledger models an external system: the service's own
 //! transactions never touch it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -72,12 +75,62 @@ pub fn decide_charge(token: &str, attempt: u32) -> ChargeDecision {
     ChargeDecision::Capture { after }
 }
 
+/// Turns an outage of the simulated gateway on and off while it runs: during one, every call
+/// fails transiently before it reaches the ledger. Cheap to clone; clones share the switch.
+#[derive(Debug, Clone, Default)]
+pub struct OutageSwitch {
+    shared: Arc<Outage>,
+}
+
+#[derive(Debug, Default)]
+struct Outage {
+    on: AtomicBool,
+    failed_calls: AtomicU64,
+}
+
+impl OutageSwitch {
+    /// A switch with the outage off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the outage.
+    pub fn start(&self) {
+        self.shared.on.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends the outage.
+    pub fn end(&self) {
+        self.shared.on.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the outage is on.
+    pub fn is_on(&self) -> bool {
+        self.shared.on.load(Ordering::SeqCst)
+    }
+
+    /// Calls the outage failed so far.
+    pub fn failed_calls(&self) -> u64 {
+        self.shared.failed_calls.load(Ordering::SeqCst)
+    }
+
+    /// Fails the call if the outage is on, and counts it.
+    fn check(&self) -> Result<(), GatewayError> {
+        if self.is_on() {
+            self.shared.failed_calls.fetch_add(1, Ordering::SeqCst);
+            return Err(GatewayError::Transient("simulated gateway outage".into()));
+        }
+        Ok(())
+    }
+}
+
 /// The simulated gateway. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SimulatedGateway {
     ledger: PgPool,
     latency: Duration,
     transient_error_rate: f64,
+    outage: OutageSwitch,
 }
 
 /// One row of `gateway_ledger`.
@@ -131,13 +184,20 @@ impl SimulatedGateway {
             ledger,
             latency,
             transient_error_rate: transient_error_rate.clamp(0.0, 1.0),
+            outage: OutageSwitch::new(),
         }
+    }
+
+    /// The same gateway, down while `outage` is on.
+    pub fn with_outage(self, outage: OutageSwitch) -> Self {
+        Self { outage, ..self }
     }
 
     async fn simulate_conditions(&self) -> Result<(), GatewayError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
+        self.outage.check()?;
         let draw: f64 = rand::thread_rng().gen();
         if draw < self.transient_error_rate {
             return Err(GatewayError::Transient("simulated gateway outage".into()));
@@ -348,6 +408,19 @@ impl PaymentGateway for SimulatedGateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_fails_calls_while_it_is_on_and_counts_them() {
+        let outage = OutageSwitch::new();
+        let shared = outage.clone();
+        assert_eq!(outage.check(), Ok(()));
+        shared.start();
+        assert!(matches!(outage.check(), Err(GatewayError::Transient(_))));
+        assert!(matches!(outage.check(), Err(GatewayError::Transient(_))));
+        shared.end();
+        assert_eq!(outage.check(), Ok(()));
+        assert_eq!(shared.failed_calls(), 2);
+    }
 
     #[test]
     fn an_ordinary_token_is_captured_at_once() {
