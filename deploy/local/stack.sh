@@ -29,6 +29,9 @@ DATA="$STATE/data"
 SECRETS="$SAGA_SECRETS_FILE"
 REGISTRY_USERS="$STATE/registry-users"
 KAFKA_NODE="$ROOT/deploy/kafka/node.sh"
+# A SASL_SSL cluster keeps its own data: its storage holds the SCRAM accounts it was formatted with.
+KAFKA_DATA="$DATA/kafka"
+[[ "$KAFKA_SECURITY" == sasl_ssl ]] && KAFKA_DATA="$DATA/kafka-sasl_ssl"
 MAILDEV_BIN="$SAGA_CACHE_DIR/maildev-$MAILDEV_VERSION/node_modules/.bin/maildev"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/debug"
@@ -169,8 +172,8 @@ start_kafka() {
     # Not started by this stack (another checkout's, say); the readiness check below tells
     # whether it is the Kafka node it should be.
     if port_open 127.0.0.1 "$port"; then info "something already listens on 127.0.0.1:$port, where Kafka node $id belongs; using it"; continue; fi
-    step "Starting Kafka node $id of $KAFKA_NODES on 127.0.0.1:$port (data in .local/data/kafka/node-$id)"
-    start_process "kafka-$id" "$KAFKA_NODE" run "$DATA/kafka" "$id" "$KAFKA_NODES" "$KAFKA_BASE_PORT"
+    step "Starting Kafka node $id of $KAFKA_NODES on 127.0.0.1:$port ($KAFKA_SECURITY; data in ${KAFKA_DATA#"$ROOT/"}/node-$id)"
+    start_process "kafka-$id" "$KAFKA_NODE" run "$KAFKA_DATA" "$id" "$KAFKA_NODES" "$KAFKA_BASE_PORT"
   done
   step "Waiting for the Kafka cluster: metadata listing all $KAFKA_NODES node(s)"
   "$BIN/sagactl" kafka ready --brokers "$KAFKA_NODES" --timeout-secs 120 \
@@ -194,8 +197,15 @@ random_secret() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
 # registry from its users file, rewritten from the secret on every start so that both agree.
 prepare_secrets() {
   ensure_secret SCHEMA_REGISTRY_USER_INFO "saga:$(random_secret)"
+  if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
+    # Kafka's client account `saga` and the brokers' own; the CA and the broker's certificate.
+    ensure_secret KAFKA_SASL_PASSWORD "$(random_secret)"
+    ensure_secret KAFKA_BROKER_PASSWORD "$(random_secret)"
+    "$ROOT/deploy/kafka/tls.sh" "$KAFKA_TLS_DIR" || fail "making the Kafka TLS material in $KAFKA_TLS_DIR failed"
+  fi
   # shellcheck source=/dev/null
   source "$SECRETS"
+  if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then export KAFKA_SASL_USERS="saga:$KAFKA_SASL_PASSWORD"; fi
   [[ "${SCHEMA_REGISTRY_USER_INFO:-}" == *:* ]] || fail "SCHEMA_REGISTRY_USER_INFO in $SECRETS is not user:password; delete its line to have it made up anew"
   (umask 077 && printf '# Users of the schema registry (user:password:role), rewritten by deploy/local/stack.sh\n# from SCHEMA_REGISTRY_USER_INFO on every start.\n%s:write\n' \
     "$SCHEMA_REGISTRY_USER_INFO" >"$REGISTRY_USERS")
