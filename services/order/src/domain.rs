@@ -17,29 +17,53 @@ use serde::{Deserialize, Serialize};
 // ---- Placing an order: a request either becomes a valid order with its total computed in
 // minor units, or is rejected naming the offending field.
 
-/// Body of `POST /orders`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Body of `POST /orders`. The `schema` attributes state the rules [`validate`] applies, so the
+/// OpenAPI document promises exactly what is accepted (the module's tests hold them together).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PlaceOrderRequest {
-    /// The customer's id.
+    /// The customer's id: 1 to 256 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub customer_id: String,
-    /// Where the outcome email goes.
+    /// Where the outcome email goes: `local@domain`, the domain with a dot inside it, no
+    /// whitespace or control characters, at most 256 characters.
+    #[schema(
+        max_length = 256,
+        pattern = r"^[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+@[^@.\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*\.[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^@.\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]$"
+    )]
     pub customer_email: String,
     /// ISO 4217 code, three upper-case letters.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
-    /// Opaque token for the payment gateway.
+    /// Opaque token for the payment gateway: 1 to 256 characters, not blank, no control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub payment_token: String,
-    /// At least one line.
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderLineRequest>,
 }
 
 /// One requested line.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrderLineRequest {
-    /// Stock keeping unit.
+    /// Stock keeping unit: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "SKU-1")]
     pub sku: String,
-    /// Units, at least 1.
+    /// Units, 1 to 1000000.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "saga_common::http::whole_number")]
     pub quantity: i64,
-    /// Price of one unit in minor units, not negative.
+    /// Price of one unit in minor units, 0 to 10000000000.
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
+    #[serde(deserialize_with = "saga_common::http::whole_number")]
     pub unit_price_minor: i64,
 }
 
@@ -69,12 +93,25 @@ fn reject(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 }
 
 const MAX_QUANTITY: i64 = 1_000_000;
+/// The highest unit price, in minor units; with at most [`MAX_LINES`] lines of at most
+/// [`MAX_QUANTITY`] units each, no total can overflow.
+const MAX_UNIT_PRICE_MINOR: i64 = 10_000_000_000;
+const MAX_LINES: usize = 100;
 const MAX_TEXT: usize = 256;
+
+/// Whether `text` is 1 to [`MAX_TEXT`] characters of a line of text (see
+/// [`saga_common::http::is_text_line`]).
+fn is_short_text(text: &str) -> bool {
+    saga_common::http::is_text_line(text) && text.chars().count() <= MAX_TEXT
+}
 
 /// Validates a request and computes its total.
 pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
-    if request.customer_id.trim().is_empty() || request.customer_id.len() > MAX_TEXT {
-        return Err(reject("customer_id", "must be 1 to 256 characters"));
+    if !is_short_text(&request.customer_id) {
+        return Err(reject(
+            "customer_id",
+            "must be 1 to 256 characters, not blank, without control characters",
+        ));
     }
     if !is_plausible_email(&request.customer_email) {
         return Err(reject(
@@ -88,11 +125,14 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
             "must be an ISO 4217 code of three upper-case letters, e.g. USD",
         ));
     }
-    if request.payment_token.trim().is_empty() || request.payment_token.len() > MAX_TEXT {
-        return Err(reject("payment_token", "must be 1 to 256 characters"));
+    if !is_short_text(&request.payment_token) {
+        return Err(reject(
+            "payment_token",
+            "must be 1 to 256 characters, not blank, without control characters",
+        ));
     }
-    if request.items.is_empty() {
-        return Err(reject("items", "must contain at least one line"));
+    if request.items.is_empty() || request.items.len() > MAX_LINES {
+        return Err(reject("items", "must contain 1 to 100 lines"));
     }
     let mut total: i64 = 0;
     for (index, line) in request.items.iter().enumerate() {
@@ -114,10 +154,10 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
                 "must be between 1 and 1000000",
             ));
         }
-        if line.unit_price_minor < 0 {
+        if !(0..=MAX_UNIT_PRICE_MINOR).contains(&line.unit_price_minor) {
             return Err(reject(
                 format!("items[{index}].unit_price_minor"),
-                "must not be negative",
+                "must be between 0 and 10000000000",
             ));
         }
         total = line
@@ -230,7 +270,7 @@ fn is_plausible_email(text: &str) -> bool {
         return false;
     };
     !local.is_empty()
-        && text.len() <= MAX_TEXT
+        && text.chars().count() <= MAX_TEXT
         && !domain.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -241,7 +281,8 @@ fn is_plausible_email(text: &str) -> bool {
 // ---- The saga decision.
 
 /// Lifecycle status of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
 pub enum OrderStatus {
     /// Waiting for payment and inventory outcomes.
     Pending,
@@ -583,11 +624,53 @@ mod tests {
         }
 
         #[test]
-        fn a_total_that_overflows_is_rejected_not_wrapped() {
+        fn a_unit_price_above_the_highest_is_rejected() {
             let mut bad = request();
-            bad.items[0].quantity = MAX_QUANTITY;
-            bad.items[0].unit_price_minor = i64::MAX / 2;
+            bad.items[0].unit_price_minor = MAX_UNIT_PRICE_MINOR + 1;
             assert_eq!(field_of(bad), "items[0].unit_price_minor");
+        }
+
+        #[test]
+        fn the_largest_order_allowed_has_a_total_that_fits() {
+            let mut largest = request();
+            largest.items = vec![
+                OrderLineRequest {
+                    sku: "SKU-1".into(),
+                    quantity: MAX_QUANTITY,
+                    unit_price_minor: MAX_UNIT_PRICE_MINOR,
+                };
+                MAX_LINES
+            ];
+            assert_eq!(
+                validate(largest.clone()).expect("valid").total_minor,
+                100 * 1_000_000 * 10_000_000_000
+            );
+            largest.items.push(largest.items[0].clone());
+            assert_eq!(field_of(largest), "items");
+        }
+
+        #[test]
+        fn control_characters_are_rejected_in_every_text_field() {
+            for field in ["customer_id", "payment_token", "customer_email"] {
+                let mut bad = request();
+                let text = match field {
+                    "customer_id" => &mut bad.customer_id,
+                    "payment_token" => &mut bad.payment_token,
+                    _ => &mut bad.customer_email,
+                };
+                text.insert(1, '\0');
+                assert_eq!(field_of(bad), field);
+            }
+        }
+
+        #[test]
+        fn text_limits_count_characters_not_bytes() {
+            let mut long = request();
+            long.customer_id = "é".repeat(MAX_TEXT);
+            long.customer_email = format!("{}@example.com", "ü".repeat(MAX_TEXT - 12));
+            assert!(validate(long.clone()).is_ok());
+            long.customer_id.push('é');
+            assert_eq!(field_of(long), "customer_id");
         }
 
         #[test]

@@ -12,30 +12,75 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use saga_common::http::ApiError;
+use saga_common::http::{ApiError, ErrorBody};
 use saga_contracts::{OrderId, PaymentId};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::domain::{Payment, PaymentStatus};
 use crate::store;
 
 /// The routes of the payment API.
 pub fn routes(database: PgPool) -> Router {
-    Router::new()
-        .route("/payments/{order_id}", get(get_payment))
-        .with_state(database)
+    router().with_state(database)
+}
+
+fn router() -> Router<PgPool> {
+    Router::new().route("/payments/{order_id}", get(get_payment))
+}
+
+/// The OpenAPI description of the payment routes; the service serves it merged with the shared
+/// routes (`saga_common::openapi::service_document`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    PaymentApi::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "Charges orders through the payment gateway and refunds failed ones; shows each order's payment."),
+    paths(get_payment),
+    tags((name = "payments", description = "The payment taken for each order"))
+)]
+struct PaymentApi;
+
+/// Where a payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentState {
+    /// Recorded; the charge has not settled yet.
+    Pending,
+    /// The gateway captured the amount.
+    Captured,
+    /// The gateway declined the charge.
+    Declined,
+    /// Captured, and its order failed: the refund has not settled yet.
+    Refunding,
+    /// Captured and given back.
+    Refunded,
+}
+
+impl From<&PaymentStatus> for PaymentState {
+    fn from(status: &PaymentStatus) -> Self {
+        match status {
+            PaymentStatus::Pending { .. } => PaymentState::Pending,
+            PaymentStatus::Captured { .. } => PaymentState::Captured,
+            PaymentStatus::Declined { .. } => PaymentState::Declined,
+            PaymentStatus::Refunding { .. } => PaymentState::Refunding,
+            PaymentStatus::Refunded { .. } => PaymentState::Refunded,
+        }
+    }
 }
 
 /// A payment as served over HTTP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct PaymentView {
     /// The order paid for.
     pub order_id: OrderId,
     /// The payment's id.
     pub payment_id: PaymentId,
     /// `pending`, `captured`, `declined`, `refunding` or `refunded`.
-    pub status: &'static str,
+    pub status: PaymentState,
     /// The amount charged (or attempted), in minor units.
     pub amount_minor: i64,
     /// How much was given back, in minor units.
@@ -55,7 +100,7 @@ impl From<Payment> for PaymentView {
         Self {
             order_id: payment.order_id,
             payment_id: payment.payment_id,
-            status: payment.status.as_str(),
+            status: PaymentState::from(&payment.status),
             amount_minor: payment.amount_minor,
             refunded_minor: payment.refunded_minor(),
             currency: payment.currency,
@@ -64,6 +109,20 @@ impl From<Payment> for PaymentView {
     }
 }
 
+/// The payment taken for an order.
+#[utoipa::path(
+    get,
+    path = "/payments/{order_id}",
+    tag = "payments",
+    params(("order_id" = OrderId, Path, description = "The id of the order paid for")),
+    responses(
+        (status = 200, description = "The order's payment", body = PaymentView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "The order has no payment (yet)", body = ErrorBody),
+        (status = 500, description = "The database refused the query", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 async fn get_payment(
     State(database): State<PgPool>,
     Path(order_id): Path<String>,
@@ -75,4 +134,38 @@ async fn get_payment(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))?;
     Ok(Json(payment.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_common::openapi::{documented_operations, routed_operations, service_document, shared_document};
+
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_route_of_the_router_and_the_shared_ones() {
+        let own = document();
+        assert_eq!(documented_operations(&own), routed_operations(&router()));
+        assert_eq!(saga_common::openapi::clashing_schemas(&own), Vec::<String>::new());
+        let served = documented_operations(&service_document(document()));
+        let shared = documented_operations(&shared_document());
+        assert!(served.is_superset(&shared));
+        assert_eq!(served.len(), documented_operations(&own).len() + shared.len());
+    }
+
+    #[test]
+    fn the_document_serialises_and_names_every_payment_status() {
+        let json: serde_json::Value =
+            serde_json::from_str(&service_document(document()).to_json().expect("serialises")).expect("JSON");
+        assert_eq!(json["info"]["title"], "payment-service");
+        assert_eq!(
+            json["components"]["schemas"]["PaymentState"]["enum"],
+            serde_json::json!(["pending", "captured", "declined", "refunding", "refunded"])
+        );
+        assert_eq!(
+            json["paths"]["/payments/{order_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+    }
 }
