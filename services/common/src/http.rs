@@ -129,6 +129,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer to a request no route takes (a router's fallback): a 404 naming it, as JSON
+/// like every other error.
+pub async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
 /// The OpenAPI `pattern` of a [`is_text_line`] string: some character that is neither a control
 /// character nor whitespace, and no control character anywhere. Written out character by
 /// character so that every regular-expression dialect reads it the same way.

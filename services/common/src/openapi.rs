@@ -29,13 +29,19 @@ pub fn service_document(own: OpenApi) -> OpenApi {
 /// The routes every service shares: `/health/live`, `/health/ready`, the operator routes under
 /// `/admin/outbox`, `/metrics` and `/openapi.json`.
 pub fn shared_document() -> OpenApi {
-    #[derive(utoipa::OpenApi)]
-    #[openapi(paths(document))]
-    struct DocumentApi;
     crate::health::document()
         .merge_from(crate::admin::document())
         .merge_from(crate::metrics::document())
-        .merge_from(<DocumentApi as utoipa::OpenApi>::openapi())
+        .merge_from(document_route())
+}
+
+/// The description of `GET /openapi.json` alone, for a server that serves the document but not
+/// the services' shared routes (the dashboard).
+pub fn document_route() -> OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(document))]
+    struct DocumentApi;
+    <DocumentApi as utoipa::OpenApi>::openapi()
 }
 
 /// `GET /openapi.json`, answering `document` (serialised once).

@@ -20,7 +20,6 @@ use crate::codec::EventCodec;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
 use crate::consumer::{ConsumerLoop, EventHandler};
 use crate::health::{self, HealthState};
-use crate::http::ApiError;
 use crate::kafka::{self, Retention, TopicSpec};
 use crate::outbox::Relay;
 use crate::retry::{retry_until_ok, Backoff, ErrorPolicy};
@@ -320,7 +319,7 @@ impl ServiceContext {
             .merge(self.health_router())
             .merge(metrics::router(metrics::install()))
             .merge(openapi::router(&openapi::service_document(document)))
-            .fallback(unrouted);
+            .fallback(crate::http::unrouted);
         let router = metrics::record_http_requests(router, self.spec.name);
         let shutdown = self.shutdown.clone();
         work.spawn(async move {
@@ -367,11 +366,6 @@ impl ServiceContext {
             tasks,
         })
     }
-}
-
-/// The answer to a request no route takes: a 404 naming it, as JSON like every other error.
-async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
 /// The saga's event topics (unlimited retention: replay reads them from the start) and the
