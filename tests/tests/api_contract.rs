@@ -12,7 +12,7 @@
 //! it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ struct Failed {
 }
 
 /// Runs `schemathesis run` against the document `address` serves; `Ok(None)` if it exited 0.
-async fn schemathesis(service: &'static str, address: SocketAddr, workdir: &PathBuf) -> anyhow::Result<Option<Failed>> {
+async fn schemathesis(service: &'static str, address: SocketAddr, workdir: &Path) -> anyhow::Result<Option<Failed>> {
     let max_examples = std::env::var("API_CONTRACT_MAX_EXAMPLES")
         .ok()
         .and_then(|value| value.parse::<u32>().ok())

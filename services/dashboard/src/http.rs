@@ -301,10 +301,12 @@ mod tests {
         let mut routed = routed_operations(&router());
         routed.insert(format!("GET {}", saga_common::openapi::OPENAPI_PATH));
         assert_eq!(documented_operations(&document()), routed);
-        let json: serde_json::Value =
-            serde_json::from_str(&document().to_json().expect("serialises")).expect("JSON");
+        let json: serde_json::Value = serde_json::from_str(&document().to_json().expect("serialises")).expect("JSON");
         assert_eq!(json["info"]["title"], "dashboard-service");
-        assert_eq!(json["components"]["schemas"]["OrderStatus"]["enum"], json!(["PENDING", "CONFIRMED", "FAILED"]));
+        assert_eq!(
+            json["components"]["schemas"]["OrderStatus"]["enum"],
+            json!(["PENDING", "CONFIRMED", "FAILED"])
+        );
     }
 
     #[test]

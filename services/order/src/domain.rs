@@ -306,7 +306,9 @@ fn is_plausible_email(text: &str) -> bool {
     };
     let atom_char = |c: char| c.is_ascii_alphanumeric() || EMAIL_LOCAL_SPECIALS.contains(c);
     let local_ok = (1..=64).contains(&local.len())
-        && local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atom_char));
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atom_char));
     let label_ok = |label: &str| {
         (1..=63).contains(&label.len())
             && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -740,15 +742,18 @@ mod tests {
             let long_label = format!("a@{}.com", "d".repeat(63));
             let longest = format!("a@{}.com", ["d".repeat(63), "e".repeat(63), "f".repeat(63)].join("."));
             let mut accepted = 0;
-            for email in EDGE_EMAILS.iter().copied().chain([
-                long_local.as_str(),
-                long_label.as_str(),
-                longest.as_str(),
-            ]) {
+            for email in EDGE_EMAILS
+                .iter()
+                .copied()
+                .chain([long_local.as_str(), long_label.as_str(), longest.as_str()])
+            {
                 if is_plausible_email(email) {
                     accepted += 1;
                     assert!(email.parse::<lettre::Address>().is_ok(), "{email:?} as an address");
-                    assert!(email.parse::<lettre::message::Mailbox>().is_ok(), "{email:?} as a mailbox");
+                    assert!(
+                        email.parse::<lettre::message::Mailbox>().is_ok(),
+                        "{email:?} as a mailbox"
+                    );
                 }
             }
             assert_eq!(accepted, 9);
