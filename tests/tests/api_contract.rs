@@ -110,12 +110,28 @@ async fn live(address: SocketAddr) -> anyhow::Result<bool> {
     Ok(response.status().is_success())
 }
 
+/// A wrong method and an unknown path get JSON answers that say so, like every other error.
+async fn wrong_method_and_unknown_path_say_why(address: SocketAddr) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let wrong_method = http.delete(format!("http://{address}/orders")).send().await?;
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let body: serde_json::Value = wrong_method.json().await?;
+    assert_eq!(body["error"], "DELETE is not allowed on /orders");
+    let unknown = http.get(format!("http://{address}/nowhere")).send().await?;
+    assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await?;
+    assert_eq!(body["error"], "no route for GET /nowhere");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_service_answers_as_its_openapi_document_says() -> anyhow::Result<()> {
     let platform = Platform::start(LONG_DEADLINE_SECS).await?;
     let dashboard = start_dashboard(&platform.env).await?;
     let workdir = std::env::temp_dir().join(format!("api-contract-{}", platform.env.prefix.trim_end_matches('.')));
     std::fs::create_dir_all(&workdir)?;
+    wrong_method_and_unknown_path_say_why(platform.order.local_addr).await?;
     let services: [(&'static str, SocketAddr); 5] = [
         // The order service first: the orders it takes give the others payments, stock
         // movements and emails to show.

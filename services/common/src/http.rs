@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The route does not take the request's method (405); the router adds the `Allow` header.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// A dependency failed (503): retrying later can help. The detail is logged, not returned.
     #[error("service unavailable: {0:#}")]
     Unavailable(anyhow::Error),
@@ -110,6 +113,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, ErrorBody::message(message)),
             ApiError::Conflict(message) => (StatusCode::CONFLICT, ErrorBody::message(message)),
+            ApiError::MethodNotAllowed(message) => (StatusCode::METHOD_NOT_ALLOWED, ErrorBody::message(message)),
             ApiError::Unavailable(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (
@@ -133,6 +137,12 @@ impl IntoResponse for ApiError {
 /// like every other error.
 pub async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+/// The answer to a request whose method its route does not take (a router's
+/// `method_not_allowed_fallback`): a 405 naming both, as JSON; axum adds the `Allow` header.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
 /// The OpenAPI `pattern` of a [`is_text_line`] string: some character that is neither a control

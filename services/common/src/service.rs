@@ -313,12 +313,16 @@ impl ServiceContext {
         // once all of `work` has stopped, publishes what the last of it committed.
         let mut work = JoinSet::new();
         // Health probes stay out of the traces: they would bury the sagas' spans.
+        // A wrong method gets a JSON 405 too; the fallback goes on each method router before
+        // a layer wraps it.
         let router = routes
             .merge(admin::router(self.database.clone()))
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http_request))
             .merge(self.health_router())
             .merge(metrics::router(metrics::install()))
             .merge(openapi::router(&openapi::service_document(document)))
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
             .fallback(crate::http::unrouted);
         let router = metrics::record_http_requests(router, self.spec.name);
         let shutdown = self.shutdown.clone();

@@ -42,6 +42,7 @@ pub fn routes(state: Arc<DashboardState>) -> Router {
     router()
         .with_state(state)
         .merge(saga_common::openapi::router(&document()))
+        .method_not_allowed_fallback(saga_common::http::method_not_allowed)
         .fallback(saga_common::http::unrouted)
 }
 
