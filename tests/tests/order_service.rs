@@ -177,6 +177,9 @@ async fn invalid_orders_are_rejected_naming_the_field() -> anyhow::Result<()> {
         .await?;
     assert_eq!(malformed.status(), 400);
     assert!(malformed.text().await?.contains("malformed JSON"));
+    let not_an_object = client.post(&url).json(&json!([order_body()])).send().await?;
+    assert_eq!(not_an_object.status(), 400);
+    assert!(not_an_object.text().await?.contains("must be a JSON object"));
 
     let cases: Vec<(&str, BodyChange)> = vec![
         (
@@ -196,6 +199,14 @@ async fn invalid_orders_are_rejected_naming_the_field() -> anyhow::Result<()> {
         (
             "customer_email",
             Box::new(|b: &mut Value| b["customer_email"] = json!("not-an-email")),
+        ),
+        (
+            "customer_email",
+            Box::new(|b: &mut Value| b["customer_email"] = json!("a..b@example.com")),
+        ),
+        (
+            "customer_id",
+            Box::new(|b: &mut Value| b["customer_id"] = json!("c\u{0}1")),
         ),
         (
             "items[0].quantity",
@@ -249,7 +260,8 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_nothing_new() -> a
         .json(&other)
         .send()
         .await?;
-    assert_eq!(reused.status(), 422);
+    // The key is taken: a conflict, not a malformed request.
+    assert_eq!(reused.status(), 409);
 
     let order_id: OrderId = answers[0]["order_id"].as_str().expect("order_id").parse()?;
     let published = published_for(&env, order_id).await?;

@@ -498,7 +498,14 @@ async fn a_background_task_that_dies_makes_liveness_fail_and_names_it() -> anyho
         })],
     };
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let running = context.launch(listen, axum::Router::new(), workload).await?;
+    let running = context
+        .launch(
+            listen,
+            axum::Router::new(),
+            saga_common::openapi::OpenApi::default(),
+            workload,
+        )
+        .await?;
     let live_url = format!("http://{}/health/live", running.local_addr);
 
     let live = reqwest::get(&live_url).await?;

@@ -23,9 +23,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::FutureExt;
 use rdkafka::producer::{FutureProducer, Producer};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::config::RegistryConfig;
 
@@ -130,27 +131,103 @@ pub struct Dependencies {
 }
 
 #[derive(Clone)]
-struct HealthRoutes {
+pub(crate) struct HealthRoutes {
     dependencies: Dependencies,
     state: Arc<HealthState>,
 }
 
 /// Routes `/health/live` and `/health/ready`.
 pub fn router(dependencies: Dependencies, state: Arc<HealthState>) -> Router {
+    routes().with_state(HealthRoutes { dependencies, state })
+}
+
+pub(crate) fn routes() -> Router<HealthRoutes> {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .with_state(HealthRoutes { dependencies, state })
 }
 
-async fn live(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_json::Value>) {
+/// The OpenAPI description of the health routes.
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    #[derive(OpenApi)]
+    #[openapi(paths(live, ready))]
+    struct HealthApi;
+    HealthApi::openapi()
+}
+
+/// Whether the service is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// No watched task died.
+    Live,
+    /// A watched task died; restarting the process is the cure.
+    Dead,
+}
+
+/// The body of `/health/live`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LiveBody {
+    /// `live`, or `dead` once a watched task died.
+    pub status: Liveness,
+    /// Each watched task by name: `running`, `stopped`, or `died: <how>`.
+    pub tasks: BTreeMap<String, String>,
+    /// Records dead-lettered since start.
+    pub dead_lettered: u64,
+    /// Outbox rows parked since start.
+    pub outbox_parked: u64,
+}
+
+/// Whether the service can take traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Readiness {
+    /// Every needed dependency answers and no watched task died.
+    #[serde(rename = "ready")]
+    Ready,
+    /// A needed dependency is down or a watched task died.
+    #[serde(rename = "not ready")]
+    NotReady,
+}
+
+/// Each dependency's state: `up`, or `down: <why>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DependencyChecks {
+    /// The service's database.
+    pub database: String,
+    /// The Kafka cluster.
+    pub broker: String,
+    /// The schema registry.
+    pub schema_registry: String,
+}
+
+/// The body of `/health/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadyBody {
+    /// `ready` or `not ready`.
+    pub status: Readiness,
+    /// Each dependency's state.
+    pub checks: DependencyChecks,
+    /// The dependencies readiness needs: the database, and the broker and registry unless the
+    /// service takes traffic without them.
+    pub needs: Vec<String>,
+    /// The watched tasks that died.
+    pub dead_tasks: Vec<String>,
+}
+
+/// Liveness: 503 once a task the service cannot work without has died.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every watched task runs", body = LiveBody),
+        (status = 503, description = "A watched task died; restart the process", body = LiveBody),
+    )
+)]
+async fn live(State(routes): State<HealthRoutes>) -> (StatusCode, Json<LiveBody>) {
     let tasks = routes.state.tasks();
-    let dead: Vec<_> = tasks
-        .iter()
-        .filter(|(_, state)| matches!(state, TaskState::Died(_)))
-        .map(|(name, _)| name.as_ref())
-        .collect();
-    let described: serde_json::Map<String, serde_json::Value> = tasks
+    let dead = tasks.values().any(|state| matches!(state, TaskState::Died(_)));
+    let described = tasks
         .iter()
         .map(|(name, state)| {
             let text = match state {
@@ -158,26 +235,36 @@ async fn live(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_jso
                 TaskState::Stopped => "stopped".to_owned(),
                 TaskState::Died(how) => format!("died: {how}"),
             };
-            (name.to_string(), text.into())
+            (name.to_string(), text)
         })
         .collect();
-    let status = if dead.is_empty() {
-        StatusCode::OK
-    } else {
+    let status = if dead {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (
         status,
-        Json(json!({
-            "status": if dead.is_empty() { "live" } else { "dead" },
-            "tasks": described,
-            "dead_lettered": routes.state.dead_lettered(),
-            "outbox_parked": routes.state.parked(),
-        })),
+        Json(LiveBody {
+            status: if dead { Liveness::Dead } else { Liveness::Live },
+            tasks: described,
+            dead_lettered: routes.state.dead_lettered(),
+            outbox_parked: routes.state.parked(),
+        }),
     )
 }
 
-async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_json::Value>) {
+/// Readiness: 200 while the service can take traffic, 503 naming what fails otherwise.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "The needed dependencies answer and no watched task died", body = ReadyBody),
+        (status = 503, description = "A needed dependency is down or a watched task died", body = ReadyBody),
+    )
+)]
+async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<ReadyBody>) {
     let deps = &routes.dependencies;
     let (database, broker, registry) = tokio::join!(
         probe_database(&deps.database),
@@ -188,12 +275,12 @@ async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_js
     let broker = describe(broker);
     let registry = describe(registry);
     // A service with a dead task is not fit for traffic either, whatever its dependencies say.
-    let dead_tasks: Vec<Cow<'static, str>> = routes
+    let dead_tasks: Vec<String> = routes
         .state
         .tasks()
         .into_iter()
         .filter(|(_, state)| matches!(state, TaskState::Died(_)))
-        .map(|(name, _)| name)
+        .map(|(name, _)| name.into_owned())
         .collect();
     let all_up = dead_tasks.is_empty()
         && database == "up"
@@ -203,14 +290,23 @@ async fn ready(State(routes): State<HealthRoutes>) -> (StatusCode, Json<serde_js
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let needs: &[&str] = if deps.ready_without_broker {
+        &["database"]
+    } else {
+        &["database", "broker", "schema_registry"]
+    };
     (
         status,
-        Json(json!({
-            "status": if all_up { "ready" } else { "not ready" },
-            "checks": {"database": database, "broker": broker, "schema_registry": registry},
-            "needs": if deps.ready_without_broker { json!(["database"]) } else { json!(["database", "broker", "schema_registry"]) },
-            "dead_tasks": dead_tasks,
-        })),
+        Json(ReadyBody {
+            status: if all_up { Readiness::Ready } else { Readiness::NotReady },
+            checks: DependencyChecks {
+                database,
+                broker,
+                schema_registry: registry,
+            },
+            needs: needs.iter().map(|need| (*need).to_owned()).collect(),
+            dead_tasks,
+        }),
     )
 }
 

@@ -15,6 +15,7 @@ pub mod http;
 pub mod inbox;
 pub mod kafka;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod replay;
 pub mod retry;

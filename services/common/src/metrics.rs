@@ -276,13 +276,28 @@ fn describe() {
 
 /// `GET /metrics`: every metric of the process in the Prometheus text format.
 pub fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        METRICS_PATH,
-        get(move || {
-            let body = handle.render();
-            async move { ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response() }
-        }),
+    Router::new().route(METRICS_PATH, get(scrape)).with_state(handle)
+}
+
+/// The OpenAPI description of `GET /metrics`.
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(scrape))]
+    struct MetricsApi;
+    <MetricsApi as utoipa::OpenApi>::openapi()
+}
+
+/// Every metric of the process in the Prometheus text exposition format (docs/metrics.md).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The metrics, in the Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
     )
+)]
+async fn scrape(State(handle): State<PrometheusHandle>) -> Response {
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], handle.render()).into_response()
 }
 
 /// Adds the HTTP request metrics of `service` to every route of `router` and to its fallback;

@@ -336,7 +336,7 @@ async fn park(tx: &mut PgConnection, position: i64, reason: &str) -> Result<()> 
 }
 
 /// An outbox row set aside, as an operator sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ParkedRow {
     /// The event's id.
     pub event_id: Uuid,

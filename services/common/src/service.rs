@@ -23,7 +23,7 @@ use crate::health::{self, HealthState};
 use crate::kafka::{self, Retention, TopicSpec};
 use crate::outbox::Relay;
 use crate::retry::{retry_until_ok, Backoff, ErrorPolicy};
-use crate::{admin, database, metrics, Result};
+use crate::{admin, database, metrics, openapi, Result};
 
 /// Configuration every service accepts; defaults for the database and the port come from the
 /// service's [`ServiceSpec`].
@@ -298,22 +298,36 @@ impl BackgroundTask {
 }
 
 impl ServiceContext {
-    /// Binds HTTP on `listen` and spawns the server (routes plus health and `/metrics`, every
-    /// request counted), the outbox relay, the consumer loop and the background tasks. On
-    /// shutdown the server and the consumer stop taking new work and finish what they hold; the
-    /// relay then publishes what is left.
-    pub async fn launch(self, listen: SocketAddr, routes: Router, workload: Workload) -> Result<RunningService> {
+    /// Binds HTTP on `listen` and spawns the server (routes plus health, the operator routes,
+    /// `/metrics` and `/openapi.json`, every request counted), the outbox relay, the consumer
+    /// loop and the background tasks. `document` describes `routes`; the document served is it
+    /// with the shared routes merged in ([`openapi::service_document`]). On shutdown the server
+    /// and the consumer stop taking new work and finish what they hold; the relay then
+    /// publishes what is left.
+    pub async fn launch(
+        self,
+        listen: SocketAddr,
+        routes: Router,
+        document: utoipa::openapi::OpenApi,
+        workload: Workload,
+    ) -> Result<RunningService> {
         let listener = bind(listen).await?;
         let local_addr = listener.local_addr().map_err(|e| crate::Error::Config(e.to_string()))?;
         // Everything that can commit outbox rows runs in `work`; the relay runs beside it and,
         // once all of `work` has stopped, publishes what the last of it committed.
         let mut work = JoinSet::new();
         // Health probes stay out of the traces: they would bury the sagas' spans.
+        // A wrong method gets a JSON 405 too; the fallback goes on each method router before
+        // a layer wraps it.
         let router = routes
             .merge(admin::router(self.database.clone()))
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http_request))
             .merge(self.health_router())
-            .merge(metrics::router(metrics::install()));
+            .merge(metrics::router(metrics::install()))
+            .merge(openapi::router(&openapi::service_document(document)))
+            .method_not_allowed_fallback(crate::http::method_not_allowed)
+            .fallback(crate::http::unrouted);
         let router = metrics::record_http_requests(router, self.spec.name);
         let shutdown = self.shutdown.clone();
         work.spawn(async move {

@@ -51,12 +51,21 @@ macro_rules! uuid_id {
         impl FromStr for $name {
             type Err = ContractError;
 
+            /// Parses the hyphenated form (`8-4-4-4-12` hexadecimal digits, either case), the
+            /// only one the platform writes; the braced, URN and simple forms are refused.
             fn from_str(s: &str) -> Result<Self, ContractError> {
-                Uuid::parse_str(s).map(Self).map_err(|error| ContractError::InvalidId {
+                let invalid = |reason: String| ContractError::InvalidId {
                     what: $what,
                     value: s.to_owned(),
-                    reason: error.to_string(),
-                })
+                    reason,
+                };
+                if s.len() != 36 {
+                    return Err(invalid(format!(
+                        "expected 36 characters (8-4-4-4-12 hexadecimal digits), found {}",
+                        s.chars().count()
+                    )));
+                }
+                Uuid::parse_str(s).map(Self).map_err(|error| invalid(error.to_string()))
             }
         }
 
@@ -74,6 +83,16 @@ macro_rules! uuid_id {
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::ids::uuid_schema($what)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -98,6 +117,21 @@ uuid_id!(
     "adjustment id"
 );
 
+/// The OpenAPI `pattern` of an id: the hyphenated form [`FromStr`] takes.
+pub const UUID_PATTERN: &str = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
+
+/// An id's OpenAPI schema: its UUID as a hyphenated string.
+#[cfg(feature = "openapi")]
+fn uuid_schema(what: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+        .pattern(Some(UUID_PATTERN))
+        .description(Some(format!("The {what}, a UUID.")))
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +141,21 @@ mod tests {
         let id = OrderId::new();
         assert_eq!(id.to_string(), id.uuid().to_string());
         assert_eq!(id.to_string().parse::<OrderId>(), Ok(id));
+    }
+
+    #[test]
+    fn only_the_hyphenated_form_parses_in_either_case() {
+        let id = OrderId::new();
+        let hyphenated = id.to_string();
+        assert_eq!(hyphenated.to_uppercase().parse::<OrderId>(), Ok(id));
+        for other_form in [
+            id.uuid().simple().to_string(),
+            id.uuid().braced().to_string(),
+            id.uuid().urn().to_string(),
+            String::new(),
+        ] {
+            assert!(other_form.parse::<OrderId>().is_err(), "{other_form}");
+        }
     }
 
     #[test]

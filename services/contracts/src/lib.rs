@@ -34,7 +34,7 @@ mod ids;
 
 pub use envelope::{now_millis, Envelope, Event, OrderRef};
 pub use error::{ContractError, Result};
-pub use ids::{AdjustmentId, EventId, OrderId, PaymentId};
+pub use ids::{AdjustmentId, EventId, OrderId, PaymentId, UUID_PATTERN};
 
 /// The generated event and nested record structs, one per record of the latest schemas.
 #[allow(non_snake_case, non_camel_case_types)]

@@ -7,7 +7,8 @@
 //!   dashboard holds no such order);
 //! - `GET /api/summary`: throughput, outcome mix, consumer lag, dead letters;
 //! - `GET /health/live`: 503 once the topic reader or the broker poller died;
-//! - `GET /health/ready`: 200 once the first read reached the end offsets found at start.
+//! - `GET /health/ready`: 200 once the first read reached the end offsets found at start;
+//! - `GET /openapi.json`: the OpenAPI document of these routes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -20,9 +21,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use saga_common::health::TaskState;
-use saga_common::http::ApiError;
+use saga_common::http::{ApiError, ErrorBody};
 use saga_contracts::OrderId;
 use serde_json::json;
+use utoipa::OpenApi;
 
 use crate::view::{OrderStatus, OrderSummaryView, OrderTimelineView, ReaderView, SummaryView};
 use crate::DashboardState;
@@ -35,8 +37,16 @@ const DEFAULT_LIMIT: usize = 50;
 /// The most orders one request lists.
 const MAX_LIMIT: usize = 1_000;
 
-/// The routes, over the shared state.
+/// The routes, over the shared state, with `GET /openapi.json` describing them.
 pub fn routes(state: Arc<DashboardState>) -> Router {
+    router()
+        .with_state(state)
+        .merge(saga_common::openapi::router(&document()))
+        .method_not_allowed_fallback(saga_common::http::method_not_allowed)
+        .fallback(saga_common::http::unrouted)
+}
+
+fn router() -> Router<Arc<DashboardState>> {
     Router::new()
         .route("/", get(page))
         .route("/api/orders", get(list_orders))
@@ -44,9 +54,31 @@ pub fn routes(state: Arc<DashboardState>) -> Router {
         .route("/api/summary", get(summary))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .with_state(state)
 }
 
+/// The OpenAPI document of the dashboard's routes (`GET /openapi.json` included).
+pub fn document() -> utoipa::openapi::OpenApi {
+    DashboardApi::openapi().merge_from(saga_common::openapi::document_route())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "The saga dashboard: an observer of the topics. Its page and the JSON the page reads: recent orders, each order's timeline, throughput, outcomes, consumer lag and dead letters."),
+    paths(page, list_orders, order_timeline, summary, live, ready),
+    tags(
+        (name = "dashboard", description = "The page and its JSON"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct DashboardApi;
+
+/// The dashboard page: one HTML file, its CSS and script inline.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html; charset=utf-8"))
+)]
 async fn page() -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
 }
@@ -80,6 +112,25 @@ fn list_parameters(query: &HashMap<String, String>) -> Result<(usize, Option<Ord
     Ok((limit, status))
 }
 
+/// Recent orders, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    tag = "dashboard",
+    params(
+        ("limit" = Option<u32>, Query, description = "How many orders, 1 to 1000 (50 when absent)", minimum = 1, maximum = 1000),
+        (
+            "status" = Option<String>,
+            Query,
+            description = "Only orders with this status: pending, confirmed or failed, in any case; empty for all",
+            pattern = "^([Pp][Ee][Nn][Dd][Ii][Nn][Gg]|[Cc][Oo][Nn][Ff][Ii][Rr][Mm][Ee][Dd]|[Ff][Aa][Ii][Ll][Ee][Dd])?$"
+        ),
+    ),
+    responses(
+        (status = 200, description = "The orders, newest first", body = Vec<OrderSummaryView>),
+        (status = 400, description = "The limit or status is malformed, or the query has another parameter", body = ErrorBody),
+    )
+)]
 async fn list_orders(
     State(state): State<Arc<DashboardState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -90,6 +141,18 @@ async fn list_orders(
     Ok(Json(state.lock_model().recent(limit, status, now)))
 }
 
+/// One order's timeline: its events by lane, compensations marked, the time each step took.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{order_id}",
+    tag = "dashboard",
+    params(("order_id" = OrderId, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order's timeline", body = OrderTimelineView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "The dashboard holds no event of the order (not in its window, or not read yet)", body = ErrorBody),
+    )
+)]
 async fn order_timeline(
     State(state): State<Arc<DashboardState>>,
     Path(order_id): Path<String>,
@@ -108,6 +171,13 @@ async fn order_timeline(
     })
 }
 
+/// Throughput, the outcome mix, consumer lag, dead letters and the reader's own figures.
+#[utoipa::path(
+    get,
+    path = "/api/summary",
+    tag = "dashboard",
+    responses((status = 200, description = "The summary figures", body = SummaryView))
+)]
 async fn summary(State(state): State<Arc<DashboardState>>) -> Json<SummaryView> {
     let now = saga_contracts::now_millis();
     let (throughput, outcomes, reader) = {
@@ -157,6 +227,16 @@ fn dead_tasks(state: &DashboardState) -> Vec<String> {
         .collect()
 }
 
+/// Liveness: 503 once the topic reader or the broker poller died.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every watched task runs", body = Object),
+        (status = 503, description = "A watched task died; restart the process", body = Object),
+    )
+)]
 async fn live(State(state): State<Arc<DashboardState>>) -> (StatusCode, Json<serde_json::Value>) {
     let dead = dead_tasks(&state);
     let status = if dead.is_empty() {
@@ -170,6 +250,16 @@ async fn live(State(state): State<Arc<DashboardState>>) -> (StatusCode, Json<ser
     )
 }
 
+/// Readiness: 200 once the first read reached the end offsets found at start.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Caught up with the topics", body = Object),
+        (status = 503, description = "Still reading up to the end offsets found at start, or a watched task died", body = Object),
+    )
+)]
 async fn ready(State(state): State<Arc<DashboardState>>) -> (StatusCode, Json<serde_json::Value>) {
     let dead = dead_tasks(&state);
     let caught_up = state.caught_up.load(Ordering::Relaxed);
@@ -203,6 +293,20 @@ mod tests {
         assert_eq!(
             list_parameters(&query(&[("limit", "5"), ("status", "Failed")])).ok(),
             Some((5, Some(OrderStatus::Failed)))
+        );
+    }
+
+    #[test]
+    fn the_document_lists_every_route_of_the_router_and_serialises() {
+        use saga_common::openapi::{documented_operations, routed_operations};
+        let mut routed = routed_operations(&router());
+        routed.insert(format!("GET {}", saga_common::openapi::OPENAPI_PATH));
+        assert_eq!(documented_operations(&document()), routed);
+        let json: serde_json::Value = serde_json::from_str(&document().to_json().expect("serialises")).expect("JSON");
+        assert_eq!(json["info"]["title"], "dashboard-service");
+        assert_eq!(
+            json["components"]["schemas"]["OrderStatus"]["enum"],
+            json!(["PENDING", "CONFIRMED", "FAILED"])
         );
     }
 

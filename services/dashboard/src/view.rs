@@ -7,7 +7,7 @@ use saga_contracts::{EventId, OrderId};
 use serde::{Deserialize, Serialize};
 
 /// A lane of the timeline: one per service, named after the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     /// order-service: `order.*` events.
@@ -46,7 +46,7 @@ impl Lane {
 }
 
 /// Where an order stands, as far as the events seen tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum OrderStatus {
     /// No `order.confirmed` or `order.failed` seen yet.
@@ -79,7 +79,7 @@ impl OrderStatus {
 }
 
 /// One event on an order's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEventView {
     /// The event's id.
     pub event_id: EventId,
@@ -120,7 +120,7 @@ pub struct TimelineEventView {
 }
 
 /// The time from one event of the timeline to the next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepView {
     /// Type of the event the step starts at.
     pub from: String,
@@ -137,7 +137,7 @@ pub struct StepView {
 }
 
 /// One order's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderTimelineView {
     /// The order.
     pub order_id: OrderId,
@@ -164,7 +164,7 @@ pub struct OrderTimelineView {
 }
 
 /// One order in the list of recent orders.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderSummaryView {
     /// The order.
     pub order_id: OrderId,
@@ -191,7 +191,7 @@ pub struct OrderSummaryView {
 }
 
 /// Orders placed and decided per second, by record timestamps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ThroughputView {
     /// `order.created` per second over the last 10 s.
     pub placed_per_sec_10s: f64,
@@ -204,7 +204,7 @@ pub struct ThroughputView {
 }
 
 /// How the orders in memory stand.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutcomeMixView {
     /// Not decided yet.
     pub pending: u64,
@@ -217,7 +217,7 @@ pub struct OutcomeMixView {
 }
 
 /// The lag of one service's consumer group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupLagView {
     /// The service.
     pub service: String,
@@ -233,7 +233,7 @@ pub struct GroupLagView {
 }
 
 /// The dead letters of one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetterView {
     /// The service.
     pub service: String,
@@ -245,7 +245,7 @@ pub struct DeadLetterView {
 }
 
 /// What the dashboard's own reader has done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReaderView {
     /// Whether the first read reached the end offsets found at start.
     pub caught_up: bool,
@@ -268,7 +268,7 @@ pub struct ReaderView {
 }
 
 /// The summary panel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SummaryView {
     /// When this was computed, Unix milliseconds.
     pub generated_at_ms: i64,

@@ -10,11 +10,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use saga_common::http::{ApiError, JsonBody};
+use saga_common::http::{ApiError, ErrorBody, JsonBody};
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{AdjustmentId, Envelope, SagaEvent, StockAdjusted};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::adjustments::{self, Adjusted, AdjustmentRequest};
@@ -34,40 +35,93 @@ pub(crate) struct HttpState {
 
 /// The stock routes.
 pub(crate) fn routes(state: HttpState) -> Router {
+    router().with_state(state)
+}
+
+fn router() -> Router<HttpState> {
     Router::new()
         .route("/stock/{sku}", get(get_stock))
         .route("/stock/{sku}/adjustments", post(post_adjustment))
-        .with_state(state)
 }
 
+/// The OpenAPI description of the stock routes; the service serves it merged with the shared
+/// routes (`saga_common::openapi::service_document`).
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    InventoryApi::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "Reserves stock for orders, commits or releases it, and takes operators' stock adjustments."),
+    paths(get_stock, post_adjustment),
+    tags((name = "stock", description = "Stock levels and operator adjustments"))
+)]
+struct InventoryApi;
+
 /// Body of `POST /stock/{sku}/adjustments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct AdjustmentBody {
-    /// Units added (positive) or removed (negative); never zero.
+    /// Units added (positive) or removed (negative); never zero, within a 32-bit integer.
+    #[schema(schema_with = delta_schema)]
+    #[serde(deserialize_with = "saga_common::http::whole_number")]
     delta: i64,
-    /// Why (restock, count correction, ...); not empty.
+    /// Why (restock, count correction, ...): at most 500 characters, not blank, no control
+    /// characters.
+    #[schema(
+        max_length = 500,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     reason: String,
-    /// Idempotency key: a retry with the same id is applied once and gets the same answer.
+    /// Idempotency key: a retry with the same id is applied once and gets the same answer;
+    /// one is made up when absent.
     #[serde(default)]
-    adjustment_id: Option<Uuid>,
+    adjustment_id: Option<AdjustmentId>,
+}
+
+/// `delta`: a non-zero 32-bit integer (JSON Schema has no "not zero" for integers but two ranges).
+fn delta_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    let range = |minimum: i32, maximum: i32, description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(minimum))
+            .maximum(Some(maximum))
+            .description(Some(description))
+    };
+    OneOfBuilder::new()
+        .item(range(1, i32::MAX, "Units added"))
+        .item(range(i32::MIN, -1, "Units removed"))
+        .description(Some("Units added (positive) or removed (negative); never zero"))
+        .build()
+        .into()
 }
 
 /// Stock levels of one SKU.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct StockResponse {
+    /// The SKU.
     sku: String,
+    /// Units that can be reserved.
     available: i64,
+    /// Units held for orders not decided yet.
     reserved: i64,
+    /// Units sold to confirmed orders.
     committed: i64,
 }
 
-/// The answer to an applied adjustment.
-#[derive(Debug, Serialize)]
+/// The answer to an applied adjustment: the levels right after it.
+#[derive(Debug, Serialize, ToSchema)]
 struct AdjustmentResponse {
+    /// The adjustment's id (given, or made up).
     adjustment_id: Uuid,
+    /// The SKU.
     sku: String,
+    /// Units that can be reserved.
     available: i64,
+    /// Units held for orders not decided yet.
     reserved: i64,
+    /// Units sold to confirmed orders.
     committed: i64,
 }
 
@@ -88,6 +142,20 @@ impl AdjustmentResponse {
     }
 }
 
+/// The stock levels of a SKU.
+#[utoipa::path(
+    get,
+    path = "/stock/{sku}",
+    tag = "stock",
+    params(("sku" = String, Path, description = "The SKU: 1 to 64 characters of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses(
+        (status = 200, description = "The SKU's stock levels", body = StockResponse),
+        (status = 400, description = "The SKU is malformed", body = ErrorBody),
+        (status = 404, description = "No stock was ever recorded for the SKU", body = ErrorBody),
+        (status = 500, description = "The database refused the query", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(sku))]
 async fn get_stock(
     State(state): State<HttpState>,
@@ -107,6 +175,23 @@ async fn get_stock(
     }))
 }
 
+/// Adjusts a SKU's available stock (a restock, a count correction) and announces it
+/// (inventory.stock_adjusted) in one transaction; idempotent by `adjustment_id`.
+#[utoipa::path(
+    post,
+    path = "/stock/{sku}/adjustments",
+    tag = "stock",
+    params(("sku" = String, Path, description = "The SKU: 1 to 64 characters of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = AdjustmentBody,
+    responses(
+        (status = 201, description = "Applied (or, for a retry with the same adjustment_id, applied before): the levels right after it", body = AdjustmentResponse),
+        (status = 400, description = "The SKU is malformed, or the body is not JSON, is too large, or was not sent as application/json", body = ErrorBody),
+        (status = 409, description = "The removal would take available stock below zero, or the adjustment_id was used for a different adjustment", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type or out of its range; `field` names it", body = ErrorBody),
+        (status = 500, description = "The database refused the adjustment", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later, with the same adjustment_id", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(sku, adjustment_id))]
 async fn post_adjustment(
     State(state): State<HttpState>,
@@ -116,7 +201,7 @@ async fn post_adjustment(
     let sku = valid_sku(path)?;
     let delta = valid_delta(body.delta)?;
     let reason = valid_reason(&body.reason)?;
-    let adjustment_id = body.adjustment_id.unwrap_or_else(Uuid::new_v4);
+    let adjustment_id = body.adjustment_id.map_or_else(Uuid::new_v4, Uuid::from);
     let span = tracing::Span::current();
     span.record("sku", sku.as_str());
     span.record("adjustment_id", tracing::field::display(adjustment_id));
@@ -201,10 +286,14 @@ fn valid_delta(delta: i64) -> Result<i32, ApiError> {
     }
 }
 
+/// A reason is a line of text ([`saga_common::http::is_text_line`]) of at most
+/// [`MAX_REASON_LENGTH`] characters; it is stored trimmed.
 fn valid_reason(reason: &str) -> Result<&str, ApiError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(ApiError::invalid("reason", "must not be empty"));
+    if !saga_common::http::is_text_line(reason) {
+        return Err(ApiError::invalid(
+            "reason",
+            "must not be blank or hold control characters",
+        ));
     }
     if reason.chars().count() > MAX_REASON_LENGTH {
         return Err(ApiError::invalid(
@@ -212,7 +301,7 @@ fn valid_reason(reason: &str) -> Result<&str, ApiError> {
             format!("must be at most {MAX_REASON_LENGTH} characters"),
         ));
     }
-    Ok(reason)
+    Ok(reason.trim())
 }
 
 #[cfg(test)]
@@ -251,5 +340,45 @@ mod tests {
     fn a_blank_reason_is_invalid_and_names_the_field() {
         assert!(matches!(valid_reason("  "), Err(ApiError::Invalid { field, .. }) if field == "reason"));
         assert_eq!(valid_reason(" restock ").ok(), Some("restock"));
+    }
+
+    #[test]
+    fn a_reason_with_a_control_character_or_over_500_characters_is_invalid() {
+        for bad in ["re\0stock".to_string(), format!("{} ", "x".repeat(MAX_REASON_LENGTH))] {
+            assert!(
+                matches!(valid_reason(&bad), Err(ApiError::Invalid { field, .. }) if field == "reason"),
+                "{bad:?}"
+            );
+        }
+        assert!(valid_reason(&"ü".repeat(MAX_REASON_LENGTH)).is_ok());
+    }
+
+    #[test]
+    fn the_document_lists_every_route_of_the_router_and_the_shared_ones() {
+        use saga_common::openapi::{documented_operations, routed_operations, service_document, shared_document};
+        let own = document();
+        assert_eq!(documented_operations(&own), routed_operations(&router()));
+        assert_eq!(saga_common::openapi::clashing_schemas(&own), Vec::<String>::new());
+        let served = documented_operations(&service_document(document()));
+        let shared = documented_operations(&shared_document());
+        assert!(served.is_superset(&shared));
+        assert_eq!(served.len(), documented_operations(&own).len() + shared.len());
+    }
+
+    #[test]
+    fn the_document_serialises_with_the_rules_validation_applies() {
+        let json: serde_json::Value = serde_json::from_str(
+            &saga_common::openapi::service_document(document())
+                .to_json()
+                .expect("serialises"),
+        )
+        .expect("JSON");
+        assert_eq!(json["info"]["title"], "inventory-service");
+        let body = &json["components"]["schemas"]["AdjustmentBody"]["properties"];
+        assert_eq!(body["reason"]["pattern"], saga_common::http::TEXT_LINE_PATTERN);
+        assert_eq!(body["delta"]["oneOf"][0]["minimum"], 1);
+        assert_eq!(body["delta"]["oneOf"][1]["maximum"], -1);
+        let sku = &json["paths"]["/stock/{sku}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(sku["pattern"], "^[A-Za-z0-9._-]{1,64}$");
     }
 }

@@ -61,6 +61,6 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
         background: Vec::new(),
     };
-    let running = context.launch(listen, routes, workload).await?;
+    let running = context.launch(listen, routes, http::document(), workload).await?;
     Ok(Some(running))
 }

@@ -97,7 +97,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
             })
             .collect(),
     };
-    let running = context.launch(listen, routes, workload).await?;
+    let running = context.launch(listen, routes, http::document(), workload).await?;
     Ok(Some(running))
 }
 

@@ -71,7 +71,7 @@ pub struct PendingNotification {
 }
 
 /// What an operator (or a test) sees of one email.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NotificationView {
     /// The order.
     pub order_id: OrderId,

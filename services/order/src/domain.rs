@@ -17,29 +17,80 @@ use serde::{Deserialize, Serialize};
 // ---- Placing an order: a request either becomes a valid order with its total computed in
 // minor units, or is rejected naming the offending field.
 
-/// Body of `POST /orders`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Body of `POST /orders`. The `schema` attributes state the rules [`validate`] applies, so the
+/// OpenAPI document promises exactly what is accepted (the module's tests hold them together).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PlaceOrderRequest {
-    /// The customer's id.
+    /// The customer's id: 1 to 256 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub customer_id: String,
-    /// Where the outcome email goes.
+    /// Where the outcome email goes: an ASCII `local@domain`, the local part 1 to 64
+    /// characters of dot-separated RFC 5322 atoms, the domain two or more dot-separated labels
+    /// of letters, digits and inner hyphens; at most 256 characters.
+    #[schema(schema_with = email_schema)]
     pub customer_email: String,
     /// ISO 4217 code, three upper-case letters.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
-    /// Opaque token for the payment gateway.
+    /// Opaque token for the payment gateway: 1 to 256 characters, not blank, no control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub payment_token: String,
-    /// At least one line.
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderLineRequest>,
 }
 
+/// The schema of `customer_email`, the rules of [`is_plausible_email`]: the address's shape,
+/// and (a second pattern, as one without look-ahead cannot also count) a local part of 1 to 64
+/// characters.
+fn email_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Type};
+    const ATOM: &str = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+";
+    const LABEL: &str = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    AllOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_TEXT))
+                .pattern(Some(format!(r"^{ATOM}(\.{ATOM})*@{LABEL}(\.{LABEL})+$"))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^@]{1,64}@")),
+        )
+        .description(Some(
+            "Where the outcome email goes: an ASCII `local@domain`, the local part 1 to 64 characters of \
+             dot-separated RFC 5322 atoms, the domain two or more dot-separated labels of letters, digits \
+             and inner hyphens (1 to 63 each); at most 256 characters.",
+        ))
+        .examples([serde_json::json!("ada@example.com")])
+        .build()
+        .into()
+}
+
 /// One requested line.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrderLineRequest {
-    /// Stock keeping unit.
+    /// Stock keeping unit: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "SKU-1")]
     pub sku: String,
-    /// Units, at least 1.
+    /// Units, 1 to 1000000.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "saga_common::http::whole_number")]
     pub quantity: i64,
-    /// Price of one unit in minor units, not negative.
+    /// Price of one unit in minor units, 0 to 10000000000.
+    #[schema(minimum = 0, maximum = 10_000_000_000_i64)]
+    #[serde(deserialize_with = "saga_common::http::whole_number")]
     pub unit_price_minor: i64,
 }
 
@@ -69,12 +120,25 @@ fn reject(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 }
 
 const MAX_QUANTITY: i64 = 1_000_000;
+/// The highest unit price, in minor units; with at most [`MAX_LINES`] lines of at most
+/// [`MAX_QUANTITY`] units each, no total can overflow.
+const MAX_UNIT_PRICE_MINOR: i64 = 10_000_000_000;
+const MAX_LINES: usize = 100;
 const MAX_TEXT: usize = 256;
+
+/// Whether `text` is 1 to [`MAX_TEXT`] characters of a line of text (see
+/// [`saga_common::http::is_text_line`]).
+fn is_short_text(text: &str) -> bool {
+    saga_common::http::is_text_line(text) && text.chars().count() <= MAX_TEXT
+}
 
 /// Validates a request and computes its total.
 pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
-    if request.customer_id.trim().is_empty() || request.customer_id.len() > MAX_TEXT {
-        return Err(reject("customer_id", "must be 1 to 256 characters"));
+    if !is_short_text(&request.customer_id) {
+        return Err(reject(
+            "customer_id",
+            "must be 1 to 256 characters, not blank, without control characters",
+        ));
     }
     if !is_plausible_email(&request.customer_email) {
         return Err(reject(
@@ -88,11 +152,14 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
             "must be an ISO 4217 code of three upper-case letters, e.g. USD",
         ));
     }
-    if request.payment_token.trim().is_empty() || request.payment_token.len() > MAX_TEXT {
-        return Err(reject("payment_token", "must be 1 to 256 characters"));
+    if !is_short_text(&request.payment_token) {
+        return Err(reject(
+            "payment_token",
+            "must be 1 to 256 characters, not blank, without control characters",
+        ));
     }
-    if request.items.is_empty() {
-        return Err(reject("items", "must contain at least one line"));
+    if request.items.is_empty() || request.items.len() > MAX_LINES {
+        return Err(reject("items", "must contain 1 to 100 lines"));
     }
     let mut total: i64 = 0;
     for (index, line) in request.items.iter().enumerate() {
@@ -114,10 +181,10 @@ pub fn validate(request: PlaceOrderRequest) -> Result<ValidOrder, FieldError> {
                 "must be between 1 and 1000000",
             ));
         }
-        if line.unit_price_minor < 0 {
+        if !(0..=MAX_UNIT_PRICE_MINOR).contains(&line.unit_price_minor) {
             return Err(reject(
                 format!("items[{index}].unit_price_minor"),
-                "must not be negative",
+                "must be between 0 and 10000000000",
             ));
         }
         total = line
@@ -225,23 +292,38 @@ impl ValidOrder {
     }
 }
 
+/// The characters of an email address's local part besides dots (RFC 5322 `atext`, ASCII).
+const EMAIL_LOCAL_SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
+
+/// Whether `text` is an email address the notification service can send to: an ASCII
+/// `local@domain` whose local part is 1 to 64 characters of dot-separated RFC 5322 atoms, and
+/// whose domain is two or more dot-separated labels of letters, digits and inner hyphens (1 to
+/// 63 each), at most 256 characters in all. Internationalised addresses are not taken: the
+/// mailer cannot send to all of them.
 fn is_plausible_email(text: &str) -> bool {
     let Some((local, domain)) = text.split_once('@') else {
         return false;
     };
-    !local.is_empty()
-        && text.len() <= MAX_TEXT
-        && !domain.contains('@')
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+    let atom_char = |c: char| c.is_ascii_alphanumeric() || EMAIL_LOCAL_SPECIALS.contains(c);
+    let local_ok = (1..=64).contains(&local.len())
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atom_char));
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let domain_ok = domain.split('.').count() >= 2 && domain.split('.').all(label_ok);
+    text.len() <= MAX_TEXT && local_ok && domain_ok
 }
 
 // ---- The saga decision.
 
 /// Lifecycle status of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
 pub enum OrderStatus {
     /// Waiting for payment and inventory outcomes.
     Pending,
@@ -583,11 +665,100 @@ mod tests {
         }
 
         #[test]
-        fn a_total_that_overflows_is_rejected_not_wrapped() {
+        fn a_unit_price_above_the_highest_is_rejected() {
             let mut bad = request();
-            bad.items[0].quantity = MAX_QUANTITY;
-            bad.items[0].unit_price_minor = i64::MAX / 2;
+            bad.items[0].unit_price_minor = MAX_UNIT_PRICE_MINOR + 1;
             assert_eq!(field_of(bad), "items[0].unit_price_minor");
+        }
+
+        #[test]
+        fn the_largest_order_allowed_has_a_total_that_fits() {
+            let mut largest = request();
+            largest.items = vec![
+                OrderLineRequest {
+                    sku: "SKU-1".into(),
+                    quantity: MAX_QUANTITY,
+                    unit_price_minor: MAX_UNIT_PRICE_MINOR,
+                };
+                MAX_LINES
+            ];
+            assert_eq!(
+                validate(largest.clone()).expect("valid").total_minor,
+                100 * 1_000_000 * 10_000_000_000
+            );
+            largest.items.push(largest.items[0].clone());
+            assert_eq!(field_of(largest), "items");
+        }
+
+        #[test]
+        fn control_characters_are_rejected_in_every_text_field() {
+            for field in ["customer_id", "payment_token", "customer_email"] {
+                let mut bad = request();
+                let text = match field {
+                    "customer_id" => &mut bad.customer_id,
+                    "payment_token" => &mut bad.payment_token,
+                    _ => &mut bad.customer_email,
+                };
+                text.insert(1, '\0');
+                assert_eq!(field_of(bad), field);
+            }
+        }
+
+        #[test]
+        fn text_limits_count_characters_not_bytes() {
+            let mut long = request();
+            long.customer_id = "é".repeat(MAX_TEXT);
+            assert!(validate(long.clone()).is_ok());
+            long.customer_id.push('é');
+            assert_eq!(field_of(long), "customer_id");
+        }
+
+        /// Addresses at the edges of the rules, each accepted only if the mailer can send to it.
+        const EDGE_EMAILS: &[&str] = &[
+            "a@b.c",
+            "first.last@example.com",
+            "x!#$%&'*+/=?^_`{|}~-y@mail-1.example.org",
+            "a@b-c.d",
+            "A@B.C",
+            "1@2.3",
+            "a..b@example.com",
+            ".a@example.com",
+            "a.@example.com",
+            "a@-b.com",
+            "a@b-.com",
+            "a@b..com",
+            "a@b_c.com",
+            "a\"b@example.com",
+            "a(b)@example.com",
+            "a,b@example.com",
+            "ü@example.com",
+            "a@münchen.de",
+            "a@[127.0.0.1]",
+        ];
+
+        #[test]
+        fn every_email_accepted_is_one_the_mailer_can_send_to() {
+            let long_local = format!("{}@example.com", "l".repeat(64));
+            let long_label = format!("a@{}.com", "d".repeat(63));
+            let longest = format!("a@{}.com", ["d".repeat(63), "e".repeat(63), "f".repeat(63)].join("."));
+            let mut accepted = 0;
+            for email in EDGE_EMAILS
+                .iter()
+                .copied()
+                .chain([long_local.as_str(), long_label.as_str(), longest.as_str()])
+            {
+                if is_plausible_email(email) {
+                    accepted += 1;
+                    assert!(email.parse::<lettre::Address>().is_ok(), "{email:?} as an address");
+                    assert!(
+                        email.parse::<lettre::message::Mailbox>().is_ok(),
+                        "{email:?} as a mailbox"
+                    );
+                }
+            }
+            assert_eq!(accepted, 9);
+            assert!(!is_plausible_email(&format!("{}@example.com", "l".repeat(65))));
+            assert!(!is_plausible_email(&format!("a@{}.com", "d".repeat(64))));
         }
 
         #[test]

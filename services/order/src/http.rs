@@ -9,13 +9,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use saga_common::http::{ApiError, JsonBody};
+use saga_common::http::{ApiError, ErrorBody, JsonBody};
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{Envelope, OrderId, SagaEvent};
-use serde_json::json;
+use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::{OpenApi, ToSchema};
 
-use crate::domain::{deadline_after, request_hash, validate, PlaceOrderRequest, Placement};
+use crate::domain::{deadline_after, request_hash, validate, OrderStatus, PlaceOrderRequest, Placement};
+use crate::store::OrderView;
 use crate::{handler, metrics, store};
 
 /// Header that makes a retried POST return the first answer.
@@ -34,10 +36,37 @@ pub struct HttpState {
 
 /// The order routes.
 pub fn routes(state: HttpState) -> Router {
+    router().with_state(state)
+}
+
+fn router() -> Router<HttpState> {
     Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{order_id}", get(get_order))
-        .with_state(state)
+}
+
+/// The OpenAPI description of the order routes; the service serves it merged with the shared
+/// routes (`saga_common::openapi::service_document`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    OrderApi::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "Places orders and shows each order's status and saga timeline."),
+    paths(place_order, get_order),
+    tags((name = "orders", description = "Placing orders and following their saga"))
+)]
+struct OrderApi;
+
+/// The answer to a placed order.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderAccepted {
+    /// The new order's id (or, for a retry, the id of the order the key placed).
+    order_id: OrderId,
+    /// Always `PENDING`: the saga decides the order later.
+    #[schema(value_type = OrderStatus)]
+    status: &'static str,
 }
 
 /// The answer to a placed order; a retry with the same idempotency key gets the same one,
@@ -46,24 +75,68 @@ fn accepted(order_id: OrderId) -> Response {
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/orders/{order_id}"))],
-        Json(json!({"order_id": order_id, "status": "PENDING"})),
+        Json(OrderAccepted {
+            order_id,
+            status: OrderStatus::Pending.as_str(),
+        }),
     )
         .into_response()
 }
 
+/// Longest accepted Idempotency-Key.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// An Idempotency-Key is 1 to 255 printable ASCII characters (spaces only inside it, as HTTP
+/// drops them around a header's value).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get(IDEMPOTENCY_KEY) {
-        None => Ok(None),
-        Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
-            _ => Err(ApiError::invalid(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )),
-        },
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let printable = bytes.iter().all(|byte| (b' '..=b'~').contains(byte));
+    let trimmed = bytes.first() != Some(&b' ') && bytes.last() != Some(&b' ');
+    match std::str::from_utf8(bytes) {
+        Ok(key) if printable && trimmed && !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 printable ASCII characters",
+        )),
     }
 }
 
+/// Places an order: stores it `PENDING` and announces it (order.created) in one transaction,
+/// then answers 202 with its id; the saga decides it later (`GET /orders/{order_id}`).
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    params(
+        (
+            "Idempotency-Key" = Option<String>,
+            Header,
+            description = "Makes a retried request safe: a request with a key used before answers what the first one did, and places nothing new. 1 to 255 printable ASCII characters.",
+            min_length = 1,
+            max_length = 255,
+            pattern = "^[!-~]([ -~]*[!-~])?$"
+        ),
+    ),
+    request_body = PlaceOrderRequest,
+    responses(
+        (
+            status = 202,
+            description = "The order is stored and announced; the saga decides it. A retry with the same Idempotency-Key answers the same, whatever the order's status by then.",
+            body = OrderAccepted,
+            headers(("Location" = String, description = "The order's path, `/orders/{order_id}`"))
+        ),
+        (status = 400, description = "The body is not JSON, is too large, or was not sent as application/json", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used before for a different request", body = ErrorBody),
+        (status = 422, description = "A field is missing, of the wrong type or out of its range, or the Idempotency-Key is malformed; `field` names it", body = ErrorBody),
+        (status = 500, description = "The database refused the order", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later, with the same Idempotency-Key", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order_id))]
 async fn place_order(
     State(state): State<HttpState>,
@@ -80,9 +153,9 @@ async fn place_order(
         if let Some(used) = store::lock_idempotency_key(&mut tx, key).await? {
             // Keys stored before request hashes were hashed hold the body itself.
             if used.request_hash != fingerprint && used.request_hash != body {
-                return Err(ApiError::invalid(
-                    "Idempotency-Key",
-                    "was already used for a different request; use a new key",
+                // The key is taken: a conflict with what is stored, not a malformed request.
+                return Err(ApiError::Conflict(
+                    "Idempotency-Key was already used for a different request; use a new key".into(),
                 ));
             }
             return Ok(accepted(used.order_id));
@@ -107,6 +180,20 @@ async fn place_order(
     Ok(accepted(order_id))
 }
 
+/// An order: its status, lines, total and the saga's timeline.
+#[utoipa::path(
+    get,
+    path = "/orders/{order_id}",
+    tag = "orders",
+    params(("order_id" = OrderId, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 500, description = "The database refused the query", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
+    )
+)]
 async fn get_order(State(state): State<HttpState>, Path(order_id): Path<String>) -> Result<Response, ApiError> {
     let order_id: OrderId = order_id
         .parse()
@@ -114,5 +201,59 @@ async fn get_order(State(state): State<HttpState>, Path(order_id): Path<String>)
     match store::fetch_view(&state.database, order_id).await? {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(ApiError::NotFound(format!("order {order_id} not found"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_common::openapi::{documented_operations, routed_operations, service_document, shared_document};
+
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_route_of_the_router_and_the_shared_ones() {
+        let own = document();
+        assert_eq!(documented_operations(&own), routed_operations(&router()));
+        assert_eq!(saga_common::openapi::clashing_schemas(&own), Vec::<String>::new());
+        let served = documented_operations(&service_document(document()));
+        assert!(served.is_superset(&documented_operations(&shared_document())));
+        assert_eq!(
+            served.len(),
+            documented_operations(&own).len() + documented_operations(&shared_document()).len()
+        );
+    }
+
+    #[test]
+    fn the_document_serialises_with_the_rules_validation_applies() {
+        let json: serde_json::Value =
+            serde_json::from_str(&service_document(document()).to_json().expect("serialises")).expect("JSON");
+        assert_eq!(json["info"]["title"], "order-service");
+        let request = &json["components"]["schemas"]["PlaceOrderRequest"]["properties"];
+        for text in ["customer_id", "payment_token"] {
+            assert_eq!(request[text]["pattern"], saga_common::http::TEXT_LINE_PATTERN, "{text}");
+        }
+        let line = &json["components"]["schemas"]["OrderLineRequest"]["properties"];
+        assert_eq!(line["unit_price_minor"]["format"], "int64");
+        assert_eq!(line["unit_price_minor"]["maximum"], 10_000_000_000_i64);
+        let order_id = &json["paths"]["/orders/{order_id}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(order_id["$ref"], "#/components/schemas/OrderId");
+        assert_eq!(json["components"]["schemas"]["OrderId"]["format"], "uuid");
+    }
+
+    #[test]
+    fn an_idempotency_key_is_printable_ascii_of_255_characters_at_most() {
+        let key = |text: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                IDEMPOTENCY_KEY,
+                header::HeaderValue::from_str(text).expect("a header value"),
+            );
+            idempotency_key(&headers)
+        };
+        assert_eq!(key("retry 1").ok().flatten().as_deref(), Some("retry 1"));
+        assert!(key(&"k".repeat(255)).is_ok());
+        for bad in ["", "tab\there", &"k".repeat(256)] {
+            assert!(matches!(key(bad), Err(ApiError::Invalid { .. })), "{bad:?}");
+        }
     }
 }

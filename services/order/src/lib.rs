@@ -79,5 +79,5 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
             deadline_scanner.run(context.shutdown.clone()),
         )],
     };
-    Ok(Some(context.launch(listen, routes, workload).await?))
+    Ok(Some(context.launch(listen, routes, http::document(), workload).await?))
 }

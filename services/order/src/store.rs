@@ -323,7 +323,7 @@ pub async fn remember_idempotency_key(
 }
 
 /// One entry of an order's timeline.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     /// The event's id.
     pub event_id: EventId,
@@ -336,11 +336,12 @@ pub struct TimelineEntry {
 }
 
 /// An order as `GET /orders/{id}` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     /// The order's id.
     pub order_id: OrderId,
     /// PENDING, CONFIRMED or FAILED.
+    #[schema(value_type = crate::domain::OrderStatus)]
     pub status: String,
     /// Why it failed, if it did.
     pub failure_reason: Option<String>,

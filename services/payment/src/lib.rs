@@ -98,6 +98,6 @@ pub async fn start_with_gateway(
         consumer: Some((vec![Topic::Orders], Arc::new(handler))),
         background: vec![BackgroundTask::new("charger", charger.run(context.shutdown.clone()))],
     };
-    let running = context.launch(listen, routes, workload).await?;
+    let running = context.launch(listen, routes, http::document(), workload).await?;
     Ok(Some(running))
 }

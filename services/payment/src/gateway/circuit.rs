@@ -32,7 +32,7 @@ pub struct GatewayCircuit {
 }
 
 /// What `GET /admin/gateway/circuit` serves.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CircuitStatus {
     /// `closed`, `half_open` or `open`.
     pub state: &'static str,
@@ -53,7 +53,7 @@ pub struct CircuitStatus {
 }
 
 /// The breaker's settings as served.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CircuitSettingsView {
     /// Calls the failure rate is measured over.
     pub window: u32,
