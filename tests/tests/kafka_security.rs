@@ -11,19 +11,21 @@ use saga_common::config::KafkaConfig;
 use saga_common::kafka;
 use saga_tests::eventually;
 use saga_tests::harness::cluster::{Cluster, ClusterConfig, ClusterSecurity, KafkaSource};
-use saga_tests::harness::run::{env_or, service_binaries, workspace_root};
-use serde_json::{json, Value};
+use saga_tests::harness::run::workspace_root;
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_saga_runs_over_sasl_ssl_and_clients_without_the_right_credentials_or_tls_are_refused() -> anyhow::Result<()>
 {
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
-    let bin_dir = service_binaries(&target);
-    let run_dir = bin_dir.join("kafka-security-test").join(&run_id);
-    let tls_dir = run_dir.join("tls");
+    let mut config = ClusterConfig::for_test(
+        "kafka_security",
+        KafkaSource::Own {
+            nodes: 1,
+            node_script: workspace_root().join("deploy/kafka/node.sh"),
+        },
+        ClusterSecurity::Plaintext,
+    );
+    let tls_dir = config.run_dir.join("tls");
     let made = std::process::Command::new(workspace_root().join("deploy/kafka/tls.sh"))
         .arg(&tls_dir)
         .status()?;
@@ -31,30 +33,14 @@ async fn the_saga_runs_over_sasl_ssl_and_clients_without_the_right_credentials_o
     let ca = tls_dir.join("ca.pem").display().to_string();
     let password = uuid::Uuid::new_v4().simple().to_string();
     let client = KafkaSecurity::sasl_ssl(SaslMechanism::ScramSha512, "saga", &password, &ca);
-    let mut cluster = Cluster::new(ClusterConfig {
-        run_id: run_id.clone(),
-        run_dir: run_dir.clone(),
-        bin_dir,
-        kafka: KafkaSource::Own {
-            nodes: 1,
-            node_script: workspace_root().join("deploy/kafka/node.sh"),
-        },
-        replication_factor: 1,
-        topic_prefix: format!("sec{run_id}."),
-        postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres:postgres@127.0.0.1:5432"),
-        smtp: (
-            env_or("SMTP_HOST", "127.0.0.1"),
-            env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
-        ),
-        saga_deadline_secs: 60.0,
-        partitions: 2,
-        security: ClusterSecurity::SaslSsl {
-            tls_dir,
-            client: Box::new(client.clone()),
-            accounts: vec![format!("saga:{password}")],
-            broker_password: uuid::Uuid::new_v4().simple().to_string(),
-        },
-    })?;
+    config.security = ClusterSecurity::SaslSsl {
+        tls_dir,
+        client: Box::new(client.clone()),
+        accounts: vec![format!("saga:{password}")],
+        broker_password: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let run_dir = config.run_dir.clone();
+    let mut cluster = Cluster::new(config)?;
     let started = cluster.start_all().await;
     let checked = match started {
         Ok(()) => check(&cluster, &client, &password, &ca).await,
@@ -74,33 +60,8 @@ async fn check(cluster: &Cluster, client: &KafkaSecurity, password: &str, ca: &s
     // The saga end to end, every client of it over SASL_SSL.
     let http = reqwest::Client::new();
     let sku = format!("SKU-SEC-{}", &cluster.config.run_id[..6]);
-    let restocked = http
-        .post(format!(
-            "http://{}/stock/{sku}/adjustments",
-            cluster.http["inventory-service"]
-        ))
-        .json(&json!({"delta": 3, "reason": "restock"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        restocked.status().is_success(),
-        "restock answered {}",
-        restocked.status()
-    );
-    let placed = http
-        .post(format!("http://{}/orders", cluster.http["order-service"]))
-        .json(&json!({
-            "customer_id": "c-sasl", "customer_email": "sasl@example.com", "currency": "EUR",
-            "payment_token": "tok_visa",
-            "items": [{"sku": sku, "quantity": 1, "unit_price_minor": 1250}],
-        }))
-        .send()
-        .await?;
-    anyhow::ensure!(placed.status() == 202, "POST /orders answered {}", placed.status());
-    let order_id = placed.json::<Value>().await?["order_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    cluster.restock(&sku, 3).await?;
+    let order_id = cluster.place_one(&sku, "sasl@example.com").await?;
     let get = |url: String| {
         let http = http.clone();
         async move { http.get(url).send().await.ok()?.json::<Value>().await.ok() }

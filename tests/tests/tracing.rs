@@ -9,9 +9,8 @@ use std::time::Duration;
 use saga_common::config::RegistryUserInfo;
 use saga_tests::eventually;
 use saga_tests::harness::cluster::{Cluster, ClusterConfig, ClusterSecurity, KafkaSource, SERVICES};
-use saga_tests::harness::run::{env_or, service_binaries, workspace_root};
+use saga_tests::harness::run::env_or;
 use saga_tests::otlp::{OtlpReceiver, ReceivedSpan};
-use serde_json::{json, Value};
 
 /// OTLP span kinds.
 const SERVER: i32 = 2;
@@ -22,32 +21,17 @@ const CONSUMER: i32 = 5;
 #[tokio::test(flavor = "multi_thread")]
 async fn one_order_is_one_trace_across_all_four_services() -> anyhow::Result<()> {
     let receiver = OtlpReceiver::start().await?;
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
-    let bin_dir = service_binaries(&target);
-    let run_dir = bin_dir.join("tracing-test").join(&run_id);
-    let mut cluster = Cluster::new(ClusterConfig {
-        run_id: run_id.clone(),
-        run_dir: run_dir.clone(),
-        bin_dir,
-        kafka: KafkaSource::Existing {
+    let config = ClusterConfig::for_test(
+        "tracing",
+        KafkaSource::Existing {
             bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             registry_url: env_or("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081"),
             registry_user_info: RegistryUserInfo::from_env().map_err(anyhow::Error::msg)?,
         },
-        replication_factor: 1,
-        topic_prefix: format!("tr{run_id}."),
-        postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres:postgres@127.0.0.1:5432"),
-        smtp: (
-            env_or("SMTP_HOST", "127.0.0.1"),
-            env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
-        ),
-        saga_deadline_secs: 60.0,
-        partitions: 2,
-        security: ClusterSecurity::Plaintext,
-    })?;
+        ClusterSecurity::Plaintext,
+    );
+    let run_dir = config.run_dir.clone();
+    let mut cluster = Cluster::new(config)?;
     for process in cluster.services.values_mut() {
         process.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint);
         // Export each batch after 200 ms instead of 5 s, so the test does not wait long.
@@ -66,35 +50,9 @@ async fn one_order_is_one_trace_across_all_four_services() -> anyhow::Result<()>
 }
 
 async fn follow_one_order(cluster: &Cluster, receiver: &OtlpReceiver) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
     let sku = format!("SKU-TRACE-{}", &cluster.config.run_id[..6]);
-    let restocked = http
-        .post(format!(
-            "http://{}/stock/{sku}/adjustments",
-            cluster.http["inventory-service"]
-        ))
-        .json(&json!({"delta": 5, "reason": "restock"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        restocked.status().is_success(),
-        "restock answered {}",
-        restocked.status()
-    );
-    let placed = http
-        .post(format!("http://{}/orders", cluster.http["order-service"]))
-        .json(&json!({
-            "customer_id": "c-trace", "customer_email": "trace@example.com", "currency": "EUR",
-            "payment_token": "tok_visa",
-            "items": [{"sku": sku, "quantity": 1, "unit_price_minor": 1250}],
-        }))
-        .send()
-        .await?;
-    anyhow::ensure!(placed.status() == 202, "POST /orders answered {}", placed.status());
-    let order_id = placed.json::<Value>().await?["order_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    cluster.restock(&sku, 5).await?;
+    let order_id = cluster.place_one(&sku, "trace@example.com").await?;
 
     // The order's trace: the one holding the span that placed it.
     let trace_id = eventually(

@@ -250,6 +250,15 @@ pub struct RunningService {
 }
 
 impl RunningService {
+    /// A running process made of `tasks`, serving HTTP on `local_addr`, stopped by `shutdown`.
+    pub fn new(local_addr: SocketAddr, shutdown: CancellationToken, tasks: JoinSet<()>) -> Self {
+        Self {
+            local_addr,
+            shutdown,
+            tasks,
+        }
+    }
+
     /// Waits until every task of the service has stopped (after shutdown was requested).
     pub async fn wait(mut self) {
         while let Some(result) = self.tasks.join_next().await {

@@ -124,31 +124,8 @@ impl DashboardState {
     }
 }
 
-/// A started dashboard.
-pub struct RunningDashboard {
-    /// The address the HTTP server really bound.
-    pub local_addr: SocketAddr,
-    /// Cancel to stop it.
-    pub shutdown: CancellationToken,
-    tasks: JoinSet<()>,
-}
-
-impl RunningDashboard {
-    /// Waits until it has stopped (after shutdown was requested).
-    pub async fn wait(mut self) {
-        while let Some(result) = self.tasks.join_next().await {
-            if let Err(error) = result {
-                tracing::error!(%error, "dashboard task failed");
-            }
-        }
-    }
-
-    /// Requests a stop and waits for it.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.wait().await;
-    }
-}
+/// A started dashboard: its address, its stop token and its tasks.
+pub type RunningDashboard = saga_common::service::RunningService;
 
 /// Binds HTTP and starts reading the topics and the broker's figures; the page answers at once
 /// and `/health/ready` once the first read is done. Stops when `shutdown` is cancelled.
@@ -193,9 +170,5 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         }
     });
     tracing::info!(address = %local_addr, topic_prefix = %config.kafka.topic_prefix, "dashboard started");
-    Ok(RunningDashboard {
-        local_addr,
-        shutdown,
-        tasks,
-    })
+    Ok(RunningDashboard::new(local_addr, shutdown, tasks))
 }

@@ -18,6 +18,7 @@ use saga_common::config::{KafkaConfig, RegistryConfig, RegistryUserInfo};
 use super::isolation::NodeCgroup;
 use super::kafka_nodes::{self, KafkaNode};
 use super::processes::ManagedProcess;
+use super::run::{env_or, service_binaries, workspace_root};
 use crate::eventually;
 
 /// Emails the notification service sends at once; the invariant checks need it.
@@ -133,6 +134,36 @@ pub struct ClusterConfig {
     /// How the cluster the harness starts is secured (an existing cluster's clients read
     /// `KAFKA_SECURITY_PROTOCOL` and the rest from the harness's environment instead).
     pub security: ClusterSecurity,
+}
+
+impl ClusterConfig {
+    /// A small run for an integration test named `name`: its folder beside the built binaries
+    /// (`<bin>/<name>/<run id>`), topics prefixed `<name><run id>.` with 2 partitions and one
+    /// replica, a 60 s saga deadline, and the local stack's PostgreSQL and SMTP catcher (or the
+    /// ones `POSTGRES_SERVER_URL`, `SMTP_HOST` and `SMTP_PORT` name).
+    pub fn for_test(name: &str, kafka: KafkaSource, security: ClusterSecurity) -> Self {
+        let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        let bin_dir = service_binaries(&target);
+        Self {
+            run_dir: bin_dir.join(name).join(&run_id),
+            topic_prefix: format!("{}{run_id}.", name.replace('_', "-")),
+            run_id,
+            bin_dir,
+            kafka,
+            replication_factor: 1,
+            postgres_server: env_or("POSTGRES_SERVER_URL", "postgres://postgres:postgres@127.0.0.1:5432"),
+            smtp: (
+                env_or("SMTP_HOST", "127.0.0.1"),
+                env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
+            ),
+            saga_deadline_secs: 60.0,
+            partitions: 2,
+            security,
+        }
+    }
 }
 
 /// What observers need of the cluster, detached from the processes.
@@ -432,6 +463,38 @@ impl Cluster {
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
         let url = format!("http://{}/health/ready", self.http[name]);
         answers_ok(&format!("{name} ready"), &url, timeout).await
+    }
+
+    /// Adds `delta` units of `sku` through the inventory service's API.
+    pub async fn restock(&self, sku: &str, delta: i64) -> anyhow::Result<()> {
+        let url = format!("http://{}/stock/{sku}/adjustments", self.http["inventory-service"]);
+        let answer = reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({"delta": delta, "reason": "restock"}))
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status().is_success(), "restock answered {}", answer.status());
+        Ok(())
+    }
+
+    /// Places an order of one unit of `sku` for `email`, paid with a token the simulated gateway
+    /// approves, through the order service's API; returns its id.
+    pub async fn place_one(&self, sku: &str, email: &str) -> anyhow::Result<String> {
+        let answer = reqwest::Client::new()
+            .post(format!("http://{}/orders", self.http["order-service"]))
+            .json(&serde_json::json!({
+                "customer_id": "c-harness", "customer_email": email, "currency": "EUR",
+                "payment_token": "tok_visa",
+                "items": [{"sku": sku, "quantity": 1, "unit_price_minor": 1250}],
+            }))
+            .send()
+            .await?;
+        anyhow::ensure!(answer.status() == 202, "POST /orders answered {}", answer.status());
+        let body: serde_json::Value = answer.json().await?;
+        body["order_id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("POST /orders answered no order id: {body}"))
     }
 
     /// Starts everything and waits until every service is ready.
