@@ -69,6 +69,27 @@ async fn document(State(json): State<Arc<str>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json.to_string()).into_response()
 }
 
+/// Checks, in a service's unit test, that `own` (the service's document) lists exactly the
+/// operations its router registers (`routed`, from [`routed_operations`]), that none of its
+/// schema names clashes with a shared one, and that the served document adds every shared route
+/// and nothing else. Panics with what differs.
+pub fn assert_documents_exactly(own: &OpenApi, routed: &BTreeSet<String>) {
+    assert_eq!(&documented_operations(own), routed, "documented vs routed operations");
+    assert_eq!(
+        clashing_schemas(own),
+        Vec::<String>::new(),
+        "schema names clashing with shared ones"
+    );
+    let served = documented_operations(&service_document(own.clone()));
+    let shared = documented_operations(&shared_document());
+    assert!(served.is_superset(&shared), "the served document lacks shared routes");
+    assert_eq!(
+        served.len(),
+        routed.len() + shared.len(),
+        "the served document has unknown routes"
+    );
+}
+
 /// The component schemas `own` defines under a name the shared routes use for a different
 /// schema: merged, the shared one would silently take its place.
 pub fn clashing_schemas(own: &OpenApi) -> Vec<String> {
