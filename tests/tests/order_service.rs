@@ -544,3 +544,47 @@ async fn readiness_names_an_unreachable_registry() -> anyhow::Result<()> {
     service.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_over_its_order_limit_gets_429_with_retry_after_and_idempotent_retries_pass() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let limit = order_service::rate_limit::OrderRateLimitConfig {
+        per_second: 1,
+        burst: 2,
+    };
+    let service = saga_tests::services::order::start_with_rate_limit(&env, LONG_DEADLINE_SECS, limit).await?;
+    let http = reqwest::Client::new();
+    let post = |key: Option<&'static str>| {
+        let mut request = http.post(orders_url(&service)).json(&order_body());
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send()
+    };
+
+    // The burst: two orders at once, one of them with an Idempotency-Key.
+    assert_eq!(post(None).await?.status(), 202);
+    let first: Value = post(Some("limit-retry")).await?.json().await?;
+    // A third at once is over the limit: 429, how long to wait, and why.
+    let refused = post(None).await?;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Retry-After header"))?;
+    assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
+    let body: Value = refused.json().await?;
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(message.contains("too many orders"), "{body}");
+    // A retry of the accepted order, over the limit all the same: answered, not refused or counted.
+    let retried = post(Some("limit-retry")).await?;
+    assert_eq!(retried.status(), 202);
+    assert_eq!(retried.json::<Value>().await?["order_id"], first["order_id"]);
+    // After the wait it says, the client may order again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(post(None).await?.status(), 202);
+    service.stop().await;
+    Ok(())
+}

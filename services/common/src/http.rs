@@ -36,6 +36,14 @@ pub enum ApiError {
     /// The route does not take the request's method (405); the router adds the `Allow` header.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The client sent more than its limit allows (429, with `Retry-After` in whole seconds).
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was limited.
+        message: String,
+        /// How long the client should wait.
+        retry_after: std::time::Duration,
+    },
     /// A dependency failed (503): retrying later can help. The detail is logged, not returned.
     #[error("service unavailable: {0:#}")]
     Unavailable(anyhow::Error),
@@ -114,6 +122,16 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, ErrorBody::message(message)),
             ApiError::Conflict(message) => (StatusCode::CONFLICT, ErrorBody::message(message)),
             ApiError::MethodNotAllowed(message) => (StatusCode::METHOD_NOT_ALLOWED, ErrorBody::message(message)),
+            ApiError::TooManyRequests { message, retry_after } => {
+                let retry_after = retry_after.as_secs().max(1).to_string();
+                let body = ErrorBody::message(format!("{message}; retry after {retry_after} s"));
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, retry_after)],
+                    Json(body),
+                )
+                    .into_response();
+            }
             ApiError::Unavailable(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 (

@@ -413,7 +413,8 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `router` until `shutdown` is cancelled, letting in-flight requests finish.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // Handlers may ask for the client's address (ConnectInfo), e.g. to rate-limit it.
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -2,13 +2,15 @@
 //! its order.created event are committed together), `GET /orders/{id}` shows its status and
 //! saga timeline.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use saga_common::http::{ApiError, ErrorBody, JsonBody};
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{Envelope, OrderId, SagaEvent};
@@ -17,6 +19,7 @@ use sqlx::PgPool;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::domain::{deadline_after, request_hash, validate, OrderStatus, PlaceOrderRequest, Placement};
+use crate::rate_limit::OrderRateLimit;
 use crate::store::OrderView;
 use crate::{handler, metrics, store};
 
@@ -32,6 +35,23 @@ pub struct HttpState {
     pub relay: Relay,
     /// How long an order may wait for its outcomes.
     pub saga_deadline: Duration,
+    /// The per-client limit on placing orders; `None` when it is off.
+    pub order_rate_limit: Option<Arc<OrderRateLimit>>,
+}
+
+impl HttpState {
+    /// Counts an order of `client` against its limit.
+    fn charge(&self, client: Option<SocketAddr>) -> Result<(), ApiError> {
+        let (Some(limit), Some(client)) = (&self.order_rate_limit, client) else {
+            return Ok(());
+        };
+        limit
+            .charge(client.ip())
+            .map_err(|retry_after| ApiError::TooManyRequests {
+                message: format!("too many orders from {}", client.ip()),
+                retry_after,
+            })
+    }
 }
 
 /// The order routes.
@@ -133,6 +153,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 400, description = "The body is not JSON, is too large, or was not sent as application/json", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used before for a different request", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type or out of its range, or the Idempotency-Key is malformed; `field` names it", body = ErrorBody),
+        (
+            status = 429,
+            description = "The client placed more orders than its limit allows (ORDER_RATE_LIMIT_PER_SECOND, ORDER_RATE_LIMIT_BURST); a retry of an accepted order with its Idempotency-Key is never refused for this",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before the next order is accepted"))
+        ),
         (status = 500, description = "The database refused the order", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later, with the same Idempotency-Key", body = ErrorBody),
     )
@@ -140,10 +166,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 #[tracing::instrument(skip_all, fields(order_id))]
 async fn place_order(
     State(state): State<HttpState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
+    let client = client.map(|Extension(ConnectInfo(address))| address);
     let idempotency_key = idempotency_key(&headers)?;
+    // Without a key nothing is answered from before: count the order before any database work.
+    // With one, a retry of an accepted order is answered first and never counted twice.
+    if idempotency_key.is_none() {
+        state.charge(client)?;
+    }
     let body = serde_json::to_string(&request).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let fingerprint = request_hash(&body);
     let order = validate(request).map_err(|e| ApiError::invalid(e.field, e.message))?;
@@ -160,6 +193,7 @@ async fn place_order(
             }
             return Ok(accepted(used.order_id));
         }
+        state.charge(client)?;
     }
     let envelope = Envelope::for_command(OrderId::new());
     let placement = Placement {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod metrics;
+pub mod rate_limit;
 pub mod replay;
 pub mod store;
 
@@ -43,6 +44,9 @@ pub struct Config {
     /// `deadline_exceeded`.
     #[arg(long = "saga-deadline-secs", env = "SAGA_DEADLINE_SECS", default_value_t = DEFAULT_SAGA_DEADLINE.as_secs_f64())]
     pub saga_deadline_secs: f64,
+    /// The per-client limit on placing orders.
+    #[command(flatten)]
+    pub order_rate_limit: rate_limit::OrderRateLimitConfig,
 }
 
 /// The saga deadline of `secs` seconds, as `SAGA_DEADLINE_SECS` gives it.
@@ -57,10 +61,12 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
     let Some(context) = ServiceContext::start(SPEC, &config.service, &MIGRATIONS, shutdown).await? else {
         return Ok(None);
     };
+    let order_rate_limit = rate_limit::OrderRateLimit::new(config.order_rate_limit).map(Arc::new);
     let routes = http::routes(http::HttpState {
         database: context.database.clone(),
         relay: context.relay.clone(),
         saga_deadline,
+        order_rate_limit: order_rate_limit.clone(),
     });
     let handler = handler::OrderHandler {
         database: context.database.clone(),
@@ -72,12 +78,19 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
         policy: context.policy,
     };
     let listen = config.service.http_listen(&SPEC);
+    let mut background = vec![BackgroundTask::new(
+        "deadline scanner",
+        deadline_scanner.run(context.shutdown.clone()),
+    )];
+    if let Some(limit) = order_rate_limit {
+        background.push(BackgroundTask::new(
+            "rate limit upkeep",
+            rate_limit::forget_idle_clients_until(limit, context.shutdown.clone()),
+        ));
+    }
     let workload = Workload {
         consumer: Some((handler::CONSUMED_TOPICS.to_vec(), Arc::new(handler))),
-        background: vec![BackgroundTask::new(
-            "deadline scanner",
-            deadline_scanner.run(context.shutdown.clone()),
-        )],
+        background,
     };
     Ok(Some(context.launch(listen, routes, http::document(), workload).await?))
 }
