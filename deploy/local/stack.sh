@@ -11,9 +11,9 @@
 #   deploy/local/stack.sh replay-bench [sagactl replay-bench args]
 #                                  infra, then measure replay: events/s per service (release build)
 # Logs: .local/logs/<component>.log. State: .local/data. Process ids: .local/pids.
-# Secrets the stack made up (the registry's credentials, SCHEMA_REGISTRY_USER_INFO): .local/secrets.env
-# (SAGA_SECRETS_FILE), which every client the stack starts reads; `source .local/secrets.env`
-# gives them to yours.
+# Secrets the stack made up (an API key per scope, ORDER_API_KEY, READ_API_KEY and ADMIN_API_KEY;
+# the registry's credentials, SCHEMA_REGISTRY_USER_INFO): .local/secrets.env (SAGA_SECRETS_FILE),
+# which every process the stack starts reads; `source .local/secrets.env` gives them to yours.
 # Settings come from deploy/local/stack.env, overridable by environment variables.
 set -euo pipefail
 
@@ -196,6 +196,11 @@ random_secret() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
 # the stack starts (sagactl, the services) gets it from SCHEMA_REGISTRY_USER_INFO, and the
 # registry from its users file, rewritten from the secret on every start so that both agree.
 prepare_secrets() {
+  # The services' API keys, one per scope: placing and reading orders; reading what the saga did;
+  # operating (stock adjustments, redrives). The services accept them, sagactl sends them.
+  ensure_secret ORDER_API_KEY "saga_orders_$(random_secret)"
+  ensure_secret READ_API_KEY "saga_read_$(random_secret)"
+  ensure_secret ADMIN_API_KEY "saga_admin_$(random_secret)"
   ensure_secret SCHEMA_REGISTRY_USER_INFO "saga:$(random_secret)"
   if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then
     # Kafka's client account `saga` and the brokers' own; the CA and the broker's certificate.
@@ -288,6 +293,7 @@ print_dashboard_address() { # demo-output-file
   local order_id
   order_id=$(awk '/^placed out of stock / {print $NF; exit}' "$1")
   step "The saga dashboard: http://127.0.0.1:$DASHBOARD_PORT/"
+  info "the page asks for an API key: READ_API_KEY in ${SECRETS#"$ROOT/"}"
   if [[ -n "$order_id" ]]; then
     info "the out-of-stock order, refunded: http://127.0.0.1:$DASHBOARD_PORT/#/orders/$order_id"
     info "the same timeline in the terminal: $BIN/sagactl order $order_id"

@@ -8,7 +8,8 @@
 //     --compensated <order id> --trace-id <trace id of the compensated order> \
 //     --screenshot /tmp/timeline.png
 //
-// CHROMIUM_PATH overrides the browser binary.
+// DASHBOARD_API_KEY holds the key (read scope) typed into the page's sign-in form; CHROMIUM_PATH
+// overrides the browser binary.
 import assert from "node:assert/strict";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
@@ -47,6 +48,15 @@ try {
   page.on("pageerror", (error) => pageErrors.push(error.message));
 
   await page.goto(options.url, { waitUntil: "load" });
+  const signIn = page.locator("#sign-in");
+  await signIn.waitFor({ state: "visible", timeout: TIMEOUT_MS });
+  check("without a key the page asks for one and lists no order", (await page.locator("#orders tr.order").count()) === 0);
+  await page.fill("#api-key", "not-a-key-of-this-dashboard");
+  await page.click("#sign-in button");
+  await page.waitForFunction(() => document.querySelector("#sign-in-error")?.textContent.includes("unknown API key"), null, { timeout: TIMEOUT_MS });
+  check("a wrong key is refused and the page says why", await signIn.isVisible());
+  await page.fill("#api-key", process.env.DASHBOARD_API_KEY ?? "");
+  await page.click("#sign-in button");
   const row = (orderId) => page.locator(`#orders tr.order[data-order-id="${orderId}"]`);
   await row(options.confirmed).waitFor({ timeout: TIMEOUT_MS });
   await row(options.compensated).waitFor({ timeout: TIMEOUT_MS });
@@ -88,6 +98,7 @@ try {
   checks.push(`screenshot saved to ${options.screenshot}`);
 
   await page.goto(`${options.url}/?order=${options.confirmed}`, { waitUntil: "load" });
+  check("the key is kept for the tab", !(await signIn.isVisible()));
   await page.waitForFunction(
     (orderId) => document.querySelector("#timeline-order")?.textContent === orderId && document.querySelector("#timeline-chart"),
     options.confirmed,

@@ -12,12 +12,15 @@ pub mod platform;
 pub mod prometheus;
 pub mod services;
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use saga_common::auth::{ApiKeys, AuthConfig, Secret};
 use saga_common::codec::EventCodec;
 use saga_common::config::{KafkaConfig, RegistryConfig, RegistryUserInfo, TelemetryConfig};
 use saga_common::consumer::event_headers;
@@ -32,6 +35,72 @@ fn env_replication_factor() -> i32 {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1)
+}
+
+/// The credentials of the services tests start: one key per scope (generated per test process),
+/// and the key of a client holding every scope, which [`http`] sends.
+pub struct TestCredentials {
+    /// The `orders`, `read` and `admin` keys, for tests of who may do what.
+    pub scope_keys: ApiKeys,
+    every_scope: Secret,
+    keys_file: PathBuf,
+}
+
+impl TestCredentials {
+    fn generate() -> Self {
+        let every_scope = Secret::new(format!("test-client-{}", uuid::Uuid::new_v4().simple()));
+        let keys_file = std::env::temp_dir().join(format!("saga-test-api-keys-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(
+            &keys_file,
+            format!(
+                "# the test client\ntest-client orders,read,admin {}\n",
+                every_scope.expose()
+            ),
+        )
+        .expect("the test keys file is written");
+        Self {
+            scope_keys: ApiKeys::generate(),
+            every_scope,
+            keys_file,
+        }
+    }
+
+    /// What services started by tests accept: the scope keys and the test client's key.
+    pub fn service_auth(&self) -> AuthConfig {
+        AuthConfig {
+            api_keys_file: Some(self.keys_file.clone()),
+            ..AuthConfig::with_keys(&self.scope_keys)
+        }
+    }
+
+    /// The test client's key, good for every scope.
+    pub fn every_scope(&self) -> &Secret {
+        &self.every_scope
+    }
+}
+
+/// This test process's credentials.
+pub fn credentials() -> &'static TestCredentials {
+    static CREDENTIALS: OnceLock<TestCredentials> = OnceLock::new();
+    CREDENTIALS.get_or_init(TestCredentials::generate)
+}
+
+/// An HTTP client sending the test client's key (every scope) with each request.
+pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", credentials().every_scope.expose()))
+        .expect("a key is a valid header value");
+    bearer.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `GET url` with the test client's key.
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http().get(url).send().await
 }
 
 /// A test's private slice of the shared stack.
@@ -108,6 +177,7 @@ impl TestEnv {
                 log_format: "pretty".into(),
                 otlp_endpoint: None,
             },
+            auth: credentials().service_auth(),
             database_url: Some(self.database_url(service)),
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             database_max_connections: 5,
@@ -205,7 +275,8 @@ impl TestEnv {
             .args(args)
             .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap_servers)
             .env("TOPIC_PREFIX", &self.prefix)
-            .env("SCHEMA_REGISTRY_URL", &self.registry.url);
+            .env("SCHEMA_REGISTRY_URL", &self.registry.url)
+            .envs(credentials().scope_keys.to_env());
         match &self.registry.user_info {
             Some(user_info) => command.env(RegistryUserInfo::ENV, user_info.expose_secret()),
             None => command.env_remove(RegistryUserInfo::ENV),

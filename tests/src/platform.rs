@@ -33,7 +33,7 @@ impl Platform {
             inventory: services::inventory::Inventory::start(&env).await?.running,
             notification: services::notification::start(&env, services::notification::maildev_smtp()).await?,
             env,
-            http: reqwest::Client::new(),
+            http: crate::http(),
         })
     }
 
@@ -152,7 +152,7 @@ impl Platform {
 /// Mail the SMTP server received for `address`.
 pub async fn mail_to(address: &str) -> anyhow::Result<Vec<Value>> {
     let url = std::env::var("MAILDEV_API_URL").unwrap_or_else(|_| "http://127.0.0.1:1080".into());
-    let all: Vec<Value> = reqwest::get(format!("{url}/email")).await?.json().await?;
+    let all: Vec<Value> = crate::get(format!("{url}/email")).await?.json().await?;
     Ok(all
         .into_iter()
         .filter(|mail| {

@@ -68,7 +68,7 @@ impl Scrape {
 /// `GET /metrics` on the service at `address`, parsed; an error unless it answers 200 in the
 /// text format.
 pub async fn scrape(address: SocketAddr) -> anyhow::Result<Scrape> {
-    let response = reqwest::get(format!("http://{address}/metrics")).await?;
+    let response = crate::get(format!("http://{address}/metrics")).await?;
     anyhow::ensure!(response.status() == 200, "GET /metrics answered {}", response.status());
     let content_type = response
         .headers()

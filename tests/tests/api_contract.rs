@@ -3,6 +3,9 @@
 //! from tests/requirements.txt) run against each `/openapi.json` with every check on: no 5xx,
 //! every status code, content type, header and body as documented, schema-valid requests
 //! accepted, schema-violating ones refused with a 4xx, undocumented methods answered 405.
+//! Requests carry the test client's key (every scope); schemathesis's `ignored_auth` check also
+//! sends every secured operation without a credential and with a made-up one, and fails unless
+//! it is refused.
 //!
 //! The fuzzer calls everything, state-changing routes included (orders placed, stock adjusted,
 //! parked rows and failed emails redriven): all of it lands in this test's databases and topics.
@@ -35,7 +38,11 @@ async fn start_dashboard(env: &TestEnv) -> anyhow::Result<RunningDashboard> {
     let config = Config {
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         broker_poll_ms: 500,
-        ..Config::new(env.kafka.clone(), env.registry.clone())
+        ..Config::new(
+            env.kafka.clone(),
+            env.registry.clone(),
+            saga_tests::credentials().service_auth(),
+        )
     };
     dashboard_service::start(&config, CancellationToken::new()).await
 }
@@ -62,6 +69,13 @@ async fn schemathesis(service: &'static str, address: SocketAddr, workdir: &Path
         .args(["--checks", "all"])
         .args(["--max-examples", &max_examples.to_string()])
         .args(["--request-timeout", &REQUEST_TIMEOUT_SECS.to_string()])
+        .args([
+            "--header",
+            &format!(
+                "Authorization: Bearer {}",
+                saga_tests::credentials().every_scope().expose()
+            ),
+        ])
         .arg("--no-color")
         // Its example database (.hypothesis/) goes to the scratch directory, not the repository.
         .current_dir(workdir)
@@ -102,7 +116,7 @@ async fn schemathesis(service: &'static str, address: SocketAddr, workdir: &Path
 
 /// Whether `GET /health/live` on `address` answers 200.
 async fn live(address: SocketAddr) -> anyhow::Result<bool> {
-    let response = reqwest::Client::new()
+    let response = saga_tests::http()
         .get(format!("http://{address}/health/live"))
         .timeout(Duration::from_secs(5))
         .send()
@@ -112,7 +126,7 @@ async fn live(address: SocketAddr) -> anyhow::Result<bool> {
 
 /// A wrong method and an unknown path get JSON answers that say so, like every other error.
 async fn wrong_method_and_unknown_path_say_why(address: SocketAddr) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = saga_tests::http();
     let wrong_method = http.delete(format!("http://{address}/orders")).send().await?;
     assert_eq!(wrong_method.status(), 405);
     assert_eq!(wrong_method.headers()["allow"], "POST");

@@ -38,14 +38,18 @@ async fn start_dashboard(env: &TestEnv, window: Duration) -> anyhow::Result<Runn
         http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         broker_poll_ms: 500,
         window_secs: window.as_secs(),
-        ..Config::new(env.kafka.clone(), env.registry.clone())
+        ..Config::new(
+            env.kafka.clone(),
+            env.registry.clone(),
+            saga_tests::credentials().service_auth(),
+        )
     };
     dashboard_service::start(&config, CancellationToken::new()).await
 }
 
 /// `GET path` on the dashboard: its status and JSON body.
 async fn get(dashboard: &RunningDashboard, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-    let response = reqwest::get(format!("http://{}{path}", dashboard.local_addr)).await?;
+    let response = saga_tests::get(format!("http://{}{path}", dashboard.local_addr)).await?;
     let status = response.status().as_u16();
     Ok((status, response.json().await?))
 }
@@ -332,6 +336,15 @@ async fn the_dashboard_follows_each_order_from_post_to_email_and_draws_a_compens
         .args(["--trace-id", &trace_id])
         .arg("--screenshot")
         .arg(&screenshot)
+        .env(
+            "DASHBOARD_API_KEY",
+            saga_tests::credentials()
+                .scope_keys
+                .read
+                .as_ref()
+                .map(|key| key.expose().to_owned())
+                .unwrap_or_default(),
+        )
         .current_dir(&browser_dir)
         .output()
         .await?;

@@ -4,6 +4,7 @@
 //! SCRAM over TLS. An order runs end to end; a client logging in with PLAIN is let in; a client
 //! with a wrong password, without TLS, or without SASL is refused.
 
+use saga_common::auth::Scope;
 use std::time::Duration;
 
 use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
@@ -64,7 +65,8 @@ async fn check(cluster: &Cluster, client: &KafkaSecurity, password: &str, ca: &s
     let order_id = cluster.place_one(&sku, "sasl@example.com").await?;
     let get = |url: String| {
         let http = http.clone();
-        async move { http.get(url).send().await.ok()?.json::<Value>().await.ok() }
+        let request = cluster.api_keys.authorize(http.get(url), Scope::Read);
+        async move { request.send().await.ok()?.json::<Value>().await.ok() }
     };
     let order_url = format!("http://{}/orders/{order_id}", cluster.http["order-service"]);
     let order = eventually("the order decided", Duration::from_secs(60), || async {

@@ -24,7 +24,7 @@ async fn place_with_key(platform: &Platform, email: &str, sku: &str, key: &str) 
         "customer_id": "c-metrics", "customer_email": email, "currency": "EUR", "payment_token": "tok_ok",
         "items": [{"sku": sku, "quantity": 1, "unit_price_minor": 1250}],
     });
-    let response = reqwest::Client::new()
+    let response = saga_tests::http()
         .post(format!("http://{}/orders", platform.order.local_addr))
         .header("Idempotency-Key", key)
         .json(&body)
@@ -83,7 +83,7 @@ async fn a_known_workload_shows_in_every_services_metrics() -> anyhow::Result<()
         exactly_mails(email, 1).await?;
     }
     // A path no route matches, answered 404.
-    let unmatched = reqwest::get(format!("http://{}/no/such/path", platform.order.local_addr)).await?;
+    let unmatched = saga_tests::get(format!("http://{}/no/such/path", platform.order.local_addr)).await?;
     assert_eq!(unmatched.status(), 404);
 
     // Everything published and consumed: the gauges reach zero within a refresh or two.

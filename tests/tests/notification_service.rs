@@ -34,7 +34,7 @@ async fn notifications(
     service: &RunningService,
     order_id: impl std::fmt::Display,
 ) -> anyhow::Result<(StatusCode, Value)> {
-    let response = reqwest::get(format!("http://{}/notifications/{order_id}", service.local_addr)).await?;
+    let response = saga_tests::get(format!("http://{}/notifications/{order_id}", service.local_addr)).await?;
     let status = response.status();
     Ok((status, response.json().await?))
 }
@@ -247,11 +247,11 @@ async fn a_recipient_the_smtp_server_rejects_for_good_is_set_aside_and_later_ema
     assert_eq!(still_failed["attempts"], 1, "{still_failed:#}");
 
     // Operators find it, and once the cause is fixed, redrive it: it is sent then.
-    let listed: Vec<Value> = reqwest::get(&admin).await?.error_for_status()?.json().await?;
+    let listed: Vec<Value> = saga_tests::get(&admin).await?.error_for_status()?.json().await?;
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["message_id"], failed["message_id"]);
     smtp.accept_everyone();
-    let redriven: Value = reqwest::Client::new()
+    let redriven: Value = saga_tests::http()
         .post(format!("{admin}/redrive"))
         .json(&json!({ "order_ids": [rejected.envelope.order_id] }))
         .send()

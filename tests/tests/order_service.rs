@@ -46,7 +46,7 @@ fn created_of(records: &[ReadRecord], order_id: OrderId) -> Option<OrderCreated>
 /// Places [`order_body`] over HTTP and returns the order.created the service published for it,
 /// as the payment and inventory services receive it.
 async fn place_order(env: &TestEnv, service: &RunningService) -> anyhow::Result<OrderCreated> {
-    let response = reqwest::Client::new()
+    let response = saga_tests::http()
         .post(orders_url(service))
         .json(&order_body())
         .send()
@@ -63,7 +63,7 @@ async fn place_order(env: &TestEnv, service: &RunningService) -> anyhow::Result<
 
 /// `GET /orders/{order_id}`'s body.
 async fn order_view(service: &RunningService, order_id: OrderId) -> anyhow::Result<Value> {
-    Ok(reqwest::get(format!("{}/{order_id}", orders_url(service)))
+    Ok(saga_tests::get(format!("{}/{order_id}", orders_url(service)))
         .await?
         .json()
         .await?)
@@ -122,7 +122,7 @@ fn header<'a>(record: &'a ReadRecord, name: &str) -> Option<&'a str> {
 async fn placing_an_order_commits_it_with_its_order_created_event() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env, LONG_DEADLINE_SECS).await?;
-    let response = reqwest::Client::new()
+    let response = saga_tests::http()
         .post(orders_url(&service))
         .json(&order_body())
         .send()
@@ -167,7 +167,7 @@ async fn invalid_orders_are_rejected_naming_the_field() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env, LONG_DEADLINE_SECS).await?;
     let url = orders_url(&service);
-    let client = reqwest::Client::new();
+    let client = saga_tests::http();
 
     let malformed = client
         .post(&url)
@@ -237,7 +237,7 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_nothing_new() -> a
     let env = TestEnv::new().await?;
     let service = start(&env, LONG_DEADLINE_SECS).await?;
     let url = orders_url(&service);
-    let client = reqwest::Client::new();
+    let client = saga_tests::http();
     let key = uuid::Uuid::new_v4().to_string();
     let mut answers = Vec::new();
     for _ in 0..3 {
@@ -478,7 +478,7 @@ async fn an_outcome_for_an_order_never_placed_is_dead_lettered_at_once_and_its_p
         error.contains(&format!("unknown order {}", never_placed.envelope.order_id)),
         "{error}"
     );
-    let live: Value = reqwest::get(format!("http://{}/health/live", service.local_addr))
+    let live: Value = saga_tests::get(format!("http://{}/health/live", service.local_addr))
         .await?
         .json()
         .await?;
@@ -491,12 +491,12 @@ async fn an_outcome_for_an_order_never_placed_is_dead_lettered_at_once_and_its_p
 async fn health_says_live_and_ready_when_database_broker_and_registry_answer() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let service = start(&env, LONG_DEADLINE_SECS).await?;
-    let live = reqwest::get(format!("http://{}/health/live", service.local_addr)).await?;
+    let live = saga_tests::get(format!("http://{}/health/live", service.local_addr)).await?;
     assert_eq!(live.status(), 200);
     let live: Value = live.json().await?;
     assert_eq!(live["tasks"]["deadline scanner"], "running", "{live}");
     assert_eq!(live["tasks"]["consumer"], "running", "{live}");
-    let ready = reqwest::get(format!("http://{}/health/ready", service.local_addr)).await?;
+    let ready = saga_tests::get(format!("http://{}/health/ready", service.local_addr)).await?;
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await?;
     assert_eq!(
@@ -527,7 +527,7 @@ async fn readiness_names_an_unreachable_registry() -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let router = saga_common::health::router(dependencies, Arc::new(HealthState::default()));
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let ready = reqwest::get(format!("http://{address}/health/ready")).await?;
+    let ready = saga_tests::get(format!("http://{address}/health/ready")).await?;
     let status = ready.status();
     let body: Value = ready.json().await?;
     assert_eq!(status, 200, "accepted orders wait in the outbox: {body}");
@@ -553,7 +553,7 @@ async fn a_client_over_its_order_limit_gets_429_with_retry_after_and_idempotent_
         burst: 2,
     };
     let service = saga_tests::services::order::start_with_rate_limit(&env, LONG_DEADLINE_SECS, limit).await?;
-    let http = reqwest::Client::new();
+    let http = saga_tests::http();
     let post = |key: Option<&'static str>| {
         let mut request = http.post(orders_url(&service)).json(&order_body());
         if let Some(key) = key {

@@ -508,17 +508,17 @@ async fn a_background_task_that_dies_makes_liveness_fail_and_names_it() -> anyho
         .await?;
     let live_url = format!("http://{}/health/live", running.local_addr);
 
-    let live = reqwest::get(&live_url).await?;
+    let live = saga_tests::get(&live_url).await?;
     assert_eq!(live.status(), 200);
     let body: serde_json::Value = live.json().await?;
     assert_eq!(body["tasks"]["exploder"], "running");
     assert_eq!(body["tasks"]["outbox relay"], "running");
-    let ready = reqwest::get(format!("http://{}/health/ready", running.local_addr)).await?;
+    let ready = saga_tests::get(format!("http://{}/health/ready", running.local_addr)).await?;
     assert_eq!(ready.status(), 200, "ready needs database, broker and registry, all up");
 
     crash.notify_one();
     let body = eventually("liveness fails", Duration::from_secs(10), || async {
-        let live = reqwest::get(&live_url).await.ok()?;
+        let live = saga_tests::get(&live_url).await.ok()?;
         (live.status() == 503).then_some(())?;
         live.json::<serde_json::Value>().await.ok()
     })

@@ -2,6 +2,7 @@
 //! reports sagas completed per second and the p50/p99 latency of `POST /orders` and of
 //! order.created → terminal state (from the order service's own timestamps).
 
+use saga_common::auth::Scope;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -24,8 +25,11 @@ pub(crate) async fn run(
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let sku = format!("SKU-BENCH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let restock = http
-        .post(format!("{}/stock/{sku}/adjustments", endpoints.inventory))
+    let restock = endpoints
+        .authorize(
+            http.post(format!("{}/stock/{sku}/adjustments", endpoints.inventory)),
+            Scope::Admin,
+        )
         .json(&json!({"delta": orders, "reason": "benchmark stock"}))
         .send()
         .await
@@ -37,8 +41,7 @@ pub(crate) async fn run(
     let started = Instant::now();
     let placed: Vec<anyhow::Result<(String, Duration)>> = stream::iter(0..orders)
         .map(|index| {
-            let http = http.clone();
-            let url = format!("{}/orders", endpoints.order);
+            let request = endpoints.authorize(http.post(format!("{}/orders", endpoints.order)), Scope::Orders);
             let sku = sku.clone();
             async move {
                 let body = json!({
@@ -49,7 +52,7 @@ pub(crate) async fn run(
                     "items": [{"sku": sku, "quantity": 1, "unit_price_minor": 1000}],
                 });
                 let sent = Instant::now();
-                let response = http.post(url).json(&body).send().await?;
+                let response = request.json(&body).send().await?;
                 let latency = sent.elapsed();
                 if response.status().as_u16() != 202 {
                     bail!("POST /orders answered {}", response.status());

@@ -2,6 +2,7 @@
 //! declined, out of stock, both failing) against running services and prints each order's final
 //! status and timeline.
 
+use saga_common::auth::Scope;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -24,8 +25,11 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let stocked_sku = "SKU-DEMO";
     let never_stocked_sku = format!("SKU-GONE-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let restock = http
-        .post(format!("{}/stock/{stocked_sku}/adjustments", endpoints.inventory))
+    let restock = endpoints
+        .authorize(
+            http.post(format!("{}/stock/{stocked_sku}/adjustments", endpoints.inventory)),
+            Scope::Admin,
+        )
         .json(&json!({"delta": 5, "reason": "demo restock"}))
         .send()
         .await
@@ -82,8 +86,8 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
             "payment_token": scenario.token,
             "items": [{"sku": scenario.sku, "quantity": scenario.quantity, "unit_price_minor": 1999}],
         });
-        let response = http
-            .post(format!("{}/orders", endpoints.order))
+        let response = endpoints
+            .authorize(http.post(format!("{}/orders", endpoints.order)), Scope::Orders)
             .json(&body)
             .send()
             .await?;
@@ -161,8 +165,11 @@ async fn poll_order(
 ) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let response = http
-            .get(format!("{}/orders/{order_id}", endpoints.order))
+        let response = endpoints
+            .authorize(
+                http.get(format!("{}/orders/{order_id}", endpoints.order)),
+                Scope::Orders,
+            )
             .send()
             .await?;
         let still_lacking = if response.status().is_success() {

@@ -1,4 +1,7 @@
-//! Where the services' HTTP APIs and the dashboard are.
+//! Where the services' HTTP APIs and the dashboard are, and the API keys sagactl calls them
+//! with (`ORDER_API_KEY`, `READ_API_KEY`, `ADMIN_API_KEY`, as `.local/secrets.env` sets them).
+
+use saga_common::auth::{ApiKeys, Scope, Secret};
 
 /// Base URLs of the services.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,9 +41,29 @@ pub(crate) struct Endpoints {
         default_value = "http://127.0.0.1:8085"
     )]
     pub(crate) dashboard: String,
+    /// API key of the `orders` scope (placing and reading orders).
+    #[arg(long = "order-api-key", env = ApiKeys::ORDER_ENV, hide_env_values = true)]
+    pub(crate) order_api_key: Option<Secret>,
+    /// API key of the `read` scope (reading payments, stock, notifications, the dashboard).
+    #[arg(long = "read-api-key", env = ApiKeys::READ_ENV, hide_env_values = true)]
+    pub(crate) read_api_key: Option<Secret>,
+    /// API key of the `admin` scope (stock adjustments, redrives, operator lists).
+    #[arg(long = "admin-api-key", env = ApiKeys::ADMIN_ENV, hide_env_values = true)]
+    pub(crate) admin_api_key: Option<Secret>,
 }
 
 impl Endpoints {
+    /// `request` carrying the key of `scope` (none when that key is not set: the service's 401
+    /// then says so).
+    pub(crate) fn authorize(&self, request: reqwest::RequestBuilder, scope: Scope) -> reqwest::RequestBuilder {
+        ApiKeys {
+            order: self.order_api_key.clone(),
+            read: self.read_api_key.clone(),
+            admin: self.admin_api_key.clone(),
+        }
+        .authorize(request, scope)
+    }
+
     /// Every service with its base URL.
     pub(crate) fn all(&self) -> [(&'static str, &str); 4] {
         [

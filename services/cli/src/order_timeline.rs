@@ -3,6 +3,7 @@
 //! one line per event with its time after `order.created`, its lane, the step it ended and what
 //! caused it, compensations marked.
 
+use saga_common::auth::Scope;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -22,8 +23,8 @@ pub(crate) async fn run(endpoints: &Endpoints, order_id: &str) -> anyhow::Result
         .map_err(|_| anyhow::anyhow!("{order_id:?} is not an order id (a UUID)"))?;
     let base = endpoints.dashboard.trim_end_matches('/');
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let response = http
-        .get(format!("{base}/api/orders/{order_id}"))
+    let response = endpoints
+        .authorize(http.get(format!("{base}/api/orders/{order_id}")), Scope::Read)
         .send()
         .await
         .with_context(|| {

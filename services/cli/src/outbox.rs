@@ -2,6 +2,7 @@
 //! publish them, listed and redriven through the service's admin routes.
 
 use anyhow::{bail, Context};
+use saga_common::auth::Scope;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -10,7 +11,12 @@ use crate::endpoints::Endpoints;
 /// Prints every parked row of `service` with its reason; the count last.
 pub(crate) async fn parked(endpoints: &Endpoints, service: &str) -> anyhow::Result<()> {
     let base = endpoints.of(service)?;
-    let response = reqwest::get(format!("{base}/admin/outbox/parked"))
+    let response = endpoints
+        .authorize(
+            reqwest::Client::new().get(format!("{base}/admin/outbox/parked")),
+            Scope::Admin,
+        )
+        .send()
         .await
         .with_context(|| format!("asking {service} at {base} for its parked outbox rows"))?;
     let rows: Vec<Value> = checked(service, response).await?.json().await?;
@@ -36,8 +42,11 @@ pub(crate) async fn redrive(endpoints: &Endpoints, service: &str, event_ids: &[U
     } else {
         json!({ "event_ids": event_ids })
     };
-    let response = reqwest::Client::new()
-        .post(format!("{base}/admin/outbox/parked/redrive"))
+    let response = endpoints
+        .authorize(
+            reqwest::Client::new().post(format!("{base}/admin/outbox/parked/redrive")),
+            Scope::Admin,
+        )
         .json(&body)
         .send()
         .await

@@ -1,6 +1,7 @@
 //! Operator routes every service serves besides its own: the outbox rows the relay parked,
 //! listed and redriven (`sagactl outbox parked|redrive`).
 
+use crate::auth::{Authorized, Operate};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,13 +38,17 @@ pub(crate) fn document() -> utoipa::openapi::OpenApi {
     get,
     path = "/admin/outbox/parked",
     tag = "operations",
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The parked rows, oldest first", body = Vec<ParkedRow>),
         (status = 500, description = "The database refused the query", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
-async fn parked(State(database): State<PgPool>) -> Result<Json<Vec<ParkedRow>>, ApiError> {
+async fn parked(
+    _caller: Authorized<Operate>,
+    State(database): State<PgPool>,
+) -> Result<Json<Vec<ParkedRow>>, ApiError> {
     Ok(Json(outbox::list_parked(&database).await?))
 }
 
@@ -69,6 +74,7 @@ struct ParkedRedriven {
     post,
     path = "/admin/outbox/parked/redrive",
     tag = "operations",
+    security(("bearer" = ["admin"])),
     request_body = RedriveParkedRequest,
     responses(
         (status = 200, description = "The rows moved back to the outbox", body = ParkedRedriven),
@@ -79,6 +85,7 @@ struct ParkedRedriven {
     )
 )]
 async fn redrive(
+    _caller: Authorized<Operate>,
     State(database): State<PgPool>,
     JsonBody(request): JsonBody<RedriveParkedRequest>,
 ) -> Result<Json<ParkedRedriven>, ApiError> {

@@ -27,6 +27,24 @@ pub enum ApiError {
         /// What is wrong with it.
         message: String,
     },
+    /// The request carries no credential, or a bad one (401, with a `WWW-Authenticate`
+    /// challenge).
+    #[error("{message}")]
+    Unauthorized {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The credential is good but does not allow the request (403, with a `WWW-Authenticate`
+    /// challenge naming the scope needed).
+    #[error("{message}")]
+    Forbidden {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+        /// What is needed.
+        message: String,
+    },
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -119,6 +137,19 @@ impl IntoResponse for ApiError {
                     field: Some(field.clone()),
                 },
             ),
+            ApiError::Unauthorized { challenge, message } | ApiError::Forbidden { challenge, message } => {
+                let status = if matches!(self, ApiError::Unauthorized { .. }) {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return (
+                    status,
+                    [(header::WWW_AUTHENTICATE, challenge.clone())],
+                    Json(ErrorBody::message(message)),
+                )
+                    .into_response();
+            }
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, ErrorBody::message(message)),
             ApiError::Conflict(message) => (StatusCode::CONFLICT, ErrorBody::message(message)),
             ApiError::MethodNotAllowed(message) => (StatusCode::METHOD_NOT_ALLOWED, ErrorBody::message(message)),

@@ -5,6 +5,7 @@
 //! together in [`metrics`]); the services build on it.
 
 pub mod admin;
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod consumer;

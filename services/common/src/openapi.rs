@@ -21,9 +21,102 @@ pub use utoipa::openapi::OpenApi;
 pub const OPENAPI_PATH: &str = "/openapi.json";
 
 /// The document of a service: `own` (the service's routes, from its `#[derive(OpenApi)]`, whose
-/// info names the service) with the routes every service shares merged in.
+/// info names the service) with the routes every service shares merged in, and its credentials
+/// described ([`with_bearer_auth`]).
 pub fn service_document(own: OpenApi) -> OpenApi {
-    own.merge_from(shared_document())
+    with_bearer_auth(own.merge_from(shared_document()))
+}
+
+/// Name of the security scheme the documents' operations require (`"bearer" = [scopes]`).
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// `document` with the `bearer` security scheme (an API key or a JWT, see `crate::auth`) and,
+/// on every operation that requires it, the 401 and 403 answers with their `WWW-Authenticate`
+/// challenge. An operation lists one requirement per scope that allows it (any one will do).
+pub fn with_bearer_auth(mut document: OpenApi) -> OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+
+    let refusal = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .header(
+                "WWW-Authenticate",
+                HeaderBuilder::new()
+                    .schema(utoipa::openapi::schema::Object::with_type(
+                        utoipa::openapi::Type::String,
+                    ))
+                    .description(Some(
+                        "The Bearer challenge (RFC 6750), with `error` and, for a 403, the `scope` needed",
+                    ))
+                    .build(),
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    let mut secured = false;
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if operation.security.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            secured = true;
+            let responses = &mut operation.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                refusal("No credential, or one that is not a configured API key or a valid JWT").into()
+            });
+            responses
+                .entry("403".into())
+                .or_insert_with(|| refusal("The credential allows none of the scopes this operation needs").into());
+        }
+    }
+    if secured {
+        document.components.get_or_insert_with(Default::default).add_security_scheme(
+            BEARER_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <token>`: a configured API key, or a JWT (HS256 or RS256) of the configured issuer and audience whose `scope` claim names the scopes. Scopes: `orders` (place and read orders), `read` (read orders, payments, stock, notifications), `admin` (stock adjustments, redrives, operator lists).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+    document
+}
+
+/// `document` with `GET /metrics` requiring the `read` or `admin` scope, for a service whose
+/// settings restrict it.
+pub fn with_metrics_secured(mut document: OpenApi) -> OpenApi {
+    use utoipa::openapi::security::SecurityRequirement;
+    if let Some(operation) = document
+        .paths
+        .paths
+        .get_mut(crate::metrics::METRICS_PATH)
+        .and_then(|item| item.get.as_mut())
+    {
+        operation.security = Some(vec![
+            SecurityRequirement::new(BEARER_SCHEME, ["read"]),
+            SecurityRequirement::new(BEARER_SCHEME, ["admin"]),
+        ]);
+    }
+    with_bearer_auth(document)
 }
 
 /// The routes every service shares: `/health/live`, `/health/ready`, the operator routes under

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 
+use crate::auth::{self, AuthConfig, Authenticator};
 use crate::codec::EventCodec;
 use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
 use crate::consumer::{ConsumerLoop, EventHandler};
@@ -38,6 +39,9 @@ pub struct ServiceConfig {
     /// Logging settings.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    /// Who may call the HTTP API.
+    #[command(flatten)]
+    pub auth: AuthConfig,
     /// PostgreSQL URL of this service's own database.
     #[arg(long = "database-url", env = "DATABASE_URL")]
     pub database_url: Option<String>,
@@ -139,6 +143,8 @@ pub struct ServiceContext {
     pub policy: ErrorPolicy,
     /// Liveness of the service's tasks and the count of work set aside.
     pub health: Arc<HealthState>,
+    /// Checks the credentials of HTTP requests.
+    pub authenticator: Arc<Authenticator>,
 }
 
 impl ServiceContext {
@@ -151,6 +157,15 @@ impl ServiceContext {
         service_migrations: &Migrator,
         shutdown: CancellationToken,
     ) -> Result<Option<Self>> {
+        let authenticator = Arc::new(
+            Authenticator::from_config(&config.auth).map_err(|error| crate::Error::Config(error.to_string()))?,
+        );
+        if authenticator.is_disabled() {
+            tracing::warn!(
+                service = spec.name,
+                "HTTP authentication is off: anyone who reaches the service may call it"
+            );
+        }
         let backoff = Backoff {
             initial: Duration::from_millis(250),
             max: Duration::from_secs(5),
@@ -208,6 +223,7 @@ impl ServiceContext {
             shutdown,
             policy,
             health,
+            authenticator,
         }))
     }
 
@@ -232,6 +248,17 @@ impl ServiceContext {
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.health.watch(name, self.shutdown.clone(), task)
+    }
+
+    /// The OpenAPI document the service serves: `own` with the shared routes, `/metrics` marked
+    /// as needing a credential when the settings say so.
+    fn served_document(&self, own: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+        let document = openapi::service_document(own);
+        if self.authenticator.metrics_require_auth() {
+            openapi::with_metrics_secured(document)
+        } else {
+            document
+        }
     }
 
     /// Full name of this service's dead-letter topic.
@@ -328,13 +355,16 @@ impl ServiceContext {
         // Health probes stay out of the traces: they would bury the sagas' spans.
         // A wrong method gets a JSON 405 too; the fallback goes on each method router before
         // a layer wraps it.
-        let router = routes
-            .merge(admin::router(self.database.clone()))
+        let authenticated = auth::install(
+            routes.merge(admin::router(self.database.clone())),
+            self.authenticator.clone(),
+        );
+        let router = authenticated
             .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http_request))
             .merge(self.health_router())
-            .merge(metrics::router(metrics::install()))
-            .merge(openapi::router(&openapi::service_document(document)))
+            .merge(metrics_router(&self.authenticator))
+            .merge(openapi::router(&self.served_document(document)))
             .method_not_allowed_fallback(crate::http::method_not_allowed)
             .fallback(crate::http::unrouted);
         let router = metrics::record_http_requests(router, self.spec.name);
@@ -382,6 +412,19 @@ impl ServiceContext {
             shutdown: self.shutdown.clone(),
             tasks,
         })
+    }
+}
+
+/// `/metrics`, behind the `read` or `admin` scope when the settings restrict it.
+pub fn metrics_router(authenticator: &Arc<Authenticator>) -> Router {
+    let router = metrics::router(metrics::install());
+    if authenticator.metrics_require_auth() {
+        router.route_layer(axum::middleware::from_fn_with_state(
+            authenticator.clone(),
+            auth::require::<auth::ReadSaga>,
+        ))
+    } else {
+        router
     }
 }
 

@@ -1,15 +1,17 @@
 //! The dashboard's HTTP routes: the page itself (one HTML file with its CSS and script inline,
 //! no outside assets), its JSON API and health.
 //!
-//! - `GET /`: the page;
+//! - `GET /`: the page (open; it asks for an API key and sends it with its requests);
 //! - `GET /api/orders?limit=N&status=pending|confirmed|failed`: recent orders, newest first;
 //! - `GET /api/orders/{order_id}`: one order's timeline (400 if the id is not a UUID, 404 if the
 //!   dashboard holds no such order);
 //! - `GET /api/summary`: throughput, outcome mix, consumer lag, dead letters;
+//! - the `/api` routes need a credential with the `read` or `admin` scope (401/403 otherwise);
 //! - `GET /health/live`: 503 once the topic reader or the broker poller died;
 //! - `GET /health/ready`: 200 once the first read reached the end offsets found at start;
 //! - `GET /openapi.json`: the OpenAPI document of these routes.
 
+use saga_common::auth::{self, Authenticator, Authorized, ReadSaga};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,10 +39,10 @@ const DEFAULT_LIMIT: usize = 50;
 /// The most orders one request lists.
 const MAX_LIMIT: usize = 1_000;
 
-/// The routes, over the shared state, with `GET /openapi.json` describing them.
-pub fn routes(state: Arc<DashboardState>) -> Router {
-    router()
-        .with_state(state)
+/// The routes, over the shared state, with `GET /openapi.json` describing them; the JSON routes
+/// admit callers `authenticator` grants the `read` or `admin` scope.
+pub fn routes(state: Arc<DashboardState>, authenticator: Arc<Authenticator>) -> Router {
+    auth::install(router().with_state(state), authenticator)
         .merge(saga_common::openapi::router(&document()))
         .method_not_allowed_fallback(saga_common::http::method_not_allowed)
         .fallback(saga_common::http::unrouted)
@@ -58,7 +60,7 @@ fn router() -> Router<Arc<DashboardState>> {
 
 /// The OpenAPI document of the dashboard's routes (`GET /openapi.json` included).
 pub fn document() -> utoipa::openapi::OpenApi {
-    DashboardApi::openapi().merge_from(saga_common::openapi::document_route())
+    saga_common::openapi::with_bearer_auth(DashboardApi::openapi().merge_from(saga_common::openapi::document_route()))
 }
 
 #[derive(OpenApi)]
@@ -117,6 +119,7 @@ fn list_parameters(query: &HashMap<String, String>) -> Result<(usize, Option<Ord
     get,
     path = "/api/orders",
     tag = "dashboard",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     params(
         ("limit" = Option<u32>, Query, description = "How many orders, 1 to 1000 (50 when absent)", minimum = 1, maximum = 1000),
         (
@@ -132,6 +135,7 @@ fn list_parameters(query: &HashMap<String, String>) -> Result<(usize, Option<Ord
     )
 )]
 async fn list_orders(
+    _caller: Authorized<ReadSaga>,
     State(state): State<Arc<DashboardState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Vec<OrderSummaryView>>, ApiError> {
@@ -146,6 +150,7 @@ async fn list_orders(
     get,
     path = "/api/orders/{order_id}",
     tag = "dashboard",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     params(("order_id" = OrderId, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order's timeline", body = OrderTimelineView),
@@ -154,6 +159,7 @@ async fn list_orders(
     )
 )]
 async fn order_timeline(
+    _caller: Authorized<ReadSaga>,
     State(state): State<Arc<DashboardState>>,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderTimelineView>, ApiError> {
@@ -176,9 +182,10 @@ async fn order_timeline(
     get,
     path = "/api/summary",
     tag = "dashboard",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     responses((status = 200, description = "The summary figures", body = SummaryView))
 )]
-async fn summary(State(state): State<Arc<DashboardState>>) -> Json<SummaryView> {
+async fn summary(_caller: Authorized<ReadSaga>, State(state): State<Arc<DashboardState>>) -> Json<SummaryView> {
     let now = saga_contracts::now_millis();
     let (throughput, outcomes, reader) = {
         let model = state.lock_model();

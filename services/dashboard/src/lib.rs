@@ -14,6 +14,7 @@ pub mod model;
 pub mod reader;
 pub mod view;
 
+use saga_common::auth::{AuthConfig, Authenticator};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -47,6 +48,10 @@ pub struct Config {
     /// Logging settings.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    /// Who may read the dashboard's JSON (the `read` or `admin` scope); the page itself asks
+    /// for a key.
+    #[command(flatten)]
+    pub auth: AuthConfig,
     /// Address the HTTP server listens on.
     #[arg(long = "http-listen", env = "HTTP_LISTEN", default_value = "127.0.0.1:8085")]
     pub http_listen: SocketAddr,
@@ -78,11 +83,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// Settings for the given broker and registry with every other setting at its default.
-    pub fn new(kafka: KafkaConfig, registry: RegistryConfig) -> Self {
+    /// Settings for the given broker, registry and credentials with every other setting at its
+    /// default.
+    pub fn new(kafka: KafkaConfig, registry: RegistryConfig, auth: AuthConfig) -> Self {
         Self {
             kafka,
             registry,
+            auth,
             telemetry: TelemetryConfig {
                 log_format: "json".into(),
                 otlp_endpoint: None,
@@ -130,6 +137,7 @@ pub type RunningDashboard = saga_common::service::RunningService;
 /// Binds HTTP and starts reading the topics and the broker's figures; the page answers at once
 /// and `/health/ready` once the first read is done. Stops when `shutdown` is cancelled.
 pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<RunningDashboard> {
+    let authenticator = Arc::new(Authenticator::from_config(&config.auth)?);
     let codec = Arc::new(EventCodec::new(&config.registry, &config.kafka)?);
     let state = Arc::new(DashboardState {
         model: Mutex::new(SagaModel::new(config.max_orders)),
@@ -162,7 +170,7 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Resu
             shutdown.clone(),
         ),
     ));
-    let router = http::routes(state);
+    let router = http::routes(state, authenticator);
     let serving = shutdown.clone();
     tasks.spawn(async move {
         if let Err(error) = service::serve(listener, router, serving).await {

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use saga_common::auth::{Authorized, Operate, ReadSaga};
 use saga_common::http::{ApiError, ErrorBody, JsonBody};
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{AdjustmentId, Envelope, SagaEvent, StockAdjusted};
@@ -147,6 +148,7 @@ impl AdjustmentResponse {
     get,
     path = "/stock/{sku}",
     tag = "stock",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     params(("sku" = String, Path, description = "The SKU: 1 to 64 characters of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, description = "The SKU's stock levels", body = StockResponse),
@@ -158,6 +160,7 @@ impl AdjustmentResponse {
 )]
 #[tracing::instrument(skip_all, fields(sku))]
 async fn get_stock(
+    _caller: Authorized<ReadSaga>,
     State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<StockResponse>, ApiError> {
@@ -181,6 +184,7 @@ async fn get_stock(
     post,
     path = "/stock/{sku}/adjustments",
     tag = "stock",
+    security(("bearer" = ["admin"])),
     params(("sku" = String, Path, description = "The SKU: 1 to 64 characters of `A-Z a-z 0-9 . _ -`", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     request_body = AdjustmentBody,
     responses(
@@ -194,6 +198,7 @@ async fn get_stock(
 )]
 #[tracing::instrument(skip_all, fields(sku, adjustment_id))]
 async fn post_adjustment(
+    _caller: Authorized<Operate>,
     State(state): State<HttpState>,
     path: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<AdjustmentBody>,

@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use saga_common::auth::{Authorized, Operate, ReadSaga};
 use saga_common::http::{ApiError, ErrorBody, JsonBody};
 use saga_contracts::OrderId;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,7 @@ struct NotificationApi;
     get,
     path = "/notifications/{order_id}",
     tag = "notifications",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     params(("order_id" = OrderId, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order's emails", body = Vec<NotificationView>),
@@ -58,6 +60,7 @@ struct NotificationApi;
     )
 )]
 async fn notifications_of_order(
+    _caller: Authorized<ReadSaga>,
     State(database): State<PgPool>,
     Path(order_id): Path<String>,
 ) -> Result<Json<Vec<NotificationView>>, ApiError> {
@@ -76,13 +79,17 @@ async fn notifications_of_order(
     get,
     path = "/admin/notifications/failed",
     tag = "operations",
+    security(("bearer" = ["admin"])),
     responses(
         (status = 200, description = "The emails set aside as failed", body = Vec<NotificationView>),
         (status = 500, description = "The database refused the query", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
-async fn failed_notifications(State(database): State<PgPool>) -> Result<Json<Vec<NotificationView>>, ApiError> {
+async fn failed_notifications(
+    _caller: Authorized<Operate>,
+    State(database): State<PgPool>,
+) -> Result<Json<Vec<NotificationView>>, ApiError> {
     Ok(Json(store::list_failed(&database).await?))
 }
 
@@ -107,6 +114,7 @@ struct EmailsRedriven {
     post,
     path = "/admin/notifications/failed/redrive",
     tag = "operations",
+    security(("bearer" = ["admin"])),
     request_body = RedriveFailedRequest,
     responses(
         (status = 200, description = "The emails made pending again, by Message-ID", body = EmailsRedriven),
@@ -117,6 +125,7 @@ struct EmailsRedriven {
     )
 )]
 async fn redrive_failed(
+    _caller: Authorized<Operate>,
     State(database): State<PgPool>,
     JsonBody(request): JsonBody<RedriveFailedRequest>,
 ) -> Result<Json<EmailsRedriven>, ApiError> {

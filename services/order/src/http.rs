@@ -2,6 +2,7 @@
 //! its order.created event are committed together), `GET /orders/{id}` shows its status and
 //! saga timeline.
 
+use saga_common::auth::{Authorized, PlaceOrders, ReadOrders};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use sqlx::PgPool;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::domain::{deadline_after, request_hash, validate, OrderStatus, PlaceOrderRequest, Placement};
-use crate::rate_limit::OrderRateLimit;
+use crate::rate_limit::{Client, OrderRateLimit};
 use crate::store::OrderView;
 use crate::{handler, metrics, store};
 
@@ -41,16 +42,14 @@ pub struct HttpState {
 
 impl HttpState {
     /// Counts an order of `client` against its limit.
-    fn charge(&self, client: Option<SocketAddr>) -> Result<(), ApiError> {
+    fn charge(&self, client: Option<&Client>) -> Result<(), ApiError> {
         let (Some(limit), Some(client)) = (&self.order_rate_limit, client) else {
             return Ok(());
         };
-        limit
-            .charge(client.ip())
-            .map_err(|retry_after| ApiError::TooManyRequests {
-                message: format!("too many orders from {}", client.ip()),
-                retry_after,
-            })
+        limit.charge(client).map_err(|retry_after| ApiError::TooManyRequests {
+            message: format!("too many orders from {client}"),
+            retry_after,
+        })
     }
 }
 
@@ -132,6 +131,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     post,
     path = "/orders",
     tag = "orders",
+    security(("bearer" = ["orders"])),
     params(
         (
             "Idempotency-Key" = Option<String>,
@@ -165,12 +165,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 )]
 #[tracing::instrument(skip_all, fields(order_id))]
 async fn place_order(
+    Authorized { caller, .. }: Authorized<PlaceOrders>,
     State(state): State<HttpState>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    address: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
-    let client = client.map(|Extension(ConnectInfo(address))| address);
+    let client = if caller.authenticated {
+        Some(Client::Credential(caller.name))
+    } else {
+        address.map(|Extension(ConnectInfo(address))| Client::Address(address.ip()))
+    };
+    let client = client.as_ref();
     let idempotency_key = idempotency_key(&headers)?;
     // Without a key nothing is answered from before: count the order before any database work.
     // With one, a retry of an accepted order is answered first and never counted twice.
@@ -219,6 +225,7 @@ async fn place_order(
     get,
     path = "/orders/{order_id}",
     tag = "orders",
+    security(("bearer" = ["orders"]), ("bearer" = ["read"]), ("bearer" = ["admin"])),
     params(("order_id" = OrderId, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = OrderView),
@@ -228,7 +235,11 @@ async fn place_order(
         (status = 503, description = "The database is unavailable; retry later", body = ErrorBody),
     )
 )]
-async fn get_order(State(state): State<HttpState>, Path(order_id): Path<String>) -> Result<Response, ApiError> {
+async fn get_order(
+    _caller: Authorized<ReadOrders>,
+    State(state): State<HttpState>,
+    Path(order_id): Path<String>,
+) -> Result<Response, ApiError> {
     let order_id: OrderId = order_id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("order id {order_id:?} is not a UUID")))?;

@@ -1,5 +1,6 @@
-//! The per-client limit on placing orders: each client (its address, until requests carry an
-//! identity) may place `per_second` orders a second, with bursts of up to `burst`, as a generic
+//! The per-client limit on placing orders: each client (its credential: the API key's name or
+//! the JWT's subject; its address when authentication is off) may place `per_second` orders a
+//! second, with bursts of up to `burst`, as a generic
 //! cell rate algorithm (the `governor` crate) keeps count. A client over its limit is told how
 //! long to wait. Retries of an accepted order with its Idempotency-Key are answered before the
 //! limit is consulted, so they are never charged twice.
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// The limit's settings.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct OrderRateLimitConfig {
-    /// Orders one client (one address) may place per second through `POST /orders`; 0 turns the
+    /// Orders one client (one API key or JWT subject; one address without) may place per second through `POST /orders`; 0 turns the
     /// limit off.
     #[arg(
         long = "order-rate-limit-per-second",
@@ -33,9 +34,28 @@ pub struct OrderRateLimitConfig {
     pub burst: u32,
 }
 
+/// Whom the limit counts an order against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A caller with a credential, by the credential's name: every address using one key
+    /// shares its limit.
+    Credential(String),
+    /// A caller without one (authentication off), by address.
+    Address(IpAddr),
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Credential(name) => write!(f, "{name}"),
+            Client::Address(address) => write!(f, "{address}"),
+        }
+    }
+}
+
 /// Counts each client's orders.
 pub struct OrderRateLimit {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: DefaultKeyedRateLimiter<Client>,
     clock: DefaultClock,
 }
 
@@ -53,8 +73,8 @@ impl OrderRateLimit {
     /// Counts one order of `client`: `Ok` if it is within the limit, else how long the client
     /// should wait before its next order is accepted (at least a second, as `Retry-After` counts
     /// whole seconds).
-    pub fn charge(&self, client: IpAddr) -> Result<(), Duration> {
-        self.limiter.check_key(&client).map_err(|not_until| {
+    pub fn charge(&self, client: &Client) -> Result<(), Duration> {
+        self.limiter.check_key(client).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             Duration::from_secs(wait.as_secs_f64().ceil().max(1.0) as u64)
         })
@@ -87,19 +107,21 @@ mod tests {
     #[test]
     fn a_client_may_place_its_burst_at_once_and_then_waits() {
         let limit = limit(1, 3);
-        let client = IpAddr::from([10, 0, 0, 1]);
+        let client = Client::Credential("order-api-key".into());
         for _ in 0..3 {
-            assert_eq!(limit.charge(client), Ok(()));
+            assert_eq!(limit.charge(&client), Ok(()));
         }
-        assert_eq!(limit.charge(client), Err(Duration::from_secs(1)));
+        assert_eq!(limit.charge(&client), Err(Duration::from_secs(1)));
     }
 
     #[test]
     fn clients_are_counted_apart() {
         let limit = limit(1, 1);
-        assert_eq!(limit.charge(IpAddr::from([10, 0, 0, 1])), Ok(()));
-        assert!(limit.charge(IpAddr::from([10, 0, 0, 1])).is_err());
-        assert_eq!(limit.charge(IpAddr::from([10, 0, 0, 2])), Ok(()));
+        let first = Client::Credential("team-a".into());
+        assert_eq!(limit.charge(&first), Ok(()));
+        assert!(limit.charge(&first).is_err());
+        assert_eq!(limit.charge(&Client::Credential("team-b".into())), Ok(()));
+        assert_eq!(limit.charge(&Client::Address(IpAddr::from([10, 0, 0, 2]))), Ok(()));
     }
 
     #[test]
@@ -112,9 +134,9 @@ mod tests {
             ),
             clock: DefaultClock::default(),
         };
-        let client = IpAddr::from([10, 0, 0, 1]);
-        assert_eq!(limit.charge(client), Ok(()));
-        let wait = limit.charge(client).expect_err("over the limit");
+        let client = Client::Address(IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(limit.charge(&client), Ok(()));
+        let wait = limit.charge(&client).expect_err("over the limit");
         assert!(
             (Duration::from_secs(9)..=Duration::from_secs(10)).contains(&wait),
             "{wait:?}"

@@ -14,6 +14,7 @@
 //! until the gateway gave it back, then `refunded`. `refunded_minor` is 0 until then, and
 //! `decline_reason` is `null` unless declined.
 
+use saga_common::auth::{Authorized, ReadSaga};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -135,6 +136,7 @@ impl From<Payment> for PaymentView {
     get,
     path = "/payments/{order_id}",
     tag = "payments",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     params(("order_id" = OrderId, Path, description = "The id of the order paid for")),
     responses(
         (status = 200, description = "The order's payment", body = PaymentView),
@@ -145,6 +147,7 @@ impl From<Payment> for PaymentView {
     )
 )]
 async fn get_payment(
+    _caller: Authorized<ReadSaga>,
     State(database): State<PgPool>,
     Path(order_id): Path<String>,
 ) -> Result<Json<PaymentView>, ApiError> {
@@ -162,9 +165,10 @@ async fn get_payment(
     get,
     path = "/admin/gateway/circuit",
     tag = "admin",
+    security(("bearer" = ["read"]), ("bearer" = ["admin"])),
     responses((status = 200, description = "The breaker's state, window, probes, transitions and settings", body = CircuitStatus))
 )]
-async fn get_circuit(State(circuit): State<Arc<GatewayCircuit>>) -> Json<CircuitStatus> {
+async fn get_circuit(_caller: Authorized<ReadSaga>, State(circuit): State<Arc<GatewayCircuit>>) -> Json<CircuitStatus> {
     Json(circuit.status())
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kafka_security::KafkaSecurity;
+use saga_common::auth::{ApiKeys, Scope};
 use saga_common::config::{KafkaConfig, RegistryConfig, RegistryUserInfo};
 
 use super::isolation::NodeCgroup;
@@ -194,9 +195,22 @@ pub struct Cluster {
     pub registry_user_info: Option<RegistryUserInfo>,
     /// HTTP address of each service.
     pub http: BTreeMap<String, SocketAddr>,
+    /// The API key of each scope the services accept: those of `ORDER_API_KEY`, `READ_API_KEY`
+    /// and `ADMIN_API_KEY` when set (as `.local/secrets.env` sets them), fresh ones otherwise.
+    pub api_keys: ApiKeys,
     /// Database URL of each service.
     pub databases: BTreeMap<String, String>,
     kafka: KafkaConfig,
+}
+
+/// The scope keys of the environment, a fresh key for each scope it lacks.
+fn keys_from_env_or_fresh() -> ApiKeys {
+    let (set, fresh) = (ApiKeys::from_env(), ApiKeys::generate());
+    ApiKeys {
+        order: set.order.or(fresh.order),
+        read: set.read.or(fresh.read),
+        admin: set.admin.or(fresh.admin),
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -296,6 +310,7 @@ impl Cluster {
         };
         let mut services = BTreeMap::new();
         let mut http = BTreeMap::new();
+        let api_keys = keys_from_env_or_fresh();
         let mut databases = BTreeMap::new();
         for name in SERVICES {
             let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -331,6 +346,7 @@ impl Cluster {
             if let Some(user_info) = &registry_user_info {
                 env.insert(RegistryUserInfo::ENV.to_string(), user_info.expose_secret());
             }
+            env.extend(api_keys.to_env().into_iter().map(|(name, key)| (name.to_string(), key)));
             // Consumer settings a run may override from the harness's own environment.
             for passed in ["KAFKA_SESSION_TIMEOUT_MS", "KAFKA_COMMIT_INTERVAL_MS", "KAFKA_DEBUG"] {
                 if let Ok(value) = std::env::var(passed) {
@@ -363,6 +379,7 @@ impl Cluster {
             registry_url,
             registry_user_info,
             http,
+            api_keys,
             databases,
             kafka,
         })
@@ -468,8 +485,9 @@ impl Cluster {
     /// Adds `delta` units of `sku` through the inventory service's API.
     pub async fn restock(&self, sku: &str, delta: i64) -> anyhow::Result<()> {
         let url = format!("http://{}/stock/{sku}/adjustments", self.http["inventory-service"]);
-        let answer = reqwest::Client::new()
-            .post(url)
+        let answer = self
+            .api_keys
+            .authorize(reqwest::Client::new().post(url), Scope::Admin)
             .json(&serde_json::json!({"delta": delta, "reason": "restock"}))
             .send()
             .await?;
@@ -480,8 +498,12 @@ impl Cluster {
     /// Places an order of one unit of `sku` for `email`, paid with a token the simulated gateway
     /// approves, through the order service's API; returns its id.
     pub async fn place_one(&self, sku: &str, email: &str) -> anyhow::Result<String> {
-        let answer = reqwest::Client::new()
-            .post(format!("http://{}/orders", self.http["order-service"]))
+        let answer = self
+            .api_keys
+            .authorize(
+                reqwest::Client::new().post(format!("http://{}/orders", self.http["order-service"])),
+                Scope::Orders,
+            )
             .json(&serde_json::json!({
                 "customer_id": "c-harness", "customer_email": email, "currency": "EUR",
                 "payment_token": "tok_visa",

@@ -2,6 +2,7 @@
 //! seed alone, and the driver places them at a steady rate, retrying each with its own
 //! Idempotency-Key while the order service is down, so every planned order is placed exactly once.
 
+use saga_common::auth::{ApiKeys, Scope};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -128,6 +129,7 @@ pub fn plan(seed: u64, run_id: &str, count: usize, saga_deadline: Duration) -> L
 /// adjustment has a fixed id, so a retry never adds twice.
 pub async fn stock_up(
     http: &reqwest::Client,
+    keys: &ApiKeys,
     inventory: SocketAddr,
     plan: &LoadPlan,
     run_id: &str,
@@ -138,7 +140,7 @@ pub async fn stock_up(
         let body = json!({"delta": units, "reason": "harness initial stock", "adjustment_id": adjustment_id});
         let url = format!("http://{inventory}/stock/{sku}/adjustments");
         retry_request("stock adjustment", Duration::from_secs(120), || {
-            http.post(&url).json(&body).send()
+            keys.authorize(http.post(&url), Scope::Admin).json(&body).send()
         })
         .await?;
     }
@@ -176,6 +178,7 @@ where
 /// order service accepts it, across restarts and outages.
 pub async fn drive(
     http: &reqwest::Client,
+    keys: &ApiKeys,
     order_service: SocketAddr,
     plan: &LoadPlan,
     rate: f64,
@@ -190,7 +193,7 @@ pub async fn drive(
             async move {
                 tokio::time::sleep_until(started + interval * order.index as u32).await;
                 let answer = retry_request("POST /orders", Duration::from_secs(300), || {
-                    http.post(&url)
+                    keys.authorize(http.post(&url), Scope::Orders)
                         .header("Idempotency-Key", &order.idempotency_key)
                         .json(&order.body)
                         .send()

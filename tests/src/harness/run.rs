@@ -246,7 +246,8 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let saga_deadline = Duration::from_secs_f64(config.saga_deadline_secs);
     let plan = load::plan(config.seed, &run_id, config.orders, saga_deadline);
-    load::stock_up(&http, cluster.http["inventory-service"], &plan, &run_id).await?;
+    let api_keys = cluster.api_keys.clone();
+    load::stock_up(&http, &api_keys, cluster.http["inventory-service"], &plan, &run_id).await?;
 
     let order_address = cluster.http["order-service"];
     let cluster = Arc::new(Mutex::new(cluster));
@@ -262,7 +263,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let fault_log = executor.log.clone();
     let load_started = tokio::time::Instant::now();
     let placing = async {
-        let placed = load::drive(&http, order_address, &plan, config.rate, config.concurrency).await;
+        let placed = load::drive(&http, &api_keys, order_address, &plan, config.rate, config.concurrency).await;
         (placed, load_started.elapsed().as_secs_f64())
     };
     let ((placed, load_secs), ()) = tokio::join!(placing, executor.run(faults, load_started));

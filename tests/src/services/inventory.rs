@@ -34,7 +34,7 @@ impl Inventory {
         Ok(Self {
             base_url: format!("http://{}", running.local_addr),
             running,
-            http: reqwest::Client::new(),
+            http: crate::http(),
         })
     }
 

@@ -69,7 +69,7 @@ fn maildev_url() -> String {
 /// Every mail maildev received for `recipient`. maildev is shared by every test, so each test
 /// mails recipients of its own (the fixtures' `{order_id}@example.com`) and looks only at those.
 pub async fn maildev_mails_to(recipient: &str) -> anyhow::Result<Vec<Value>> {
-    let all: Vec<Value> = reqwest::get(format!("{}/email", maildev_url()))
+    let all: Vec<Value> = crate::get(format!("{}/email", maildev_url()))
         .await?
         .error_for_status()?
         .json()

@@ -56,7 +56,7 @@ pub async fn start_with_outage(
 /// `GET /admin/gateway/circuit`: the status of the service's circuit breaker, which must answer
 /// 200.
 pub async fn circuit(service: &RunningService) -> anyhow::Result<Value> {
-    let response = reqwest::get(format!(
+    let response = crate::get(format!(
         "http://{}{}",
         service.local_addr,
         payment_service::http::CIRCUIT_PATH
@@ -80,13 +80,13 @@ pub async fn payment(
     service: &RunningService,
     order_id: impl std::fmt::Display,
 ) -> anyhow::Result<(StatusCode, Value)> {
-    let response = reqwest::get(format!("http://{}/payments/{order_id}", service.local_addr)).await?;
+    let response = crate::get(format!("http://{}/payments/{order_id}", service.local_addr)).await?;
     Ok((response.status(), response.json().await?))
 }
 
 /// `GET /health/live`: the status and the JSON answer (tasks, dead letters counted).
 pub async fn live(service: &RunningService) -> anyhow::Result<(StatusCode, Value)> {
-    let response = reqwest::get(format!("http://{}/health/live", service.local_addr)).await?;
+    let response = crate::get(format!("http://{}/health/live", service.local_addr)).await?;
     Ok((response.status(), response.json().await?))
 }
 
