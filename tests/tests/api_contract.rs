@@ -11,8 +11,8 @@
 //! parked rows and failed emails redriven): all of it lands in this test's databases and topics.
 //! Each request has a timeout and each run a deadline, and afterwards every service must still
 //! be live. `API_CONTRACT_MAX_EXAMPLES` (default 25) bounds the examples per operation and
-//! phase; a failing run prints schemathesis's report, whose seed and `st replay` line reproduce
-//! it.
+//! phase; `API_CONTRACT_REPORT_DIR` keeps each service's full report there. A failing run
+//! prints schemathesis's report, whose seed and `st replay` line reproduce it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -96,6 +96,10 @@ async fn schemathesis(service: &'static str, address: SocketAddr, workdir: &Path
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    if let Ok(dir) = std::env::var("API_CONTRACT_REPORT_DIR") {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(Path::new(&dir).join(format!("{service}.txt")), &report)?;
+    }
     let verdict = report
         .lines()
         .rev()
