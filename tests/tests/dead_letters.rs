@@ -77,10 +77,15 @@ async fn parked_outbox_rows_are_listed_and_redriven_with_sagactl() -> anyhow::Re
     .bind(parked_id)
     .execute(&database)
     .await?;
-    // The admin routes every service serves, over this database.
+    // The admin routes every service serves, over this database, for the test's keys (sagactl
+    // sends the admin key).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let server = tokio::spawn(axum::serve(listener, saga_common::admin::router(database.clone())).into_future());
+    let authenticator = std::sync::Arc::new(saga_common::auth::Authenticator::from_config(
+        &saga_tests::credentials().service_auth(),
+    )?);
+    let server =
+        tokio::spawn(axum::serve(listener, saga_common::admin::router(database.clone(), authenticator)).into_future());
     let order_url = format!("http://{address}");
 
     let listing = env.sagactl(&["outbox", "parked", "--service", "order", "--order-url", &order_url])?;

@@ -14,9 +14,10 @@ use uuid::Uuid;
 use crate::http::{ApiError, ErrorBody, JsonBody};
 use crate::outbox::{self, ParkedRow};
 
-/// Routes `GET /admin/outbox/parked` and `POST /admin/outbox/parked/redrive`.
-pub fn router(database: PgPool) -> Router {
-    routes().with_state(database)
+/// Routes `GET /admin/outbox/parked` and `POST /admin/outbox/parked/redrive`, for callers
+/// `authenticator` grants the `admin` scope.
+pub fn router(database: PgPool, authenticator: std::sync::Arc<crate::auth::Authenticator>) -> Router {
+    crate::auth::install(routes().with_state(database), authenticator)
 }
 
 pub(crate) fn routes() -> Router<PgPool> {

@@ -355,11 +355,8 @@ impl ServiceContext {
         // Health probes stay out of the traces: they would bury the sagas' spans.
         // A wrong method gets a JSON 405 too; the fallback goes on each method router before
         // a layer wraps it.
-        let authenticated = auth::install(
-            routes.merge(admin::router(self.database.clone())),
-            self.authenticator.clone(),
-        );
-        let router = authenticated
+        let router = auth::install(routes, self.authenticator.clone())
+            .merge(admin::router(self.database.clone(), self.authenticator.clone()))
             .method_not_allowed_fallback(crate::http::method_not_allowed)
             .layer(axum::middleware::from_fn(crate::telemetry::trace_http_request))
             .merge(self.health_router())
