@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::endpoints::Endpoints;
+use crate::endpoints::{credential_hint, Endpoints};
 
 /// One scripted order and the outcome it should reach.
 struct Scenario {
@@ -36,8 +36,9 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
         .context("inventory service unreachable; is the stack up? (deploy/local/stack.sh up)")?;
     if !restock.status().is_success() {
         bail!(
-            "restocking {stocked_sku}: {} {}",
+            "restocking {stocked_sku}: {} {}{}",
             restock.status(),
+            credential_hint(restock.status(), Scope::Admin),
             restock.text().await?
         );
     }
@@ -93,9 +94,10 @@ pub(crate) async fn run(endpoints: &Endpoints, timeout: Duration) -> anyhow::Res
             .await?;
         if response.status().as_u16() != 202 {
             bail!(
-                "placing the {} order: {} {}",
+                "placing the {} order: {}{} {}",
                 scenario.name,
                 response.status(),
+                credential_hint(response.status(), Scope::Orders),
                 response.text().await?
             );
         }

@@ -52,6 +52,21 @@ pub(crate) struct Endpoints {
     pub(crate) admin_api_key: Option<Secret>,
 }
 
+/// What to do about a refused credential: `status` 401 or 403 from a route needing `scope`.
+pub(crate) fn credential_hint(status: reqwest::StatusCode, scope: Scope) -> String {
+    let variable = match scope {
+        Scope::Orders => ApiKeys::ORDER_ENV,
+        Scope::Read => ApiKeys::READ_ENV,
+        Scope::Admin => ApiKeys::ADMIN_ENV,
+    };
+    match status.as_u16() {
+        401 | 403 => format!(
+            " (this needs a key with the {scope} scope in {variable}; on the local stack `source .local/secrets.env` sets it)"
+        ),
+        _ => String::new(),
+    }
+}
+
 impl Endpoints {
     /// `request` carrying the key of `scope` (none when that key is not set: the service's 401
     /// then says so).

@@ -40,7 +40,8 @@ pub(crate) async fn run(endpoints: &Endpoints, order_id: &str) -> anyhow::Result
         if status == reqwest::StatusCode::NOT_FOUND {
             bail!("order {order_id} is unknown to the dashboard at {base}: {message}");
         }
-        bail!("the dashboard at {base} answered {status}: {message}");
+        let hint = crate::endpoints::credential_hint(status, Scope::Read);
+        bail!("the dashboard at {base} answered {status}: {message}{hint}");
     }
     let view: OrderTimelineView = response
         .json()

@@ -72,5 +72,6 @@ async fn checked(service: &str, response: reqwest::Response) -> anyhow::Result<r
         return Ok(response);
     }
     let body = response.text().await.unwrap_or_default();
-    bail!("{service} answered {status}: {body}")
+    let hint = crate::endpoints::credential_hint(status, Scope::Admin);
+    bail!("{service} answered {status}: {body}{hint}")
 }
