@@ -216,6 +216,10 @@ enum Command {
             default_value = "postgres://postgres:postgres@127.0.0.1:5432"
         )]
         server_url: String,
+        /// First wait until the saga topics stop growing (two readings 3 s apart agree), at
+        /// most this many seconds: a run's last follow-up events land after its decisions.
+        #[arg(long = "settle-secs")]
+        settle_secs: Option<u64>,
     },
     /// Prints the benchmark's one table from the JSON files of a run (`stack.sh bench`): each
     /// figure, its goal, and the platform's load as fractions of the machine's limits.
@@ -453,8 +457,16 @@ async fn main() -> anyhow::Result<()> {
             };
             bench::limits::run(&cli.kafka, &request, bench::Output { json }).await
         }
-        Command::BenchCounters { server_url } => {
-            let counters = bench::counters::read(&cli.kafka, &server_url).await?;
+        Command::BenchCounters {
+            server_url,
+            settle_secs,
+        } => {
+            let counters = match settle_secs {
+                Some(seconds) => {
+                    bench::counters::read_settled(&cli.kafka, &server_url, Duration::from_secs(seconds)).await?
+                }
+                None => bench::counters::read(&cli.kafka, &server_url).await?,
+            };
             println!("{}", counters.to_json());
             Ok(())
         }

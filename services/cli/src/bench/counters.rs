@@ -53,6 +53,36 @@ pub(crate) async fn read(kafka: &KafkaConfig, server_url: &str) -> anyhow::Resul
     })
 }
 
+/// How often [`read_settled`] reads the counters.
+const SETTLE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Reads both counters once the saga topics have stopped growing: the last follow-up events of
+/// a run (reservations committed, emails sent) land after the orders are decided, and the
+/// servers' statistics of the last transactions reach `pg_stat_database` about a second after
+/// a backend goes idle. Two readings [`SETTLE_INTERVAL`] apart with the same record count end
+/// the wait; fails after `timeout`.
+pub(crate) async fn read_settled(kafka: &KafkaConfig, server_url: &str, timeout: Duration) -> anyhow::Result<Counters> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut previous = read(kafka, server_url).await?;
+    loop {
+        tokio::time::sleep(SETTLE_INTERVAL).await;
+        let current = read(kafka, server_url).await?;
+        if current.kafka_records == previous.kafka_records {
+            return Ok(current);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the saga topics were still growing after {} s ({} records, {} more in the last {} s)",
+                timeout.as_secs(),
+                current.kafka_records,
+                current.kafka_records - previous.kafka_records,
+                SETTLE_INTERVAL.as_secs()
+            );
+        }
+        previous = current;
+    }
+}
+
 /// The sum of `xact_commit` over the four service databases.
 async fn service_commits(server_url: &str) -> anyhow::Result<i64> {
     let url = format!("{}/postgres", server_url.trim_end_matches('/'));
