@@ -220,6 +220,7 @@ prepare_secrets() {
   source "$SECRETS"
   if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then export KAFKA_SASL_USERS="saga:$KAFKA_SASL_PASSWORD"; fi
   [[ "${SCHEMA_REGISTRY_USER_INFO:-}" == *:* ]] || fail "SCHEMA_REGISTRY_USER_INFO in $SECRETS is not user:password; delete its line to have it made up anew"
+  mkdir -p "$STATE"
   (umask 077 && printf '# Users of the schema registry (user:password:role), rewritten by deploy/local/stack.sh\n# from SCHEMA_REGISTRY_USER_INFO on every start.\n%s:write\n' \
     "$SCHEMA_REGISTRY_USER_INFO" >"$REGISTRY_USERS")
 }

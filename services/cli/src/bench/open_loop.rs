@@ -133,8 +133,8 @@ pub(crate) async fn run(
         ),
         format!("achieved send rate:              {achieved_rate:.1} orders/s"),
         format!(
-            "sent late (> {}):              {late} (latest {})",
-            fmt_ms(LATE_AFTER),
+            "sent late (> {:.0} ms):            {late} (latest {})",
+            stats::millis(LATE_AFTER),
             fmt_ms(max_lateness)
         ),
         format!(
