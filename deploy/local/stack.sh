@@ -10,6 +10,9 @@
 #   deploy/local/stack.sh status   show what is running, every Kafka node included
 #   deploy/local/stack.sh replay-bench [sagactl replay-bench args]
 #                                  infra, then measure replay: events/s per service (release build)
+#   deploy/local/stack.sh bench [--quick]
+#                                  the standard benchmark on release binaries: the machine's limits,
+#                                  saturation, two open-loop rates, cost per saga; prints one table
 # Logs: .local/logs/<component>.log. State: .local/data. Process ids: .local/pids.
 # Secrets the stack made up (an API key per scope, ORDER_API_KEY, READ_API_KEY and ADMIN_API_KEY;
 # the registry's credentials, SCHEMA_REGISTRY_USER_INFO): .local/secrets.env (SAGA_SECRETS_FILE),
@@ -34,7 +37,10 @@ KAFKA_DATA="$DATA/kafka"
 [[ "$KAFKA_SECURITY" == sasl_ssl ]] && KAFKA_DATA="$DATA/kafka-sasl_ssl"
 MAILDEV_BIN="$SAGA_CACHE_DIR/maildev-$MAILDEV_VERSION/node_modules/.bin/maildev"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET_DIR/debug"
+# The build the stack builds and runs: debug (the default), or release (`bench` always uses it).
+SAGA_PROFILE="${SAGA_PROFILE:-debug}"
+[[ "$SAGA_PROFILE" == debug || "$SAGA_PROFILE" == release ]] || { echo "SAGA_PROFILE must be debug or release, not '$SAGA_PROFILE'" >&2; exit 2; }
+BIN="$TARGET_DIR/$SAGA_PROFILE"
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -155,9 +161,11 @@ install_maildev() {
     || fail "installing maildev failed; see $SAGA_CACHE_DIR/maildev-install.log"
 }
 
-build_platform() { # [cargo package flags]: all binaries by default
-  step "Building the platform binaries (first build about 5 minutes on 2 cores)"
-  (cd "$ROOT" && cargo build --bins --quiet "$@") || fail "cargo build failed; see the compiler output above"
+build_platform() { # [cargo package flags]: all binaries by default, of the SAGA_PROFILE build
+  local profile=()
+  [[ "$SAGA_PROFILE" == release ]] && profile=(--release)
+  step "Building the platform binaries ($SAGA_PROFILE; a first build takes minutes on 2 cores, a first release build far longer)"
+  (cd "$ROOT" && cargo build "${profile[@]}" --bins --quiet "$@") || fail "cargo build failed; see the compiler output above"
 }
 
 kafka_node_port() { echo $((KAFKA_BASE_PORT + 2 * ($1 - 1))); }
@@ -212,6 +220,7 @@ prepare_secrets() {
   source "$SECRETS"
   if [[ "$KAFKA_SECURITY" == sasl_ssl ]]; then export KAFKA_SASL_USERS="saga:$KAFKA_SASL_PASSWORD"; fi
   [[ "${SCHEMA_REGISTRY_USER_INFO:-}" == *:* ]] || fail "SCHEMA_REGISTRY_USER_INFO in $SECRETS is not user:password; delete its line to have it made up anew"
+  mkdir -p "$STATE"
   (umask 077 && printf '# Users of the schema registry (user:password:role), rewritten by deploy/local/stack.sh\n# from SCHEMA_REGISTRY_USER_INFO on every start.\n%s:write\n' \
     "$SCHEMA_REGISTRY_USER_INFO" >"$REGISTRY_USERS")
 }
@@ -257,11 +266,32 @@ prepare_topics_databases_schemas() {
   "$BIN/sagactl" schemas register
 }
 
+# A service this stack started from another binary than $BIN/<name> (the other build, or one
+# since rebuilt) is stopped, so that it starts again on the build asked for.
+stop_if_other_build() { # name
+  local exe
+  running "$1" || return 0
+  exe=$(readlink "/proc/$(cat "$PIDS/$1.pid")/exe" 2>/dev/null || true)
+  [[ "$exe" == "$BIN/$1" ]] && return 0
+  info "$1 runs ${exe:-an unknown binary}, not $BIN/$1: restarting it"
+  stop_process "$1"
+}
+
+# With STRICT_BUILD=1 (bench), a port held by a process this stack did not start is refused:
+# it could be any build.
+check_port_owner() { # name port
+  if [[ "${STRICT_BUILD:-0}" == 1 ]] && ! running "$1" && port_open 127.0.0.1 "$2"; then
+    fail "port $2 of $1 is held by a process this stack did not start (another checkout's, or a debug run); the benchmark needs $1 on $BIN: stop that process (ss -ltnp | grep :$2) and retry"
+  fi
+}
+
 start_services() {
   local name port database
   build_platform
   for entry in $SERVICES; do
     name=${entry%%:*}; port=${entry##*:}
+    stop_if_other_build "$name"
+    check_port_owner "$name" "$port"
     if running "$name" || port_open 127.0.0.1 "$port"; then info "$name already running on port $port"; continue; fi
     step "Starting $name on 127.0.0.1:$port"
     database="saga_${name%-service}"
@@ -278,6 +308,8 @@ start_services() {
 # The saga dashboard: reads the saga topics (no database) and serves its page; ready once it has
 # read the topics up to the end offsets it found at start.
 start_dashboard() {
+  stop_if_other_build dashboard-service
+  check_port_owner dashboard-service "$DASHBOARD_PORT"
   if running dashboard-service || port_open 127.0.0.1 "$DASHBOARD_PORT"; then
     info "dashboard-service already running on port $DASHBOARD_PORT"
   else
@@ -324,6 +356,49 @@ replay_bench() { # [sagactl replay-bench args]
   (cd "$ROOT" && cargo build --release --quiet -p sagactl --bin sagactl) || fail "cargo build failed; see the compiler output above"
   step "Replay benchmark"
   "$TARGET_DIR/release/sagactl" replay-bench "$@"
+}
+
+# The standard benchmark (docs/performance.md): release binaries, then the machine's limits,
+# closed-loop saturation with the cost per saga counted around it, two open-loop rates, and one
+# table (sagactl bench-report). Every run's JSON files stay in .local/bench/<time>/.
+run_bench() { # [--quick]
+  local quick=false
+  case "${1:-}" in
+    --quick) quick=true ;;
+    "") ;;
+    *) echo "usage: $0 bench [--quick]" >&2; exit 2 ;;
+  esac
+  SAGA_PROFILE=release
+  BIN="$TARGET_DIR/release"
+  STRICT_BUILD=1
+  # One client places every order; the per-client limit on POST /orders would measure itself.
+  export ORDER_RATE_LIMIT_PER_SECOND="${ORDER_RATE_LIMIT_PER_SECOND:-0}"
+  local limit_secs=10 saturation_orders=3000 high_rate=500 high_secs=20 low_rate=100 low_secs=30
+  if $quick; then
+    limit_secs=3 saturation_orders=300 high_rate=50 high_secs=5 low_rate=20 low_secs=5
+  fi
+  build_platform
+  up_infra
+  start_services
+  local out
+  out="$STATE/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+  mkdir -p "$out"
+  step "Machine limits: PostgreSQL commits/s (pgbench) and Kafka round trips/s, $limit_secs s each"
+  "$BIN/sagactl" bench-limits --seconds "$limit_secs" --json >"$out/limits.json"
+  step "Saturation: $saturation_orders orders, 32 clients (closed loop), counting PostgreSQL transactions and Kafka records"
+  "$BIN/sagactl" bench-counters --settle-secs 120 >"$out/counters-before.json"
+  "$BIN/sagactl" bench --orders "$saturation_orders" --concurrency 32 --json >"$out/saturation.json"
+  "$BIN/sagactl" bench-counters --settle-secs 120 >"$out/counters-after.json"
+  step "Open loop: $high_rate orders/s for $high_secs s"
+  "$BIN/sagactl" bench --rate "$high_rate" --duration-secs "$high_secs" --json >"$out/open-loop-high.json"
+  step "Open loop: $low_rate orders/s for $low_secs s"
+  "$BIN/sagactl" bench --rate "$low_rate" --duration-secs "$low_secs" --json >"$out/open-loop-low.json"
+  step "The benchmark$($quick && echo " (--quick: small parameters, a smoke run, not the figures)")"
+  "$BIN/sagactl" bench-report --limits "$out/limits.json" --saturation "$out/saturation.json" \
+    --open-loop-high "$out/open-loop-high.json" --open-loop-low "$out/open-loop-low.json" \
+    --counters-before "$out/counters-before.json" --counters-after "$out/counters-after.json" \
+    --pids-dir "$PIDS" | tee "$out/report.txt"
+  info "JSON of each step and the table: ${out#"$ROOT/"}; the services stay up on release binaries (stack.sh down stops them)"
 }
 
 stop_process() { # name: SIGTERM, then up to 30 s for a graceful stop before SIGKILL
@@ -383,5 +458,6 @@ case "${1:-up}" in
   down) stop_all ;;
   status) show_status ;;
   replay-bench) shift; replay_bench "$@" ;;
-  *) echo "usage: $0 demo|up|infra|down|status|replay-bench [sagactl replay-bench args]" >&2; exit 2 ;;
+  bench) shift; run_bench "$@" ;;
+  *) echo "usage: $0 demo|up|infra|down|status|replay-bench [sagactl replay-bench args]|bench [--quick]" >&2; exit 2 ;;
 esac

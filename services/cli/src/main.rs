@@ -160,19 +160,91 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
-    /// Places many orders and reports throughput and latency percentiles.
+    /// Places many orders and reports throughput and latency percentiles: closed loop
+    /// (`--concurrency` orders in flight, saturation) by default, open loop with `--rate`.
     Bench {
         #[command(flatten)]
         endpoints: endpoints::Endpoints,
-        /// Number of orders.
-        #[arg(long, default_value_t = 1000)]
+        /// Number of orders (closed loop).
+        #[arg(long, default_value_t = 1000, conflicts_with = "rate")]
         orders: usize,
-        /// Concurrent HTTP clients.
-        #[arg(long, default_value_t = 16)]
+        /// Concurrent HTTP clients (closed loop).
+        #[arg(long, default_value_t = 16, conflicts_with = "rate")]
         concurrency: usize,
+        /// Open loop: orders per second, each sent at its scheduled time whatever the answers
+        /// to earlier ones; rate x --duration-secs orders in all.
+        #[arg(long, requires = "duration_secs")]
+        rate: Option<f64>,
+        /// Open loop: seconds orders are sent for.
+        #[arg(long = "duration-secs", requires = "rate")]
+        duration_secs: Option<f64>,
         /// Seconds to wait for each order's outcome.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// Print one JSON object with every figure (progress goes to standard error).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measures this machine's limits the same way on every run: PostgreSQL commits/s (pgbench,
+    /// one INSERT per transaction, 8 clients) and Kafka produce-to-consume round trips/s with
+    /// acks=all; scratch database and topic are removed afterwards.
+    BenchLimits {
+        /// The PostgreSQL server of the service databases (the scratch database goes there).
+        #[arg(
+            long = "server-url",
+            env = "POSTGRES_SERVER_URL",
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432"
+        )]
+        server_url: String,
+        /// Seconds each measurement runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Kafka records in flight at most (produced, not yet consumed back).
+        #[arg(long = "kafka-window", default_value_t = 1000)]
+        kafka_window: usize,
+        /// Print one JSON object with every figure.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints, as one JSON object, the counters a benchmark costs a saga with: transactions
+    /// committed in the four service databases and records on the saga topics.
+    BenchCounters {
+        /// The PostgreSQL server of the service databases.
+        #[arg(
+            long = "server-url",
+            env = "POSTGRES_SERVER_URL",
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432"
+        )]
+        server_url: String,
+        /// First wait until the saga topics stop growing (two readings 3 s apart agree), at
+        /// most this many seconds: a run's last follow-up events land after its decisions.
+        #[arg(long = "settle-secs")]
+        settle_secs: Option<u64>,
+    },
+    /// Prints the benchmark's one table from the JSON files of a run (`stack.sh bench`): each
+    /// figure, its goal, and the platform's load as fractions of the machine's limits.
+    BenchReport {
+        /// `sagactl bench-limits --json` output.
+        #[arg(long)]
+        limits: std::path::PathBuf,
+        /// Closed-loop `sagactl bench --json` output.
+        #[arg(long)]
+        saturation: std::path::PathBuf,
+        /// Open-loop output of the high rate (the POST /orders p99 goal: 500/s).
+        #[arg(long = "open-loop-high")]
+        open_loop_high: std::path::PathBuf,
+        /// Open-loop output of the low rate (the decision p99 goal: 100/s).
+        #[arg(long = "open-loop-low")]
+        open_loop_low: std::path::PathBuf,
+        /// `sagactl bench-counters` output before the saturation run.
+        #[arg(long = "counters-before")]
+        counters_before: std::path::PathBuf,
+        /// `sagactl bench-counters` output after the saturation run.
+        #[arg(long = "counters-after")]
+        counters_after: std::path::PathBuf,
+        /// Directory of the services' pid files (peak memory is read from /proc/<pid>/status).
+        #[arg(long = "pids-dir", default_value = ".local/pids")]
+        pids_dir: std::path::PathBuf,
     },
 }
 
@@ -355,16 +427,66 @@ async fn main() -> anyhow::Result<()> {
             endpoints,
             orders,
             concurrency,
+            rate,
+            duration_secs,
             timeout_secs,
+            json,
         } => {
-            bench::run(
-                &endpoints,
-                orders,
-                concurrency.max(1),
-                Duration::from_secs(timeout_secs),
-            )
-            .await
+            let output = bench::Output { json };
+            let timeout = Duration::from_secs(timeout_secs);
+            match rate.zip(duration_secs) {
+                Some((rate, seconds)) => {
+                    let duration = Duration::try_from_secs_f64(seconds)
+                        .map_err(|_| anyhow::anyhow!("--duration-secs must be a non-negative number of seconds"))?;
+                    let schedule = bench::stats::Schedule::new(rate, duration)?;
+                    bench::open_loop::run(&endpoints, schedule, timeout, output).await
+                }
+                None => bench::run(&endpoints, orders, concurrency.max(1), timeout, output).await,
+            }
         }
+        Command::BenchLimits {
+            server_url,
+            seconds,
+            kafka_window,
+            json,
+        } => {
+            let request = bench::limits::LimitsRequest {
+                server_url: &server_url,
+                duration: Duration::from_secs(seconds.max(1)),
+                kafka_window,
+            };
+            bench::limits::run(&cli.kafka, &request, bench::Output { json }).await
+        }
+        Command::BenchCounters {
+            server_url,
+            settle_secs,
+        } => {
+            let counters = match settle_secs {
+                Some(seconds) => {
+                    bench::counters::read_settled(&cli.kafka, &server_url, Duration::from_secs(seconds)).await?
+                }
+                None => bench::counters::read(&cli.kafka, &server_url).await?,
+            };
+            println!("{}", counters.to_json());
+            Ok(())
+        }
+        Command::BenchReport {
+            limits,
+            saturation,
+            open_loop_high,
+            open_loop_low,
+            counters_before,
+            counters_after,
+            pids_dir,
+        } => bench::report::run(&bench::report::ReportFiles {
+            limits,
+            saturation,
+            open_loop_high,
+            open_loop_low,
+            counters_before,
+            counters_after,
+            pids_dir,
+        }),
     }
 }
 

@@ -899,7 +899,7 @@ async fn drop_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> anyhow::Result<()> {
+pub(crate) async fn delete_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let names: Vec<&str> = topics.iter().map(|topic| topic.name.as_str()).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
