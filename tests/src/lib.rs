@@ -182,6 +182,7 @@ impl TestEnv {
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             database_max_connections: 5,
             unclassified_error_attempts: 3,
+            consumer_batch_size: 64,
         }
     }
 

@@ -13,7 +13,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use saga_common::codec::{DecodeError, EncodedEvent, EventCodec};
 use saga_common::config::{RegistryConfig, RegistryUserInfo};
-use saga_common::consumer::{event_headers, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError};
+use saga_common::consumer::{
+    event_headers, AfterCommit, BatchHandler, ConsumedEvent, ConsumerLoop, EventHandler, HandlerError,
+};
 use saga_common::health::HealthState;
 use saga_common::kafka;
 use saga_common::retry::{Backoff, ErrorPolicy};
@@ -170,6 +172,7 @@ fn consumer_loop(env: &TestEnv, group: &str, topics: &[String], dead_letters: &s
             unclassified_attempts: UNCLASSIFIED_ATTEMPTS,
         },
         health: Arc::new(HealthState::default()),
+        batch_size: 64,
     })
 }
 
@@ -610,5 +613,174 @@ async fn with_registry_credentials_the_codec_and_the_probe_work_and_refused_ones
         other
     );
     registry.shutdown().await?;
+    Ok(())
+}
+
+/// A batching handler over a real database: each event it applies leaves a row (with the id of
+/// the transaction that wrote it) in `applied`; one event it refuses for good AFTER writing its
+/// row, one it fails transiently until released.
+struct TableHandler {
+    database: sqlx::PgPool,
+    refused: Option<EventId>,
+    failing_until_released: Option<EventId>,
+    released: AtomicBool,
+}
+
+#[async_trait]
+impl EventHandler for TableHandler {
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        saga_common::consumer::handle_alone(self, event).await
+    }
+
+    fn batched(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl BatchHandler for TableHandler {
+    fn database(&self) -> &sqlx::PgPool {
+        &self.database
+    }
+
+    fn wants(&self, _event: &ConsumedEvent) -> bool {
+        true
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: &ConsumedEvent,
+    ) -> Result<Option<AfterCommit>, HandlerError> {
+        let event_id = event.event.event_id();
+        if Some(event_id) == self.failing_until_released && !self.released.load(Ordering::SeqCst) {
+            return Err(HandlerError::Transient(anyhow::anyhow!("database hiccup (simulated)")));
+        }
+        sqlx::query("INSERT INTO applied (event_id, txid) VALUES ($1, txid_current())")
+            .bind(event_id.uuid())
+            .execute(&mut *tx)
+            .await?;
+        if Some(event_id) == self.refused {
+            return Err(HandlerError::permanent("refused after writing (simulated)"));
+        }
+        Ok(None)
+    }
+}
+
+/// The `applied` rows: event id and the transaction that wrote it.
+async fn applied(database: &sqlx::PgPool) -> anyhow::Result<Vec<(uuid::Uuid, i64)>> {
+    Ok(sqlx::query_as("SELECT event_id, txid FROM applied")
+        .fetch_all(database)
+        .await?)
+}
+
+/// Produces `count` events of one order, then runs a consumer loop with `handler` (made from
+/// the events and a fresh database) until every offset is committed; returns the events, the
+/// database and the dead letters.
+async fn run_batched(
+    count: usize,
+    handler: impl FnOnce(&[SagaEvent], sqlx::PgPool) -> Arc<TableHandler>,
+) -> anyhow::Result<(Vec<SagaEvent>, sqlx::PgPool, Vec<saga_tests::RawRecord>)> {
+    let env = TestEnv::new().await?;
+    let database = machinery_database(&env).await?;
+    sqlx::query("CREATE TABLE applied (event_id uuid PRIMARY KEY, txid bigint NOT NULL)")
+        .execute(&database)
+        .await?;
+    let dead_letters = env.topic("batch.dead-letter", 1).await?;
+    // All produced before the consumer starts: its worker finds them in hand together.
+    let (events, partition, first_offset) = produce_events_of_one_order(&env, count).await?;
+    let topic = env.kafka.topic(Topic::Orders);
+    let handler = handler(&events, database.clone());
+    let group = env.group("batch");
+    let consumer_loop = consumer_loop(&env, &group, std::slice::from_ref(&topic), &dead_letters)?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
+    if handler.failing_until_released.is_some() {
+        // Nothing of the batch commits while one of its events fails: it is rolled back and
+        // retried one by one, the failing event holding up the rest of its partition.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before_release = applied(&database).await?.len();
+        assert!(
+            before_release < count,
+            "{before_release} of {count} applied while one fails"
+        );
+        handler.released.store(true, Ordering::SeqCst);
+    }
+    wait_for_committed(&env, &group, &topic, partition, first_offset + count as i64).await?;
+    let dead = env
+        .reader(&dead_letters)?
+        .read_raw_to_end(Duration::from_secs(20))
+        .await?;
+    shutdown.cancel();
+    running.await?;
+    Ok((events, database, dead))
+}
+
+#[tokio::test]
+async fn a_batch_commits_together_and_an_event_refused_for_good_is_rolled_back_alone_and_dead_lettered(
+) -> anyhow::Result<()> {
+    let (events, database, dead) = run_batched(6, |events, database| {
+        Arc::new(TableHandler {
+            database,
+            refused: Some(events[2].event_id()),
+            failing_until_released: None,
+            released: AtomicBool::new(false),
+        })
+    })
+    .await?;
+    let rows = applied(&database).await?;
+    let applied_ids: HashSet<uuid::Uuid> = rows.iter().map(|(event_id, _)| *event_id).collect();
+    let expected: HashSet<uuid::Uuid> = events
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != 2)
+        .map(|(_, event)| event.event_id().uuid())
+        .collect();
+    assert_eq!(
+        applied_ids, expected,
+        "the refused event's own write is rolled back, no other"
+    );
+    let transactions: HashSet<i64> = rows.iter().map(|(_, txid)| *txid).collect();
+    assert!(
+        transactions.len() < rows.len(),
+        "events in hand together share a transaction: {} transactions for {} events",
+        transactions.len(),
+        rows.len()
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&database)
+        .await?;
+    assert_eq!(inbox, 5, "each applied event once in the inbox, the refused one not");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].header("event_id"),
+        Some(events[2].event_id().to_string().as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_transiently_is_rolled_back_and_its_events_applied_one_by_one_exactly_once(
+) -> anyhow::Result<()> {
+    let (events, database, dead) = run_batched(6, |events, database| {
+        Arc::new(TableHandler {
+            database,
+            refused: None,
+            failing_until_released: Some(events[3].event_id()),
+            released: AtomicBool::new(false),
+        })
+    })
+    .await?;
+    let applied_ids: Vec<uuid::Uuid> = applied(&database).await?.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        applied_ids.len(),
+        events.len(),
+        "each event applied once: {applied_ids:?}"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&database)
+        .await?;
+    assert_eq!(inbox, events.len() as i64);
+    assert!(dead.is_empty(), "nothing dead-lettered: {} records", dead.len());
     Ok(())
 }

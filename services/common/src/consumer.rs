@@ -2,7 +2,15 @@
 //!
 //! Each partition has a worker; for each record, in partition order: decode it, hand it to the service's handler, and only
 //! when the handler's effect is committed store the record's offset (the offset is committed to
-//! the broker in the background). Handler failures follow the [`ErrorPolicy`]: a transient one
+//! the broker in the background).
+//!
+//! Batches: when a partition's worker finds several records in hand and the handler can apply
+//! events inside a shared transaction ([`BatchHandler`]), it applies them in partition order in
+//! ONE transaction (one commit for all: the inbox still takes each event once, each event under
+//! its own savepoint) and then stores the last offset. An event the handler refuses for good
+//! rolls back to its savepoint alone and is dead-lettered once the rest committed; any other
+//! failure rolls the whole batch back and its records are taken again one by one, with the
+//! retries below. Handler failures follow the [`ErrorPolicy`]: a transient one
 //! (registry, database, broker) retries the same record with backoff and never skips it; a
 //! permanent one, or an unclassified one past the retry budget, and a poison record
 //! (undecodable bytes, an unknown schema) go to the service's dead-letter topic with their
@@ -20,6 +28,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use saga_contracts::SagaEvent;
+use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +37,7 @@ use tracing::Instrument;
 use crate::codec::{DecodeError, EventCodec, EVENT_ID_HEADER, EVENT_TYPE_HEADER, TRACEPARENT_HEADER};
 use crate::error::{Classify, ErrorClass};
 use crate::health::HealthState;
+use crate::inbox;
 use crate::kafka::GroupConsumer;
 use crate::metrics::RecordMetrics;
 use crate::retry::{retry_until_ok, ErrorPolicy};
@@ -124,6 +134,100 @@ impl From<crate::Error> for HandlerError {
 pub trait EventHandler: Send + Sync {
     /// Applies the event and commits its effect.
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError>;
+
+    /// The same handler as a [`BatchHandler`], if it can apply events inside a transaction it
+    /// shares with others; the loop then batches the records it has in hand.
+    fn batched(&self) -> Option<&dyn BatchHandler> {
+        None
+    }
+}
+
+/// What a handler does once the transaction holding an event's effect has committed: wake the
+/// relay, hand a payment to the charger, wake the mailer.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+/// A handler whose effects are database writes that can share one transaction with other
+/// events' (the inbox row of each is written by the caller, in the same transaction).
+#[async_trait]
+pub trait BatchHandler: Send + Sync {
+    /// The service's database, where the transaction runs.
+    fn database(&self) -> &sqlx::PgPool;
+
+    /// Whether the event concerns the service; one that does not changes nothing and gets no
+    /// inbox row.
+    fn wants(&self, event: &ConsumedEvent) -> bool;
+
+    /// Applies `event` inside `tx`, after the caller recorded it in the inbox (so it is new);
+    /// returns what to do after the commit. An error leaves the caller to roll back.
+    async fn apply(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<Option<AfterCommit>, HandlerError>;
+}
+
+/// Handles one event in a transaction of its own: inbox row, effect, commit, then the
+/// after-commit work. What a [`BatchHandler`]'s [`EventHandler::handle`] does.
+pub async fn handle_alone(handler: &dyn BatchHandler, event: &ConsumedEvent) -> Result<(), HandlerError> {
+    if !handler.wants(event) {
+        return Ok(());
+    }
+    let mut tx = handler.database().begin().await?;
+    if !inbox::record(&mut tx, event).await? {
+        return Ok(());
+    }
+    let after = handler.apply(&mut tx, event).await?;
+    tx.commit().await?;
+    if let Some(after) = after {
+        after();
+    }
+    Ok(())
+}
+
+/// Applies `events` in order in one transaction, each under a savepoint. Returns, per event,
+/// `Ok` or the permanent error that rolled it back alone (the others committed); any other
+/// error rolls everything back and is returned.
+pub async fn handle_together(
+    handler: &dyn BatchHandler,
+    events: &[(ConsumedEvent, tracing::Span)],
+) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
+    let mut tx = handler.database().begin().await?;
+    let mut results = Vec::with_capacity(events.len());
+    let mut after_commit = Vec::new();
+    for (event, span) in events {
+        if !handler.wants(event) {
+            results.push(Ok(()));
+            continue;
+        }
+        let applied = async {
+            let mut savepoint = Connection::begin(&mut *tx).await?;
+            if !inbox::record(&mut savepoint, event).await? {
+                savepoint.commit().await?;
+                return Ok(None);
+            }
+            match handler.apply(&mut savepoint, event).await {
+                Ok(after) => {
+                    savepoint.commit().await?;
+                    Ok(after)
+                }
+                Err(error) => {
+                    savepoint.rollback().await?;
+                    Err(error)
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        match applied {
+            Ok(after) => {
+                after_commit.extend(after);
+                results.push(Ok(()));
+            }
+            Err(error @ HandlerError::Permanent(_)) => results.push(Err(error)),
+            Err(error) => return Err(error),
+        }
+    }
+    tx.commit().await?;
+    for after in after_commit {
+        after();
+    }
+    Ok(results)
 }
 
 /// Everything the loop needs besides the handler.
@@ -142,6 +246,8 @@ pub struct ConsumerLoop {
     pub policy: ErrorPolicy,
     /// Where dead letters are counted.
     pub health: Arc<HealthState>,
+    /// The most records of one partition applied in one transaction (1: one at a time).
+    pub batch_size: usize,
 }
 
 /// What happened to one record.
@@ -213,24 +319,137 @@ impl ConsumerLoop {
         shutdown: CancellationToken,
         metrics: RecordMetrics,
     ) {
+        let mut batch = Vec::with_capacity(self.batch_size.max(1));
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = queue.recv() => match next { Some(message) => message, None => break },
             };
-            match self.process(&message, handler.as_ref(), &shutdown, &metrics).await {
-                Outcome::Processed | Outcome::DeadLettered => {
-                    if let Err(error) =
-                        self.consumer
-                            .store_offset(message.topic(), message.partition(), message.offset())
-                    {
-                        // Only fails if the partition was revoked meanwhile; its new owner
-                        // re-reads the record and the handler's idempotence absorbs it.
-                        tracing::warn!(%error, "could not store offset");
+            batch.push(message);
+            // The records already in hand join it; none is waited for.
+            while batch.len() < self.batch_size {
+                match queue.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            let batched = handler.batched().filter(|_| batch.len() > 1);
+            let finished = match batched {
+                Some(batch_handler) => {
+                    self.process_together(&batch, batch_handler, handler.as_ref(), &shutdown, &metrics)
+                        .await
+                }
+                None => self.process_each(&batch, handler.as_ref(), &shutdown, &metrics).await,
+            };
+            if !finished {
+                break;
+            }
+            batch.clear();
+        }
+    }
+
+    /// Handles `batch` record by record, storing each one's offset once it is done; `false` if
+    /// shutdown interrupted it.
+    async fn process_each(
+        &self,
+        batch: &[OwnedMessage],
+        handler: &dyn EventHandler,
+        shutdown: &CancellationToken,
+        metrics: &RecordMetrics,
+    ) -> bool {
+        for message in batch {
+            match self.process(message, handler, shutdown, metrics).await {
+                Outcome::Processed | Outcome::DeadLettered => self.store_offset(message),
+                Outcome::Interrupted => return false,
+            }
+        }
+        true
+    }
+
+    /// Applies `batch` in one transaction (see the module's documentation), then dead-letters
+    /// what cannot be processed and stores the last offset; falls back to
+    /// [`Self::process_each`] when the transaction fails. `false` if shutdown interrupted it.
+    async fn process_together(
+        &self,
+        batch: &[OwnedMessage],
+        batch_handler: &dyn BatchHandler,
+        handler: &dyn EventHandler,
+        shutdown: &CancellationToken,
+        metrics: &RecordMetrics,
+    ) -> bool {
+        let started = Instant::now();
+        let mut decoded = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for message in batch {
+            let span = self.record_span(message);
+            match self.decode(message, shutdown).instrument(span.clone()).await {
+                None => return false,
+                Some(Ok(event)) => {
+                    span.record("event_type", event.event.event_type().as_str());
+                    decoded.push(Ok(events.len()));
+                    events.push((event, span));
+                }
+                Some(Err(error)) => decoded.push(Err(error.to_string())),
+            }
+        }
+        let results = match handle_together(batch_handler, &events).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::warn!(
+                    topic = batch[0].topic(),
+                    partition = batch[0].partition(),
+                    records = batch.len(),
+                    %error,
+                    "batch rolled back; taking its records one by one"
+                );
+                return self.process_each(batch, handler, shutdown, metrics).await;
+            }
+        };
+        let elapsed = started.elapsed();
+        for (message, decoded) in batch.iter().zip(decoded) {
+            let failure = match decoded {
+                Err(reason) => Some(reason),
+                Ok(index) => match &results[index] {
+                    Ok(()) => None,
+                    Err(error) => {
+                        let event = &events[index].0.event;
+                        tracing::error!(
+                            order_id = event.order_id().map(|id| id.to_string()).unwrap_or_default(),
+                            event_id = %event.event_id(),
+                            event_type = event.event_type().as_str(),
+                            %error,
+                            "event handler gave up"
+                        );
+                        Some(error.to_string())
+                    }
+                },
+            };
+            match failure {
+                None => {
+                    metrics.handled_in(elapsed);
+                    metrics.processed();
+                }
+                Some(reason) => {
+                    if let Outcome::Interrupted = self.dead_letter(message, &reason, shutdown, metrics).await {
+                        return false;
                     }
                 }
-                Outcome::Interrupted => break,
             }
+        }
+        if let Some(last) = batch.last() {
+            self.store_offset(last);
+        }
+        true
+    }
+
+    fn store_offset(&self, message: &OwnedMessage) {
+        if let Err(error) = self
+            .consumer
+            .store_offset(message.topic(), message.partition(), message.offset())
+        {
+            // Only fails if the partition was revoked meanwhile; its new owner re-reads the
+            // record and the handler's idempotence absorbs it.
+            tracing::warn!(%error, "could not store offset");
         }
     }
 
@@ -244,6 +463,14 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
         metrics: &RecordMetrics,
     ) -> Outcome {
+        let span = self.record_span(message);
+        self.decode_and_handle(message, handler, shutdown, metrics)
+            .instrument(span)
+            .await
+    }
+
+    /// The consumer span of one record, continuing the trace of its `traceparent`.
+    fn record_span(&self, message: &OwnedMessage) -> tracing::Span {
         let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
         let span = tracing::info_span!(
             "process",
@@ -260,9 +487,30 @@ impl ConsumerLoop {
             event_type = tracing::field::Empty,
         );
         telemetry::continue_trace(&span, header_value(message, TRACEPARENT_HEADER).as_deref());
-        self.decode_and_handle(message, handler, shutdown, metrics)
-            .instrument(span)
-            .await
+        span
+    }
+
+    /// Decodes `message` (retrying while the registry is unreachable) with where it came from;
+    /// `None` if shutdown interrupted the retries, an error if it can never be decoded.
+    async fn decode(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<ConsumedEvent, DecodeError>> {
+        let decoded = retry_until_ok("schema lookup", self.policy.backoff, shutdown, || async {
+            match self.codec.decode(message.payload()).await {
+                Err(DecodeError::Transient(reason)) => Err(reason),
+                other => Ok(other),
+            }
+        })
+        .await?;
+        Some(decoded.map(|event| ConsumedEvent {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            traceparent: header_value(message, TRACEPARENT_HEADER),
+            event,
+        }))
     }
 
     async fn decode_and_handle(
@@ -272,24 +520,10 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
         metrics: &RecordMetrics,
     ) -> Outcome {
-        let decoded = retry_until_ok("schema lookup", self.policy.backoff, shutdown, || async {
-            match self.codec.decode(message.payload()).await {
-                Err(DecodeError::Transient(reason)) => Err(reason),
-                other => Ok(other),
-            }
-        })
-        .await;
-        let event = match decoded {
+        let consumed = match self.decode(message, shutdown).await {
             None => return Outcome::Interrupted,
-            Some(Ok(event)) => event,
+            Some(Ok(consumed)) => consumed,
             Some(Err(error)) => return self.dead_letter(message, &error.to_string(), shutdown, metrics).await,
-        };
-        let consumed = ConsumedEvent {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-            traceparent: header_value(message, TRACEPARENT_HEADER),
-            event,
         };
         let order_id = consumed.event.order_id().map(|id| id.to_string()).unwrap_or_default();
         let event_id = consumed.event.event_id().to_string();

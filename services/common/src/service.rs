@@ -66,6 +66,11 @@ pub struct ServiceConfig {
         default_value_t = 5
     )]
     pub unclassified_error_attempts: u32,
+    /// The most records of one partition a consumer applies in one database transaction, from
+    /// those it has in hand (it never waits for more): one commit for many events when the
+    /// service is busy, one per event when it is not. 1 applies every event on its own.
+    #[arg(long = "consumer-batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 64)]
+    pub consumer_batch_size: usize,
 }
 
 /// What distinguishes one service binary from another at startup.
@@ -145,6 +150,8 @@ pub struct ServiceContext {
     pub health: Arc<HealthState>,
     /// Checks the credentials of HTTP requests.
     pub authenticator: Arc<Authenticator>,
+    /// The most records a consumer applies in one transaction.
+    pub consumer_batch_size: usize,
 }
 
 impl ServiceContext {
@@ -224,6 +231,7 @@ impl ServiceContext {
             policy,
             health,
             authenticator,
+            consumer_batch_size: config.consumer_batch_size.max(1),
         }))
     }
 
@@ -382,6 +390,7 @@ impl ServiceContext {
                 group_id,
                 policy: self.policy,
                 health: self.health.clone(),
+                batch_size: self.consumer_batch_size,
             };
             work.spawn(self.watched("consumer", consumer_loop.run(handler, self.shutdown.clone())));
         }

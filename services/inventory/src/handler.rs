@@ -11,14 +11,13 @@
 //! returns; replay runs the same [`apply`] on the state it rebuilds in memory.
 
 use async_trait::async_trait;
-use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
-use saga_common::inbox;
+use saga_common::consumer::{self, AfterCommit, BatchHandler, ConsumedEvent, EventHandler, HandlerError};
 use saga_common::outbox::{self, Relay};
 use saga_contracts::{
     Envelope, FailureReason, InventoryCommitted, InventoryReleased, InventoryReservationFailed, InventoryReserved,
     OrderConfirmed, OrderCreated, OrderFailed, OrderId, SagaEvent,
 };
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{self, Decision, OnConfirmed, OnCreated, OnFailed, ReservationStatus};
 use crate::error::{Error, Result};
@@ -33,30 +32,35 @@ pub(crate) struct InventoryHandler {
 #[async_trait]
 impl EventHandler for InventoryHandler {
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        let Some(mut tx) = self.begin_once(consumed).await? else {
-            return Ok(());
-        };
-        for caused in apply(&mut *tx, &consumed.event).await? {
-            outbox::enqueue(&mut tx, &caused, consumed.traceparent.as_deref()).await?;
-        }
-        tx.commit().await?;
-        self.relay.notify();
-        Ok(())
+        consumer::handle_alone(self, consumed).await
+    }
+
+    fn batched(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
     }
 }
 
-impl InventoryHandler {
-    /// Starts the event's transaction and records it in the inbox; `None` if it was processed
-    /// before (nothing else may happen then).
-    async fn begin_once(
+#[async_trait]
+impl BatchHandler for InventoryHandler {
+    fn database(&self) -> &PgPool {
+        &self.database
+    }
+
+    fn wants(&self, _event: &ConsumedEvent) -> bool {
+        true
+    }
+
+    /// [`apply`] in the caller's transaction, the events it causes into the outbox.
+    async fn apply(
         &self,
+        tx: &mut PgConnection,
         consumed: &ConsumedEvent,
-    ) -> Result<Option<Transaction<'static, Postgres>>, HandlerError> {
-        let mut tx = self.database.begin().await?;
-        if !inbox::record(&mut tx, consumed).await? {
-            return Ok(None);
+    ) -> Result<Option<AfterCommit>, HandlerError> {
+        for caused in apply(&mut *tx, &consumed.event).await? {
+            outbox::enqueue(&mut *tx, &caused, consumed.traceparent.as_deref()).await?;
         }
-        Ok(Some(tx))
+        let relay = self.relay.clone();
+        Ok(Some(Box::new(move || relay.notify())))
     }
 }
 

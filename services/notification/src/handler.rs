@@ -9,10 +9,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
-use saga_common::inbox;
+use saga_common::consumer::{self, AfterCommit, BatchHandler, ConsumedEvent, EventHandler, HandlerError};
 use saga_contracts::SagaEvent;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
 use crate::domain::{self, NewNotification};
@@ -60,7 +59,16 @@ impl NotificationHandler {
 }
 
 #[async_trait]
-impl EventHandler for NotificationHandler {
+impl BatchHandler for NotificationHandler {
+    fn database(&self) -> &PgPool {
+        &self.database
+    }
+
+    /// Only decisions ask for an email; other events get no inbox row.
+    fn wants(&self, consumed: &ConsumedEvent) -> bool {
+        domain::asks_for_email(&consumed.event)
+    }
+
     #[tracing::instrument(
         skip_all,
         fields(
@@ -68,26 +76,33 @@ impl EventHandler for NotificationHandler {
             event_id = %consumed.event.event_id(),
         )
     )]
-    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        if !domain::asks_for_email(&consumed.event) {
-            return Ok(());
-        }
-        let mut tx = self.database.begin().await?;
-        if !inbox::record(&mut tx, consumed).await? {
-            return Ok(());
-        }
-        let applied = apply(&mut *tx, &consumed.event).await?;
-        tx.commit().await?;
-        match applied {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        consumed: &ConsumedEvent,
+    ) -> Result<Option<AfterCommit>, HandlerError> {
+        match apply(&mut *tx, &consumed.event).await? {
             Applied::Queued(notification) => {
                 tracing::info!(outcome = %notification.outcome, message_id = %notification.message_id, "email queued");
-                self.mailer_wake.notify_one();
+                let mailer_wake = self.mailer_wake.clone();
+                Ok(Some(Box::new(move || mailer_wake.notify_one())))
             }
             Applied::AlreadyQueued(notification) => {
                 tracing::info!(outcome = %notification.outcome, "email for this order outcome already queued");
+                Ok(None)
             }
-            Applied::Ignored => {}
+            Applied::Ignored => Ok(None),
         }
-        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for NotificationHandler {
+    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
+        consumer::handle_alone(self, consumed).await
+    }
+
+    fn batched(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
     }
 }

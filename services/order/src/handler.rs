@@ -8,11 +8,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
-use saga_common::inbox;
+use saga_common::consumer::{self, AfterCommit, BatchHandler, ConsumedEvent, EventHandler, HandlerError};
 use saga_common::outbox::Relay;
 use saga_contracts::{Envelope, OrderCreated, OrderId, SagaEvent, Topic};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{InventoryOutcome, Order, PaymentOutcome, Placement, SagaInput, ValidOrder};
 use crate::error::{Error, Result};
@@ -113,28 +112,48 @@ pub async fn apply(store: &mut impl OrderStore, event: &SagaEvent) -> Result<Opt
 
 #[async_trait]
 impl EventHandler for OrderHandler {
-    #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]
     async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        if consumed.event.order_id().is_none() {
-            return Ok(()); // stock adjustments belong to no order
-        }
-        let mut tx = self.database.begin().await?;
-        if !inbox::record(&mut tx, consumed).await? {
-            return Ok(());
-        }
+        consumer::handle_alone(self, consumed).await
+    }
+
+    fn batched(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl BatchHandler for OrderHandler {
+    fn database(&self) -> &PgPool {
+        &self.database
+    }
+
+    /// Stock adjustments belong to no order.
+    fn wants(&self, consumed: &ConsumedEvent) -> bool {
+        consumed.event.order_id().is_some()
+    }
+
+    /// [`apply`] in the caller's transaction, a decision into the outbox; once committed, the
+    /// relay is woken and the decision counted.
+    #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        consumed: &ConsumedEvent,
+    ) -> Result<Option<AfterCommit>, HandlerError> {
         let mut decision = None;
         if let Some(decided) = apply(&mut *tx, &consumed.event).await? {
-            store::emit_decision(&mut tx, &decided, consumed.traceparent.as_deref()).await?;
+            store::emit_decision(&mut *tx, &decided, consumed.traceparent.as_deref()).await?;
             if let Some(order_id) = decided.order_id() {
-                decision = DecisionRecord::of(&decided, store::created_at(&mut tx, order_id).await?);
+                decision = DecisionRecord::of(&decided, store::created_at(&mut *tx, order_id).await?);
             }
         }
-        tx.commit().await?;
-        self.relay.notify();
-        if let Some(decision) = decision {
-            decision.record();
-        }
-        Ok(())
+        let relay = self.relay.clone();
+        Ok(Some(Box::new(move || {
+            relay.notify();
+            if let Some(decision) = decision {
+                decision.record();
+            }
+        })))
     }
 }
 

@@ -16,12 +16,11 @@
 //!   and dead-lettered; a transient database failure is retried.
 
 use async_trait::async_trait;
-use saga_common::consumer::{ConsumedEvent, EventHandler, HandlerError};
-use saga_common::inbox;
+use saga_common::consumer::{self, AfterCommit, BatchHandler, ConsumedEvent, EventHandler, HandlerError};
 use saga_common::outbox::Relay;
 use saga_common::telemetry;
 use saga_contracts::{OrderId, SagaEvent};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::charger::ChargeQueue;
 use crate::domain::{self, Input, NewPayment, OrderFailure};
@@ -77,41 +76,59 @@ impl PaymentHandler {
 }
 
 #[async_trait]
-impl EventHandler for PaymentHandler {
-    /// Records `consumed` in the inbox and [`apply`]s it, queueing its events, in one
-    /// transaction. Every consumed event gets its inbox entry, also one that concerns no payment,
-    /// as replay records them.
+impl BatchHandler for PaymentHandler {
+    fn database(&self) -> &PgPool {
+        &self.database
+    }
+
+    fn wants(&self, _consumed: &ConsumedEvent) -> bool {
+        true
+    }
+
+    /// [`apply`] in the caller's transaction (whose inbox row the caller wrote: every consumed
+    /// event gets one, also one that concerns no payment, as replay records them), its events
+    /// into the outbox; once committed, the relay is woken and the charger handed the payment.
     #[tracing::instrument(skip_all, fields(
         order_id = %consumed.event.order_id().map(|id| id.to_string()).unwrap_or_default(),
         event_id = %consumed.event.event_id(),
         event_type = consumed.event.event_type().as_str(),
     ))]
-    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
-        let mut tx = self.database.begin().await?;
-        if !inbox::record(&mut tx, consumed).await? {
-            return Ok(());
-        }
-        let transition = apply(&mut *tx, consumed).await?;
-        if let Some(transition) = &transition {
-            store::enqueue(&mut tx, transition).await?;
-        }
-        tx.commit().await?;
-        let Some(transition) = transition else {
-            return Ok(());
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        consumed: &ConsumedEvent,
+    ) -> Result<Option<AfterCommit>, HandlerError> {
+        let Some(transition) = apply(&mut *tx, consumed).await? else {
+            return Ok(None);
         };
-        if !transition.events.is_empty() {
-            self.relay.notify();
-        }
+        store::enqueue(&mut *tx, &transition).await?;
         let (before, after) = (transition.before.name(), transition.after.name());
         if transition.before == transition.after {
             tracing::info!(state = before, "nothing to change");
         } else {
             tracing::info!(from = before, to = after, "payment state changed");
         }
-        // Handed over only after the commit: the charger works on committed state.
-        if transition.after.gateway_call().is_some() {
-            self.charges.submit(transition.order_id);
-        }
-        Ok(())
+        let relay = self.relay.clone();
+        let charges = self.charges.clone();
+        Ok(Some(Box::new(move || {
+            if !transition.events.is_empty() {
+                relay.notify();
+            }
+            // Handed over only after the commit: the charger works on committed state.
+            if transition.after.gateway_call().is_some() {
+                charges.submit(transition.order_id);
+            }
+        })))
+    }
+}
+
+#[async_trait]
+impl EventHandler for PaymentHandler {
+    async fn handle(&self, consumed: &ConsumedEvent) -> Result<(), HandlerError> {
+        consumer::handle_alone(self, consumed).await
+    }
+
+    fn batched(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
     }
 }
