@@ -402,3 +402,27 @@ async fn a_claimed_email_is_not_claimed_again_until_its_claim_ends_or_expires() 
     assert!(store::claim_due(&database, Duration::from_secs(60)).await?.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn emails_go_out_over_reused_smtp_connections() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let smtp = RejectingSmtpServer::start(&[]).await?;
+    let service = start(&env, smtp_on_localhost(smtp.port)).await?;
+    let orders: Vec<OrderCreated> = (0..12).map(|_| order_created()).collect();
+    for order in &orders {
+        env.produce(&confirmed(order)).await?;
+    }
+    for order in &orders {
+        the_email_once(&service, order.envelope.order_id, "sent").await?;
+    }
+    assert_eq!(smtp.delivered_to().len(), orders.len());
+    // Four mailers (MAILER_CONCURRENCY's default) share the pool: at most one connection each.
+    assert!(
+        smtp.connections() <= 4,
+        "{} connections for {} emails",
+        smtp.connections(),
+        orders.len()
+    );
+    service.stop().await;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The mailer: a background task that sends the emails the handler recorded, over SMTP.
 //!
-//! It claims one due pending row at a time for a lease (a committed `claimed_until`, so several
+//! Emails go out over pooled SMTP connections, reused from one email to the next. It claims one
+//! due pending row at a time for a lease (a committed `claimed_until`, so several
 //! mailers, in one instance or many, never send the same row concurrently, even when a database
 //! connection is lost mid-send), sends it, and marks it sent, which ends the claim. A failed
 //! attempt is counted and the shared error policy decides what follows (see
@@ -24,6 +25,7 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use saga_common::metrics::{label, EMAILS_FAILED, EMAILS_SENT};
 use saga_common::outbox::{self, Relay};
@@ -46,6 +48,9 @@ pub const DEFAULT_SMTP_HOST: &str = "127.0.0.1";
 pub const DEFAULT_SMTP_PORT: u16 = 1025;
 /// Default sender address.
 pub const DEFAULT_SMTP_FROM: &str = "orders@saga-platform.local";
+
+/// Most SMTP connections kept open at once (more than the mailers that send over them).
+const SMTP_POOL_SIZE: u32 = 16;
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,9 +190,16 @@ impl SmtpSender {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
                 .map_err(|e| Error::Config(format!("SMTP_HOST {:?}: {e}", config.host)))?,
         };
+        // Connections are pooled and reused from one email to the next (checked with NOOP before
+        // reuse); the pool holds more than the mailers that share it, and closes connections idle
+        // for a minute.
+        let pool = PoolConfig::new()
+            .max_size(SMTP_POOL_SIZE)
+            .idle_timeout(Duration::from_secs(60));
         let mut builder = builder
             .port(config.port)
-            .timeout(Some(Duration::from_millis(config.command_timeout_ms)));
+            .timeout(Some(Duration::from_millis(config.command_timeout_ms)))
+            .pool_config(pool);
         match (&config.username, &config.password) {
             (Some(username), Some(password)) => {
                 builder = builder.credentials(Credentials::new(username.clone(), password.clone()));

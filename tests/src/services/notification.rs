@@ -3,6 +3,7 @@
 //! test's own that refuses chosen recipients for good.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
@@ -92,6 +93,7 @@ pub struct RejectingSmtpServer {
     pub port: u16,
     rejected: Arc<Mutex<HashSet<String>>>,
     delivered: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
     listener: JoinHandle<()>,
 }
 
@@ -102,12 +104,15 @@ impl RejectingSmtpServer {
         let port = listener.local_addr()?.port();
         let rejected = Arc::new(Mutex::new(rejected.iter().map(|r| (*r).to_owned()).collect()));
         let delivered = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         let session = Session {
             rejected: Arc::clone(&rejected),
             delivered: Arc::clone(&delivered),
         };
         let listener = tokio::spawn(async move {
             while let Ok((connection, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let session = session.clone();
                 tokio::spawn(async move {
                     // A client that hangs up mid-session is no concern of the test.
@@ -119,6 +124,7 @@ impl RejectingSmtpServer {
             port,
             rejected,
             delivered,
+            connections,
             listener,
         })
     }
@@ -126,6 +132,11 @@ impl RejectingSmtpServer {
     /// From now on, accepts mail to every recipient.
     pub fn accept_everyone(&self) {
         self.rejected.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// How many connections clients opened so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The recipients of every mail accepted so far, in order.
