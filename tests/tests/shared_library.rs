@@ -756,6 +756,9 @@ async fn a_batch_commits_together_and_an_event_refused_for_good_is_rolled_back_a
         dead[0].header("event_id"),
         Some(events[2].event_id().to_string().as_str())
     );
+    let reason = dead[0].header("dlq.error").unwrap_or_default();
+    assert!(reason.starts_with("permanent error after 1 attempt(s)"), "{reason}");
+    assert!(reason.contains("refused after writing"), "{reason}");
     Ok(())
 }
 

@@ -40,7 +40,7 @@ use crate::health::HealthState;
 use crate::inbox;
 use crate::kafka::GroupConsumer;
 use crate::metrics::RecordMetrics;
-use crate::retry::{retry_until_ok, ErrorPolicy};
+use crate::retry::{retry_until_ok, ErrorPolicy, GaveUp};
 use crate::telemetry;
 
 /// Dead-letter header: topic the poison record came from.
@@ -412,15 +412,22 @@ impl ConsumerLoop {
                 Ok(index) => match &results[index] {
                     Ok(()) => None,
                     Err(error) => {
+                        // Told as the one-at-a-time path tells it: a permanent error, given up
+                        // on at its first attempt.
+                        let gave_up = GaveUp {
+                            class: error.class(),
+                            attempts: 1,
+                            error: error.to_string(),
+                        };
                         let event = &events[index].0.event;
                         tracing::error!(
                             order_id = event.order_id().map(|id| id.to_string()).unwrap_or_default(),
                             event_id = %event.event_id(),
                             event_type = event.event_type().as_str(),
-                            %error,
+                            error = %gave_up,
                             "event handler gave up"
                         );
-                        Some(error.to_string())
+                        Some(gave_up.to_string())
                     }
                 },
             };
