@@ -181,6 +181,10 @@ enum Command {
         /// Seconds to wait for each order's outcome.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// Fresh SKUs the orders are spread over (order i takes one unit of SKU i mod N). One
+        /// SKU measures its row lock: every reservation of it waits for the one before.
+        #[arg(long, default_value_t = 100)]
+        skus: usize,
         /// Print one JSON object with every figure (progress goes to standard error).
         #[arg(long)]
         json: bool,
@@ -430,18 +434,20 @@ async fn main() -> anyhow::Result<()> {
             rate,
             duration_secs,
             timeout_secs,
+            skus,
             json,
         } => {
             let output = bench::Output { json };
+            let skus = skus.max(1);
             let timeout = Duration::from_secs(timeout_secs);
             match rate.zip(duration_secs) {
                 Some((rate, seconds)) => {
                     let duration = Duration::try_from_secs_f64(seconds)
                         .map_err(|_| anyhow::anyhow!("--duration-secs must be a non-negative number of seconds"))?;
                     let schedule = bench::stats::Schedule::new(rate, duration)?;
-                    bench::open_loop::run(&endpoints, schedule, timeout, output).await
+                    bench::open_loop::run(&endpoints, schedule, skus, timeout, output).await
                 }
-                None => bench::run(&endpoints, orders, concurrency.max(1), timeout, output).await,
+                None => bench::run(&endpoints, orders, concurrency.max(1), skus, timeout, output).await,
             }
         }
         Command::BenchLimits {

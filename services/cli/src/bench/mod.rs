@@ -62,23 +62,55 @@ pub(crate) fn http_client(idle_per_host: usize) -> anyhow::Result<reqwest::Clien
         .context("building the HTTP client")
 }
 
-/// Stocks a fresh SKU with `units` units, so that every benchmark order can be confirmed;
-/// returns the SKU.
-pub(crate) async fn restock(http: &reqwest::Client, endpoints: &Endpoints, units: usize) -> anyhow::Result<String> {
-    let sku = format!("SKU-BENCH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let restock = endpoints
-        .authorize(
-            http.post(format!("{}/stock/{sku}/adjustments", endpoints.inventory)),
-            Scope::Admin,
-        )
-        .json(&json!({"delta": units, "reason": "benchmark stock"}))
-        .send()
-        .await
-        .context("inventory service unreachable; is the stack up? (deploy/local/stack.sh up)")?;
-    if !restock.status().is_success() {
-        bail!("restocking {sku}: {}", restock.status());
+/// The fresh SKUs a run's orders take one unit each of, in turn.
+pub(crate) struct BenchStock {
+    skus: Vec<String>,
+}
+
+impl BenchStock {
+    /// The SKU order number `index` takes.
+    pub(crate) fn sku_of(&self, index: usize) -> &str {
+        &self.skus[index % self.skus.len()]
     }
-    Ok(sku)
+
+    /// How the run's orders are spread, for its progress line.
+    pub(crate) fn describe(&self) -> String {
+        match self.skus.as_slice() {
+            [one] => one.clone(),
+            many => format!("{} SKUs ({}...)", many.len(), many[0]),
+        }
+    }
+}
+
+/// Stocks `skus` fresh SKUs (at most one per order) so that every one of `orders` benchmark
+/// orders can be confirmed.
+pub(crate) async fn restock(
+    http: &reqwest::Client,
+    endpoints: &Endpoints,
+    orders: usize,
+    skus: usize,
+) -> anyhow::Result<BenchStock> {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let count = skus.clamp(1, orders.max(1));
+    let units = orders.div_ceil(count);
+    let mut stocked = Vec::with_capacity(count);
+    for number in 0..count {
+        let sku = format!("SKU-BENCH-{run}-{number}");
+        let restock = endpoints
+            .authorize(
+                http.post(format!("{}/stock/{sku}/adjustments", endpoints.inventory)),
+                Scope::Admin,
+            )
+            .json(&json!({"delta": units, "reason": "benchmark stock"}))
+            .send()
+            .await
+            .context("inventory service unreachable; is the stack up? (deploy/local/stack.sh up)")?;
+        if !restock.status().is_success() {
+            bail!("restocking {sku}: {}", restock.status());
+        }
+        stocked.push(sku);
+    }
+    Ok(BenchStock { skus: stocked })
 }
 
 /// Places order number `index` (one unit of `sku`, a payment that succeeds); returns its id
@@ -167,19 +199,21 @@ pub(crate) async fn run(
     endpoints: &Endpoints,
     orders: usize,
     concurrency: usize,
+    skus: usize,
     timeout: Duration,
     output: Output,
 ) -> anyhow::Result<()> {
     let http = http_client(concurrency)?;
-    let sku = restock(&http, endpoints, orders).await?;
+    let stock = restock(&http, endpoints, orders, skus).await?;
     output.progress(format_args!(
-        "placing {orders} orders of {sku} with {concurrency} concurrent clients ..."
+        "placing {orders} orders of {} with {concurrency} concurrent clients ...",
+        stock.describe()
     ));
     let started = Instant::now();
     let placed: Vec<anyhow::Result<(String, Duration)>> = stream::iter(0..orders)
         .map(|index| {
             let request = order_request(&http, endpoints);
-            let sku = &sku;
+            let sku = stock.sku_of(index);
             async move {
                 let sent = Instant::now();
                 let order_id = place_order(request, sku, index).await?;

@@ -34,14 +34,16 @@ struct Sent {
 pub(crate) async fn run(
     endpoints: &Endpoints,
     schedule: Schedule,
+    skus: usize,
     timeout: Duration,
     output: Output,
 ) -> anyhow::Result<()> {
     let orders = schedule.orders();
     let http = http_client(usize::MAX)?;
-    let sku = restock(&http, endpoints, orders).await?;
+    let stock = restock(&http, endpoints, orders, skus).await?;
     output.progress(format_args!(
-        "sending {orders} orders of {sku} at {} orders/s for {} s (open loop) ...",
+        "sending {orders} orders of {} at {} orders/s for {} s (open loop) ...",
+        stock.describe(),
         schedule.rate,
         schedule.duration.as_secs_f64()
     ));
@@ -53,7 +55,7 @@ pub(crate) async fn run(
         tokio::time::sleep_until(due_at).await;
         let left = Instant::now().saturating_duration_since(start);
         let request = order_request(&http, endpoints);
-        let sku = sku.clone();
+        let sku = stock.sku_of(index).to_owned();
         in_flight.spawn(async move {
             let outcome = place_order(request, &sku, index).await;
             Sent {
