@@ -160,6 +160,14 @@ pub trait BatchHandler: Send + Sync {
     /// Applies `event` inside `tx`, after the caller recorded it in the inbox (so it is new);
     /// returns what to do after the commit. An error leaves the caller to roll back.
     async fn apply(&self, tx: &mut PgConnection, event: &ConsumedEvent) -> Result<Option<AfterCommit>, HandlerError>;
+
+    /// Locks, at the start of a batch's transaction, the rows that events of other partitions
+    /// may lock too (the batches of two partitions run at once), in one fixed order, so that
+    /// two batches never wait for each other in a cycle (a deadlock rolls a batch back). The
+    /// single-event path locks the same rows in the same order. None by default.
+    async fn lock_shared_rows(&self, _tx: &mut PgConnection, _events: &[&ConsumedEvent]) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 /// Handles one event in a transaction of its own: inbox row, effect, commit, then the
@@ -188,6 +196,12 @@ pub async fn handle_together(
     events: &[(ConsumedEvent, tracing::Span)],
 ) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
     let mut tx = handler.database().begin().await?;
+    let wanted: Vec<&ConsumedEvent> = events
+        .iter()
+        .map(|(event, _)| event)
+        .filter(|event| handler.wants(event))
+        .collect();
+    handler.lock_shared_rows(&mut tx, &wanted).await?;
     let mut results = Vec::with_capacity(events.len());
     let mut after_commit = Vec::new();
     for (event, span) in events {

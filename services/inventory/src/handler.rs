@@ -50,6 +50,25 @@ impl BatchHandler for InventoryHandler {
         true
     }
 
+    /// Stock rows are what orders of every partition share: lock those the batch's orders
+    /// reserve (order.created's lines) or commit and release (their reservations' lines) in
+    /// sku order first, as the single-event path locks an order's own.
+    async fn lock_shared_rows(&self, tx: &mut PgConnection, events: &[&ConsumedEvent]) -> Result<(), HandlerError> {
+        let mut skus = Vec::new();
+        let mut decided = Vec::new();
+        for consumed in events {
+            match &consumed.event {
+                SagaEvent::OrderCreated(created) => skus.extend(created.items.iter().map(|item| item.sku.clone())),
+                SagaEvent::OrderConfirmed(_) | SagaEvent::OrderFailed(_) => {
+                    decided.extend(consumed.event.order_id().map(OrderId::uuid));
+                }
+                _ => {}
+            }
+        }
+        crate::store::lock_stock_in_order(tx, &skus, &decided).await?;
+        Ok(())
+    }
+
     /// [`apply`] in the caller's transaction, the events it causes into the outbox.
     async fn apply(
         &self,

@@ -123,6 +123,28 @@ pub(crate) trait InventoryStore {
     async fn insert_adjustment(&mut self, adjustment: &Adjustment) -> Result<bool>;
 }
 
+/// Locks, in sku order, the stock rows of `skus` and of the lines reserved for
+/// `decided_orders` (a batch's first statement; see
+/// `saga_common::consumer::BatchHandler::lock_shared_rows`).
+pub(crate) async fn lock_stock_in_order(
+    tx: &mut PgConnection,
+    skus: &[String],
+    decided_orders: &[uuid::Uuid],
+) -> Result<()> {
+    sqlx::query(
+        "SELECT sku FROM stock WHERE sku IN ( \
+             SELECT unnest($1::text[]) \
+             UNION SELECT line->>'sku' FROM reservations, jsonb_array_elements(items) AS line \
+                   WHERE order_id = ANY($2)) \
+         ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .bind(decided_orders)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 impl InventoryStore for PgConnection {
     async fn lock_available(&mut self, skus: &[String]) -> Result<HashMap<String, i64>> {
         let rows = sqlx::query("SELECT sku, available FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")

@@ -132,6 +132,18 @@ impl BatchHandler for OrderHandler {
         consumed.event.order_id().is_some()
     }
 
+    /// An order's outcomes come from two topics, whose batches run at once: lock the batch's
+    /// orders in id order first.
+    async fn lock_shared_rows(&self, tx: &mut PgConnection, events: &[&ConsumedEvent]) -> Result<(), HandlerError> {
+        let order_ids: Vec<uuid::Uuid> = events
+            .iter()
+            .filter_map(|consumed| consumed.event.order_id())
+            .map(|order_id| order_id.uuid())
+            .collect();
+        store::lock_orders_in_order(tx, &order_ids).await?;
+        Ok(())
+    }
+
     /// [`apply`] in the caller's transaction, a decision into the outbox; once committed, the
     /// relay is woken and the decision counted.
     #[tracing::instrument(skip_all, fields(order_id = consumed.event.order_id().map(tracing::field::display), event_id = %consumed.event.event_id()))]

@@ -271,6 +271,16 @@ pub async fn emit_decision(tx: &mut PgConnection, decided: &SagaEvent, tracepare
     Ok(())
 }
 
+/// Locks the orders of `order_ids` that exist, in id order (a batch's first statement; see
+/// `saga_common::consumer::BatchHandler::lock_shared_rows`).
+pub async fn lock_orders_in_order(tx: &mut PgConnection, order_ids: &[uuid::Uuid]) -> Result<()> {
+    sqlx::query("SELECT order_id FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE")
+        .bind(order_ids)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// When the order of a decision was placed, for the saga duration; the live service only.
 pub async fn created_at(tx: &mut PgConnection, order_id: OrderId) -> Result<DateTime<Utc>> {
     Ok(sqlx::query_scalar("SELECT created_at FROM orders WHERE order_id = $1")
