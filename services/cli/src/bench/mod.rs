@@ -262,18 +262,28 @@ pub(crate) async fn run(
             ),
             format!("first created -> last decided:   {:.2} s", decisions.span.as_secs_f64()),
             format!("sagas completed per second:      {sagas_per_second:.1}"),
-            format!(
-                "POST /orders latency:            p50 {}  p99 {}  p99.9 {}",
-                fmt_ms(post.p50),
-                fmt_ms(post.p99),
-                fmt_ms(post.p999)
-            ),
-            format!(
-                "order.created -> decided:        p50 {}  p99 {}",
-                fmt_ms(decision.p50),
-                fmt_ms(decision.p99)
-            ),
+            latency_line("POST /orders latency:           ", &post),
+            decision_line(&decision),
         ],
     );
     Ok(())
+}
+
+/// `label` followed by the p50, p99 and p99.9 of `latencies`, as the printed summaries show them.
+pub(crate) fn latency_line(label: &str, latencies: &Percentiles) -> String {
+    format!(
+        "{label} p50 {}  p99 {}  p99.9 {}",
+        fmt_ms(latencies.p50),
+        fmt_ms(latencies.p99),
+        fmt_ms(latencies.p999)
+    )
+}
+
+/// The order.created -> decided line of the printed summaries.
+pub(crate) fn decision_line(decision: &Percentiles) -> String {
+    format!(
+        "order.created -> decided:        p50 {}  p99 {}",
+        fmt_ms(decision.p50),
+        fmt_ms(decision.p99)
+    )
 }

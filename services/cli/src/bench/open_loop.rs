@@ -139,17 +139,8 @@ pub(crate) async fn run(
             stats::millis(LATE_AFTER),
             fmt_ms(max_lateness)
         ),
-        format!(
-            "POST /orders from schedule:      p50 {}  p99 {}  p99.9 {}",
-            fmt_ms(post.p50),
-            fmt_ms(post.p99),
-            fmt_ms(post.p999)
-        ),
-        format!(
-            "order.created -> decided:        p50 {}  p99 {}",
-            fmt_ms(decision.p50),
-            fmt_ms(decision.p99)
-        ),
+        super::latency_line("POST /orders from schedule:     ", &post),
+        super::decision_line(&decision),
     ];
     if let Some(error) = &first_error {
         lines.push(format!("first error:                     {error}"));
