@@ -316,7 +316,9 @@ start_dashboard() {
     step "Starting dashboard-service on 127.0.0.1:$DASHBOARD_PORT"
     HTTP_LISTEN="127.0.0.1:$DASHBOARD_PORT" start_process dashboard-service "$BIN/dashboard-service"
   fi
-  wait_for_http "http://127.0.0.1:$DASHBOARD_PORT/health/ready" dashboard-service 90
+  # Ready once it has read the last day of the topics: after a benchmark, hundreds of thousands
+  # of events, a couple of minutes on a debug build.
+  wait_for_http "http://127.0.0.1:$DASHBOARD_PORT/health/ready" dashboard-service 300
   info "dashboard-service ready: http://127.0.0.1:$DASHBOARD_PORT/"
 }
 
