@@ -372,6 +372,10 @@ impl ConsumerLoop {
         metrics: &RecordMetrics,
     ) -> bool {
         for message in batch {
+            // On shutdown the records not started yet stay unstored, to be read again.
+            if shutdown.is_cancelled() {
+                return false;
+            }
             match self.process(message, handler, shutdown, metrics).await {
                 Outcome::Processed | Outcome::DeadLettered => self.store_offset(message),
                 Outcome::Interrupted => return false,
