@@ -195,17 +195,18 @@ pub async fn handle_together(
     handler: &dyn BatchHandler,
     events: &[(ConsumedEvent, tracing::Span)],
 ) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
-    let mut tx = handler.database().begin().await?;
+    let wants: Vec<bool> = events.iter().map(|(event, _)| handler.wants(event)).collect();
     let wanted: Vec<&ConsumedEvent> = events
         .iter()
-        .map(|(event, _)| event)
-        .filter(|event| handler.wants(event))
+        .zip(&wants)
+        .filter_map(|((event, _), wanted)| wanted.then_some(event))
         .collect();
+    let mut tx = handler.database().begin().await?;
     handler.lock_shared_rows(&mut tx, &wanted).await?;
     let mut results = Vec::with_capacity(events.len());
     let mut after_commit = Vec::new();
-    for (event, span) in events {
-        if !handler.wants(event) {
+    for ((event, span), wanted) in events.iter().zip(wants) {
+        if !wanted {
             results.push(Ok(()));
             continue;
         }

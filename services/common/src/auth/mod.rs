@@ -178,8 +178,9 @@ fn quoted_string_safe(text: &str) -> String {
         .collect()
 }
 
-/// How a service authenticates its callers.
-#[derive(Clone, clap::Args)]
+/// How a service authenticates its callers. `Debug` shows every key and secret as `***`
+/// ([`Secret`]).
+#[derive(Clone, Debug, clap::Args)]
 pub struct AuthConfig {
     /// API key granting the `orders` scope (placing and reading orders).
     #[arg(long = "order-api-key", env = ApiKeys::ORDER_ENV, hide_env_values = true)]
@@ -220,24 +221,6 @@ pub struct AuthConfig {
     /// without it a service with no credentials configured refuses to start.
     #[arg(long = "http-auth-disabled", env = "HTTP_AUTH_DISABLED", default_value_t = false)]
     pub disabled: bool,
-}
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("order_api_key", &self.order_api_key)
-            .field("read_api_key", &self.read_api_key)
-            .field("admin_api_key", &self.admin_api_key)
-            .field("api_keys_file", &self.api_keys_file)
-            .field("jwt_hs256_secret", &self.jwt_hs256_secret)
-            .field("jwt_hs256_secret_file", &self.jwt_hs256_secret_file)
-            .field("jwt_rs256_public_key_file", &self.jwt_rs256_public_key_file)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("metrics_require_auth", &self.metrics_require_auth)
-            .field("disabled", &self.disabled)
-            .finish()
-    }
 }
 
 impl AuthConfig {
