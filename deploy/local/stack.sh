@@ -10,9 +10,10 @@
 #   deploy/local/stack.sh status   show what is running, every Kafka node included
 #   deploy/local/stack.sh replay-bench [sagactl replay-bench args]
 #                                  infra, then measure replay: events/s per service (release build)
-#   deploy/local/stack.sh bench [--quick]
+#   deploy/local/stack.sh bench [--quick] [--instances N]
 #                                  the standard benchmark on release binaries: the machine's limits,
-#                                  saturation, two open-loop rates, cost per saga; prints one table
+#                                  saturation, two open-loop rates, cost per saga; prints one table;
+#                                  --instances runs N instances of every service (SERVICE_INSTANCES)
 # Logs: .local/logs/<component>.log. State: .local/data. Process ids: .local/pids.
 # Secrets the stack made up (an API key per scope, ORDER_API_KEY, READ_API_KEY and ADMIN_API_KEY;
 # the registry's credentials, SCHEMA_REGISTRY_USER_INFO): .local/secrets.env (SAGA_SECRETS_FILE),
@@ -268,13 +269,48 @@ prepare_topics_databases_schemas() {
 
 # A service this stack started from another binary than $BIN/<name> (the other build, or one
 # since rebuilt) is stopped, so that it starts again on the build asked for.
-stop_if_other_build() { # name
-  local exe
+stop_if_other_build() { # process-name [binary-name, the process name by default]
+  local exe binary=${2:-$1}
   running "$1" || return 0
   exe=$(readlink "/proc/$(cat "$PIDS/$1.pid")/exe" 2>/dev/null || true)
-  [[ "$exe" == "$BIN/$1" ]] && return 0
-  info "$1 runs ${exe:-an unknown binary}, not $BIN/$1: restarting it"
+  [[ "$exe" == "$BIN/$binary" ]] && return 0
+  info "$1 runs ${exe:-an unknown binary}, not $BIN/$binary: restarting it"
   stop_process "$1"
+}
+
+# Every instance of every service, one line each: binary, process name, HTTP port. Instance 1 is
+# the service itself on its port from SERVICES; instance k > 1 is <service>-k on that port +
+# 100(k-1) (8080, 8180, ... for the order service). Instances share their service's database
+# and consumer group: Kafka splits the partitions between them.
+service_instances() {
+  local entry name port k
+  for entry in $SERVICES; do
+    name=${entry%%:*}; port=${entry##*:}
+    for ((k = 1; k <= SERVICE_INSTANCES; k++)); do
+      if ((k == 1)); then echo "$name $name $port"; else echo "$name $name-$k $((port + 100 * (k - 1)))"; fi
+    done
+  done
+}
+
+# The pid-file names of every instance this stack started of `service` beyond SERVICE_INSTANCES.
+surplus_instances() { # service
+  local file process
+  for file in "$PIDS/$1"-[0-9]*.pid; do
+    [[ -f "$file" ]] || continue
+    process=$(basename "$file" .pid)
+    ((${process##*-} > SERVICE_INSTANCES)) && echo "$process"
+  done
+  return 0
+}
+
+# The base URLs of the order service's instances after the first, comma-separated: where
+# `sagactl bench` sends every other order (MORE_ORDER_SERVICE_URLS).
+more_order_urls() {
+  local binary process port urls=""
+  while read -r binary process port; do
+    [[ "$binary" == order-service && "$process" != order-service ]] && urls+="${urls:+,}http://127.0.0.1:$port"
+  done < <(service_instances)
+  echo "$urls"
 }
 
 # With STRICT_BUILD=1 (bench), a port held by a process this stack did not start is refused:
@@ -286,22 +322,23 @@ check_port_owner() { # name port
 }
 
 start_services() {
-  local name port database
+  local binary name port database entry surplus
   build_platform
   for entry in $SERVICES; do
-    name=${entry%%:*}; port=${entry##*:}
-    stop_if_other_build "$name"
+    for surplus in $(surplus_instances "${entry%%:*}"); do stop_process "$surplus"; done
+  done
+  while read -r binary name port; do
+    stop_if_other_build "$name" "$binary"
     check_port_owner "$name" "$port"
     if running "$name" || port_open 127.0.0.1 "$port"; then info "$name already running on port $port"; continue; fi
     step "Starting $name on 127.0.0.1:$port"
-    database="saga_${name%-service}"
-    HTTP_LISTEN="127.0.0.1:$port" DATABASE_URL="$POSTGRES_SERVER_URL/$database" start_process "$name" "$BIN/$name"
-  done
-  for entry in $SERVICES; do
-    name=${entry%%:*}; port=${entry##*:}
+    database="saga_${binary%-service}"
+    HTTP_LISTEN="127.0.0.1:$port" DATABASE_URL="$POSTGRES_SERVER_URL/$database" start_process "$name" "$BIN/$binary"
+  done < <(service_instances)
+  while read -r binary name port; do
     wait_for_http "http://127.0.0.1:$port/health/ready" "$name" 90
     info "$name ready: http://127.0.0.1:$port/health/ready"
-  done
+  done < <(service_instances)
   start_dashboard
 }
 
@@ -365,13 +402,17 @@ replay_bench() { # [sagactl replay-bench args]
 # counted around it, the high open-loop rate last (it may overload the platform and leave a
 # backlog behind), and one table (sagactl bench-report). Every run's JSON files stay in
 # .local/bench/<time>/.
-run_bench() { # [--quick]
+run_bench() { # [--quick] [--instances N]
   local quick=false
-  case "${1:-}" in
-    --quick) quick=true ;;
-    "") ;;
-    *) echo "usage: $0 bench [--quick]" >&2; exit 2 ;;
-  esac
+  while (($#)); do
+    case "$1" in
+      --quick) quick=true; shift ;;
+      --instances)
+        [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "--instances needs a number of instances, 1 or more" >&2; exit 2; }
+        SERVICE_INSTANCES=$2; shift 2 ;;
+      *) echo "usage: $0 bench [--quick] [--instances N]" >&2; exit 2 ;;
+    esac
+  done
   SAGA_PROFILE=release
   BIN="$TARGET_DIR/release"
   STRICT_BUILD=1
@@ -384,6 +425,8 @@ run_bench() { # [--quick]
   build_platform
   up_infra
   start_services
+  MORE_ORDER_SERVICE_URLS=$(more_order_urls)
+  export MORE_ORDER_SERVICE_URLS
   local out
   out="$STATE/bench/$(date -u +%Y%m%dT%H%M%SZ)"
   mkdir -p "$out"
@@ -391,6 +434,7 @@ run_bench() { # [--quick]
   # as this one's: wait until the saga topics have stopped growing.
   step "Waiting until the platform is quiet (the saga topics stop growing; at most 10 minutes)"
   "$BIN/sagactl" bench-counters --settle-secs 600 >/dev/null
+  info "$SERVICE_INSTANCES instance(s) of every service; orders go to each order-service instance in turn"
   step "Machine limits: PostgreSQL commits/s (pgbench) and Kafka round trips/s, $limit_secs s each"
   "$BIN/sagactl" bench-limits --seconds "$limit_secs" --json >"$out/limits.json"
   step "Open loop: $low_rate orders/s for $low_secs s"
@@ -423,7 +467,12 @@ stop_all() {
   step "Stopping the local stack"
   local entry id
   stop_process dashboard-service
-  for entry in $SERVICES; do stop_process "${entry%%:*}"; done
+  for entry in $SERVICES; do
+    stop_process "${entry%%:*}"
+    for id in "$PIDS/${entry%%:*}"-[0-9]*.pid; do
+      if [[ -f "$id" ]]; then stop_process "$(basename "$id" .pid)"; fi
+    done
+  done
   stop_process maildev
   stop_process schema-registry
   # Kafka nodes stop together: a node stopped after the others lost their quorum would wait
@@ -447,7 +496,9 @@ show_status() {
     elif running "kafka-$id"; then echo "start kafka-$id (127.0.0.1:$port, pid $(cat "$PIDS/kafka-$id.pid"), not listening yet)"
     else echo "down  kafka-$id (127.0.0.1:$port)"; fi
   done
-  for entry in schema-registry:$REGISTRY_PORT maildev:$SMTP_PORT $SERVICES dashboard-service:$DASHBOARD_PORT; do
+  local instances
+  instances=$(service_instances | awk '{print $2 ":" $3}')
+  for entry in schema-registry:$REGISTRY_PORT maildev:$SMTP_PORT $instances dashboard-service:$DASHBOARD_PORT; do
     name=${entry%%:*}; port=${entry##*:}
     if port_open 127.0.0.1 "$port"; then echo "up    $name (127.0.0.1:$port)"; else echo "down  $name (127.0.0.1:$port)"; fi
   done
@@ -467,5 +518,5 @@ case "${1:-up}" in
   status) show_status ;;
   replay-bench) shift; replay_bench "$@" ;;
   bench) shift; run_bench "$@" ;;
-  *) echo "usage: $0 demo|up|infra|down|status|replay-bench [sagactl replay-bench args]|bench [--quick]" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|up|infra|down|status|replay-bench [sagactl replay-bench args]|bench [--quick] [--instances N]" >&2; exit 2 ;;
 esac

@@ -13,6 +13,10 @@ pub(crate) struct Endpoints {
         default_value = "http://127.0.0.1:8080"
     )]
     pub(crate) order: String,
+    /// Further order-service instances (base URLs, comma-separated): `bench` sends its orders to
+    /// these and the order service URL in turn. Any instance answers every other request.
+    #[arg(long = "more-order-urls", env = "MORE_ORDER_SERVICE_URLS", value_delimiter = ',')]
+    pub(crate) more_order: Vec<String>,
     /// Payment service base URL.
     #[arg(
         long = "payment-url",
@@ -77,6 +81,17 @@ impl Endpoints {
             admin: self.admin_api_key.clone(),
         }
         .authorize(request, scope)
+    }
+
+    /// The order-service instance that order number `index` of a benchmark is sent to: each in
+    /// turn.
+    pub(crate) fn order_instance(&self, index: usize) -> &str {
+        let instances = 1 + self.more_order.len();
+        match index % instances {
+            0 => &self.order,
+            more => &self.more_order[more - 1],
+        }
+        .trim_end_matches('/')
     }
 
     /// Every service with its base URL.

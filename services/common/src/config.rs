@@ -60,6 +60,14 @@ pub struct KafkaConfig {
         default_value_t = 5000
     )]
     pub statistics_interval_ms: u64,
+    /// How long the producer waits for more records to fill a request to a broker, in
+    /// milliseconds (librdkafka's `linger.ms`): fewer, larger requests for that much latency.
+    #[arg(
+        long = "kafka-producer-linger-ms",
+        env = "KAFKA_PRODUCER_LINGER_MS",
+        default_value_t = 5
+    )]
+    pub producer_linger_ms: u64,
     /// How clients authenticate and encrypt (SASL, TLS); plaintext by default.
     #[command(flatten)]
     pub security: KafkaSecurity,
@@ -77,6 +85,7 @@ impl KafkaConfig {
             commit_interval_ms: 5000,
             debug: None,
             statistics_interval_ms: 5000,
+            producer_linger_ms: 5,
             security: KafkaSecurity::plaintext(),
         }
     }

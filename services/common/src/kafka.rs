@@ -29,7 +29,7 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", "30000")
-        .set("linger.ms", "5")
+        .set("linger.ms", config.producer_linger_ms.to_string())
         .create()?)
 }
 

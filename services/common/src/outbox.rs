@@ -35,8 +35,8 @@ use crate::{Error, Result};
 
 /// Advisory lock key held by the relay while it publishes a batch.
 const RELAY_LOCK_KEY: i64 = 0x5A6A_0B0C;
-/// Most rows published per batch.
-const BATCH_SIZE: i64 = 200;
+/// Most rows published per batch, unless set otherwise ([`RelaySettings`]).
+pub const DEFAULT_BATCH_SIZE: i64 = 500;
 /// How often an idle relay looks for rows written by another process.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Least time between two refreshes of the pending-rows gauges (each counts the outbox).
@@ -71,6 +71,25 @@ pub async fn pending(pool: &PgPool) -> Result<i64> {
         .await?)
 }
 
+/// How the relay gathers rows into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// Most rows published in one batch (one transaction, one wait for the broker).
+    pub batch_size: i64,
+    /// How long the relay, woken by a commit, waits for more commits before it reads the
+    /// outbox: larger batches for a little latency. Zero publishes at once.
+    pub linger: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: DEFAULT_BATCH_SIZE,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
 /// Publishes outbox rows to Kafka.
 #[derive(Clone)]
 pub struct Relay {
@@ -84,6 +103,7 @@ pub struct Relay {
     unclassified_failures: Arc<Mutex<HashMap<i64, u32>>>,
     /// The service whose outbox this is, as its metrics name it.
     service: &'static str,
+    settings: RelaySettings,
 }
 
 /// One outbox row as the relay reads it.
@@ -121,6 +141,18 @@ impl Relay {
             health,
             unclassified_failures: Arc::default(),
             service: "unnamed",
+            settings: RelaySettings::default(),
+        }
+    }
+
+    /// The same relay, batching as `settings` say.
+    pub fn with_settings(self, settings: RelaySettings) -> Self {
+        Self {
+            settings: RelaySettings {
+                batch_size: settings.batch_size.max(1),
+                ..settings
+            },
+            ..self
         }
     }
 
@@ -152,7 +184,11 @@ impl Relay {
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = self.wake.notified() => {}
+                        _ = self.wake.notified() => {
+                            if !self.settings.linger.is_zero() {
+                                tokio::time::sleep(self.settings.linger).await;
+                            }
+                        }
                         _ = tokio::time::sleep(IDLE_POLL) => {}
                     }
                 }
@@ -188,7 +224,7 @@ impl Relay {
         }
         let rows: Vec<OutboxRow> =
             sqlx::query_as("SELECT position, event_id, payload, traceparent FROM outbox ORDER BY position LIMIT $1")
-                .bind(BATCH_SIZE)
+                .bind(self.settings.batch_size)
                 .fetch_all(&mut *tx)
                 .await?;
         if rows.is_empty() {

@@ -22,7 +22,7 @@ use crate::config::{redact_url, KafkaConfig, RegistryConfig, TelemetryConfig};
 use crate::consumer::{ConsumerLoop, EventHandler};
 use crate::health::{self, HealthState};
 use crate::kafka::{self, Retention, TopicSpec};
-use crate::outbox::Relay;
+use crate::outbox::{Relay, RelaySettings};
 use crate::retry::{retry_until_ok, Backoff, ErrorPolicy};
 use crate::{admin, database, metrics, openapi, Result};
 
@@ -71,6 +71,14 @@ pub struct ServiceConfig {
     /// service is busy, one per event when it is not. 1 applies every event on its own.
     #[arg(long = "consumer-batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 64)]
     pub consumer_batch_size: usize,
+    /// The most outbox rows the relay publishes in one batch: one transaction and one wait for
+    /// the broker's acknowledgements for all of them.
+    #[arg(long = "outbox-batch-size", env = "OUTBOX_BATCH_SIZE", default_value_t = crate::outbox::DEFAULT_BATCH_SIZE)]
+    pub outbox_batch_size: i64,
+    /// How long the relay, woken by a commit, waits for more commits before it publishes, in
+    /// milliseconds: larger batches for that much latency per event. 0 publishes at once.
+    #[arg(long = "outbox-linger-ms", env = "OUTBOX_LINGER_MS", default_value_t = 0)]
+    pub outbox_linger_ms: u64,
 }
 
 /// What distinguishes one service binary from another at startup.
@@ -221,7 +229,11 @@ impl ServiceContext {
         Ok(Some(Self {
             spec,
             relay: Relay::new(pool.clone(), producer.clone(), codec.clone(), policy, health.clone())
-                .for_service(spec.name),
+                .for_service(spec.name)
+                .with_settings(RelaySettings {
+                    batch_size: config.outbox_batch_size,
+                    linger: Duration::from_millis(config.outbox_linger_ms),
+                }),
             database: pool,
             kafka: config.kafka.clone(),
             registry: config.registry.clone(),

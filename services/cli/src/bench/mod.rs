@@ -136,9 +136,11 @@ pub(crate) async fn place_order(request: reqwest::RequestBuilder, sku: &str, ind
         .with_context(|| format!("POST /orders answered 202 without an order_id: {answer}"))
 }
 
-/// The `POST /orders` request of the order service, with the orders key.
-pub(crate) fn order_request(http: &reqwest::Client, endpoints: &Endpoints) -> reqwest::RequestBuilder {
-    endpoints.authorize(http.post(format!("{}/orders", endpoints.order)), Scope::Orders)
+/// The `POST /orders` request of order number `index`, to its order-service instance (see
+/// [`Endpoints::order_instance`]), with the orders key.
+pub(crate) fn order_request(http: &reqwest::Client, endpoints: &Endpoints, index: usize) -> reqwest::RequestBuilder {
+    let instance = endpoints.order_instance(index);
+    endpoints.authorize(http.post(format!("{instance}/orders")), Scope::Orders)
 }
 
 /// What the order service decided for a set of orders, from each order's view.
@@ -212,7 +214,7 @@ pub(crate) async fn run(
     let started = Instant::now();
     let placed: Vec<anyhow::Result<(String, Duration)>> = stream::iter(0..orders)
         .map(|index| {
-            let request = order_request(&http, endpoints);
+            let request = order_request(&http, endpoints, index);
             let sku = stock.sku_of(index);
             async move {
                 let sent = Instant::now();

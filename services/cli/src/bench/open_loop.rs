@@ -54,7 +54,7 @@ pub(crate) async fn run(
         let due_at = start + due;
         tokio::time::sleep_until(due_at).await;
         let left = Instant::now().saturating_duration_since(start);
-        let request = order_request(&http, endpoints);
+        let request = order_request(&http, endpoints, index);
         let sku = stock.sku_of(index).to_owned();
         in_flight.spawn(async move {
             let outcome = place_order(request, &sku, index).await;

@@ -83,9 +83,12 @@ pub(crate) fn run(files: &ReportFiles) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", files.counters_before.display()))?,
         after: Counters::from_json(&read_json(&files.counters_after)?)
             .with_context(|| format!("reading {}", files.counters_after.display()))?,
-        peak_memory_kib: PROCESSES
-            .iter()
-            .map(|name| (name.to_string(), peak_memory_kib(&files.pids_dir, name)))
+        peak_memory_kib: process_instances(&files.pids_dir)
+            .into_iter()
+            .map(|name| {
+                let kib = peak_memory_kib(&files.pids_dir, &name);
+                (name, kib)
+            })
             .collect(),
     };
     print!("{}", render(&rows(&inputs)));
@@ -95,6 +98,39 @@ pub(crate) fn run(files: &ReportFiles) -> anyhow::Result<()> {
 fn read_json(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(text.trim()).with_context(|| format!("{} is not one JSON object", path.display()))
+}
+
+/// The [`PROCESSES`] with a pid file, each instance of one (`order-service`, `order-service-2`,
+/// ...) by its own name; a process with none is still listed, its memory unknown.
+fn process_instances(pids_dir: &Path) -> Vec<String> {
+    let files: Vec<String> = std::fs::read_dir(pids_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".pid").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for process in PROCESSES {
+        let mut instances: Vec<(u32, &String)> = files
+            .iter()
+            .filter_map(|file| instance_number(process, file).map(|number| (number, file)))
+            .collect();
+        instances.sort();
+        if instances.is_empty() {
+            names.push(process.to_owned());
+        }
+        names.extend(instances.into_iter().map(|(_, file)| file.clone()));
+    }
+    names
+}
+
+/// 1 for `process` itself, n for `<process>-<n>`; None for another name.
+fn instance_number(process: &str, name: &str) -> Option<u32> {
+    match name.strip_prefix(process)? {
+        "" => Some(1),
+        rest => rest.strip_prefix('-')?.parse().ok(),
+    }
 }
 
 /// VmHWM of the process whose id is in `<pids_dir>/<name>.pid`.
@@ -406,6 +442,15 @@ mod tests {
             value_of(&quick, "open loop 100/s for 30 s: order.created").goal,
             "p99 <= 100 ms: NOT met"
         );
+    }
+
+    #[test]
+    fn each_instance_of_a_process_is_known_by_its_number() {
+        assert_eq!(instance_number("order-service", "order-service"), Some(1));
+        assert_eq!(instance_number("order-service", "order-service-2"), Some(2));
+        assert_eq!(instance_number("order-service", "order-service-x"), None);
+        assert_eq!(instance_number("order-service", "payment-service"), None);
+        assert_eq!(instance_number("dashboard-service", "dashboard-service-10"), Some(10));
     }
 
     #[test]
