@@ -33,6 +33,16 @@ pub const SERVICES: [&str; 4] = [
     "notification-service",
 ];
 
+/// The process name of instance `number` (from 1) of `service`: the service's own name for the
+/// first, `<service>-<number>` for the others.
+pub fn instance_name(service: &str, number: usize) -> String {
+    if number <= 1 {
+        service.to_string()
+    } else {
+        format!("{service}-{number}")
+    }
+}
+
 /// How long a Kafka node may take to appear in the cluster's metadata after it starts (three
 /// JVMs starting at once on a loaded 2-core machine take 15-40 s).
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(180);
@@ -132,6 +142,8 @@ pub struct ClusterConfig {
     pub saga_deadline_secs: f64,
     /// Partitions of every topic.
     pub partitions: i32,
+    /// Instances of every service: they share its database and consumer group.
+    pub instances: usize,
     /// How the cluster the harness starts is secured (an existing cluster's clients read
     /// `KAFKA_SECURITY_PROTOCOL` and the rest from the harness's environment instead).
     pub security: ClusterSecurity,
@@ -162,6 +174,7 @@ impl ClusterConfig {
             ),
             saga_deadline_secs: 60.0,
             partitions: 2,
+            instances: 1,
             security,
         }
     }
@@ -187,13 +200,13 @@ pub struct Cluster {
     pub kafka_nodes: Vec<KafkaNode>,
     /// The schema registry the harness started (none with an existing one).
     pub registry: Option<ManagedProcess>,
-    /// The services, by binary name.
+    /// The services' processes, by instance name (see [`instance_name`]).
     pub services: BTreeMap<String, ManagedProcess>,
     /// Registry base URL.
     pub registry_url: String,
     /// Credentials for the registry (the services and the harness's own clients use them).
     pub registry_user_info: Option<RegistryUserInfo>,
-    /// HTTP address of each service.
+    /// HTTP address of each service instance, by instance name.
     pub http: BTreeMap<String, SocketAddr>,
     /// The API key of each scope the services accept: those of `ORDER_API_KEY`, `READ_API_KEY`
     /// and `ADMIN_API_KEY` when set (as `.local/secrets.env` sets them), fresh ones otherwise.
@@ -312,7 +325,10 @@ impl Cluster {
         let mut http = BTreeMap::new();
         let api_keys = keys_from_env_or_fresh();
         let mut databases = BTreeMap::new();
-        for name in SERVICES {
+        for (name, number) in SERVICES
+            .into_iter()
+            .flat_map(|name| (1..=config.instances.max(1)).map(move |number| (name, number)))
+        {
             let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             let database = format!(
                 "{}/h{}_{}",
@@ -364,11 +380,18 @@ impl Cluster {
                 }
                 _ => {}
             }
+            let instance = instance_name(name, number);
             services.insert(
-                name.to_string(),
-                ManagedProcess::new(name, config.bin_dir.join(name), Vec::new(), env, config.run_dir.clone()),
+                instance.clone(),
+                ManagedProcess::new(
+                    &instance,
+                    config.bin_dir.join(name),
+                    Vec::new(),
+                    env,
+                    config.run_dir.clone(),
+                ),
             );
-            http.insert(name.to_string(), address);
+            http.insert(instance, address);
             databases.insert(name.to_string(), database);
         }
         Ok(Self {
@@ -383,6 +406,13 @@ impl Cluster {
             databases,
             kafka,
         })
+    }
+
+    /// The HTTP addresses of the order service's instances, the first first.
+    pub fn order_service_addresses(&self) -> Vec<SocketAddr> {
+        (1..=self.config.instances.max(1))
+            .filter_map(|number| self.http.get(&instance_name("order-service", number)).copied())
+            .collect()
     }
 
     /// Whether the harness started the Kafka cluster and registry itself (and so may fault them).
@@ -530,10 +560,11 @@ impl Cluster {
             tracing::info!(?brokers, "using an existing Kafka cluster");
         }
         self.start_registry().await?;
-        for name in SERVICES {
+        let instances: Vec<String> = self.services.keys().cloned().collect();
+        for name in &instances {
             self.start_service(name)?;
         }
-        for name in SERVICES {
+        for name in &instances {
             self.wait_ready(name, Duration::from_secs(120)).await?;
         }
         Ok(())

@@ -20,7 +20,7 @@ use saga_contracts::{EventType, OrderId, SagaEvent, Topic};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::cluster::{Cluster, NODE_START_TIMEOUT, SERVICES};
+use super::cluster::{instance_name, Cluster, NODE_START_TIMEOUT, SERVICES};
 use super::isolation::IsolationRules;
 use super::kafka_nodes::{busiest_leader, listed_brokers, partitions, wait_for_brokers, wait_fully_replicated};
 use super::state::{InjectedPoison, RecordPosition};
@@ -117,7 +117,8 @@ pub struct ScheduledFault {
     pub amount: u64,
 }
 
-/// Plans the faults of a load lasting `load_duration` on a cluster of `kafka_nodes` nodes: every
+/// Plans the faults of a load lasting `load_duration` on a cluster of `kafka_nodes` nodes and
+/// `instances` instances of every service (a kill or a pause hits one instance): every
 /// kind in `kinds` once at a random point between 10% and 80% of the load, then, if `interval` is
 /// set, a random kind every `interval`. The same seed gives the same schedule.
 pub fn schedule(
@@ -126,6 +127,7 @@ pub fn schedule(
     load_duration: Duration,
     interval: Option<Duration>,
     kafka_nodes: usize,
+    instances: usize,
 ) -> Vec<ScheduledFault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17);
     let mut faults = Vec::new();
@@ -135,13 +137,13 @@ pub fn schedule(
     let window = load_duration.as_millis().max(1000) as u64;
     for kind in kinds {
         let at = Duration::from_millis(rng.gen_range(window / 10..=window * 8 / 10));
-        faults.push(fault(&mut rng, *kind, at, kafka_nodes));
+        faults.push(fault(&mut rng, *kind, at, kafka_nodes, instances));
     }
     if let Some(interval) = interval.filter(|i| !i.is_zero()) {
         let mut at = interval;
         while at < load_duration {
             let kind = kinds[rng.gen_range(0..kinds.len())];
-            faults.push(fault(&mut rng, kind, at, kafka_nodes));
+            faults.push(fault(&mut rng, kind, at, kafka_nodes, instances));
             at += interval;
         }
     }
@@ -152,8 +154,16 @@ pub fn schedule(
 /// The topics the services consume, which duplicates and poison records are aimed at.
 const CONSUMED_TOPICS: [Topic; 3] = [Topic::Orders, Topic::Payments, Topic::Inventory];
 
-fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration, kafka_nodes: usize) -> ScheduledFault {
-    let service = SERVICES[rng.gen_range(0..SERVICES.len())].to_string();
+fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration, kafka_nodes: usize, instances: usize) -> ScheduledFault {
+    let service = SERVICES[rng.gen_range(0..SERVICES.len())];
+    // One instance of the service (drawn only when there are several: one instance keeps the
+    // schedules of earlier runs).
+    let instance = if instances > 1 {
+        instance_name(service, rng.gen_range(1..=instances))
+    } else {
+        service.to_string()
+    };
+    let service = service.to_string();
     // Only topics a service consumes: a duplicate or a poison record nobody reads tests nothing,
     // and a poison record on the notifications topic could never be dead-lettered.
     let topic = CONSUMED_TOPICS[rng.gen_range(0..CONSUMED_TOPICS.len())]
@@ -161,9 +171,9 @@ fn fault(rng: &mut StdRng, kind: FaultKind, at: Duration, kafka_nodes: usize) ->
         .to_string();
     let node = format!("kafka-{}", rng.gen_range(1..=kafka_nodes.max(1)));
     let (target, amount) = match kind {
-        FaultKind::KillService => (service, rng.gen_range(500..4_000)),
+        FaultKind::KillService => (instance, rng.gen_range(500..4_000)),
         // longer than the 6 s session timeout: the paused member loses its partitions
-        FaultKind::PauseService => (service, rng.gen_range(8_000..10_000)),
+        FaultKind::PauseService => (instance, rng.gen_range(8_000..10_000)),
         FaultKind::KillPartitionLeader => ("busiest partition leader".to_string(), rng.gen_range(2_000..6_000)),
         // longer than KRaft's broker.session.timeout.ms (9 s): the controller fences the broker
         FaultKind::PauseBroker => (node, rng.gen_range(12_000..15_000)),
@@ -615,7 +625,16 @@ mod tests {
     fn duplicates_and_poison_records_go_only_to_topics_a_service_consumes() {
         let kinds = [FaultKind::Duplicates, FaultKind::Poison];
         let targets: std::collections::BTreeSet<String> = (0..200)
-            .flat_map(|seed| schedule(seed, &kinds, Duration::from_secs(60), Some(Duration::from_secs(5)), 3))
+            .flat_map(|seed| {
+                schedule(
+                    seed,
+                    &kinds,
+                    Duration::from_secs(60),
+                    Some(Duration::from_secs(5)),
+                    3,
+                    1,
+                )
+            })
             .map(|fault| fault.target)
             .collect();
         let expected: std::collections::BTreeSet<String> = ["orders", "payments", "inventory"].map(String::from).into();
@@ -625,7 +644,7 @@ mod tests {
     #[test]
     fn every_enabled_kind_is_scheduled_at_least_once_inside_the_load() {
         let load = Duration::from_secs(60);
-        let faults = schedule(5, &FaultKind::ALL, load, None, 3);
+        let faults = schedule(5, &FaultKind::ALL, load, None, 3, 1);
         for kind in FaultKind::ALL {
             assert!(faults.iter().any(|f| f.kind == kind), "{kind:?} missing");
         }
@@ -642,6 +661,7 @@ mod tests {
                 Duration::from_secs(60),
                 Some(Duration::from_secs(5)),
                 3,
+                1,
             )
         };
         assert_eq!(plan(5), plan(5));
@@ -656,6 +676,7 @@ mod tests {
             Duration::from_secs(60),
             Some(Duration::from_secs(5)),
             3,
+            1,
         );
         assert_eq!(faults.len(), 1 + 11);
     }
@@ -668,6 +689,7 @@ mod tests {
             Duration::from_secs(600),
             Some(Duration::from_secs(3)),
             3,
+            1,
         );
         for fault in &faults {
             match fault.kind {
@@ -680,6 +702,43 @@ mod tests {
     }
 
     #[test]
+    fn with_two_instances_kills_and_pauses_hit_either_and_connection_kills_the_service_database() {
+        let faults = schedule(
+            4,
+            &[
+                FaultKind::KillService,
+                FaultKind::PauseService,
+                FaultKind::KillDatabaseConnections,
+            ],
+            Duration::from_secs(600),
+            Some(Duration::from_secs(2)),
+            3,
+            2,
+        );
+        let targets = |kind| -> std::collections::BTreeSet<&str> {
+            faults
+                .iter()
+                .filter(|f| f.kind == kind)
+                .map(|f| f.target.as_str())
+                .collect()
+        };
+        let every_instance: std::collections::BTreeSet<&str> = [
+            "order-service",
+            "order-service-2",
+            "payment-service",
+            "payment-service-2",
+            "inventory-service",
+            "inventory-service-2",
+            "notification-service",
+            "notification-service-2",
+        ]
+        .into();
+        assert_eq!(targets(FaultKind::KillService), every_instance);
+        assert_eq!(targets(FaultKind::PauseService), every_instance);
+        assert_eq!(targets(FaultKind::KillDatabaseConnections), SERVICES.into());
+    }
+
+    #[test]
     fn broker_faults_target_nodes_of_the_cluster() {
         let faults = schedule(
             9,
@@ -687,6 +746,7 @@ mod tests {
             Duration::from_secs(600),
             Some(Duration::from_secs(2)),
             3,
+            1,
         );
         let ids: std::collections::BTreeSet<i32> = faults.iter().map(|f| node_id(&f.target).unwrap()).collect();
         assert_eq!(ids, [1, 2, 3].into_iter().collect());

@@ -173,23 +173,29 @@ where
     }
 }
 
-/// Places every planned order at `rate` orders per second with at most `concurrency` in flight;
-/// returns the order ids by plan index. An order is retried (same Idempotency-Key) until the
+/// Places every planned order at `rate` orders per second with at most `concurrency` in flight,
+/// sending each to the next of the `order_service` instances; returns the order ids by plan
+/// index. An order is retried (same Idempotency-Key) until the
 /// order service accepts it, across restarts and outages.
 pub async fn drive(
     http: &reqwest::Client,
     keys: &ApiKeys,
-    order_service: SocketAddr,
+    order_service: &[SocketAddr],
     plan: &LoadPlan,
     rate: f64,
     concurrency: usize,
 ) -> anyhow::Result<Vec<String>> {
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let started = tokio::time::Instant::now();
-    let url = format!("http://{order_service}/orders");
+    anyhow::ensure!(!order_service.is_empty(), "no order-service instance to send orders to");
+    let urls: Vec<String> = order_service
+        .iter()
+        .map(|address| format!("http://{address}/orders"))
+        .collect();
     let placed: Vec<anyhow::Result<(usize, String)>> = stream::iter(plan.orders.iter())
         .map(|order| {
-            let url = url.clone();
+            // Each instance in turn; a retry goes to the same one (a killed instance restarts).
+            let url = urls[order.index % urls.len()].clone();
             async move {
                 tokio::time::sleep_until(started + interval * order.index as u32).await;
                 let answer = retry_request("POST /orders", Duration::from_secs(300), || {

@@ -82,6 +82,10 @@ pub struct HarnessConfig {
     /// it equal to the live one (sagactl replay and verify); a difference fails the run.
     #[arg(long)]
     pub verify_replay: bool,
+    /// Instances of every service, sharing its database and consumer group; orders go to each
+    /// order-service instance in turn, and a kill or a pause hits one instance.
+    #[arg(long, env = "HARNESS_INSTANCES", default_value_t = 1)]
+    pub instances: usize,
 }
 
 impl Default for HarnessConfig {
@@ -104,6 +108,7 @@ impl Default for HarnessConfig {
             output: None,
             keep_databases: false,
             verify_replay: false,
+            instances: 1,
         }
     }
 }
@@ -184,6 +189,12 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         .clone()
         .unwrap_or_else(|| target.join("harness").join(&run_id));
     let mut notes = Vec::new();
+    if config.instances > 1 {
+        notes.push(format!(
+            "{} instances of every service; the instances of a service share its database and consumer group",
+            config.instances
+        ));
+    }
     let (kafka, replication) = match (&config.bootstrap_servers, &config.registry_url) {
         (Some(bootstrap_servers), Some(registry_url)) => {
             let brokers = listed_brokers(
@@ -233,6 +244,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         ),
         saga_deadline_secs: config.saga_deadline_secs,
         partitions: 6,
+        instances: config.instances.max(1),
         security: ClusterSecurity::Plaintext,
     };
     let maildev = env_or(
@@ -249,7 +261,7 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
     let api_keys = cluster.api_keys.clone();
     load::stock_up(&http, &api_keys, cluster.http["inventory-service"], &plan, &run_id).await?;
 
-    let order_address = cluster.http["order-service"];
+    let order_addresses = cluster.order_service_addresses();
     let cluster = Arc::new(Mutex::new(cluster));
     let load_duration = Duration::from_secs_f64(config.orders as f64 / config.rate.max(0.1));
     let faults = schedule(
@@ -258,12 +270,21 @@ pub async fn run(config: &HarnessConfig) -> anyhow::Result<(Report, PathBuf)> {
         load_duration,
         config.fault_interval_secs.map(Duration::from_secs_f64),
         kafka_nodes,
+        config.instances.max(1),
     );
     let mut executor = FaultExecutor::new(cluster.clone(), config.seed).await?;
     let fault_log = executor.log.clone();
     let load_started = tokio::time::Instant::now();
     let placing = async {
-        let placed = load::drive(&http, &api_keys, order_address, &plan, config.rate, config.concurrency).await;
+        let placed = load::drive(
+            &http,
+            &api_keys,
+            &order_addresses,
+            &plan,
+            config.rate,
+            config.concurrency,
+        )
+        .await;
         (placed, load_started.elapsed().as_secs_f64())
     };
     let ((placed, load_secs), ()) = tokio::join!(placing, executor.run(faults, load_started));

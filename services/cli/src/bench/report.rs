@@ -106,7 +106,14 @@ fn process_instances(pids_dir: &Path) -> Vec<String> {
     let files: Vec<String> = std::fs::read_dir(pids_dir)
         .map(|entries| {
             entries
-                .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".pid").map(str::to_owned))
+                .filter_map(|entry| {
+                    entry
+                        .ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".pid")
+                        .map(str::to_owned)
+                })
                 .collect()
         })
         .unwrap_or_default();
