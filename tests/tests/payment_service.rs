@@ -799,3 +799,46 @@ async fn two_instances_resuming_one_pending_charge_capture_it_once() -> anyhow::
     tokio::join!(test.stop(), second.stop());
     Ok(())
 }
+
+#[tokio::test]
+async fn charges_answered_together_are_recorded_together_each_exactly_once() -> anyhow::Result<()> {
+    let test = Test::start().await?;
+    // Forty charges that the gateway answers after the same delay: their outcomes arrive at the
+    // charger within milliseconds of each other.
+    let orders: Vec<OrderCreated> = (0..40).map(|_| order_paid_with("tok_slow_1500")).collect();
+    let events: Vec<SagaEvent> = orders.iter().cloned().map(SagaEvent::from).collect();
+    test.produce(&events).await?;
+    let emitted = test.read_exactly(orders.len()).await?;
+    let captured: HashSet<OrderId> = emitted
+        .iter()
+        .filter_map(|event| match event {
+            SagaEvent::PaymentSucceeded(success) => Some(success.envelope.order_id),
+            _ => None,
+        })
+        .collect();
+    let expected: HashSet<OrderId> = orders.iter().map(order_id).collect();
+    assert_eq!(captured, expected, "one payment.success per order");
+    test.settled().await?;
+
+    // Rows changed by one transaction carry its id as xmin: fewer transactions than payments
+    // means outcomes were recorded together.
+    let (payments, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM payments WHERE status = 'captured'")
+            .fetch_one(&test.database)
+            .await?;
+    assert_eq!(payments, 40);
+    assert!(
+        transactions < payments,
+        "40 captures recorded in {transactions} transactions"
+    );
+    let ledger = test.ledger().await?;
+    assert_eq!(ledger.len(), 40);
+    assert!(
+        ledger
+            .iter()
+            .all(|entry| entry.outcome.as_deref() == Some("captured") && entry.attempts == 1),
+        "each captured with one call: {ledger:#?}"
+    );
+    test.stop().await;
+    Ok(())
+}

@@ -378,7 +378,11 @@ impl ConsumerLoop {
                 return false;
             }
             match self.process(message, handler, shutdown, metrics).await {
-                Outcome::Processed | Outcome::DeadLettered => self.store_offset(message),
+                Outcome::Processed => {
+                    crate::metrics::record_transaction_batch("consumer", 1);
+                    self.store_offset(message);
+                }
+                Outcome::DeadLettered => self.store_offset(message),
                 Outcome::Interrupted => return false,
             }
         }
@@ -412,7 +416,10 @@ impl ConsumerLoop {
             }
         }
         let results = match handle_together(batch_handler, &events).await {
-            Ok(results) => results,
+            Ok(results) => {
+                crate::metrics::record_transaction_batch("consumer", events.len());
+                results
+            }
             Err(error) => {
                 tracing::warn!(
                     topic = batch[0].topic(),

@@ -99,6 +99,10 @@ pub const OUTBOX_PUBLISH_DURATION: &str = "saga_outbox_publish_duration_seconds"
 pub const OUTBOX_PUBLISHED: &str = "saga_outbox_published_total";
 /// Counter: outbox rows parked (set aside as unpublishable), by service.
 pub const OUTBOX_PARKED: &str = "saga_outbox_parked_total";
+/// Histogram: how many events one database transaction took, by `kind`: `consumer` (a
+/// consumer's batch of records), `outbox` (a relay batch of rows published), `settlement`
+/// (payment outcomes the charger recorded together).
+pub const TRANSACTION_BATCH_SIZE: &str = "saga_transaction_batch_size";
 
 // ---- Order service
 
@@ -149,6 +153,9 @@ const SAGA_BUCKETS: &[f64] = &[
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Buckets (events) of batch sizes: powers of two up to the largest batches the settings allow.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 /// How often the recorder's histograms are folded into their buckets when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -191,6 +198,7 @@ fn builder() -> PrometheusBuilder {
         (OUTBOX_PUBLISH_DURATION, FAST_BUCKETS),
         (GATEWAY_CALL_DURATION, GATEWAY_BUCKETS),
         (SAGA_DURATION, SAGA_BUCKETS),
+        (TRANSACTION_BATCH_SIZE, BATCH_BUCKETS),
     ];
     buckets
         .into_iter()
@@ -243,6 +251,11 @@ fn describe() {
     );
     describe_counter!(OUTBOX_PUBLISHED, Unit::Count, "Outbox rows published");
     describe_counter!(OUTBOX_PARKED, Unit::Count, "Outbox rows parked as unpublishable");
+    describe_histogram!(
+        TRANSACTION_BATCH_SIZE,
+        Unit::Count,
+        "Events taken in one database transaction, by kind (consumer, outbox, settlement)"
+    );
     describe_counter!(ORDERS_PLACED, Unit::Count, "Orders accepted by POST /orders");
     describe_counter!(
         ORDERS_DECIDED,
@@ -358,6 +371,12 @@ pub fn record_outbox_publish(service: &'static str, topic: &str, duration: Durat
 /// Counts `rows` outbox rows of `service` published to `topic` (and so removed from the outbox).
 pub fn count_outbox_published(service: &'static str, topic: &str, rows: u64) {
     counter!(OUTBOX_PUBLISHED, label::SERVICE => service, label::TOPIC => topic.to_owned()).increment(rows);
+}
+
+/// Records that one transaction took `events` events of `kind` (see
+/// [`TRANSACTION_BATCH_SIZE`]).
+pub fn record_transaction_batch(kind: &'static str, events: usize) {
+    histogram!(TRANSACTION_BATCH_SIZE, label::KIND => kind).record(events as f64);
 }
 
 /// Counts `rows` outbox rows of `service` parked.

@@ -298,6 +298,7 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        metrics::record_transaction_batch("outbox", rows.len());
         let mut failures = self.unclassified_failures.lock().unwrap_or_else(|e| e.into_inner());
         for (row, reason) in &parked {
             failures.remove(&row.position);

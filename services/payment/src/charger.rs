@@ -24,7 +24,12 @@
 //!   again only after [`STALL_PAUSE`]; the other payments go on;
 //! - each outcome is recorded once, with its events, through [`settle`] ([`store::transition`]),
 //!   which decides under the payment's row lock: a payment another instance settled meanwhile is
-//!   left alone.
+//!   left alone;
+//! - outcomes that arrive together are recorded together: one task takes every outcome waiting
+//!   (up to [`SETTLE_BATCH`]) and records them in one transaction, one commit for all. If any of
+//!   them fails, that transaction rolls back and each is recorded in a transaction of its own,
+//!   its error going to its payment alone (recording again is safe: the decision is made
+//!   against the state as it is then).
 //!
 //! On shutdown, gateway calls in progress are abandoned (the payment stays as it was and is
 //! resumed idempotently at the next start), a recording in progress commits, and the task ends.
@@ -38,7 +43,7 @@ use saga_common::retry::{ErrorPolicy, GaveUp};
 use saga_common::telemetry;
 use saga_contracts::OrderId;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -56,6 +61,8 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 pub const STALL_PAUSE: Duration = Duration::from_secs(300);
 /// Most payments picked up per scan (the oldest first); the rest come with later scans.
 const RESCAN_BATCH: i64 = 1_000;
+/// Most gateway outcomes recorded in one transaction.
+pub const SETTLE_BATCH: usize = 64;
 
 /// Hands payments that wait for the gateway, once committed, to the charger. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -77,6 +84,18 @@ impl ChargeQueue {
 pub struct Charger {
     shared: Arc<Shared>,
     orders: mpsc::UnboundedReceiver<OrderId>,
+    /// Taken by [`Charger::run`]'s recording task.
+    settlements: Option<mpsc::UnboundedReceiver<Settlement>>,
+}
+
+/// A gateway outcome waiting to be recorded, and the payment's task waiting for the result.
+struct Settlement {
+    order_id: OrderId,
+    outcome: Input,
+    /// The span the outcome is recorded in (the payment's `settle`): its events continue the
+    /// order's trace.
+    span: tracing::Span,
+    recorded: oneshot::Sender<Result<Transition>>,
 }
 
 struct Shared {
@@ -88,6 +107,8 @@ struct Shared {
     slots: Semaphore,
     /// Orders being worked on by this instance.
     in_flight: Mutex<HashSet<OrderId>>,
+    /// Where outcomes go to be recorded together (see [`record_together`]).
+    settlements: mpsc::UnboundedSender<Settlement>,
 }
 
 /// Why the charger stops working on a payment.
@@ -113,6 +134,7 @@ impl Charger {
         concurrency: usize,
     ) -> (ChargeQueue, Charger) {
         let (sender, orders) = mpsc::unbounded_channel();
+        let (settle_sender, settlements) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             database,
             gateway,
@@ -121,13 +143,28 @@ impl Charger {
             policy,
             slots: Semaphore::new(concurrency.max(1)),
             in_flight: Mutex::new(HashSet::new()),
+            settlements: settle_sender,
         });
-        (ChargeQueue { orders: sender }, Charger { shared, orders })
+        (
+            ChargeQueue { orders: sender },
+            Charger {
+                shared,
+                orders,
+                settlements: Some(settlements),
+            },
+        )
     }
 
     /// Works on what it is handed and what the scans find until `shutdown` is cancelled, then
     /// waits for its tasks to end (see the module docs).
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let recorder = self.settlements.take().map(|settlements| {
+            tokio::spawn(record_together(
+                self.shared.database.clone(),
+                self.shared.relay.clone(),
+                settlements,
+            ))
+        });
         let mut tasks = JoinSet::new();
         // The first tick is immediate: the startup scan resumes what an earlier run left.
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
@@ -142,6 +179,10 @@ impl Charger {
         }
         while let Some(joined) = tasks.join_next().await {
             log_join(joined);
+        }
+        // Every payment's task has ended, so no outcome waits to be recorded.
+        if let Some(recorder) = recorder {
+            recorder.abort();
         }
         tracing::info!("charger stopped");
     }
@@ -310,17 +351,23 @@ impl Shared {
         }
     }
 
-    /// Records the gateway's `outcome` for the payment of `order_id`, with its events, in one
-    /// transaction.
+    /// Records the gateway's `outcome` for the payment of `order_id`, with its events, with the
+    /// other outcomes that arrive meanwhile (see [`record_together`]); alone if that task is
+    /// gone.
     async fn record(&self, order_id: OrderId, outcome: &Input) -> Result<Transition> {
-        let mut tx = self.database.begin().await?;
-        let transition = settle(&mut *tx, order_id, outcome.clone()).await?;
-        store::enqueue(&mut tx, &transition).await?;
-        tx.commit().await?;
-        if !transition.events.is_empty() {
-            self.relay.notify();
+        let (recorded, result) = oneshot::channel();
+        let settlement = Settlement {
+            order_id,
+            outcome: outcome.clone(),
+            span: tracing::Span::current(),
+            recorded,
+        };
+        if self.settlements.send(settlement).is_ok() {
+            if let Ok(result) = result.await {
+                return result;
+            }
         }
-        Ok(transition)
+        record_alone(&self.database, &self.relay, order_id, outcome).await
     }
 
     /// Marks the payment of `order_id` stalled: the policy gave up on it.
@@ -342,6 +389,71 @@ impl Shared {
             tracing::error!(%error, "could not mark the payment stalled");
         }
     }
+}
+
+/// Records the gateway outcomes sent to `settlements` until every sender is gone: every outcome
+/// waiting (up to [`SETTLE_BATCH`]) in one transaction; if any fails, each in a transaction of
+/// its own (see the module docs).
+async fn record_together(database: PgPool, relay: Relay, mut settlements: mpsc::UnboundedReceiver<Settlement>) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while settlements.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        if batch.len() > 1 {
+            match record_in_one_transaction(&database, &batch).await {
+                Ok(transitions) => {
+                    saga_common::metrics::record_transaction_batch("settlement", batch.len());
+                    if transitions.iter().any(|transition| !transition.events.is_empty()) {
+                        relay.notify();
+                    }
+                    for (settlement, transition) in batch.drain(..).zip(transitions) {
+                        settlement.recorded.send(Ok(transition)).ok();
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, outcomes = batch.len(), "recording outcomes together failed; recording each alone");
+                }
+            }
+        }
+        for settlement in batch.drain(..) {
+            let result = record_alone(&database, &relay, settlement.order_id, &settlement.outcome)
+                .instrument(settlement.span)
+                .await;
+            settlement.recorded.send(result).ok();
+        }
+    }
+}
+
+/// Records every outcome of `batch` with its events in one transaction; the first failure
+/// rolls it back.
+async fn record_in_one_transaction(database: &PgPool, batch: &[Settlement]) -> Result<Vec<Transition>> {
+    let mut tx = database.begin().await?;
+    let mut transitions = Vec::with_capacity(batch.len());
+    for settlement in batch {
+        let transition = async {
+            let transition = settle(&mut *tx, settlement.order_id, settlement.outcome.clone()).await?;
+            store::enqueue(&mut tx, &transition).await?;
+            Result::<_>::Ok(transition)
+        }
+        .instrument(settlement.span.clone())
+        .await?;
+        transitions.push(transition);
+    }
+    tx.commit().await?;
+    Ok(transitions)
+}
+
+/// Records the gateway's `outcome` for the payment of `order_id`, with its events, in a
+/// transaction of its own.
+async fn record_alone(database: &PgPool, relay: &Relay, order_id: OrderId, outcome: &Input) -> Result<Transition> {
+    let mut tx = database.begin().await?;
+    let transition = settle(&mut *tx, order_id, outcome.clone()).await?;
+    store::enqueue(&mut tx, &transition).await?;
+    tx.commit().await?;
+    saga_common::metrics::record_transaction_batch("settlement", 1);
+    if !transition.events.is_empty() {
+        relay.notify();
+    }
+    Ok(transition)
 }
 
 /// Applies the gateway's `outcome` ([`Input::Charged`] or [`Input::RefundMade`]) to the payment of
