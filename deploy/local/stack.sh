@@ -426,7 +426,7 @@ run_bench() { # [--quick] [--instances N]
   up_infra
   start_services
   MORE_ORDER_SERVICE_URLS=$(more_order_urls)
-  export MORE_ORDER_SERVICE_URLS
+  if [[ -n "$MORE_ORDER_SERVICE_URLS" ]]; then export MORE_ORDER_SERVICE_URLS; else unset MORE_ORDER_SERVICE_URLS; fi
   local out
   out="$STATE/bench/$(date -u +%Y%m%dT%H%M%SZ)"
   mkdir -p "$out"

@@ -674,11 +674,12 @@ async fn applied(database: &sqlx::PgPool) -> anyhow::Result<Vec<(uuid::Uuid, i64
         .await?)
 }
 
-/// Produces `count` events of one order, then runs a consumer loop with `handler` (made from
-/// the events and a fresh database) until every offset is committed; returns the events, the
-/// database and the dead letters.
+/// Produces `count` events of one order (and, with `copy_of_first`, the first one again after
+/// them), then runs a consumer loop with `handler` (made from the events and a fresh database)
+/// until every offset is committed; returns the events, the database and the dead letters.
 async fn run_batched(
     count: usize,
+    copy_of_first: bool,
     handler: impl FnOnce(&[SagaEvent], sqlx::PgPool) -> Arc<TableHandler>,
 ) -> anyhow::Result<(Vec<SagaEvent>, sqlx::PgPool, Vec<saga_tests::RawRecord>)> {
     let env = TestEnv::new().await?;
@@ -689,6 +690,11 @@ async fn run_batched(
     let dead_letters = env.topic("batch.dead-letter", 1).await?;
     // All produced before the consumer starts: its worker finds them in hand together.
     let (events, partition, first_offset) = produce_events_of_one_order(&env, count).await?;
+    let mut records = count as i64;
+    if copy_of_first {
+        env.produce(&events[0]).await?;
+        records += 1;
+    }
     let topic = env.kafka.topic(Topic::Orders);
     let handler = handler(&events, database.clone());
     let group = env.group("batch");
@@ -706,7 +712,7 @@ async fn run_batched(
         );
         handler.released.store(true, Ordering::SeqCst);
     }
-    wait_for_committed(&env, &group, &topic, partition, first_offset + count as i64).await?;
+    wait_for_committed(&env, &group, &topic, partition, first_offset + records).await?;
     let dead = env
         .reader(&dead_letters)?
         .read_raw_to_end(Duration::from_secs(20))
@@ -717,9 +723,40 @@ async fn run_batched(
 }
 
 #[tokio::test]
-async fn a_batch_commits_together_and_an_event_refused_for_good_is_rolled_back_alone_and_dead_lettered(
-) -> anyhow::Result<()> {
-    let (events, database, dead) = run_batched(6, |events, database| {
+async fn events_in_hand_together_commit_in_one_transaction_and_a_copy_among_them_is_applied_once() -> anyhow::Result<()>
+{
+    let (events, database, dead) = run_batched(6, true, |_, database| {
+        Arc::new(TableHandler {
+            database,
+            refused: None,
+            failing_until_released: None,
+            released: AtomicBool::new(false),
+        })
+    })
+    .await?;
+    let rows = applied(&database).await?;
+    let applied_ids: HashSet<uuid::Uuid> = rows.iter().map(|(event_id, _)| *event_id).collect();
+    let expected: HashSet<uuid::Uuid> = events.iter().map(|event| event.event_id().uuid()).collect();
+    assert_eq!(applied_ids, expected);
+    assert_eq!(rows.len(), events.len(), "the copy of the first event is applied once");
+    let transactions: HashSet<i64> = rows.iter().map(|(_, txid)| *txid).collect();
+    assert!(
+        transactions.len() < rows.len(),
+        "events in hand together share a transaction: {} transactions for {} events",
+        transactions.len(),
+        rows.len()
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&database)
+        .await?;
+    assert_eq!(inbox, events.len() as i64, "each event once in the inbox");
+    assert!(dead.is_empty(), "nothing dead-lettered: {} records", dead.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_refused_for_good_in_a_batch_is_rolled_back_and_dead_lettered_alone() -> anyhow::Result<()> {
+    let (events, database, dead) = run_batched(6, false, |events, database| {
         Arc::new(TableHandler {
             database,
             refused: Some(events[2].event_id()),
@@ -740,13 +777,6 @@ async fn a_batch_commits_together_and_an_event_refused_for_good_is_rolled_back_a
         applied_ids, expected,
         "the refused event's own write is rolled back, no other"
     );
-    let transactions: HashSet<i64> = rows.iter().map(|(_, txid)| *txid).collect();
-    assert!(
-        transactions.len() < rows.len(),
-        "events in hand together share a transaction: {} transactions for {} events",
-        transactions.len(),
-        rows.len()
-    );
     let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
         .fetch_one(&database)
         .await?;
@@ -765,7 +795,7 @@ async fn a_batch_commits_together_and_an_event_refused_for_good_is_rolled_back_a
 #[tokio::test]
 async fn a_batch_that_fails_transiently_is_rolled_back_and_its_events_applied_one_by_one_exactly_once(
 ) -> anyhow::Result<()> {
-    let (events, database, dead) = run_batched(6, |events, database| {
+    let (events, database, dead) = run_batched(6, false, |events, database| {
         Arc::new(TableHandler {
             database,
             refused: None,

@@ -86,10 +86,15 @@ impl Endpoints {
     /// The order-service instance that order number `index` of a benchmark is sent to: each in
     /// turn.
     pub(crate) fn order_instance(&self, index: usize) -> &str {
-        let instances = 1 + self.more_order.len();
-        match index % instances {
+        let more: Vec<&str> = self
+            .more_order
+            .iter()
+            .map(|url| url.trim())
+            .filter(|url| !url.is_empty())
+            .collect();
+        match index % (1 + more.len()) {
             0 => &self.order,
-            more => &self.more_order[more - 1],
+            other => more[other - 1],
         }
         .trim_end_matches('/')
     }
@@ -114,5 +119,45 @@ impl Endpoints {
             .ok_or_else(|| {
                 anyhow::anyhow!("unknown service {service:?}; one of order, payment, inventory, notification")
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(more_order: &[&str]) -> Endpoints {
+        Endpoints {
+            order: "http://127.0.0.1:8080/".into(),
+            more_order: more_order.iter().map(|url| url.to_string()).collect(),
+            payment: String::new(),
+            inventory: String::new(),
+            notification: String::new(),
+            dashboard: String::new(),
+            order_api_key: None,
+            read_api_key: None,
+            admin_api_key: None,
+        }
+    }
+
+    #[test]
+    fn orders_go_to_each_order_service_instance_in_turn() {
+        let two = endpoints(&["http://127.0.0.1:8180"]);
+        let sent: Vec<&str> = (0..4).map(|index| two.order_instance(index)).collect();
+        assert_eq!(
+            sent,
+            [
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8180",
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8180"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_list_of_further_instances_leaves_the_order_service_alone() {
+        let one = endpoints(&[""]);
+        assert!((0..3).all(|index| one.order_instance(index) == "http://127.0.0.1:8080"));
     }
 }

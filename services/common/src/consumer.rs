@@ -6,11 +6,11 @@
 //!
 //! Batches: when a partition's worker finds several records in hand and the handler can apply
 //! events inside a shared transaction ([`BatchHandler`]), it applies them in partition order in
-//! ONE transaction (one commit for all: the inbox still takes each event once, each event under
-//! its own savepoint) and then stores the last offset. An event the handler refuses for good
-//! rolls back to its savepoint alone and is dead-lettered once the rest committed; any other
-//! failure rolls the whole batch back and its records are taken again one by one, with the
-//! retries below. Handler failures follow the [`ErrorPolicy`]: a transient one
+//! ONE transaction (the inbox rows of all in one statement, the inbox still taking each event
+//! once, then each new event's effect, then one commit) and then stores the last offset. Any
+//! failure (an event the handler refuses for good, a deadlock, a lost connection) rolls the
+//! whole batch back and its records are taken again one by one, with the retries below, where
+//! a refused event is dead-lettered alone. Handler failures follow the [`ErrorPolicy`]: a transient one
 //! (registry, database, broker) retries the same record with backoff and never skips it; a
 //! permanent one, or an unclassified one past the retry budget, and a poison record
 //! (undecodable bytes, an unknown schema) go to the service's dead-letter topic with their
@@ -28,7 +28,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use saga_contracts::SagaEvent;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ use crate::health::HealthState;
 use crate::inbox;
 use crate::kafka::GroupConsumer;
 use crate::metrics::RecordMetrics;
-use crate::retry::{retry_until_ok, ErrorPolicy, GaveUp};
+use crate::retry::{retry_until_ok, ErrorPolicy};
 use crate::telemetry;
 
 /// Dead-letter header: topic the poison record came from.
@@ -188,61 +188,33 @@ pub async fn handle_alone(handler: &dyn BatchHandler, event: &ConsumedEvent) -> 
     Ok(())
 }
 
-/// Applies `events` in order in one transaction, each under a savepoint. Returns, per event,
-/// `Ok` or the permanent error that rolled it back alone (the others committed); any other
-/// error rolls everything back and is returned.
+/// Applies `events` in order in one transaction: their inbox rows in one statement, then the
+/// effect of each new one, then one commit. Any error rolls everything back and is returned
+/// (the caller takes the events again one by one, where a refused one is set aside alone).
 pub async fn handle_together(
     handler: &dyn BatchHandler,
     events: &[(ConsumedEvent, tracing::Span)],
-) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
-    let wants: Vec<bool> = events.iter().map(|(event, _)| handler.wants(event)).collect();
-    let wanted: Vec<&ConsumedEvent> = events
-        .iter()
-        .zip(&wants)
-        .filter_map(|((event, _), wanted)| wanted.then_some(event))
-        .collect();
+) -> Result<(), HandlerError> {
+    let wanted: Vec<&(ConsumedEvent, tracing::Span)> =
+        events.iter().filter(|(event, _)| handler.wants(event)).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let wanted_events: Vec<&ConsumedEvent> = wanted.iter().map(|(event, _)| event).collect();
     let mut tx = handler.database().begin().await?;
-    handler.lock_shared_rows(&mut tx, &wanted).await?;
-    let mut results = Vec::with_capacity(events.len());
+    handler.lock_shared_rows(&mut tx, &wanted_events).await?;
+    let new = inbox::record_all(&mut tx, &wanted_events).await?;
     let mut after_commit = Vec::new();
-    for ((event, span), wanted) in events.iter().zip(wants) {
-        if !wanted {
-            results.push(Ok(()));
-            continue;
-        }
-        let applied = async {
-            let mut savepoint = Connection::begin(&mut *tx).await?;
-            if !inbox::record(&mut savepoint, event).await? {
-                savepoint.commit().await?;
-                return Ok(None);
-            }
-            match handler.apply(&mut savepoint, event).await {
-                Ok(after) => {
-                    savepoint.commit().await?;
-                    Ok(after)
-                }
-                Err(error) => {
-                    savepoint.rollback().await?;
-                    Err(error)
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        match applied {
-            Ok(after) => {
-                after_commit.extend(after);
-                results.push(Ok(()));
-            }
-            Err(error @ HandlerError::Permanent(_)) => results.push(Err(error)),
-            Err(error) => return Err(error),
+    for ((event, span), new) in wanted.into_iter().zip(new) {
+        if new {
+            after_commit.extend(handler.apply(&mut tx, event).instrument(span.clone()).await?);
         }
     }
     tx.commit().await?;
     for after in after_commit {
         after();
     }
-    Ok(results)
+    Ok(())
 }
 
 /// Everything the loop needs besides the handler.
@@ -409,60 +381,33 @@ impl ConsumerLoop {
                 None => return false,
                 Some(Ok(event)) => {
                     span.record("event_type", event.event.event_type().as_str());
-                    decoded.push(Ok(events.len()));
+                    decoded.push(Ok(()));
                     events.push((event, span));
                 }
                 Some(Err(error)) => decoded.push(Err(error.to_string())),
             }
         }
-        let results = match handle_together(batch_handler, &events).await {
-            Ok(results) => {
-                crate::metrics::record_transaction_batch("consumer", events.len());
-                results
-            }
-            Err(error) => {
-                tracing::warn!(
-                    topic = batch[0].topic(),
-                    partition = batch[0].partition(),
-                    records = batch.len(),
-                    %error,
-                    "batch rolled back; taking its records one by one"
-                );
-                return self.process_each(batch, handler, shutdown, metrics).await;
-            }
-        };
+        if let Err(error) = handle_together(batch_handler, &events).await {
+            // A refused event, a deadlock, a lost connection: the one-by-one path applies the
+            // error policy to each record, and sets a refused one aside alone.
+            tracing::warn!(
+                topic = batch[0].topic(),
+                partition = batch[0].partition(),
+                records = batch.len(),
+                %error,
+                "batch rolled back; taking its records one by one"
+            );
+            return self.process_each(batch, handler, shutdown, metrics).await;
+        }
+        crate::metrics::record_transaction_batch("consumer", events.len());
         let elapsed = started.elapsed();
         for (message, decoded) in batch.iter().zip(decoded) {
-            let failure = match decoded {
-                Err(reason) => Some(reason),
-                Ok(index) => match &results[index] {
-                    Ok(()) => None,
-                    Err(error) => {
-                        // Told as the one-at-a-time path tells it: a permanent error, given up
-                        // on at its first attempt.
-                        let gave_up = GaveUp {
-                            class: error.class(),
-                            attempts: 1,
-                            error: error.to_string(),
-                        };
-                        let event = &events[index].0.event;
-                        tracing::error!(
-                            order_id = event.order_id().map(|id| id.to_string()).unwrap_or_default(),
-                            event_id = %event.event_id(),
-                            event_type = event.event_type().as_str(),
-                            error = %gave_up,
-                            "event handler gave up"
-                        );
-                        Some(gave_up.to_string())
-                    }
-                },
-            };
-            match failure {
-                None => {
+            match decoded {
+                Ok(()) => {
                     metrics.handled_in(elapsed);
                     metrics.processed();
                 }
-                Some(reason) => {
+                Err(reason) => {
                     if let Outcome::Interrupted = self.dead_letter(message, &reason, shutdown, metrics).await {
                         return false;
                     }
