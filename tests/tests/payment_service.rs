@@ -104,6 +104,19 @@ impl Test {
         ledger(&self.database).await
     }
 
+    /// Checks that the gateway's ledger holds `charges` charges, each captured with one call.
+    async fn assert_each_captured_with_one_call(&self, charges: usize) -> anyhow::Result<()> {
+        let ledger = self.ledger().await?;
+        assert_eq!(ledger.len(), charges, "{ledger:#?}");
+        assert!(
+            ledger
+                .iter()
+                .all(|entry| entry.outcome.as_deref() == Some("captured") && entry.attempts == 1),
+            "each captured with one call: {ledger:#?}"
+        );
+        Ok(())
+    }
+
     /// Waits until the order events are consumed to the end.
     async fn consumed(&self) -> anyhow::Result<()> {
         let orders = self.env.kafka.topic(Topic::Orders);
@@ -674,14 +687,8 @@ async fn a_slow_charge_does_not_delay_the_orders_behind_it() -> anyhow::Result<(
     assert!(produced.elapsed() >= Duration::from_secs(8), "the slow token takes 8 s");
     assert_eq!(later.len(), 1, "only the slow order's payment.success: {later:#?}");
     assert_eq!(test.payment(&slow).await?["status"], "captured");
-    let ledger = test.ledger().await?;
-    assert_eq!(ledger.len(), 12, "the warm-up, the ten and the slow one: {ledger:#?}");
-    assert!(
-        ledger
-            .iter()
-            .all(|entry| entry.outcome.as_deref() == Some("captured") && entry.attempts == 1),
-        "each captured with one call: {ledger:#?}"
-    );
+    // The warm-up, the ten and the slow one.
+    test.assert_each_captured_with_one_call(12).await?;
     test.stop().await;
     Ok(())
 }
@@ -831,14 +838,7 @@ async fn charges_answered_together_are_recorded_together_each_exactly_once() -> 
         transactions < payments,
         "40 captures recorded in {transactions} transactions"
     );
-    let ledger = test.ledger().await?;
-    assert_eq!(ledger.len(), 40);
-    assert!(
-        ledger
-            .iter()
-            .all(|entry| entry.outcome.as_deref() == Some("captured") && entry.attempts == 1),
-        "each captured with one call: {ledger:#?}"
-    );
+    test.assert_each_captured_with_one_call(40).await?;
     test.stop().await;
     Ok(())
 }

@@ -83,6 +83,17 @@ impl Report {
         self.reasons_for_failure().is_empty()
     }
 
+    /// Fails the calling test unless the run passed with every service rebuilt from the topics
+    /// and verified (`--verify-replay`); the message points at the run's folder.
+    pub fn assert_passed_with_replay_verified(&self, run_dir: &Path) {
+        assert_eq!(self.replay_checks.len(), 4, "every service rebuilt and verified");
+        assert!(
+            self.passed(),
+            "invariants violated, no quiescence or a rebuilt service differs; logs and report in {}",
+            run_dir.display()
+        );
+    }
+
     /// The report as readable multi-line text (the same as its `Display`).
     pub fn render_text(&self) -> String {
         self.to_string()
