@@ -183,6 +183,7 @@ impl TestEnv {
             database_max_connections: 5,
             unclassified_error_attempts: 3,
             consumer_batch_size: 64,
+            consumer_batch_linger_ms: 0,
             outbox_batch_size: saga_common::outbox::DEFAULT_BATCH_SIZE,
             outbox_linger_ms: 0,
         }

@@ -173,6 +173,7 @@ fn consumer_loop(env: &TestEnv, group: &str, topics: &[String], dead_letters: &s
         },
         health: Arc::new(HealthState::default()),
         batch_size: 64,
+        batch_linger: Duration::ZERO,
     })
 }
 
@@ -815,5 +816,50 @@ async fn a_batch_that_fails_transiently_is_rolled_back_and_its_events_applied_on
         .await?;
     assert_eq!(inbox, events.len() as i64);
     assert!(dead.is_empty(), "nothing dead-lettered: {} records", dead.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_with_a_linger_waits_for_records_arriving_one_by_one_and_applies_them_together() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    let database = machinery_database(&env).await?;
+    sqlx::query("CREATE TABLE applied (event_id uuid PRIMARY KEY, txid bigint NOT NULL)")
+        .execute(&database)
+        .await?;
+    let dead_letters = env.topic("linger.dead-letter", 1).await?;
+    let topic = env.kafka.topic(Topic::Orders);
+    let group = env.group("linger");
+    let handler = Arc::new(TableHandler {
+        database: database.clone(),
+        refused: None,
+        failing_until_released: None,
+        released: AtomicBool::new(false),
+    });
+    let mut consumer_loop = consumer_loop(&env, &group, std::slice::from_ref(&topic), &dead_letters)?;
+    consumer_loop.batch_linger = Duration::from_secs(3);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer_loop.run(handler.clone(), shutdown.clone()));
+    // A first event, once applied, shows the consumer has its partition.
+    let (first, partition, first_offset) = produce_events_of_one_order(&env, 1).await?;
+    wait_for_committed(&env, &group, &topic, partition, first_offset + 1).await?;
+    // Four more of the same order, 200 ms apart: without a linger each would find the worker
+    // idle and commit alone.
+    let order_id = first[0].order_id().expect("an order's event");
+    for _ in 0..4 {
+        env.produce(&order_created(order_id)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_committed(&env, &group, &topic, partition, first_offset + 5).await?;
+    shutdown.cancel();
+    running.await?;
+    let rows = applied(&database).await?;
+    assert_eq!(rows.len(), 5, "every event applied once");
+    let transactions: HashSet<i64> = rows.iter().map(|(_, txid)| *txid).collect();
+    assert!(
+        transactions.len() < rows.len(),
+        "events 200 ms apart share a transaction within a 3 s linger: {} transactions for 5 events",
+        transactions.len()
+    );
     Ok(())
 }

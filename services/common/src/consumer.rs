@@ -235,6 +235,9 @@ pub struct ConsumerLoop {
     pub health: Arc<HealthState>,
     /// The most records of one partition applied in one transaction (1: one at a time).
     pub batch_size: usize,
+    /// How long a worker holding fewer than `batch_size` records waits for more before it
+    /// applies them; zero takes what is in hand at once.
+    pub batch_linger: Duration,
 }
 
 /// What happened to one record.
@@ -313,10 +316,17 @@ impl ConsumerLoop {
                 next = queue.recv() => match next { Some(message) => message, None => break },
             };
             batch.push(message);
-            // The records already in hand join it; none is waited for.
+            // The records already in hand join it; more are waited for only up to the linger.
+            let linger_until = tokio::time::Instant::now() + self.batch_linger;
             while batch.len() < self.batch_size {
                 match queue.try_recv() {
                     Ok(message) => batch.push(message),
+                    Err(mpsc::error::TryRecvError::Empty) if !self.batch_linger.is_zero() => {
+                        match tokio::time::timeout_at(linger_until, queue.recv()).await {
+                            Ok(Some(message)) => batch.push(message),
+                            _ => break,
+                        }
+                    }
                     Err(_) => break,
                 }
             }

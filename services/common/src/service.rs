@@ -71,6 +71,15 @@ pub struct ServiceConfig {
     /// service is busy, one per event when it is not. 1 applies every event on its own.
     #[arg(long = "consumer-batch-size", env = "CONSUMER_BATCH_SIZE", default_value_t = 64)]
     pub consumer_batch_size: usize,
+    /// How long a consumer holding fewer records than a full batch waits for more before it
+    /// applies them, in milliseconds: larger batches for that much latency. 0 applies what is
+    /// in hand at once.
+    #[arg(
+        long = "consumer-batch-linger-ms",
+        env = "CONSUMER_BATCH_LINGER_MS",
+        default_value_t = 0
+    )]
+    pub consumer_batch_linger_ms: u64,
     /// The most outbox rows the relay publishes in one batch: one transaction and one wait for
     /// the broker's acknowledgements for all of them.
     #[arg(long = "outbox-batch-size", env = "OUTBOX_BATCH_SIZE", default_value_t = crate::outbox::DEFAULT_BATCH_SIZE)]
@@ -160,6 +169,8 @@ pub struct ServiceContext {
     pub authenticator: Arc<Authenticator>,
     /// The most records a consumer applies in one transaction.
     pub consumer_batch_size: usize,
+    /// How long a consumer waits to fill a batch.
+    pub consumer_batch_linger: Duration,
 }
 
 impl ServiceContext {
@@ -244,6 +255,7 @@ impl ServiceContext {
             health,
             authenticator,
             consumer_batch_size: config.consumer_batch_size.max(1),
+            consumer_batch_linger: Duration::from_millis(config.consumer_batch_linger_ms),
         }))
     }
 
@@ -403,6 +415,7 @@ impl ServiceContext {
                 policy: self.policy,
                 health: self.health.clone(),
                 batch_size: self.consumer_batch_size,
+                batch_linger: self.consumer_batch_linger,
             };
             work.spawn(self.watched("consumer", consumer_loop.run(handler, self.shutdown.clone())));
         }
