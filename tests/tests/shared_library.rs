@@ -18,6 +18,7 @@ use saga_common::consumer::{
 };
 use saga_common::health::HealthState;
 use saga_common::kafka;
+use saga_common::outbox::RelaySettings;
 use saga_common::retry::{Backoff, ErrorPolicy};
 use saga_common::{Classify, ErrorClass};
 use saga_contracts::{EventId, OrderId, SagaEvent, Topic};
@@ -861,5 +862,47 @@ async fn a_consumer_with_a_linger_waits_for_records_arriving_one_by_one_and_appl
         "events 200 ms apart share a transaction within a 3 s linger: {} transactions for 5 events",
         transactions.len()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_relay_publishes_at_most_its_batch_size_per_batch_in_outbox_order() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let database = machinery_database(&env).await?;
+    let relay = saga_common::outbox::Relay::new(
+        database.clone(),
+        kafka::producer(&env.kafka)?,
+        Arc::new(env.codec()?),
+        ErrorPolicy::default(),
+        Arc::new(HealthState::default()),
+    )
+    .with_settings(RelaySettings {
+        batch_size: 2,
+        linger: Duration::ZERO,
+    });
+    let order_id = OrderId::new();
+    let events: Vec<SagaEvent> = (0..5).map(|_| order_created(order_id)).collect();
+    let mut tx = database.begin().await?;
+    for event in &events {
+        saga_common::outbox::enqueue(&mut tx, event, None).await?;
+    }
+    tx.commit().await?;
+
+    let batches = [
+        relay.publish_batch().await?,
+        relay.publish_batch().await?,
+        relay.publish_batch().await?,
+    ];
+    assert_eq!(batches, [2, 2, 1]);
+    assert_eq!(saga_common::outbox::pending(&database).await?, 0);
+    let published = env
+        .reader(&env.kafka.topic(Topic::Orders))?
+        .read_until(Duration::from_secs(30), |records| records.len() >= 5)
+        .await?;
+    let published: Vec<&SagaEvent> = published
+        .iter()
+        .filter_map(|record| record.event.as_ref().ok())
+        .collect();
+    assert_eq!(published, events.iter().collect::<Vec<_>>(), "one key, in outbox order");
     Ok(())
 }
