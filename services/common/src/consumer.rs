@@ -10,12 +10,12 @@
 //! once, then each new event's effect, then one commit) and then stores the last offset. Any
 //! failure (an event the handler refuses for good, a deadlock, a lost connection) rolls the
 //! whole batch back and its records are taken again one by one, with the retries below, where
-//! a refused event is dead-lettered alone. Handler failures follow the [`ErrorPolicy`]: a transient one
-//! (registry, database, broker) retries the same record with backoff and never skips it; a
-//! permanent one, or an unclassified one past the retry budget, and a poison record
-//! (undecodable bytes, an unknown schema) go to the service's dead-letter topic with their
-//! origin and the reason in headers, counted and logged at error level, and consumption of the
-//! partition goes on. On shutdown the loop stops fetching, lets the record in hand finish, and
+//! a refused event is dead-lettered alone. Handler failures follow the [`ErrorPolicy`]: a
+//! transient one (registry, database, broker) retries the same record with backoff and never
+//! skips it; a permanent one, or an unclassified one past the retry budget, and a poison
+//! record (undecodable bytes, an unknown schema) go to the service's dead-letter topic with
+//! their origin and the reason in headers, counted and logged at error level, and consumption
+//! of the partition goes on. On shutdown the loop stops fetching, lets the record in hand finish, and
 //! commits the stored offsets synchronously.
 
 use std::collections::HashMap;

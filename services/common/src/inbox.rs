@@ -9,27 +9,7 @@ use crate::consumer::{ConsumedEvent, HandlerError};
 /// Records `event` as processed within the caller's transaction. Returns `false` if it was
 /// processed before, in which case the caller must apply no effect.
 pub async fn record(tx: &mut PgConnection, consumed: &ConsumedEvent) -> Result<bool, HandlerError> {
-    let event_id = consumed.event.event_id();
-    let inserted = sqlx::query(
-        "INSERT INTO inbox (event_id, event_type, source_topic, source_partition, source_offset) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event_id.uuid())
-    .bind(consumed.event.event_type().as_str())
-    .bind(&consumed.topic)
-    .bind(consumed.partition)
-    .bind(consumed.offset)
-    .execute(tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tracing::info!(
-            %event_id,
-            order_id = %consumed.event.order_id().map(|id| id.to_string()).unwrap_or_default(),
-            "duplicate event ignored"
-        );
-    }
-    Ok(inserted == 1)
+    Ok(record_all(tx, &[consumed]).await?.first().copied().unwrap_or(false))
 }
 
 /// Records every event of `events` as processed within the caller's transaction, in one
