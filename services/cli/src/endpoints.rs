@@ -86,15 +86,15 @@ impl Endpoints {
     /// The order-service instance that order number `index` of a benchmark is sent to: each in
     /// turn.
     pub(crate) fn order_instance(&self, index: usize) -> &str {
-        let more: Vec<&str> = self
-            .more_order
-            .iter()
-            .map(|url| url.trim())
-            .filter(|url| !url.is_empty())
-            .collect();
-        match index % (1 + more.len()) {
-            0 => &self.order,
-            other => more[other - 1],
+        let more = || {
+            self.more_order
+                .iter()
+                .map(|url| url.trim())
+                .filter(|url| !url.is_empty())
+        };
+        match index % (1 + more().count()) {
+            0 => self.order.as_str(),
+            other => more().nth(other - 1).unwrap_or(&self.order),
         }
         .trim_end_matches('/')
     }

@@ -42,7 +42,7 @@ use saga_common::outbox::Relay;
 use saga_common::retry::{ErrorPolicy, GaveUp};
 use saga_common::telemetry;
 use saga_contracts::OrderId;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -429,25 +429,28 @@ async fn record_in_one_transaction(database: &PgPool, batch: &[Settlement]) -> R
     let mut tx = database.begin().await?;
     let mut transitions = Vec::with_capacity(batch.len());
     for settlement in batch {
-        let transition = async {
-            let transition = settle(&mut *tx, settlement.order_id, settlement.outcome.clone()).await?;
-            store::enqueue(&mut tx, &transition).await?;
-            Result::<_>::Ok(transition)
-        }
-        .instrument(settlement.span.clone())
-        .await?;
+        let transition = settle_and_enqueue(&mut tx, settlement.order_id, &settlement.outcome)
+            .instrument(settlement.span.clone())
+            .await?;
         transitions.push(transition);
     }
     tx.commit().await?;
     Ok(transitions)
 }
 
+/// Applies the gateway's `outcome` to the payment of `order_id` inside `tx` and writes the
+/// events of the transition to the outbox.
+async fn settle_and_enqueue(tx: &mut PgConnection, order_id: OrderId, outcome: &Input) -> Result<Transition> {
+    let transition = settle(&mut *tx, order_id, outcome.clone()).await?;
+    store::enqueue(tx, &transition).await?;
+    Ok(transition)
+}
+
 /// Records the gateway's `outcome` for the payment of `order_id`, with its events, in a
 /// transaction of its own.
 async fn record_alone(database: &PgPool, relay: &Relay, order_id: OrderId, outcome: &Input) -> Result<Transition> {
     let mut tx = database.begin().await?;
-    let transition = settle(&mut *tx, order_id, outcome.clone()).await?;
-    store::enqueue(&mut tx, &transition).await?;
+    let transition = settle_and_enqueue(&mut tx, order_id, outcome).await?;
     tx.commit().await?;
     saga_common::metrics::record_transaction_batch("settlement", 1);
     if !transition.events.is_empty() {
